@@ -1,0 +1,243 @@
+//! Identifiers with the DPS character and length rules enforced on construction.
+//!
+//! Rules (Microsoft DPS documentation, see `shared/notes/dps-protocol.md`):
+//! - registration ID and enrollment group ID: at most 128 characters, ASCII alphanumerics and
+//!   `- . _ :`, no special character first or last; compared case-insensitively by DPS.
+//! - device ID: at most 128 ASCII characters, alphanumerics and `- . % _ * ? ! ( ) , : = @ $ '`;
+//!   case-sensitive.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest registration, group or device ID DPS accepts.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The identifier is empty.
+    #[error("{kind} is empty")]
+    Empty {
+        /// Which identifier.
+        kind: &'static str,
+    },
+    /// The identifier is longer than allowed.
+    #[error("{kind} is {len} characters long; at most {max} are allowed")]
+    TooLong {
+        /// Which identifier.
+        kind: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The identifier holds a character outside the allowed set.
+    #[error("{kind} {value:?} contains {ch:?} at position {pos}; allowed: {allowed}")]
+    BadChar {
+        /// Which identifier.
+        kind: &'static str,
+        /// The identifier as given.
+        value: String,
+        /// The offending character.
+        ch: char,
+        /// Its position (0-based, in characters).
+        pos: usize,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+    /// The identifier starts or ends with a special character.
+    #[error("{kind} {value:?} must start and end with a letter or digit")]
+    BadEdge {
+        /// Which identifier.
+        kind: &'static str,
+        /// The identifier as given.
+        value: String,
+    },
+}
+
+fn check_registration_like(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    let len = s.chars().count();
+    if len > max {
+        return Err(IdError::TooLong { kind, len, max });
+    }
+    for (pos, ch) in s.chars().enumerate() {
+        if !(ch.is_ascii_alphanumeric() || matches!(ch, '-' | '.' | '_' | ':')) {
+            return Err(IdError::BadChar {
+                kind,
+                value: s.to_owned(),
+                ch,
+                pos,
+                allowed: "ASCII letters, digits and - . _ :",
+            });
+        }
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !edge_ok(s.chars().next()) || !edge_ok(s.chars().last()) {
+        return Err(IdError::BadEdge {
+            kind,
+            value: s.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_device_id(s: &str) -> Result<(), IdError> {
+    const KIND: &str = "device ID";
+    if s.is_empty() {
+        return Err(IdError::Empty { kind: KIND });
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong {
+            kind: KIND,
+            len: s.chars().count(),
+            max: MAX_ID_LEN,
+        });
+    }
+    for (pos, ch) in s.chars().enumerate() {
+        let ok = ch.is_ascii_alphanumeric()
+            || matches!(
+                ch,
+                '-' | '.' | '%' | '_' | '*' | '?' | '!' | '(' | ')' | ',' | ':' | '=' | '@' | '$' | '\''
+            );
+        if !ok {
+            return Err(IdError::BadChar {
+                kind: KIND,
+                value: s.to_owned(),
+                ch,
+                pos,
+                allowed: "ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '",
+            });
+        }
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps an identifier.
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                ($check)(&s)?;
+                Ok(Self(s))
+            }
+
+            /// The identifier as given.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A unit's registration ID within a DPS instance (case-insensitive in DPS; the key of an
+    /// individual enrollment and, for X.509 units, the leaf certificate's CN).
+    RegistrationId,
+    |s: &str| check_registration_like("registration ID", s, MAX_ID_LEN)
+);
+
+id_type!(
+    /// The ID of an enrollment group.
+    EnrollmentGroupId,
+    |s: &str| check_registration_like("enrollment group ID", s, MAX_ID_LEN)
+);
+
+id_type!(
+    /// A unit's device ID in its assigned IoT hub (case-sensitive).
+    DeviceId,
+    check_device_id
+);
+
+impl RegistrationId {
+    /// The form DPS compares by: registration IDs are case-insensitive.
+    #[must_use]
+    pub fn canonical(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_ids_follow_dps_rules() {
+        assert!(RegistrationId::new("unit-0001").is_ok());
+        assert!(RegistrationId::new("a.b_c:d-e").is_ok());
+        assert!(RegistrationId::new("x".repeat(128)).is_ok());
+        assert!(matches!(
+            RegistrationId::new("x".repeat(129)),
+            Err(IdError::TooLong { len: 129, .. })
+        ));
+        assert!(matches!(RegistrationId::new(""), Err(IdError::Empty { .. })));
+        assert!(matches!(
+            RegistrationId::new("unit 1"),
+            Err(IdError::BadChar { ch: ' ', pos: 4, .. })
+        ));
+        assert!(matches!(RegistrationId::new("-unit"), Err(IdError::BadEdge { .. })));
+        assert!(matches!(RegistrationId::new("unit."), Err(IdError::BadEdge { .. })));
+        assert!(RegistrationId::new("unité").is_err());
+    }
+
+    #[test]
+    fn device_ids_allow_the_wider_set() {
+        assert!(DeviceId::new("dev(1)@site=7$'x'").is_ok());
+        assert!(DeviceId::new("a/b").is_err());
+        assert!(DeviceId::new("x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn serde_validates() {
+        let ok: RegistrationId = serde_json::from_str("\"Unit-1\"").unwrap();
+        assert_eq!(ok.canonical(), "unit-1");
+        assert!(serde_json::from_str::<RegistrationId>("\"bad id\"").is_err());
+    }
+}

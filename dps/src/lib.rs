@@ -1,0 +1,6 @@
+//! Azure IoT Hub Device Provisioning Service protocol: identifiers, wire types, SAS
+//! authentication, a service client, and a DPS-compatible local service.
+
+pub mod ids;
+
+pub use ids::{DeviceId, EnrollmentGroupId, IdError, RegistrationId};

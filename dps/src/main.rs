@@ -1,0 +1,2 @@
+//! `dps`: the DPS command line.
+fn main() {}

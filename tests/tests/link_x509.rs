@@ -142,6 +142,7 @@ fn transient_corruption_ends_in_success_after_retries() {
     let case = start("SN-CORRUPT", &["--corrupt-rate", "0.3", "--seed", "3"]);
     let (r, c) = run(&case, "SN-CORRUPT", settings());
     r.unwrap();
+    assert!(c.transport().stats().retries > 0);
     let d = c.transport().decode_stats();
     assert!(d.crc_errors + d.malformed > 0, "no corruption seen: {d:?}");
 }

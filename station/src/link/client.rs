@@ -213,14 +213,16 @@ impl<P: Port> UnitClient<P> {
                         failures += 1;
                         debug!(off, chunk_end, "unit missed a chunk; resuming");
                         inflight.clear();
-                        next = acked.min(off);
-                        acked = next;
+                        next = off;
+                        acked = off;
+                        self.transport.note_resume(false);
                     }
                 }
                 None => {
                     failures += 1;
                     inflight.clear();
                     next = acked;
+                    self.transport.note_resume(true);
                     debug!(acked, "put_cert: no answer; resuming");
                 }
             }

@@ -160,6 +160,8 @@ pub struct TransportStats {
     pub requests: u64,
     /// Attempts that timed out.
     pub timeouts: u64,
+    /// Requests sent again (after a timeout, or a chunk the unit missed).
+    pub retries: u64,
     /// Answers ignored because their sequence number was not awaited.
     pub stale: u64,
     /// Bytes written.
@@ -204,6 +206,15 @@ impl<P: Port> Transport<P> {
     /// Changes the unit's buffer size (after reading its MCUmgr parameters).
     pub fn set_unit_buf_size(&mut self, size: usize) {
         self.settings.unit_buf_size = size;
+    }
+
+    /// Records a resumed transfer (the caller resends from the unit's position).
+    pub fn note_resume(&mut self, timed_out: bool) {
+        self.stats.retries += 1;
+        if timed_out {
+            self.stats.timeouts += 1;
+            self.decoder.reset();
+        }
     }
 
     /// Counters so far.
@@ -325,6 +336,9 @@ impl<P: Port> Transport<P> {
                 return Ok(answer);
             }
             self.stats.timeouts += 1;
+            if attempt < attempts {
+                self.stats.retries += 1;
+            }
             // A half-received answer must not be glued to the next one.
             self.decoder.reset();
             debug!(step = cmd.name, attempt, "no answer; retrying");

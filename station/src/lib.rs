@@ -9,3 +9,4 @@ pub mod home;
 pub mod ids;
 pub mod logging;
 pub mod store;
+pub mod trigger;

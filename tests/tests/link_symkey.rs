@@ -23,7 +23,10 @@ fn client(sim: &UnitSim) -> UnitClient<SerialLink> {
         timeout: Duration::from_millis(400),
         ..LinkSettings::default()
     };
-    UnitClient::new(Transport::new(SerialLink::open(&sim.pty, s.baud).unwrap(), s))
+    UnitClient::new(Transport::new(
+        SerialLink::open(&sim.pty, s.baud).unwrap(),
+        s,
+    ))
 }
 
 fn unit_json(sim: &UnitSim) -> serde_json::Value {
@@ -33,10 +36,16 @@ fn unit_json(sim: &UnitSim) -> serde_json::Value {
 #[test]
 fn symkey_is_injected_proven_and_locked() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = UnitSim::start(&dir.path().join("unit"), &["--serial", "SN-SYM", "--drop-rate", "0.2", "--seed", "11"]);
+    let sim = UnitSim::start(
+        &dir.path().join("unit"),
+        &["--serial", "SN-SYM", "--drop-rate", "0.2", "--seed", "11"],
+    );
     let key = [0x42u8; 32];
     let id = identity(&key);
-    assert!(!format!("{id:?}").contains("42, 42"), "key leaked into Debug");
+    assert!(
+        !format!("{id:?}").contains("42, 42"),
+        "key leaked into Debug"
+    );
     let serial = provision_symkey(&mut client(&sim), Some("SN-SYM"), &id).unwrap();
     assert_eq!(serial, "SN-SYM");
     let state = unit_json(&sim);
@@ -48,8 +57,12 @@ fn symkey_is_injected_proven_and_locked() {
 #[test]
 fn wrong_key_fails_the_proof_and_does_not_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = UnitSim::start(&dir.path().join("unit"), &["--serial", "SN-SYM-BAD", "--wrong-key"]);
-    let e = provision_symkey(&mut client(&sim), Some("SN-SYM-BAD"), &identity(&[7; 32])).unwrap_err();
+    let sim = UnitSim::start(
+        &dir.path().join("unit"),
+        &["--serial", "SN-SYM-BAD", "--wrong-key"],
+    );
+    let e =
+        provision_symkey(&mut client(&sim), Some("SN-SYM-BAD"), &identity(&[7; 32])).unwrap_err();
     assert!(matches!(e, SymkeyFlowError::ProofMismatch), "{e}");
     assert!(e.to_string().starts_with("prove:"));
     assert_eq!(unit_json(&sim)["locked"], false);
@@ -59,7 +72,8 @@ fn wrong_key_fails_the_proof_and_does_not_lock() {
 fn symkey_to_another_unit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sim = UnitSim::start(&dir.path().join("unit"), &["--serial", "SN-OTHER"]);
-    let e = provision_symkey(&mut client(&sim), Some("SN-EXPECTED"), &identity(&[7; 32])).unwrap_err();
+    let e =
+        provision_symkey(&mut client(&sim), Some("SN-EXPECTED"), &identity(&[7; 32])).unwrap_err();
     assert!(matches!(e, SymkeyFlowError::WrongUnit { .. }), "{e}");
     assert!(unit_json(&sim)["symkey_hex"].is_null());
 }

@@ -32,7 +32,11 @@ fn port_opens_through_a_by_id_style_symlink() {
 
 #[test]
 fn missing_port_is_a_clear_error() {
-    let e = SerialLink::open(std::path::Path::new("/dev/serial/by-id/no-such-unit"), 115_200).unwrap_err();
+    let e = SerialLink::open(
+        std::path::Path::new("/dev/serial/by-id/no-such-unit"),
+        115_200,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
 
@@ -44,7 +48,14 @@ fn oversized_request_is_refused_before_sending() {
     let mut c = UnitClient::new(Transport::new(port, settings()));
     let e = c.echo(&"x".repeat(500)).unwrap_err();
     assert!(
-        matches!(e, LinkError::TooLarge { step: "echo", max: 380, .. }),
+        matches!(
+            e,
+            LinkError::TooLarge {
+                step: "echo",
+                max: 380,
+                ..
+            }
+        ),
         "{e}"
     );
     // The largest echo that fits goes through.
@@ -70,7 +81,16 @@ fn unit_drops_oversized_packets_and_frames_then_recovers() {
     };
     let mut c = UnitClient::new(Transport::new(port, lying));
     let e = c.echo(&"z".repeat(1000)).unwrap_err();
-    assert!(matches!(e, LinkError::NoAnswer { step: "echo", attempts: 3 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LinkError::NoAnswer {
+                step: "echo",
+                attempts: 3
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(c.echo("still there?").unwrap(), "still there?");
 }
 
@@ -87,7 +107,11 @@ fn late_answers_to_earlier_attempts_are_not_taken_for_later_ones() {
     let mut c = UnitClient::new(Transport::new(port, s));
     let e = c.echo("late").unwrap_err();
     assert!(matches!(e, LinkError::NoAnswer { .. }), "{e}");
-    assert!(c.transport().stats().stale >= 1, "{:?}", c.transport().stats());
+    assert!(
+        c.transport().stats().stale >= 1,
+        "{:?}",
+        c.transport().stats()
+    );
 }
 
 #[test]
@@ -105,5 +129,15 @@ fn unknown_command_is_refused_with_enotsup() {
         name: "nonexistent",
     };
     let e = t.call::<Empty, Empty>(&cmd, &Empty {}).unwrap_err();
-    assert!(matches!(e, LinkError::Refused { group: None, rc: 8, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            LinkError::Refused {
+                group: None,
+                rc: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod check;
 mod init;
+pub mod link;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Talk to a unit over its device link (serial, MCUmgr SMP).
+    #[command(subcommand)]
+    Link(link::LinkCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -93,6 +97,9 @@ pub enum CliError {
     /// The actor name is not usable.
     #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
     BadActor(String),
+    /// A device-link command failed.
+    #[error(transparent)]
+    Link(#[from] link::LinkCliError),
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
@@ -138,5 +145,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Link(cmd) => link::run(&ctx, &cmd),
     }
 }

@@ -197,6 +197,12 @@ impl<P: Port> Transport<P> {
         }
     }
 
+    /// The port.
+    #[must_use]
+    pub fn port(&self) -> &P {
+        &self.port
+    }
+
     /// The settings in use.
     #[must_use]
     pub fn settings(&self) -> &LinkSettings {

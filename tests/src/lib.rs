@@ -21,7 +21,8 @@ pub fn bin(name: &str) -> PathBuf {
         .parent()
         .expect("test exe has a directory")
         .to_path_buf();
-    if dir.ends_with("deps") {
+    // Tests run from target/<profile>/deps, examples from target/<profile>/examples.
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
     let path = dir.join(name);
@@ -124,6 +125,21 @@ fn rand_u64() -> u64 {
 /// until that lands. Never used outside tests.
 pub struct SoftwareTestIssuer {
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The issuing CA's certificate, then its parents (DER).
+    chain: Vec<Vec<u8>>,
+}
+
+fn ca_params(cn: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    params
 }
 
 impl SoftwareTestIssuer {
@@ -131,20 +147,27 @@ impl SoftwareTestIssuer {
     #[must_use]
     pub fn new() -> Self {
         let key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        let mut dn = rcgen::DistinguishedName::new();
-        dn.push(
-            rcgen::DnType::CommonName,
-            "station test CA (software, tests only)",
-        );
-        params.distinguished_name = dn;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
+        let params = ca_params("station test CA (software, tests only)");
         let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("self-signed CA");
-        Self { ca }
+        let chain = vec![ca.as_ref().der().to_vec()];
+        Self { ca, chain }
+    }
+
+    /// A root and an intermediate that issues leaves: chains of three, as in production.
+    #[must_use]
+    pub fn two_tier() -> Self {
+        let root_key = rcgen::KeyPair::generate().expect("root key");
+        let root = rcgen::CertifiedIssuer::self_signed(
+            ca_params("station test root (software, tests only)"),
+            root_key,
+        )
+        .expect("root");
+        let key = rcgen::KeyPair::generate().expect("intermediate key");
+        let mut params = ca_params("station test intermediate (software, tests only)");
+        params.use_authority_key_identifier_extension = true;
+        let ca = rcgen::CertifiedIssuer::signed_by(params, key, &root).expect("intermediate");
+        let chain = vec![ca.as_ref().der().to_vec(), root.as_ref().der().to_vec()];
+        Self { ca, chain }
     }
 
     /// The CA certificate (DER).
@@ -181,7 +204,7 @@ impl LeafIssuer for SoftwareTestIssuer {
         let leaf = params.signed_by(&csr.public_key, &self.ca)?;
         Ok(IssuedChain {
             leaf_der: leaf.der().to_vec(),
-            chain_der: vec![self.ca_der()],
+            chain_der: self.chain.clone(),
         })
     }
 }

@@ -3,7 +3,6 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
 use super::port::Port;
@@ -108,13 +107,14 @@ impl<P: Port> UnitClient<P> {
         Ok(())
     }
 
-    /// Largest `data` field that keeps a `put_cert` request inside the unit's buffer.
+    /// The `data` size for `put_cert` chunks: within the unit's buffer, and among the sizes that
+    /// fit, the one carrying the most data per wire byte (a message that exactly fills its last
+    /// frame beats a slightly longer one that starts a new frame).
     fn chunk_capacity(&self, first: bool) -> Result<usize, LinkError> {
         let probe = PutCertReq {
             off: u32::MAX,
             data: Bytes(Vec::new()),
             len: first.then_some(u32::MAX),
-            sha: first.then(|| Bytes(vec![0; 32])),
         };
         let empty = proto::to_cbor(&probe)
             .map_err(|source| LinkError::Encode {
@@ -122,17 +122,33 @@ impl<P: Port> UnitClient<P> {
                 source,
             })?
             .len();
-        // An empty byte string has a 1-byte head; a long one up to 3 (lengths up to 65535).
+        // CBOR byte-string heads grow from 1 byte (< 24) to 2 (< 256) to 3 (< 65536).
+        let message_len = |d: usize| {
+            let head_growth = match d {
+                0..24 => 0,
+                24..256 => 1,
+                _ => 2,
+            };
+            HEADER_LEN + empty + head_growth + d
+        };
         let max = self.transport.settings().max_message();
-        let cap = max.saturating_sub(HEADER_LEN + empty + 2);
-        if cap == 0 {
+        let Some(cap) = (0..=max).rev().find(|&d| d > 0 && message_len(d) <= max) else {
             return Err(LinkError::TooLarge {
                 step: proto::PUT_CERT.name,
-                size: HEADER_LEN + empty + 3,
+                size: message_len(1),
                 max,
             });
-        }
-        Ok(cap)
+        };
+        let lowest = cap.saturating_sub(super::frame::B64_PER_FRAME).max(1);
+        let efficiency = |d: usize| d as f64 / super::frame::wire_len(message_len(d)) as f64;
+        let best = (lowest..=cap).rev().fold(cap, |best, d| {
+            if efficiency(d) > efficiency(best) {
+                d
+            } else {
+                best
+            }
+        });
+        Ok(best)
     }
 
     /// `put_cert`: writes `blob` (the DER chain, leaf first) in chunks, keeping up to
@@ -145,7 +161,6 @@ impl<P: Port> UnitClient<P> {
             size: blob.len(),
             max: u32::MAX as usize,
         })?;
-        let sha = Sha256::digest(blob).to_vec();
         let first_cap = self.chunk_capacity(true)?;
         let cap = self.chunk_capacity(false)?;
         let window = self.transport.settings().window.max(1);
@@ -172,7 +187,6 @@ impl<P: Port> UnitClient<P> {
                     off: u32::try_from(next).unwrap_or(u32::MAX),
                     data: Bytes(blob.get(next..end).unwrap_or_default().to_vec()),
                     len: first.then_some(total),
-                    sha: first.then(|| Bytes(sha.clone())),
                 };
                 let payload = proto::to_cbor(&req).map_err(|source| LinkError::Encode {
                     step: cmd.name,

@@ -405,6 +405,27 @@ mod tests {
         }
 
         #[test]
+        fn any_bytes_decode_the_same_however_split(
+            data in proptest::collection::vec(any::<u8>(), 0..1500),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // Mix in real frames so the decoder state machine is exercised beyond noise.
+            let mut data = data;
+            let at = cut.index(data.len() + 1);
+            data.splice(at..at, encode_packet(&data.clone()[..at.min(200)]).unwrap());
+            let mut whole = Decoder::new(1024);
+            let mut a = Vec::new();
+            whole.push(&data, &mut a);
+            let mut parts = Decoder::new(1024);
+            let mut b = Vec::new();
+            let cut = cut.index(data.len() + 1);
+            parts.push(&data[..cut], &mut b);
+            parts.push(&data[cut..], &mut b);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(whole.stats(), parts.stats());
+        }
+
+        #[test]
         fn decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let mut dec = Decoder::new(1024);
             let mut out = Vec::new();

@@ -273,6 +273,9 @@ pub struct KeygenRsp {
 }
 
 /// `put_cert` request: one chunk of the DER chain (leaf first, certificates concatenated).
+///
+/// No digest travels with the chain: each packet has its CRC, and the station checks the whole
+/// chain end to end with the signed read-back (`get_cert_digest`) before it locks the unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutCertReq {
     /// Offset of this chunk.
@@ -282,9 +285,6 @@ pub struct PutCertReq {
     /// Total length (first chunk only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub len: Option<u32>,
-    /// SHA-256 of the whole chain (first chunk only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha: Option<Bytes>,
 }
 
 /// `put_cert` response.

@@ -1,1 +1,4 @@
 //! The provisioning station library.
+
+pub mod ca;
+pub mod hsm;

@@ -411,3 +411,34 @@ impl TokenSession {
             })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+impl TokenSession {
+    /// Test-only: an EC key that was generated extractable and not sensitive, the kind of
+    /// key a careless import leaves behind, so the refusal can be shown.
+    pub(crate) fn generate_extractable_p256_for_test(&self, label: &str) -> EcKey {
+        let id = self.random(16).expect("random");
+        let lbl = label.as_bytes().to_vec();
+        let public = [
+            Attribute::Token(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Label(lbl.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Sign(true),
+            Attribute::Label(lbl),
+            Attribute::Id(id),
+        ];
+        self.session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .expect("generate extractable key");
+        self.find_ec_key(label).expect("find")
+    }
+}

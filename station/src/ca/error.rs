@@ -7,8 +7,8 @@ use crate::hsm::HsmError;
 /// A failure of the certificate authority.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    /// The HSM refused or failed.
-    #[error("HSM operation failed")]
+    /// The HSM refused or failed (its message is the one a person needs).
+    #[error(transparent)]
     Hsm(#[from] HsmError),
     /// A profile file is not valid.
     #[error("certificate profile {name:?} is invalid: {problem}")]

@@ -2,6 +2,7 @@
 //! a command parses its arguments, makes one call into the station, and prints the result.
 
 mod audit;
+pub mod ca;
 mod check;
 mod init;
 
@@ -45,6 +46,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The HSM-backed certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -93,6 +97,15 @@ pub enum CliError {
     /// The actor name is not usable.
     #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
     BadActor(String),
+    /// The certificate authority refused or failed.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The HSM refused or failed.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
+    /// A CA operation that records in the database failed.
+    #[error(transparent)]
+    CaService(#[from] crate::ca::service::CaServiceError),
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
@@ -138,5 +151,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Ca(cmd) => ca::run(&ctx, &cmd),
     }
 }

@@ -62,6 +62,14 @@ pub fn init(home: &Home, cfg: &Config, created: &mut Vec<PathBuf>) -> Result<(),
         }
     }
 
+    let root_path = service::root_path(home, cfg);
+    let cert_path = service::cert_path(home, cfg);
+    // The CA certificate is written last, after every HSM object exists: when it is there
+    // the HSM is complete, and a second init does not log in (a SoftHSM login rewrites
+    // its token file).
+    if cert_path.exists() {
+        return Ok(());
+    }
     let embedded = cfg.hsm.softhsm_conf.is_some();
     if let Some(conf) = &cfg.hsm.softhsm_conf {
         let conf = home.resolve(conf);
@@ -79,10 +87,11 @@ pub fn init(home: &Home, cfg: &Config, created: &mut Vec<PathBuf>) -> Result<(),
     }
 
     let profiles = service::profiles(home, cfg)?;
-    let root_path = service::root_path(home, cfg);
-    let cert_path = service::cert_path(home, cfg);
     let ca = service::open_ca_token(&hsm, home, cfg)?;
-    if !cert_path.exists() {
+    if !ca.has_key(&cfg.ca.audit_key_label, ObjectClass::SECRET_KEY)? {
+        ca.generate_hmac_key(&cfg.ca.audit_key_label)?;
+    }
+    {
         // Without a root token the intermediate comes from `station ca csr` + `ca import`.
         if let Some(root_session) = service::open_root_token(&hsm, home, cfg)? {
             if !root_path.exists() {
@@ -97,9 +106,6 @@ pub fn init(home: &Home, cfg: &Config, created: &mut Vec<PathBuf>) -> Result<(),
             let int = root.issue_ca(profiles.get("intermediate")?, &signer)?;
             write_pem(&cert_path, &[&int.der], created)?;
         }
-    }
-    if !ca.has_key(&cfg.ca.audit_key_label, ObjectClass::SECRET_KEY)? {
-        ca.generate_hmac_key(&cfg.ca.audit_key_label)?;
     }
     Ok(())
 }

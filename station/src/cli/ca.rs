@@ -38,7 +38,11 @@ pub enum CaCommand {
     /// Issue a device certificate for a CSR (or a bare public key).
     Issue {
         /// PKCS#10 request, PEM or DER; its signature is checked, its extensions ignored.
-        #[arg(long, conflicts_with = "public_key", required_unless_present = "public_key")]
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
         csr: Option<PathBuf>,
         /// SubjectPublicKeyInfo, PEM or DER, instead of a CSR.
         #[arg(long)]
@@ -151,7 +155,8 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             let hsm = service::open_hsm(home, cfg)?;
             let session = service::open_ca_token(&hsm, home, cfg)?;
             let ca = service::load_issuing(&session, home, cfg)?;
-            let audit_key = AuditKey::find(&session, &cfg.ca.audit_key_label).map_err(CaError::from)?;
+            let audit_key =
+                AuditKey::find(&session, &cfg.ca.audit_key_label).map_err(CaError::from)?;
             let cert = ca.issue(profile, &key, cn.as_str(), &unit)?;
             let rec = RecordContext {
                 station: &cfg.station_id(),
@@ -184,7 +189,8 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             let mut store = ctx.open_store(cfg)?;
             let hsm = service::open_hsm(home, cfg)?;
             let session = service::open_ca_token(&hsm, home, cfg)?;
-            let audit_key = AuditKey::find(&session, &cfg.ca.audit_key_label).map_err(CaError::from)?;
+            let audit_key =
+                AuditKey::find(&session, &cfg.ca.audit_key_label).map_err(CaError::from)?;
             let root_session: Option<TokenSession>;
             let ca = match which {
                 WhichCa::Intermediate => service::load_issuing(&session, home, cfg)?,
@@ -192,7 +198,9 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
                     root_session = service::open_root_token(&hsm, home, cfg)?;
                     let Some(rs) = root_session.as_ref() else {
                         return Err(CaError::Chain {
-                            problem: "no root token is configured ([hsm.root]); the root is offline".into(),
+                            problem:
+                                "no root token is configured ([hsm.root]); the root is offline"
+                                    .into(),
                         }
                         .into());
                     };
@@ -227,8 +235,20 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             let session = service::open_ca_token(&hsm, home, cfg)?;
             let pem = authority::csr(&session, &cfg.ca.key_label, profiles.get("intermediate")?)?;
             write_out(out, pem.as_bytes())?;
-            audit_simple(&mut store, &session, cfg, &actor, "ca.csr", &out.display().to_string(), serde_json::json!({ "key_label": cfg.ca.key_label }))?;
-            println!("wrote a CSR for HSM key {:?} to {}", cfg.ca.key_label, out.display());
+            audit_simple(
+                &mut store,
+                &session,
+                cfg,
+                &actor,
+                "ca.csr",
+                &out.display().to_string(),
+                serde_json::json!({ "key_label": cfg.ca.key_label }),
+            )?;
+            println!(
+                "wrote a CSR for HSM key {:?} to {}",
+                cfg.ca.key_label,
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::Import { cert, chain, actor } => {
@@ -244,7 +264,12 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             let hsm = service::open_hsm(home, cfg)?;
             let session = service::open_ca_token(&hsm, home, cfg)?;
             // Refuses a certificate over any key but the HSM's, then one whose chain fails.
-            Authority::load(&session, &cfg.ca.key_label, cert_der.clone(), &cert.display().to_string())?;
+            Authority::load(
+                &session,
+                &cfg.ca.key_label,
+                cert_der.clone(),
+                &cert.display().to_string(),
+            )?;
             verify::chain(&cert_der, &chain_ders)?;
             let cert_path = service::cert_path(home, cfg);
             let root_path = service::root_path(home, cfg);
@@ -387,8 +412,16 @@ fn show(ctx: &Context, cfg: &Config) -> Result<ExitCode, CliError> {
     writeln!(out, "HSM module {}", hsm.module().display())?;
     let session = service::open_ca_token(&hsm, home, cfg)?;
     let ca = service::load_issuing(&session, home, cfg)?;
-    writeln!(out, "issuing CA ({})", service::cert_path(home, cfg).display())?;
-    write!(out, "{}", describe(ca.cert_der(), "issuing CA", cfg.ca.expiry_warn_days)?)?;
+    writeln!(
+        out,
+        "issuing CA ({})",
+        service::cert_path(home, cfg).display()
+    )?;
+    write!(
+        out,
+        "{}",
+        describe(ca.cert_der(), "issuing CA", cfg.ca.expiry_warn_days)?
+    )?;
     writeln!(
         out,
         "  key       {:?} in token {}: {}",
@@ -398,7 +431,11 @@ fn show(ctx: &Context, cfg: &Config) -> Result<ExitCode, CliError> {
     )?;
     let chain = chain_ders(ctx, cfg)?;
     for (i, der) in chain.iter().enumerate().skip(1) {
-        writeln!(out, "chain[{i}] ({})", service::root_path(home, cfg).display())?;
+        writeln!(
+            out,
+            "chain[{i}] ({})",
+            service::root_path(home, cfg).display()
+        )?;
         write!(out, "{}", describe(der, "root", cfg.ca.expiry_warn_days)?)?;
     }
     if let Some(rs) = service::open_root_token(&hsm, home, cfg)? {
@@ -444,9 +481,16 @@ fn list_issued(ctx: &Context, cfg: &Config, limit: u32) -> Result<ExitCode, CliE
         .collect::<Result<Vec<_>, _>>()
         .map_err(crate::store::sql("list certificates"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<32}  {:<12}  {:<8}  {:<20}  {:<27}  subject", "serial", "profile", "status", "not after", "issued at")?;
+    writeln!(
+        out,
+        "{:<32}  {:<12}  {:<8}  {:<20}  {:<27}  subject",
+        "serial", "profile", "status", "not after", "issued at"
+    )?;
     for (serial, subject, profile, not_after, issued_at, status) in rows {
-        writeln!(out, "{serial:<32}  {profile:<12}  {status:<8}  {not_after:<20}  {issued_at:<27}  {subject}")?;
+        writeln!(
+            out,
+            "{serial:<32}  {profile:<12}  {status:<8}  {not_after:<20}  {issued_at:<27}  {subject}"
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -472,8 +516,8 @@ fn bench(ctx: &Context, cfg: &Config, count: u32) -> Result<ExitCode, CliError> 
     let raw = f64::from(count) / start.elapsed().as_secs_f64();
 
     // Issuance: a unit's public key in, a verified certificate recorded durably out.
-    let unit_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(CaError::Build)?;
+    let unit_key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Build)?;
     let subject = SubjectKey::from_spki(&rcgen::PublicKeyData::subject_public_key_info(&unit_key))?;
     let station = cfg.station_id();
     let start = std::time::Instant::now();

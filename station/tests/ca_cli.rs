@@ -492,3 +492,181 @@ fn rewriting_the_audit_chain_without_the_hsm_key_is_detected() {
         assert!(out.contains(expected), "{out}");
     }
 }
+
+#[test]
+fn external_root_csr_and_import() {
+    let (dir, home) = init_home();
+    let d = dir.path();
+    // The production path: a new issuing key in the HSM, certified by a root kept elsewhere.
+    config_d(
+        &home,
+        "[ca]\nkey_label = \"issuing-2\"\ncert = \"ca/issuing-2.pem\"\nroot_cert = \"ca/external-chain.pem\"\n",
+    );
+    let csr = d.join("issuing.csr");
+    station()
+        .args(["ca", "csr", "--home", s(&home), "--out", s(&csr)])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "wrote a CSR for HSM key \"issuing-2\"",
+        ));
+    ok(
+        "openssl",
+        &["req", "-in", s(&csr), "-verify", "-noout"],
+        &[],
+    );
+
+    let root_key = d.join("ext-root.key");
+    let root = d.join("ext-root.pem");
+    ok(
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            s(&root_key),
+        ],
+        &[],
+    );
+    ok(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            s(&root_key),
+            "-subj",
+            "/CN=External Root",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE,pathlen:1",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            s(&root),
+        ],
+        &[],
+    );
+    let ext = d.join("int.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    let int = d.join("issuing-2.pem");
+    ok(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&root),
+            "-CAkey",
+            s(&root_key),
+            "-set_serial",
+            "7",
+            "-days",
+            "1825",
+            "-extfile",
+            s(&ext),
+            "-out",
+            s(&int),
+        ],
+        &[],
+    );
+
+    // Refused: a certificate over another key (the station's own first intermediate).
+    let other = home.join("ca/intermediate.pem");
+    let a = station()
+        .args([
+            "ca",
+            "import",
+            "--home",
+            s(&home),
+            "--cert",
+            s(&other),
+            "--chain",
+            s(&home.join("ca/root.pem")),
+        ])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        err.contains("does not match HSM key \"issuing-2\": its public key is a different key"),
+        "{err}"
+    );
+    // Refused: the right certificate with a chain that does not verify it.
+    let a = station()
+        .args([
+            "ca",
+            "import",
+            "--home",
+            s(&home),
+            "--cert",
+            s(&int),
+            "--chain",
+            s(&home.join("ca/root.pem")),
+        ])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        err.contains("error: certificate chain does not verify: CN=Station Issuing CA")
+            || err.contains("error: certificate chain does not verify: "),
+        "{err}"
+    );
+    assert!(!home.join("ca/issuing-2.pem").exists());
+
+    station()
+        .args([
+            "ca",
+            "import",
+            "--home",
+            s(&home),
+            "--cert",
+            s(&int),
+            "--chain",
+            s(&root),
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "installed the issuing CA certificate",
+        ));
+    let leaf_csr = make_csr(d, "unit", &P256);
+    let leaf = d.join("leaf.pem");
+    station()
+        .args(["ca", "issue", "--home", s(&home), "--csr", s(&leaf_csr)])
+        .args(["--registration-id", "unit-ext-1", "--out", s(&leaf)])
+        .assert()
+        .success();
+    let chain = d.join("chain.pem");
+    station()
+        .args(["ca", "chain", "--home", s(&home), "--out", s(&chain)])
+        .assert()
+        .success();
+    ok(
+        "openssl",
+        &[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            s(&chain),
+            s(&leaf),
+        ],
+        &[],
+    );
+    station()
+        .args(["audit", "verify", "--home", s(&home)])
+        .assert()
+        .success();
+}

@@ -160,6 +160,7 @@ pub struct Authority<'s> {
     issuer: rcgen::Issuer<'static, HsmSigner<'s>>,
     cert_der: Vec<u8>,
     ca_spki_der: Vec<u8>,
+    issuer_key_id: String,
     protection: KeyProtection,
 }
 
@@ -201,6 +202,10 @@ impl<'s> Authority<'s> {
     ) -> Result<Self, CaError> {
         let cert = verify::parse(&cert_der, what)?;
         let ca_spki_der = cert.public_key().raw.to_vec();
+        let issuer_key_id = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&ca_spki_der))
+        };
         let signer = HsmSigner::new(session, key);
         let issuer =
             rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), signer).map_err(|_| {
@@ -212,6 +217,7 @@ impl<'s> Authority<'s> {
             issuer,
             cert_der,
             ca_spki_der,
+            issuer_key_id,
             protection,
         })
     }
@@ -219,6 +225,11 @@ impl<'s> Authority<'s> {
     /// The CA certificate (DER).
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// This CA's key in the database: SHA-256 of its SubjectPublicKeyInfo, hex.
+    pub fn issuer_key_id(&self) -> &str {
+        &self.issuer_key_id
     }
 
     /// The key protection read from the token at load.
@@ -317,7 +328,9 @@ pub fn csr(session: &TokenSession, label: &str, profile: &Profile) -> Result<Str
         .common_name
         .clone()
         .unwrap_or_else(|| profile.name.clone());
-    let (p, _, _) = params(profile, &cn, &UnitSubject::default(), &CertSerial::random());
+    // A CSR carries only the subject and key: the external root decides the rest.
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(profile, &cn, &UnitSubject::default());
     let req = p.serialize_request(&signer).map_err(CaError::Build)?;
     req.pem().map_err(CaError::Build)
 }

@@ -107,6 +107,9 @@ pub enum CaCommand {
         /// Operations per measurement.
         #[arg(long, default_value_t = 2000)]
         count: u32,
+        /// Certificates per committed transaction (each is released only after its commit).
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
     },
 }
 
@@ -304,7 +307,7 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CaCommand::Bench { count } => bench(ctx, cfg, *count),
+        CaCommand::Bench { count, batch } => bench(ctx, cfg, *count, (*batch).max(1)),
     }
 }
 
@@ -338,13 +341,25 @@ pub fn commit_issued(
     cert: &IssuedCert,
     rec: &RecordContext<'_>,
 ) -> Result<(), CliError> {
-    let issuer = service::issuer_key_id(ca.cert_der())?;
+    commit_batch(store, ca, audit_key, &[(cert, *rec)])
+}
+
+/// Records several signed certificates in one transaction; none may be released before it
+/// commits.
+pub fn commit_batch(
+    store: &mut Store,
+    ca: &Authority<'_>,
+    audit_key: &AuditKey<'_>,
+    certs: &[(&IssuedCert, RecordContext<'_>)],
+) -> Result<(), CliError> {
     let tx = store
         .conn_mut()
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(crate::store::sql("begin issuance transaction"))
         .map_err(CaServiceError::from)?;
-    service::record_issued(&tx, &issuer, cert, rec)?;
+    for (cert, rec) in certs {
+        service::record_issued(&tx, ca.issuer_key_id(), cert, rec)?;
+    }
     audit_key.seal(&tx)?;
     tx.commit()
         .map_err(crate::store::sql("commit issuance transaction"))
@@ -495,7 +510,7 @@ fn list_issued(ctx: &Context, cfg: &Config, limit: u32) -> Result<ExitCode, CliE
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(ctx: &Context, cfg: &Config, count: u32) -> Result<ExitCode, CliError> {
+fn bench(ctx: &Context, cfg: &Config, count: u32, batch: u32) -> Result<ExitCode, CliError> {
     use sha2::Digest;
     let home = &ctx.home;
     let mut store = ctx.open_store(cfg)?;
@@ -520,17 +535,29 @@ fn bench(ctx: &Context, cfg: &Config, count: u32) -> Result<ExitCode, CliError> 
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Build)?;
     let subject = SubjectKey::from_spki(&rcgen::PublicKeyData::subject_public_key_info(&unit_key))?;
     let station = cfg.station_id();
+    let rids: Vec<String> = (0..count).map(|i| format!("bench-unit-{i}")).collect();
     let start = std::time::Instant::now();
-    for i in 0..count {
-        let rid = format!("bench-unit-{i}");
-        let cert = ca.issue(profile, &subject, &rid, &UnitSubject::default())?;
-        let rec = RecordContext {
-            station: &station,
-            actor: "bench",
-            event: "ca.issue",
-            registration_id: Some(&rid),
-        };
-        commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
+    for chunk in rids.chunks(batch as usize) {
+        let mut certs = Vec::with_capacity(chunk.len());
+        for rid in chunk {
+            certs.push(ca.issue(profile, &subject, rid, &UnitSubject::default())?);
+        }
+        let recs: Vec<(&IssuedCert, RecordContext<'_>)> = certs
+            .iter()
+            .zip(chunk)
+            .map(|(c, rid)| {
+                (
+                    c,
+                    RecordContext {
+                        station: &station,
+                        actor: "bench",
+                        event: "ca.issue",
+                        registration_id: Some(rid.as_str()),
+                    },
+                )
+            })
+            .collect();
+        commit_batch(&mut store, &ca, &audit_key, &recs)?;
     }
     let issued = f64::from(count) / start.elapsed().as_secs_f64();
     println!("raw-sign/s={raw:.0} issuance/s={issued:.0}");

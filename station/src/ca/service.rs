@@ -161,11 +161,13 @@ pub fn record_issued(
 ) -> Result<(), CaServiceError> {
     let fingerprint = hex::encode(Sha256::digest(&cert.der));
     let subject = format!("CN={}", cert.common_name);
-    let res = tx.execute(
-        "INSERT INTO certificates (issuer_key_id, serial_hex, registration_id, subject, profile,
+    let res = tx
+        .prepare_cached(
+            "INSERT INTO certificates (issuer_key_id, serial_hex, registration_id, subject, profile,
              not_before, not_after, fingerprint_sha256, der, status, issued_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'issued', ?10)",
-        rusqlite::params![
+        )
+        .and_then(|mut st| st.execute(rusqlite::params![
             issuer_key_id,
             cert.serial.hex(),
             ctx.registration_id,
@@ -176,8 +178,7 @@ pub fn record_issued(
             fingerprint,
             cert.der,
             crate::store::now_utc(),
-        ],
-    );
+        ]));
     match res {
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _))

@@ -136,10 +136,13 @@ pub fn append(
         hash: String::new(),
     };
     entry.hash = entry.compute_hash();
-    tx.execute(
+    // Cached statements: appends are on the issuance path, once per certificate.
+    tx.prepare_cached(
         "INSERT INTO audit_log (seq, ts, actor, station_id, event, subject, details, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             entry.seq,
             entry.ts,
             entry.actor,
@@ -149,32 +152,31 @@ pub fn append(
             entry.details,
             entry.prev_hash,
             entry.hash
-        ],
-    )
+        ])
+    })
     .map_err(sql("append audit entry"))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_checkpoint (id, last_seq, last_hash) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
-        params![entry.seq, entry.hash],
     )
+    .and_then(|mut st| st.execute(params![entry.seq, entry.hash]))
     .map_err(sql("move audit checkpoint"))?;
     Ok(entry)
 }
 
 /// Reads the checkpoint, if any entry was ever written.
 pub fn read_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> {
-    conn.query_row(
-        "SELECT last_seq, last_hash FROM audit_checkpoint WHERE id = 1",
-        [],
-        |r| {
-            Ok(Checkpoint {
-                last_seq: r.get(0)?,
-                last_hash: r.get(1)?,
+    conn.prepare_cached("SELECT last_seq, last_hash FROM audit_checkpoint WHERE id = 1")
+        .and_then(|mut st| {
+            st.query_row([], |r| {
+                Ok(Checkpoint {
+                    last_seq: r.get(0)?,
+                    last_hash: r.get(1)?,
+                })
             })
-        },
-    )
-    .optional()
-    .map_err(sql("read audit checkpoint"))
+        })
+        .optional()
+        .map_err(sql("read audit checkpoint"))
 }
 
 const SELECT: &str =

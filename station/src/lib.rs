@@ -8,5 +8,6 @@ pub mod config;
 pub mod home;
 pub mod ids;
 pub mod logging;
+pub mod operators;
 pub mod store;
 pub mod trigger;

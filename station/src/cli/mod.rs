@@ -4,6 +4,7 @@
 mod audit;
 mod check;
 mod init;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Manage the people who work the line: operators, supervisors, admins.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -93,6 +97,12 @@ pub enum CliError {
     /// The actor name is not usable.
     #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
     BadActor(String),
+    /// A user operation failed.
+    #[error(transparent)]
+    Operator(#[from] crate::operators::OperatorError),
+    /// A password or badge could not be read.
+    #[error(transparent)]
+    SecretInput(#[from] user::SecretInputError),
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
@@ -138,5 +148,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::User(cmd) => user::run(&ctx, cmd),
     }
 }

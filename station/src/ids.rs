@@ -142,6 +142,15 @@ station_id!(
 );
 
 station_id!(
+    /// The name of a product profile.
+    ProductName,
+    "product name",
+    64,
+    &['-', '.', '_'],
+    "1 to 64 ASCII letters, digits and - . _, starting and ending with a letter or digit"
+);
+
+station_id!(
     /// An operator's login name.
     Username,
     "user name",

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod home;
 pub mod ids;
+pub mod line;
 pub mod logging;
 pub mod operators;
 pub mod store;

@@ -4,6 +4,7 @@
 mod audit;
 mod check;
 mod init;
+mod lot;
 mod user;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Lots (work orders): open, close, list, show.
+    #[command(subcommand)]
+    Lot(lot::LotCommand),
     /// Manage the people who work the line: operators, supervisors, admins.
     #[command(subcommand)]
     User(user::UserCommand),
@@ -97,6 +101,9 @@ pub enum CliError {
     /// The actor name is not usable.
     #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
     BadActor(String),
+    /// A lot operation failed.
+    #[error(transparent)]
+    Lot(#[from] crate::line::lots::LotError),
     /// A user operation failed.
     #[error(transparent)]
     Operator(#[from] crate::operators::OperatorError),
@@ -148,6 +155,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Lot(cmd) => lot::run(&ctx, cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
     }
 }

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod enroll;
 pub mod home;
 pub mod ids;
 pub mod line;

@@ -1,3 +1,4 @@
-//! The line: lots (work orders), and later fixtures and the unit state machine.
+//! The line: lots (work orders), the unit state machine, and (later) fixtures.
 
 pub mod lots;
+pub mod state;

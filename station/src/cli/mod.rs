@@ -5,6 +5,8 @@ mod audit;
 pub mod ca;
 mod check;
 mod init;
+mod lot;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,12 @@ pub enum Command {
     /// The HSM-backed certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Lots (work orders): open, close, list, show.
+    #[command(subcommand)]
+    Lot(lot::LotCommand),
+    /// Manage the people who work the line: operators, supervisors, admins.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -106,6 +114,15 @@ pub enum CliError {
     /// A CA operation that records in the database failed.
     #[error(transparent)]
     CaService(#[from] crate::ca::service::CaServiceError),
+    /// A lot operation failed.
+    #[error(transparent)]
+    Lot(#[from] crate::line::lots::LotError),
+    /// A user operation failed.
+    #[error(transparent)]
+    Operator(#[from] crate::operators::OperatorError),
+    /// A password or badge could not be read.
+    #[error(transparent)]
+    SecretInput(#[from] user::SecretInputError),
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
@@ -152,5 +169,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
         Command::Ca(cmd) => ca::run(&ctx, &cmd),
+        Command::Lot(cmd) => lot::run(&ctx, cmd),
+        Command::User(cmd) => user::run(&ctx, cmd),
     }
 }

@@ -79,6 +79,13 @@ pub fn init(home: &Home, actor: &str) -> Result<InitReport, InitError> {
     let config = loaded.config;
     make_dir(&home.resolve(&config.log.dir), &mut report)?;
     crate::ca::init::init(home, &config, &mut report.created)?;
+    make_dir(&home.secrets_dir(), &mut report)?;
+    let key: [u8; 32] = rand::random();
+    make_file(
+        &home.badge_key_file(),
+        hex::encode(key).as_bytes(),
+        &mut report,
+    )?;
 
     let db = home.resolve(&config.store.path);
     let station = config.station_id();

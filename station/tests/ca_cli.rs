@@ -670,3 +670,20 @@ fn external_root_csr_and_import() {
         .assert()
         .success();
 }
+
+#[test]
+fn check_warns_when_a_ca_certificate_is_near_expiry() {
+    let (_dir, home) = init_home();
+    // The issuing CA is valid for about ten years: a threshold above that must warn.
+    config_d(&home, "[ca]\nexpiry_warn_days = 4000\n");
+    station()
+        .args(["check", "--home", s(&home)])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(
+                r"ca expiry +warn +CN=Station Issuing CA, O=Station expires first, in 36\d\d days: renew the CA",
+            )
+            .unwrap(),
+        );
+}

@@ -325,3 +325,44 @@ fn serials_are_positive_128_bit_and_distinct() {
         assert!(first & 0x80 == 0 && first & 0x40 != 0);
     }
 }
+
+#[test]
+fn the_database_refuses_a_second_certificate_with_the_same_serial_from_one_issuer() {
+    use crate::ca::service::{RecordContext, record_issued};
+    let t = two_tier();
+    let profiles = Profiles::embedded().expect("profiles");
+    let ca =
+        Authority::load(&t.ca_session, "ca-key", t.int_der.clone(), "intermediate").expect("load");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = crate::store::Store::create(
+        &dir.path().join("s.db"),
+        &crate::config::StoreConfig::default(),
+    )
+    .expect("store");
+    let key = SubjectKey::from_csr(
+        &make_csr(dir.path(), "u", &P256, &[]),
+        profiles.get("device").expect("p"),
+    )
+    .expect("csr");
+    let cert = ca
+        .issue(
+            profiles.get("device").expect("p"),
+            &key,
+            "unit-1",
+            &UnitSubject::default(),
+        )
+        .expect("issue");
+    let station = crate::ids::StationId::new("st-1").expect("id");
+    let rec = RecordContext {
+        station: &station,
+        actor: "tester",
+        event: "ca.issue",
+        registration_id: Some("unit-1"),
+    };
+    let tx = store.conn_mut().transaction().expect("tx");
+    record_issued(&tx, ca.issuer_key_id(), &cert, &rec).expect("first");
+    let err = record_issued(&tx, ca.issuer_key_id(), &cert, &rec).expect_err("same serial");
+    assert_eq!(err.to_string(), "serial number already issued by this CA");
+    // Another issuer may use the same serial.
+    record_issued(&tx, "another-issuer", &cert, &rec).expect("other issuer");
+}

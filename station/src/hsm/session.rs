@@ -198,7 +198,7 @@ impl TokenSession {
         })
     }
 
-    /// Whether a private key with this label exists.
+    /// Whether an object of this class (private or secret key) with this label exists.
     pub fn has_key(&self, label: &str, class: ObjectClass) -> Result<bool, HsmError> {
         Ok(!self
             .find(&[

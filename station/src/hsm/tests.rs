@@ -121,3 +121,33 @@ fn hmac_key_is_secret_and_macs_in_the_token() {
     // A host-side SHA-256 of the data is not the MAC: the key matters.
     assert_ne!(a, Sha256::digest(b"checkpoint 1").to_vec());
 }
+
+#[test]
+fn a_token_is_found_by_serial_as_well_as_by_label() {
+    let (hsm, cfg, _s) = fresh_token("serial");
+    let label = cfg.token.clone().expect("label");
+    let by_label = hsm
+        .find_token(&TokenSelector::Label(label.clone()))
+        .expect("by label");
+    let serial = hsm
+        .context()
+        .get_token_info(by_label)
+        .expect("info")
+        .serial_number()
+        .trim()
+        .to_owned();
+    let by_serial = hsm
+        .find_token(&TokenSelector::Serial(serial.clone()))
+        .expect("by serial");
+    assert_eq!(by_label, by_serial);
+    // A session opened through a serial-only section logs in to the same token.
+    let by_serial_cfg = TokenConfig {
+        token: None,
+        token_serial: Some(serial),
+        ..cfg
+    };
+    let s = hsm
+        .open(&by_serial_cfg, |p| p.to_path_buf())
+        .expect("open by serial");
+    assert!(s.token().starts_with("serial "));
+}

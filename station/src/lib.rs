@@ -2,11 +2,13 @@
 //!
 //! The folders follow the path of a unit through the station; see `README.md` for the map.
 
+pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod home;
+pub mod hsm;
 pub mod ids;
 pub mod line;
 pub mod logging;

@@ -2,6 +2,7 @@
 //! a command parses its arguments, makes one call into the station, and prints the result.
 
 mod audit;
+pub mod ca;
 mod check;
 mod init;
 mod lot;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The HSM-backed certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Lots (work orders): open, close, list, show.
     #[command(subcommand)]
     Lot(lot::LotCommand),
@@ -101,6 +105,15 @@ pub enum CliError {
     /// The actor name is not usable.
     #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
     BadActor(String),
+    /// The certificate authority refused or failed.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The HSM refused or failed.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
+    /// A CA operation that records in the database failed.
+    #[error(transparent)]
+    CaService(#[from] crate::ca::service::CaServiceError),
     /// A lot operation failed.
     #[error(transparent)]
     Lot(#[from] crate::line::lots::LotError),
@@ -155,6 +168,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Ca(cmd) => ca::run(&ctx, &cmd),
         Command::Lot(cmd) => lot::run(&ctx, cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
     }

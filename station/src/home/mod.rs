@@ -7,6 +7,8 @@
 //! H/station.db       SQLite database (mode 0600)
 //! H/logs/            daemon logs
 //! H/secrets/         station-local secrets that are not HSM keys (badge hashing key)
+//! H/hsm/             embedded SoftHSM2: softhsm2.conf, tokens/, <token>.pin and .so-pin (0600)
+//! H/ca/              CA certificates (root.pem, intermediate.pem) and profiles/*.toml
 //! ```
 
 pub mod init;

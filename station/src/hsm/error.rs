@@ -129,6 +129,28 @@ pub enum HsmError {
         /// Key label.
         label: String,
     },
+    /// Writing an object (certificate) to the token failed.
+    #[error("cannot write object {label:?} to token {token}")]
+    CreateObject {
+        /// Token label.
+        token: String,
+        /// Object label.
+        label: String,
+        /// Module error.
+        #[source]
+        source: P11Error,
+    },
+    /// Deleting an object from the token failed.
+    #[error("cannot delete object {label:?} from token {token}")]
+    DestroyObject {
+        /// Token label.
+        token: String,
+        /// Object label.
+        label: String,
+        /// Module error.
+        #[source]
+        source: P11Error,
+    },
     /// Reading attributes failed.
     #[error("cannot read attributes of key {label:?}")]
     ReadAttributes {

@@ -134,6 +134,11 @@ impl Hsm {
         })
     }
 
+    /// Opens a logged-in read-write session on a token already found by label.
+    pub fn open_slot(&self, slot: Slot, token: &str, pin: &Pin) -> Result<TokenSession, HsmError> {
+        TokenSession::open(self, slot, token, pin)
+    }
+
     /// Opens a logged-in read-write session on a configured token (one per worker).
     pub fn open(
         &self,

@@ -340,6 +340,76 @@ impl TokenSession {
         self.find_ec_key(label)
     }
 
+    /// Every object (any class) with this label: keys, certificates, data.
+    pub fn objects_labelled(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.find(&[Attribute::Label(label.as_bytes().to_vec())])
+    }
+
+    /// Deletes every object with this label (supervisor rework of a unit's element).
+    pub fn destroy_labelled(&self, label: &str) -> Result<usize, HsmError> {
+        let found = self.objects_labelled(label)?;
+        for h in &found {
+            self.session
+                .destroy_object(*h)
+                .map_err(|source| HsmError::DestroyObject {
+                    token: self.token.clone(),
+                    label: label.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(found.len())
+    }
+
+    /// Stores an X.509 certificate as a token object under the key's CKA_ID and label, so
+    /// the unit's software finds certificate and key together.
+    pub fn store_certificate(
+        &self,
+        key: &EcKey,
+        der: &[u8],
+        subject_der: &[u8],
+    ) -> Result<ObjectHandle, HsmError> {
+        let template = [
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(cryptoki::object::CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(key.label.as_bytes().to_vec()),
+            Attribute::Id(key.id.clone()),
+            Attribute::Subject(subject_der.to_vec()),
+            Attribute::Value(der.to_vec()),
+        ];
+        self.session
+            .create_object(&template)
+            .map_err(|source| HsmError::CreateObject {
+                token: self.token.clone(),
+                label: key.label.clone(),
+                source,
+            })
+    }
+
+    /// The DER of every certificate object stored under this CKA_ID.
+    pub fn certificates_with_id(&self, id: &[u8]) -> Result<Vec<Vec<u8>>, HsmError> {
+        let found = self.find(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::Id(id.to_vec()),
+        ])?;
+        let mut out = Vec::new();
+        for h in found {
+            let attrs = self
+                .session
+                .get_attributes(h, &[AttributeType::Value])
+                .map_err(|source| HsmError::ReadAttributes {
+                    label: hex::encode(id),
+                    source,
+                })?;
+            out.extend(attrs.into_iter().filter_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
     /// Raw ECDSA over a SHA-256 digest computed by the caller (SoftHSM has only CKM_ECDSA);
     /// returns the token's `r || s`.
     pub fn sign_digest(&self, key: &EcKey, digest: &[u8]) -> Result<Vec<u8>, HsmError> {

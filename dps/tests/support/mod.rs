@@ -107,6 +107,11 @@ impl Service {
         self.terminate();
     }
 
+    /// Stops the service but keeps its data dir for inspection.
+    pub fn stop_keep(&mut self) {
+        self.terminate();
+    }
+
     fn terminate(&mut self) {
         send_sigterm(self.child.id());
         for _ in 0..100 {

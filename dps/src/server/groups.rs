@@ -30,11 +30,11 @@ impl Record for EnrollmentGroup {
 
     fn key_from_path(id: &str) -> Result<String, ServiceError> {
         EnrollmentGroupId::new(id)
-            .map(|g| g.as_str().to_ascii_lowercase())
+            .map(|g| g.canonical())
             .map_err(|e| ServiceError::invalid("enrollmentGroupId", e))
     }
     fn key(&self) -> String {
-        self.enrollment_group_id.as_str().to_ascii_lowercase()
+        self.enrollment_group_id.canonical()
     }
     fn id(&self) -> String {
         self.enrollment_group_id.to_string()

@@ -86,8 +86,7 @@ async fn query(
     st.authorize(&h, Right::RegistrationStatusRead)?;
     let g = EnrollmentGroupId::new(&group)
         .map_err(|e| ServiceError::invalid("enrollmentGroupId", e))?
-        .as_str()
-        .to_ascii_lowercase();
+        .canonical();
     records::check_query(&h, raw)?;
     let (size, after) = records::paging(&h)?;
     let mut rows = st

@@ -1,1 +1,15 @@
-//! The provisioning station library.
+//! The provisioning station: gives every manufactured IoT device its cloud identity.
+//!
+//! The folders follow the path of a unit through the station; see `README.md` for the map.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod enroll;
+pub mod home;
+pub mod ids;
+pub mod line;
+pub mod logging;
+pub mod operators;
+pub mod store;
+pub mod trigger;

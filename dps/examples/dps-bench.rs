@@ -30,7 +30,7 @@ fn num(args: &[String], name: &str) -> Result<u64, Error> {
     Ok(arg(args, name)?.parse()?)
 }
 
-fn client(data: &PathBuf, ops_per_min: Option<u32>) -> Result<ServiceClient, Error> {
+fn client(data: &std::path::Path, ops_per_min: Option<u32>) -> Result<ServiceClient, Error> {
     let cs: ConnectionString = std::fs::read_to_string(data.join("connection-string"))?.parse()?;
     let opts = ClientOptions {
         extra_ca_file: Some(data.join("ca.pem")),
@@ -119,7 +119,10 @@ async fn get_loop(args: &[String]) -> Result<(), Error> {
         t.await??;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    println!("get_requests_per_s={:.0}", done.load(Ordering::Relaxed) as f64 / elapsed);
+    println!(
+        "get_requests_per_s={:.0}",
+        done.load(Ordering::Relaxed) as f64 / elapsed
+    );
     Ok(())
 }
 

@@ -164,47 +164,145 @@ fn flush_operations(state: &AppState) {
     }
 }
 
-/// Runs the service until SIGINT or SIGTERM.
-pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ServeError::Accept)?;
-    let host_name = format!("localhost:{}", addr.port());
-    let prepared = setup::prepare(&opts.data, &host_name)?;
-    prepared
-        .store
-        .write(|tx| {
-            for h in &opts.link_hubs {
-                tx.upsert_linked_hub(h)?;
-            }
-            Ok(())
-        })
-        .map_err(ServeError::LinkHubs)?;
-    let mut host_names = vec![
-        host_name.clone(),
-        format!("127.0.0.1:{}", addr.port()),
-        addr.to_string(),
-    ];
-    if addr.port() == 443 {
-        host_names.push("localhost".into());
-    }
-    let state = Arc::new(AppState {
-        store: prepared.store,
-        host_names,
-        id_scope: prepared.id_scope.clone(),
-        quota: opts
-            .ops_per_min
-            .map(|n| Mutex::new(TokenBucket::per_minute(n))),
-        fail_rate: opts.fail_rate,
-        latency: opts.latency,
-        ops_pending: Default::default(),
-    });
+/// A prepared, bound service: the data directory is ready and the port is open, but no
+/// connection is accepted until [`Server::run_until`]. Lets an embedding program (the
+/// station) learn the address before serving.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    tls: Arc<rustls::ServerConfig>,
+    dir: setup::DataDir,
+}
 
-    let dir = &prepared.dir;
+impl Server {
+    /// Prepares the data directory (first start creates CA, certificate, policies, ID
+    /// scope), links the start-up hubs and binds the listener.
+    pub async fn bind(opts: ServeOptions) -> Result<Self, ServeError> {
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ServeError::Accept)?;
+        let host_name = format!("localhost:{}", addr.port());
+        let prepared = setup::prepare(&opts.data, &host_name)?;
+        prepared
+            .store
+            .write(|tx| {
+                for h in &opts.link_hubs {
+                    tx.upsert_linked_hub(h)?;
+                }
+                Ok(())
+            })
+            .map_err(ServeError::LinkHubs)?;
+        let mut host_names = vec![
+            host_name,
+            format!("127.0.0.1:{}", addr.port()),
+            addr.to_string(),
+        ];
+        if addr.port() == 443 {
+            host_names.push("localhost".into());
+        }
+        let state = Arc::new(AppState {
+            store: prepared.store,
+            host_names,
+            id_scope: prepared.id_scope,
+            quota: opts
+                .ops_per_min
+                .map(|n| Mutex::new(TokenBucket::per_minute(n))),
+            fail_rate: opts.fail_rate,
+            latency: opts.latency,
+            ops_pending: Default::default(),
+        });
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            tls: prepared.tls,
+            dir: prepared.dir,
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The ID scope of this instance.
+    #[must_use]
+    pub fn id_scope(&self) -> &str {
+        &self.state.id_scope
+    }
+
+    /// The data directory's files (`ca.pem`, `connection-string`, `id-scope`).
+    #[must_use]
+    pub fn data_dir(&self) -> &setup::DataDir {
+        &self.dir
+    }
+
+    /// Serves until `shutdown` completes, then records the pending operation count.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        let state = self.state;
+        let flusher = {
+            let st = state.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    t.tick().await;
+                    flush_operations(&st);
+                }
+            })
+        };
+        let app = router(state.clone()).map_request(normalize::<hyper::body::Incoming>);
+        let acceptor = TlsAcceptor::from(self.tls);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, _peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the others.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let svc = TowerToHyperService::new(app);
+                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        flusher.abort();
+        flush_operations(&state);
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM, printing where its files are and, last,
+/// `https listening on ADDR:PORT`.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let server = Server::bind(opts).await?;
+    let dir = server.data_dir();
     let mut out = std::io::stdout().lock();
     // Paths only: the connection string holds a key and must not reach logs.
     let _ = writeln!(out, "ca certificate: {}", dir.ca_pem().display());
@@ -216,64 +314,22 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let _ = writeln!(
         out,
         "id scope: {} ({})",
-        prepared.id_scope,
+        server.id_scope(),
         dir.id_scope().display()
     );
-    let _ = writeln!(out, "https listening on {addr}");
+    let _ = writeln!(out, "https listening on {}", server.local_addr());
     let _ = out.flush();
     drop(out);
-
-    let flusher = {
-        let st = state.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                t.tick().await;
-                flush_operations(&st);
-            }
-        })
-    };
-
-    let app = router(state.clone()).map_request(normalize::<hyper::body::Incoming>);
-    let acceptor = TlsAcceptor::from(prepared.tls);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Accept)?;
-    loop {
-        let (tcp, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving the others.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let svc = TowerToHyperService::new(app);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
+    server
+        .run_until(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-        });
-    }
-    flusher.abort();
-    flush_operations(&state);
+        })
+        .await;
     Ok(())
 }
 

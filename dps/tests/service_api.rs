@@ -357,3 +357,43 @@ async fn state_survives_a_restart() {
         );
     }
 }
+
+#[tokio::test]
+async fn offers_tls_1_2_and_1_3() {
+    use reqwest::tls::{TlsInfo, Version};
+    let svc = Service::start(&[]);
+    let pem = std::fs::read(svc.dir.join("ca.pem")).unwrap();
+    for v in [Version::TLS_1_2, Version::TLS_1_3] {
+        let http = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+            .tls_version_min(v)
+            .tls_version_max(v)
+            .tls_info(true)
+            .build()
+            .unwrap();
+        let r = http
+            .get(svc.url("/registrations/nobody?api-version=2021-10-01"))
+            .header("Authorization", svc.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let info = r.extensions().get::<TlsInfo>().unwrap();
+        assert_eq!(info.version(), Some(v));
+    }
+    // The certificate also names 127.0.0.1.
+    let http = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!(
+            "https://127.0.0.1:{}/registrations/nobody?api-version=2021-10-01",
+            svc.port
+        ))
+        .header("Authorization", svc.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

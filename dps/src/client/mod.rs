@@ -326,6 +326,7 @@ impl ServiceClient {
     }
 
     /// Creates or replaces an individual enrollment; with `if_match`, only over that etag.
+    /// (Unlike the Node SDK, the record's own `etag` field is not sent as `If-Match`.)
     pub async fn create_or_update_enrollment(
         &self,
         e: &IndividualEnrollment,

@@ -6,6 +6,7 @@ pub mod ca;
 mod check;
 mod init;
 mod lot;
+mod pkcs11;
 mod user;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub enum Command {
     /// The HSM-backed certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Units whose key lives in a PKCS#11 secure element.
+    #[command(subcommand)]
+    Pkcs11(pkcs11::Pkcs11Command),
     /// Lots (work orders): open, close, list, show.
     #[command(subcommand)]
     Lot(lot::LotCommand),
@@ -114,6 +118,9 @@ pub enum CliError {
     /// A CA operation that records in the database failed.
     #[error(transparent)]
     CaService(#[from] crate::ca::service::CaServiceError),
+    /// A secure element could not be provisioned.
+    #[error(transparent)]
+    Pkcs11(#[from] pkcs11::Pkcs11CliError),
     /// A lot operation failed.
     #[error(transparent)]
     Lot(#[from] crate::line::lots::LotError),
@@ -170,6 +177,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
         Command::Ca(cmd) => ca::run(&ctx, &cmd),
         Command::Lot(cmd) => lot::run(&ctx, cmd),
+        Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
     }
 }

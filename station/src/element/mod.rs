@@ -85,7 +85,9 @@ pub enum ElementError {
         token: String,
     },
     /// The element made a key that could leave it; it was deleted again.
-    #[error("unit element {token}: {step} failed: the element made a key that is {problems}; the key was deleted")]
+    #[error(
+        "unit element {token}: {step} failed: the element made a key that is {problems}; the key was deleted"
+    )]
     NotProtected {
         /// The token.
         token: String,
@@ -153,17 +155,27 @@ pub fn choose_token(labels: &[String], pattern: Option<&str>) -> Result<String, 
         }
         None => labels.iter().collect(),
     };
-    let want = pattern.map_or_else(|| "a token".to_owned(), |p| format!("a token matching {p:?}"));
+    let want = pattern.map_or_else(
+        || "a token".to_owned(),
+        |p| format!("a token matching {p:?}"),
+    );
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(ElementError::Token(format!(
             "no token found; wanted {want}; present: {}",
-            if labels.is_empty() { "none".to_owned() } else { labels.join(", ") }
+            if labels.is_empty() {
+                "none".to_owned()
+            } else {
+                labels.join(", ")
+            }
         ))),
         many => Err(ElementError::Token(format!(
             "{} tokens match, wanted exactly one ({want}): {}",
             many.len(),
-            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -194,7 +206,9 @@ pub fn provision(
         .find_token(&TokenSelector::Label(token.clone()))
         .map_err(step(Step::FindToken))?;
     let pin = Pin::load(&target.pin, &token, resolve).map_err(step(Step::Login))?;
-    let session = module.open_slot(slot, &token, &pin).map_err(step(Step::Login))?;
+    let session = module
+        .open_slot(slot, &token, &pin)
+        .map_err(step(Step::Login))?;
 
     let existing = session
         .objects_labelled(KEY_LABEL)
@@ -295,12 +309,23 @@ mod tests {
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
-        assert_eq!(choose_token(&labels, Some("unit-GW-[0-9]+")).unwrap(), "unit-GW-000001");
-        let e = choose_token(&labels, Some("unit-XX-.*")).unwrap_err().to_string();
-        assert!(e.contains("no token found") && e.contains("station-ca"), "{e}");
+        assert_eq!(
+            choose_token(&labels, Some("unit-GW-[0-9]+")).unwrap(),
+            "unit-GW-000001"
+        );
+        let e = choose_token(&labels, Some("unit-XX-.*"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no token found") && e.contains("station-ca"),
+            "{e}"
+        );
         let e = choose_token(&labels, None).unwrap_err().to_string();
         assert!(e.contains("3 tokens match"), "{e}");
         assert_eq!(choose_token(&labels[2..], None).unwrap(), "unit-GW-000001");
-        assert!(matches!(choose_token(&labels, Some("(")), Err(ElementError::Pattern(_))));
+        assert!(matches!(
+            choose_token(&labels, Some("(")),
+            Err(ElementError::Pattern(_))
+        ));
     }
 }

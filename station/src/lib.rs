@@ -1,1 +1,3 @@
 //! The provisioning station library.
+
+pub mod tpm;

@@ -1,0 +1,428 @@
+//! Tests of the TPM step against real swtpm instances (one per test, so they run in parallel).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)] // each includer uses a different part of the fixture
+#[path = "../../../fixtures/src/swtpm.rs"]
+mod swtpm;
+
+use std::path::Path;
+use std::process::Command;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use swtpm::Swtpm;
+use tss_esapi::Context;
+use tss_esapi::tcti_ldr::TctiNameConf;
+
+use super::*;
+
+fn start() -> Swtpm {
+    // tpm2-tss logs provoked failures to stderr; run with TSS2_LOG=all+none to quiet it
+    // (not set here: changing the environment of a multi-threaded test process is unsound).
+    Swtpm::start().expect("starting swtpm (install swtpm, swtpm-tools, tpm2-tools)")
+}
+
+fn allow_sw() -> Policy {
+    Policy {
+        allow_software_tpm: true,
+        ..Policy::default()
+    }
+}
+
+fn trust(t: &Swtpm) -> TrustStore {
+    TrustStore::load(&t.trust_dir()).unwrap()
+}
+
+fn read_default(t: &Swtpm) -> TpmRead {
+    read(&t.tcti(), &ReadOptions::default()).unwrap()
+}
+
+/// sha256sum | base32 over `tpm2_readpublic -o` output: the rule computed by other tools.
+fn registration_id_by_coreutils(t: &Swtpm, handle: &str) -> (Vec<u8>, String) {
+    let file = t.dir().join(format!("{handle}.pub"));
+    t.tpm2("readpublic", &["-c", handle, "-o", file.to_str().unwrap()])
+        .unwrap();
+    let script = format!(
+        "sha256sum -b '{}' | cut -d' ' -f1 | xxd -r -p | base32 -w0 | tr -d = | tr A-Z a-z",
+        file.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "coreutils/xxd pipeline failed");
+    (
+        std::fs::read(&file).unwrap(),
+        String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+    )
+}
+
+fn transient_handles(t: &Swtpm) -> String {
+    let out = t.tpm2("getcap", &["handles-transient"]).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Replaces the contents of the NV index `index` with `data`, as a TPM maker would write it.
+fn write_nv(t: &Swtpm, index: u32, data: &[u8]) {
+    let idx = format!("{index:#x}");
+    let _ = t.tpm2("nvundefine", &["-C", "p", &idx]);
+    let file = t.dir().join("nv.bin");
+    std::fs::write(&file, data).unwrap();
+    let size = data.len().to_string();
+    t.tpm2(
+        "nvdefine",
+        &[
+            "-C",
+            "p",
+            "-s",
+            &size,
+            "-a",
+            "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
+            &idx,
+        ],
+    )
+    .unwrap();
+    t.tpm2("nvwrite", &["-C", "p", "-i", file.to_str().unwrap(), &idx])
+        .unwrap();
+}
+
+/// An EK certificate from the fixture's own CA, but for a freshly generated RSA key.
+fn cert_for_other_key(t: &Swtpm) -> Vec<u8> {
+    let key = t.dir().join("other.key");
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "openssl genrsa failed");
+    let m = Command::new("openssl")
+        .args(["rsa", "-in", key.to_str().unwrap(), "-modulus", "-noout"])
+        .output()
+        .unwrap();
+    let modulus = String::from_utf8(m.stdout).unwrap();
+    let modulus = modulus.trim().trim_start_matches("Modulus=");
+    let out_dir = t.dir().join("other-cert");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let st = Command::new("swtpm_localca")
+        .args([
+            "--type",
+            "ek",
+            "--ek",
+            modulus,
+            "--dir",
+            out_dir.to_str().unwrap(),
+        ])
+        .args(["--tpm-spec-family", "2.0", "--tpm-spec-level", "0"])
+        .args([
+            "--tpm-spec-revision",
+            "164",
+            "--tpm-manufacturer",
+            "id:00001014",
+        ])
+        .args([
+            "--tpm-model",
+            "swtpm",
+            "--tpm-version",
+            "id:20191023",
+            "--tpm2",
+        ])
+        .arg("--configfile")
+        .arg(t.localca_config())
+        .arg("--optsfile")
+        .arg(t.localca_options())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "swtpm_localca failed");
+    std::fs::read(out_dir.join("ek.cert")).unwrap()
+}
+
+#[test]
+fn reads_and_accepts_a_swtpm_when_software_tpms_are_allowed() {
+    let t = start();
+    let r = read_default(&t);
+    assert_eq!(r.ek_handle, 0x8101_0001);
+    assert!(!r.ek_created);
+    assert_eq!(r.endorsement_key.bytes().len(), 316);
+    assert!(r.storage_root_key.is_none(), "swtpm_setup makes no SRK");
+    assert_eq!(r.ek_certificate_index, 0x01c0_0002);
+    assert_eq!(r.properties.manufacturer, "IBM");
+    assert_eq!(r.properties.vendor, "SW TPM");
+
+    let a = assess(&r, allow_sw(), &trust(&t));
+    assert_eq!(a.verdict, Ok(()));
+    let info = a.ek_certificate.clone().unwrap();
+    assert_eq!(info.issuer, "CN=swtpm-localca");
+    assert_eq!(info.manufacturer.as_deref(), Some("id:00001014"));
+    assert_eq!(info.model.as_deref(), Some("swtpm"));
+    assert_eq!(info.version.as_deref(), Some("id:20191023"));
+    assert!(a.software_tpm.is_some());
+    assert!(a.warnings.iter().any(|w| w.contains("SOFTWARE TPM")));
+    assert!(a.warnings.iter().any(|w| w.contains("no SRK")));
+
+    // The registration ID and endorsement key equal what tpm2-tools and coreutils give.
+    let (ek_file, expected) = registration_id_by_coreutils(&t, "0x81010001");
+    assert_eq!(r.endorsement_key.bytes(), ek_file.as_slice());
+    assert_eq!(a.registration_id.as_str(), expected);
+    assert_eq!(expected.len(), 52);
+
+    let att = serde_json::to_value(Assessment::attestation(&r)).unwrap();
+    assert_eq!(att["type"], "tpm");
+    assert_eq!(att["tpm"]["endorsementKey"], r.endorsement_key.to_base64());
+    assert!(att["tpm"].get("storageRootKey").is_none());
+    assert_eq!(
+        transient_handles(&t).trim(),
+        "",
+        "no transient object may be left"
+    );
+}
+
+#[test]
+fn software_tpm_is_refused_by_default() {
+    let t = start();
+    let a = assess(&read_default(&t), Policy::default(), &trust(&t));
+    let Err(Refusal::SoftwareTpm(sign)) = &a.verdict else {
+        panic!("expected a software TPM refusal, got {:?}", a.verdict);
+    };
+    assert!(sign.contains("SW TPM"));
+    assert!(
+        a.verdict
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("allow_software_tpm")
+    );
+}
+
+#[test]
+fn reads_the_ecc_ek_and_its_p384_certificate() {
+    let t = start();
+    let opts = ReadOptions {
+        ek_handle: swtpm::ECC_EK_HANDLE,
+        ..ReadOptions::default()
+    };
+    let r = read(&t.tcti(), &opts).unwrap();
+    assert!(matches!(
+        r.endorsement_key.key(),
+        PublicKey::Ecc {
+            curve: public::Curve::P384,
+            ..
+        }
+    ));
+    assert_eq!(r.ek_certificate_index, swtpm::ECC_EK_CERT_INDEX);
+    let a = assess(&r, allow_sw(), &trust(&t));
+    assert_eq!(a.verdict, Ok(()));
+    let (_, expected) = registration_id_by_coreutils(&t, "0x81010016");
+    assert_eq!(a.registration_id.as_str(), expected);
+}
+
+#[test]
+fn srk_is_created_with_the_azure_template_only_when_configured() {
+    let t = start();
+    let create = ReadOptions {
+        srk: SrkPolicy::CreateIfAbsent,
+        ..ReadOptions::default()
+    };
+    let first = read(&t.tcti(), &create).unwrap();
+    assert!(first.srk_created);
+    let srk = first.storage_root_key.clone().unwrap();
+    assert_eq!(srk.bytes().len(), 284);
+    // TPM2B size, type, nameAlg, then the attributes word.
+    assert_eq!(&srk.bytes()[6..10], &0x0003_0472u32.to_be_bytes());
+    assert_eq!(transient_handles(&t).trim(), "");
+
+    let again = read(&t.tcti(), &ReadOptions::default()).unwrap();
+    assert!(!again.srk_created);
+    assert_eq!(again.storage_root_key, Some(srk));
+    let (srk_file, _) = registration_id_by_coreutils(&t, "0x81000001");
+    assert_eq!(again.storage_root_key.unwrap().bytes(), srk_file.as_slice());
+}
+
+#[test]
+fn missing_ek_is_an_error_unless_creation_is_configured() {
+    let t = start();
+    let original = read_default(&t).endorsement_key;
+    t.tpm2("evictcontrol", &["-C", "o", "-c", "0x81010001"])
+        .unwrap();
+
+    let err = read(&t.tcti(), &ReadOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TpmError::EkAbsent {
+                handle: 0x8101_0001
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("create-if-absent"));
+
+    let create = ReadOptions {
+        ek: EkPolicy::CreateIfAbsent,
+        ..ReadOptions::default()
+    };
+    let r = read(&t.tcti(), &create).unwrap();
+    assert!(r.ek_created);
+    // swtpm made its EK from the same TCG template and endorsement seed: same key again.
+    assert_eq!(r.endorsement_key, original);
+    assert_eq!(assess(&r, allow_sw(), &trust(&t)).verdict, Ok(()));
+    assert_eq!(transient_handles(&t).trim(), "");
+}
+
+#[test]
+fn untrusted_ca_is_refused() {
+    let t = start();
+    let other = start();
+    let r = read_default(&t);
+    let empty = tempfile::tempdir().unwrap();
+    for store in [TrustStore::load(empty.path()).unwrap(), trust(&other)] {
+        let a = assess(&r, allow_sw(), &store);
+        assert!(
+            matches!(
+                a.verdict,
+                Err(Refusal::EkCertificate(EkCertProblem::Untrusted(_)))
+            ),
+            "{:?}",
+            a.verdict
+        );
+    }
+}
+
+#[test]
+fn trust_dir_skips_private_keys_with_a_warning() {
+    let t = start();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["swtpm-localca-rootca-cert.pem", "issuercert.pem"] {
+        std::fs::copy(t.trust_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    std::fs::copy(
+        t.localca_dir().join("signkey.pem"),
+        dir.path().join("oops-signkey.pem"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("README"), "vendor roots go here\n").unwrap();
+    let store = TrustStore::load(dir.path()).unwrap();
+    assert_eq!(store.len(), 2);
+    assert_eq!(store.warnings().len(), 2, "{:?}", store.warnings());
+    assert!(
+        store
+            .warnings()
+            .iter()
+            .any(|w| w.contains("oops-signkey.pem"))
+    );
+    assert!(!store.warnings().iter().any(|w| w.contains("BEGIN")));
+    assert_eq!(
+        assess(&read_default(&t), allow_sw(), &store).verdict,
+        Ok(())
+    );
+}
+
+#[test]
+fn missing_ek_certificate_is_refused_when_required() {
+    let t = start();
+    t.tpm2("nvundefine", &["-C", "p", "0x01c00002"]).unwrap();
+    let r = read_default(&t);
+    assert!(r.ek_certificate.is_none());
+    let a = assess(&r, allow_sw(), &trust(&t));
+    assert_eq!(a.verdict, Err(Refusal::NoEkCertificate(0x01c0_0002)));
+    let lenient = Policy {
+        require_ek_cert: false,
+        allow_software_tpm: true,
+    };
+    let a = assess(&r, lenient, &trust(&t));
+    assert_eq!(a.verdict, Ok(()));
+    assert!(a.warnings.iter().any(|w| w.contains("no EK certificate")));
+}
+
+#[test]
+fn malformed_der_in_nv_is_refused() {
+    let t = start();
+    write_nv(&t, 0x01c0_0002, b"\x30\x82\x03\xe8 this is not DER at all");
+    let r = read_default(&t);
+    let a = assess(&r, allow_sw(), &trust(&t));
+    assert_eq!(
+        a.verdict,
+        Err(Refusal::EkCertificate(EkCertProblem::Malformed))
+    );
+    assert!(a.ek_certificate.is_none());
+}
+
+#[test]
+fn certificate_for_another_key_is_refused() {
+    let t = start();
+    let cert = cert_for_other_key(&t);
+    write_nv(&t, 0x01c0_0002, &cert);
+    let r = read_default(&t);
+    assert_eq!(r.ek_certificate.as_deref(), Some(cert.as_slice()));
+    let a = assess(&r, allow_sw(), &trust(&t));
+    assert_eq!(
+        a.verdict,
+        Err(Refusal::EkCertificate(EkCertProblem::KeyMismatch))
+    );
+}
+
+#[test]
+fn unreachable_tcti_is_a_clear_error() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    let err = read(&tcti, &ReadOptions::default()).unwrap_err();
+    assert!(matches!(err, TpmError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains(&tcti));
+    let err = read("nonsense-tcti:xyz", &ReadOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, TpmError::ParseTcti { .. } | TpmError::Connect { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn tpm_in_use_by_another_client_times_out_clearly() {
+    let t = start();
+    // swtpm serves one client at a time: hold its only client slot with a raw connection.
+    let _holder = std::net::TcpStream::connect(("127.0.0.1", t.port())).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let opts = ReadOptions {
+        timeout: Duration::from_secs(2),
+        ..ReadOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let err = read(&t.tcti(), &opts).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(err, TpmError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use by another client"));
+}
+
+#[test]
+fn nv_reads_are_chunked_and_handle_lists_paged() {
+    let t = start();
+    let data: Vec<u8> = (0..1500u32).map(|i| (i * 7 % 251) as u8).collect();
+    write_nv(&t, 0x01c1_0000, &data);
+    let mut ctx = Context::new(TctiNameConf::from_str(&t.tcti()).unwrap()).unwrap();
+    let max = ctx
+        .get_tpm_property(tss_esapi::constants::PropertyTag::NvBufferMax)
+        .unwrap()
+        .unwrap();
+    assert!(
+        (max as usize) < data.len(),
+        "the test needs more than one chunk"
+    );
+    assert_eq!(read::read_nv(&mut ctx, 0x01c1_0000).unwrap(), data);
+
+    let all = read::list_handles(&mut ctx, 0x0100_0000).unwrap();
+    let paged = read::list_handles_paged(&mut ctx, 0x0100_0000, 1).unwrap();
+    assert_eq!(all, paged);
+    for h in [0x01c0_0002, 0x01c0_0016, 0x01c0_8000, 0x01c1_0000] {
+        assert!(all.contains(&h), "{h:#x} in {all:x?}");
+    }
+    let persistent = read::list_handles_paged(&mut ctx, 0x8100_0000, 1).unwrap();
+    assert_eq!(persistent, vec![0x8101_0001, 0x8101_0016]);
+}
+
+#[test]
+fn trust_dir_relative_to_home() {
+    let t = start();
+    let home = t.dir();
+    let store = load_trust(Some(home), Path::new("trust")).unwrap();
+    assert_eq!(store.len(), 2);
+}

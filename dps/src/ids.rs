@@ -101,7 +101,20 @@ fn check_device_id(s: &str) -> Result<(), IdError> {
         let ok = ch.is_ascii_alphanumeric()
             || matches!(
                 ch,
-                '-' | '.' | '%' | '_' | '*' | '?' | '!' | '(' | ')' | ',' | ':' | '=' | '@' | '$' | '\''
+                '-' | '.'
+                    | '%'
+                    | '_'
+                    | '*'
+                    | '?'
+                    | '!'
+                    | '('
+                    | ')'
+                    | ','
+                    | ':'
+                    | '='
+                    | '@'
+                    | '$'
+                    | '\''
             );
         if !ok {
             return Err(IdError::BadChar {
@@ -217,13 +230,26 @@ mod tests {
             RegistrationId::new("x".repeat(129)),
             Err(IdError::TooLong { len: 129, .. })
         ));
-        assert!(matches!(RegistrationId::new(""), Err(IdError::Empty { .. })));
+        assert!(matches!(
+            RegistrationId::new(""),
+            Err(IdError::Empty { .. })
+        ));
         assert!(matches!(
             RegistrationId::new("unit 1"),
-            Err(IdError::BadChar { ch: ' ', pos: 4, .. })
+            Err(IdError::BadChar {
+                ch: ' ',
+                pos: 4,
+                ..
+            })
         ));
-        assert!(matches!(RegistrationId::new("-unit"), Err(IdError::BadEdge { .. })));
-        assert!(matches!(RegistrationId::new("unit."), Err(IdError::BadEdge { .. })));
+        assert!(matches!(
+            RegistrationId::new("-unit"),
+            Err(IdError::BadEdge { .. })
+        ));
+        assert!(matches!(
+            RegistrationId::new("unit."),
+            Err(IdError::BadEdge { .. })
+        ));
         assert!(RegistrationId::new("unité").is_err());
     }
 

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -45,7 +46,7 @@ pub enum TpmCliError {
     #[error("reading the TPM failed")]
     Read(#[source] tpm::TpmError),
     /// The TPM was read and refused.
-    #[error("TPM refused: {0}")]
+    #[error("{0}")]
     Refused(String),
     /// Writing the output failed.
     #[error("writing the output failed")]
@@ -82,6 +83,24 @@ pub struct TpmReadJson {
     pub validation: String,
     /// Whether this is a software TPM.
     pub software_tpm: bool,
+}
+
+/// Runs a `station tpm` command for the CLI: the home's configuration is used when there is
+/// one, but the command works without a home.
+pub(super) fn run_cli(ctx: &super::Context, cmd: TpmCommand) -> Result<ExitCode, super::CliError> {
+    let loaded = if ctx.home.config_file().exists() {
+        Some(ctx.config()?)
+    } else {
+        None
+    };
+    let mut stdout = std::io::stdout().lock();
+    run(
+        loaded.as_ref().map(|l| &l.config.tpm),
+        loaded.as_ref().map(|_| ctx.home.root()),
+        cmd,
+        &mut stdout,
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a `station tpm` command. `config` and `home` are absent when there is no home.

@@ -107,6 +107,18 @@ pub enum TpmConfigError {
     ZeroTimeout,
 }
 
+impl TpmConfigError {
+    /// The dotted configuration key at fault.
+    #[must_use]
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::EkHandleNotPersistent(_) => "tpm.ek_handle",
+            Self::EkCreateTimeoutTooShort(_) => "tpm.ek_create_timeout_secs",
+            Self::ZeroTimeout => "tpm.timeout_secs",
+        }
+    }
+}
+
 impl TpmConfig {
     /// Checks the rules serde cannot express.
     pub fn check(&self) -> Result<(), TpmConfigError> {

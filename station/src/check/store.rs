@@ -1,0 +1,109 @@
+//! Checks of the database: opens, schema current, integrity, audit chain, clock.
+
+use super::{CheckLine, Report};
+use crate::config::Config;
+use crate::home::Home;
+use crate::store::{Store, audit, migrations};
+
+pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
+    let path = home.resolve(&config.store.path);
+    let store = match Store::open_unmigrated(&path, &config.store) {
+        Ok(s) => s,
+        Err(e) => {
+            report
+                .lines
+                .push(CheckLine::fail("database", e.to_string()));
+            return;
+        }
+    };
+    let mode = store.file_mode().unwrap_or(0);
+    report.lines.push(if mode & 0o077 == 0 {
+        CheckLine::ok("database", format!("{} (mode {mode:04o})", path.display()))
+    } else {
+        CheckLine::warn(
+            "database",
+            format!(
+                "{} is readable by others (mode {mode:04o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        )
+    });
+
+    match store.schema_version() {
+        Ok(v) if v == migrations::latest() => report
+            .lines
+            .push(CheckLine::ok("schema", format!("version {v} (current)"))),
+        Ok(v) => report.lines.push(CheckLine::warn(
+            "schema",
+            format!(
+                "version {v}; {} migration(s) to version {} apply at the next command that writes",
+                migrations::latest() - v,
+                migrations::latest()
+            ),
+        )),
+        Err(e) => report.lines.push(CheckLine::fail("schema", e.to_string())),
+    }
+
+    match store.quick_check() {
+        Ok(s) if s == "ok" => report.lines.push(CheckLine::ok("integrity", "ok")),
+        Ok(s) => report.lines.push(CheckLine::fail("integrity", s)),
+        Err(e) => report
+            .lines
+            .push(CheckLine::fail("integrity", e.to_string())),
+    }
+
+    match audit::verify(store.conn()) {
+        Ok(v) => match v.first_bad {
+            None => report.lines.push(CheckLine::ok(
+                "audit",
+                format!("{} entries, chain intact", v.entries),
+            )),
+            Some(bad) => report.lines.push(CheckLine::fail(
+                "audit",
+                format!("entry {}: {}", bad.seq, bad.reason),
+            )),
+        },
+        Err(e) => report.lines.push(CheckLine::fail("audit", e.to_string())),
+    }
+
+    report.lines.push(clock_line(&store));
+}
+
+/// The clock is sane when it is not before the newest audit entry: certificates issued with a
+/// clock in the past would be valid too early and audit times would run backwards.
+fn clock_line(store: &Store) -> CheckLine {
+    let now = chrono::Utc::now();
+    let newest = match audit::newest(store.conn()) {
+        Ok(n) => n,
+        Err(e) => return CheckLine::fail("clock", e.to_string()),
+    };
+    let Some(entry) = newest else {
+        return CheckLine::ok(
+            "clock",
+            format!("{} (no audit entries yet)", now.to_rfc3339()),
+        );
+    };
+    match chrono::DateTime::parse_from_rfc3339(&entry.ts) {
+        Ok(ts) if ts <= now => CheckLine::ok(
+            "clock",
+            format!(
+                "{} (newest audit entry {})",
+                now.format("%Y-%m-%dT%H:%M:%SZ"),
+                entry.ts
+            ),
+        ),
+        Ok(_) => CheckLine::fail(
+            "clock",
+            format!(
+                "system clock {} is before the newest audit entry ({}); set the clock (NTP) before provisioning",
+                now.format("%Y-%m-%dT%H:%M:%SZ"),
+                entry.ts
+            ),
+        ),
+        Err(_) => CheckLine::fail(
+            "clock",
+            format!("newest audit entry has an unreadable time {:?}", entry.ts),
+        ),
+    }
+}

@@ -1,0 +1,150 @@
+//! The command line: `station <command>`. Each command group lives in a file of its own;
+//! a command parses its arguments, makes one call into the station, and prints the result.
+
+mod audit;
+mod check;
+mod init;
+pub mod tpm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Loaded};
+use crate::home::{Home, HomeError, init::InitError};
+use crate::logging::LogFormat;
+use crate::store::{Store, StoreError};
+
+/// Provisioning station: gives every manufactured IoT device its cloud identity.
+#[derive(Debug, Parser)]
+#[command(name = "station", version, about, long_about = None)]
+pub struct Cli {
+    /// The station home (configuration, database, logs).
+    #[arg(
+        long,
+        global = true,
+        env = "STATION_HOME",
+        default_value = "./var/station"
+    )]
+    pub home: PathBuf,
+    /// Log line format (logs go to standard error; filter with STATION_LOG).
+    #[arg(long, global = true, env = "STATION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a station home with embedded defaults (changes nothing if it exists).
+    Init(init::InitArgs),
+    /// Check the station: configuration, database, audit chain, clock.
+    Check,
+    /// Inspect and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// TPM diagnostics.
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
+}
+
+/// Who changes state, for commands that do: recorded in the audit log.
+#[derive(Debug, Clone, Args)]
+pub struct ActorArg {
+    /// Who is doing this (recorded in the audit log); default: the OS user.
+    #[arg(long)]
+    pub actor: Option<String>,
+}
+
+impl ActorArg {
+    /// The actor name: given, else the OS user name, else the numeric uid.
+    pub fn resolve(&self) -> Result<String, CliError> {
+        let name = match &self.actor {
+            Some(a) => a.clone(),
+            None => {
+                let uid = nix::unistd::getuid();
+                nix::unistd::User::from_uid(uid)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| format!("uid:{uid}"), |u| u.name)
+            }
+        };
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(CliError::BadActor(name.escape_debug().to_string()));
+        }
+        Ok(name)
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The home cannot be used.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The configuration is bad.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Init failed.
+    #[error("station init failed")]
+    Init(#[from] InitError),
+    /// The actor name is not usable.
+    #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
+    BadActor(String),
+    /// Output could not be written.
+    #[error("cannot write output")]
+    Output(#[from] std::io::Error),
+    /// A TPM command failed.
+    #[error(transparent)]
+    Tpm(#[from] tpm::TpmCliError),
+}
+
+/// What every command gets: the home, and its configuration once loaded.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The station home.
+    pub home: Home,
+}
+
+impl Context {
+    /// Loads the configuration (the home must exist).
+    pub fn config(&self) -> Result<Loaded, CliError> {
+        self.home.ensure_usable()?;
+        Ok(Config::load(&self.home)?)
+    }
+
+    /// Opens the database for a command that writes (pending migrations are applied).
+    pub fn open_store(&self, config: &Config) -> Result<Store, CliError> {
+        Ok(Store::open(
+            &self.home.resolve(&config.store.path),
+            &config.store,
+        )?)
+    }
+
+    /// Opens the database for a command that only reads (nothing is migrated).
+    pub fn open_store_read(&self, config: &Config) -> Result<Store, CliError> {
+        Ok(Store::open_unmigrated(
+            &self.home.resolve(&config.store.path),
+            &config.store,
+        )?)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let ctx = Context {
+        home: Home::new(&cli.home),
+    };
+    match cli.command {
+        Command::Init(args) => init::run(&ctx, &args),
+        Command::Check => check::run(&ctx),
+        Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Tpm(cmd) => tpm::run_cli(&ctx, cmd),
+    }
+}

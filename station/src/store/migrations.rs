@@ -1,0 +1,25 @@
+//! Numbered schema migrations. Each runs in one transaction together with its version bump.
+//! Never edit a migration that has shipped: add the next number.
+
+/// One migration.
+pub struct Migration {
+    /// Schema version after this migration.
+    pub version: u32,
+    /// Short name, recorded in `schema_history`.
+    pub name: &'static str,
+    /// The SQL.
+    pub sql: &'static str,
+}
+
+/// Every migration, in order; versions are 1, 2, 3, ...
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("migrations/0001_initial.sql"),
+}];
+
+/// The schema version this build of the station writes.
+#[must_use]
+pub fn latest() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}

@@ -1,0 +1,372 @@
+//! The SQLite store: WAL, `synchronous=FULL` by default, mode 0600, a schema version table,
+//! numbered migrations each in one transaction, and refusal to open a newer schema.
+
+pub mod audit;
+pub mod migrations;
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::config::{StoreConfig, Synchronous};
+use migrations::{MIGRATIONS, Migration};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file does not exist.
+    #[error("database {0} does not exist (run `station init`)")]
+    Missing(PathBuf),
+    /// The database file already exists where a new one was to be made.
+    #[error("database {0} already exists")]
+    Exists(PathBuf),
+    /// The file could not be created.
+    #[error("cannot create database {path}")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite could not open the file.
+    #[error("cannot open database {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is not a SQLite database, or is damaged.
+    #[error(
+        "database {path} is damaged or is not a SQLite database; restore it from a backup (nothing was changed)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is a SQLite database, but not a station's.
+    #[error("database {0} is a SQLite database but not a station database")]
+    Foreign(PathBuf),
+    /// The schema is newer than this build knows.
+    #[error(
+        "database {path} has schema version {found}, newer than this station supports ({supported}); use the station version that wrote it"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Latest version this build knows.
+        supported: u32,
+    },
+    /// A migration failed; it was rolled back.
+    #[error("migration {version} ({name}) failed and was rolled back")]
+    Migrate {
+        /// The migration's version.
+        version: u32,
+        /// Its name.
+        name: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A database operation failed.
+    #[error("database operation failed: {op}")]
+    Sql {
+        /// What was being done.
+        op: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// Maps a SQLite error of an operation into a [`StoreError`].
+pub(crate) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sql { op, source }
+}
+
+/// The current UTC time as stored: RFC 3339 with microseconds and `Z`.
+#[must_use]
+pub fn now_utc() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// An open station database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Creates a new database file (mode 0600) and applies every migration.
+    pub fn create(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    StoreError::Exists(path.to_path_buf())
+                } else {
+                    StoreError::Create {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                }
+            })?;
+        let mut store = Self::open_unmigrated(path, cfg)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database and applies pending migrations (for commands that write).
+    pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
+        let mut store = Self::open_unmigrated(path, cfg)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database without migrating it. Refuses a damaged file, a foreign
+    /// database and a newer schema before anything is written to the file.
+    pub fn open_unmigrated(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Read the version before any pragma: setting WAL on a rollback-journal file (or on a
+        // file we must refuse) would rewrite its header.
+        let found = read_version(&conn, path)?;
+        if found > migrations::latest() {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+                supported: migrations::latest(),
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("set journal_mode=WAL"))?;
+        let sync = match cfg.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(sql("set synchronous"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql("enable foreign keys"))?;
+        conn.busy_timeout(std::time::Duration::from_millis(u64::from(
+            cfg.busy_timeout_ms,
+        )))
+        .map_err(sql("set busy timeout"))?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for reads and for transactions of the layers above.
+    #[must_use]
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The connection, mutable (to start transactions).
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        read_version(&self.conn, &self.path)
+    }
+
+    /// Migrations not yet applied.
+    pub fn pending(&self) -> Result<Vec<&'static Migration>, StoreError> {
+        let v = self.schema_version()?;
+        Ok(MIGRATIONS.iter().filter(|m| m.version > v).collect())
+    }
+
+    /// Applies pending migrations, each in one transaction with its version bump.
+    pub fn migrate(&mut self) -> Result<Vec<u32>, StoreError> {
+        let mut applied = Vec::new();
+        for m in self.pending()? {
+            let err = |source| StoreError::Migrate {
+                version: m.version,
+                name: m.name,
+                source,
+            };
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            tx.execute_batch(m.sql).map_err(err)?;
+            let now = now_utc();
+            tx.execute(
+                "INSERT INTO schema_version (id, version, updated_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                rusqlite::params![m.version, now],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "INSERT INTO schema_history (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                rusqlite::params![m.version, m.name, now],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+            applied.push(m.version);
+        }
+        Ok(applied)
+    }
+
+    /// SQLite's `quick_check`: `ok`, or the first problems found.
+    pub fn quick_check(&self) -> Result<String, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .map_err(sql("quick_check"))?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(sql("quick_check"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("quick_check"))?;
+        Ok(rows.join("; "))
+    }
+
+    /// The file's permission bits.
+    pub fn file_mode(&self) -> std::io::Result<u32> {
+        Ok(std::fs::metadata(&self.path)?.permissions().mode() & 0o777)
+    }
+}
+
+/// Reads the schema version; 0 for an empty file. Classifies "not a database" as corruption.
+fn read_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
+    let corrupt = |source: rusqlite::Error| match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    };
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(corrupt)?;
+    let has_version: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+        .map_err(corrupt)?;
+    if !has_version {
+        return if tables == 0 {
+            Ok(0)
+        } else {
+            Err(StoreError::Foreign(path.to_path_buf()))
+        };
+    }
+    let v: Option<i64> = conn
+        .query_row("SELECT version FROM schema_version WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(corrupt)?;
+    Ok(v.and_then(|v| u32::try_from(v).ok()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_migrates_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::create(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), migrations::latest());
+        assert_eq!(store.file_mode().unwrap(), 0o600);
+        assert!(store.pending().unwrap().is_empty());
+        let mode: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
+        assert!(matches!(
+            Store::create(&path, &StoreConfig::default()),
+            Err(StoreError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_newer_schema_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::create(&path, &StoreConfig::default()).unwrap());
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute("UPDATE schema_version SET version = 99", [])
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path, &StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn refuses_garbage_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = Store::open(&path, &StoreConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0x5a; 8192]);
+
+        let other = dir.path().join("o.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = Store::open(&other, &StoreConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign(_)), "{err}");
+    }
+}

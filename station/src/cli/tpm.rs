@@ -120,7 +120,9 @@ pub fn run(
         } => {
             let defaults = TpmConfig::default();
             let config = config.unwrap_or(&defaults);
-            let tcti = tcti.or_else(|| config.tcti.clone()).ok_or(TpmCliError::NoTcti)?;
+            let tcti = tcti
+                .or_else(|| config.tcti.clone())
+                .ok_or(TpmCliError::NoTcti)?;
             let trust = match (trust_dir, home) {
                 (Some(dir), _) => tpm::TrustStore::load(&dir),
                 (None, Some(h)) => tpm::load_trust(Some(h), &config.trust_dir),
@@ -157,7 +159,10 @@ fn report(read: &tpm::TpmRead, a: &tpm::Assessment) -> TpmReadJson {
     TpmReadJson {
         registration_id: a.registration_id.to_string(),
         endorsement_key: read.endorsement_key.to_base64(),
-        storage_root_key: read.storage_root_key.as_ref().map(tpm::PublicArea::to_base64),
+        storage_root_key: read
+            .storage_root_key
+            .as_ref()
+            .map(tpm::PublicArea::to_base64),
         ek_certificate: a.ek_certificate.as_ref().map(|c| EkCertificateJson {
             subject: c.subject.clone(),
             issuer: c.issuer.clone(),
@@ -195,20 +200,32 @@ fn print_text(
         "EK              {:#010x} {}{}",
         read.ek_handle,
         read.endorsement_key.key().describe(),
-        if read.ek_created { " (created now)" } else { "" }
+        if read.ek_created {
+            " (created now)"
+        } else {
+            ""
+        }
     )?;
     match &read.storage_root_key {
         Some(srk) => writeln!(
             out,
             "SRK             0x81000001 {}{}",
             srk.key().describe(),
-            if read.srk_created { " (created now)" } else { "" }
+            if read.srk_created {
+                " (created now)"
+            } else {
+                ""
+            }
         )?,
         None => writeln!(out, "SRK             absent")?,
     }
     match &a.ek_certificate {
         Some(c) => {
-            writeln!(out, "EK certificate  NV {:#010x}", read.ek_certificate_index)?;
+            writeln!(
+                out,
+                "EK certificate  NV {:#010x}",
+                read.ek_certificate_index
+            )?;
             writeln!(out, "  subject       {}", c.subject)?;
             writeln!(out, "  issuer        {}", c.issuer)?;
             writeln!(out, "  not after     {}", c.not_after)?;

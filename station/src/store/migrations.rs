@@ -12,11 +12,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order; versions are 1, 2, 3, ...
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tpm_endorsement_keys",
+        sql: include_str!("migrations/0002_tpm_endorsement_keys.sql"),
+    },
+];
 
 /// The schema version this build of the station writes.
 #[must_use]

@@ -11,6 +11,7 @@ pub mod enrollment;
 mod genuine;
 pub mod public;
 pub mod read;
+pub mod record;
 pub mod registration_id;
 pub mod roca;
 
@@ -24,6 +25,7 @@ pub use enrollment::TpmEnrollmentAttestation;
 pub use genuine::software_tpm_sign;
 pub use public::{PublicArea, PublicKey};
 pub use read::{ReadOptions, TpmProperties, TpmRead, read};
+pub use record::{EkRecordError, Recorded, record_endorsement_key};
 pub use registration_id::registration_id;
 
 /// Why a TPM could not be read.

@@ -426,3 +426,91 @@ fn trust_dir_relative_to_home() {
     let store = load_trust(Some(home), Path::new("trust")).unwrap();
     assert_eq!(store.len(), 2);
 }
+
+fn store_with_units(dir: &Path, serials: &[&str]) -> crate::store::Store {
+    let store = crate::store::Store::create(
+        &dir.join("station.db"),
+        &crate::config::StoreConfig::default(),
+    )
+    .unwrap();
+    for s in serials {
+        store
+            .conn()
+            .execute(
+                "INSERT INTO units (serial, product, state, created_at, updated_at)
+                 VALUES (?1, 'widget', 'identified', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+                [s],
+            )
+            .unwrap();
+    }
+    store
+}
+
+fn unit_id(store: &crate::store::Store, serial: &str) -> i64 {
+    store
+        .conn()
+        .query_row("SELECT id FROM units WHERE serial = ?1", [serial], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn duplicate_ek_is_refused_naming_the_other_unit() {
+    let t = start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = store_with_units(dir.path(), &["SN-0001", "SN-0002"]);
+    let (a, b) = (unit_id(&store, "SN-0001"), unit_id(&store, "SN-0002"));
+
+    let ek = read_default(&t).endorsement_key;
+    let tx = store.conn_mut().transaction().unwrap();
+    assert_eq!(record_endorsement_key(&tx, a, &ek).unwrap(), Recorded::New);
+    tx.commit().unwrap();
+    // A retried run of the same unit with the same TPM is fine.
+    assert_eq!(
+        record_endorsement_key(store.conn(), a, &ek).unwrap(),
+        Recorded::AlreadyRecorded
+    );
+
+    // The same TPM shows up on a second unit (read again from the TPM, as a fixture would).
+    let again = read_default(&t).endorsement_key;
+    let tx = store.conn_mut().transaction().unwrap();
+    let err = record_endorsement_key(&tx, b, &again).unwrap_err();
+    assert!(
+        matches!(&err, EkRecordError::Duplicate { other_unit_id, other_serial } if *other_unit_id == a && other_serial == "SN-0001"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("SN-0001"));
+    drop(tx);
+
+    // The guard is the UNIQUE constraint itself, not only the function's lookup.
+    let raw = store.conn().execute(
+        "INSERT INTO tpm_endorsement_keys (unit_id, ek_sha256, ek_public, recorded_at)
+         VALUES (?1, ?2, 'x', 'now')",
+        rusqlite::params![b, record::ek_sha256(&again)],
+    );
+    assert!(raw.is_err());
+    let rows: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM tpm_endorsement_keys", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(rows, 1);
+
+    // Unit A presenting a different EK (its ECC one here) is refused too.
+    let other_ek = read(
+        &t.tcti(),
+        &ReadOptions {
+            ek_handle: swtpm::ECC_EK_HANDLE,
+            ..ReadOptions::default()
+        },
+    )
+    .unwrap()
+    .endorsement_key;
+    let err = record_endorsement_key(store.conn(), a, &other_ek).unwrap_err();
+    assert!(
+        matches!(err, EkRecordError::Changed { unit_id } if unit_id == a),
+        "{err:?}"
+    );
+}

@@ -4,6 +4,7 @@
 //! rather than fail. Each part of the station adds its checks in a file of its own here.
 
 mod store;
+pub mod tpm;
 
 use std::fmt;
 
@@ -124,6 +125,7 @@ pub fn run_all(home: &Home) -> Report {
     };
     report.lines.push(config_line(home, &loaded));
     store::run(home, &loaded.config, &mut report);
+    tpm::run(home, &loaded.config, &mut report);
     report
 }
 

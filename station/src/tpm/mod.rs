@@ -24,7 +24,7 @@ pub use ek_cert::{EkCertInfo, EkCertProblem, EkCertificate, TrustStore, TrustSto
 pub use enrollment::TpmEnrollmentAttestation;
 pub use genuine::software_tpm_sign;
 pub use public::{PublicArea, PublicKey};
-pub use read::{ReadOptions, TpmProperties, TpmRead, read};
+pub use read::{ReadOptions, TpmProperties, TpmRead, probe, read};
 pub use record::{EkRecordError, Recorded, record_endorsement_key};
 pub use registration_id::registration_id;
 

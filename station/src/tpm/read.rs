@@ -153,18 +153,45 @@ pub fn read(tcti: &str, opts: &ReadOptions) -> Result<TpmRead, TpmError> {
     }
 }
 
-fn session(tcti: &str, opts: &ReadOptions, tx: &mpsc::Sender<Event>) -> Result<TpmRead, TpmError> {
-    let stage = |s| {
-        let _ = tx.send(Event::Stage(s));
-    };
+/// Connects to the TPM at `tcti` and reads what it says it is, within `timeout`: the
+/// reachability check of `station check`.
+pub fn probe(tcti: &str, timeout: Duration) -> Result<TpmProperties, TpmError> {
+    let (tx, rx) = mpsc::channel();
+    let worker_tcti = tcti.to_owned();
+    thread::Builder::new()
+        .name("tpm-probe".into())
+        .spawn(move || {
+            let r = connect(&worker_tcti).and_then(|mut ctx| read_properties(&mut ctx));
+            let _ = tx.send(r);
+        })
+        .map_err(TpmError::SpawnSession)?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(TpmError::Timeout {
+            tcti: tcti.to_owned(),
+            stage: "connecting",
+            secs: timeout.as_secs(),
+        }),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(TpmError::SessionLost),
+    }
+}
+
+fn connect(tcti: &str) -> Result<Context, TpmError> {
     let conf = TctiNameConf::from_str(tcti).map_err(|source| TpmError::ParseTcti {
         tcti: tcti.to_owned(),
         source,
     })?;
-    let mut ctx = Context::new(conf).map_err(|source| TpmError::Connect {
+    Context::new(conf).map_err(|source| TpmError::Connect {
         tcti: tcti.to_owned(),
         source,
-    })?;
+    })
+}
+
+fn session(tcti: &str, opts: &ReadOptions, tx: &mpsc::Sender<Event>) -> Result<TpmRead, TpmError> {
+    let stage = |s| {
+        let _ = tx.send(Event::Stage(s));
+    };
+    let mut ctx = connect(tcti)?;
 
     stage("reading the TPM properties");
     let properties = read_properties(&mut ctx)?;

@@ -179,55 +179,62 @@ impl EkCertificate {
         }
     }
 
-    /// Checks the chain up to a self-signed root in `trust` (intermediates may come from
-    /// `trust` too), each signature and each validity period.
+    /// Checks the chain up to a self-signed root in `trust`: the issuer's signature on this
+    /// certificate, and every validity period on the way (the rest of the path was verified
+    /// when the trust directory was loaded).
     pub fn check_chain(&self, trust: &TrustStore) -> Result<(), EkCertProblem> {
         let leaf = self.cert()?;
-        let anchors: Vec<X509Certificate<'_>> = trust
+        let now = chrono::Utc::now().timestamp();
+        if !valid_at(&leaf, now) {
+            return Err(EkCertProblem::Expired(dn(leaf.subject())));
+        }
+        let mut expired = None;
+        for ca in trust
             .certs
             .iter()
-            .filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c))
-            .collect();
-        let mut current = leaf;
-        for _ in 0..MAX_CHAIN {
-            if !current.validity().is_valid() {
-                return Err(EkCertProblem::Expired(dn(current.subject())));
-            }
-            let issuer = anchors.iter().find(|ca| {
-                ca.subject().as_raw() == current.issuer().as_raw()
-                    && current.verify_signature(Some(ca.public_key())).is_ok()
-            });
-            let Some(issuer) = issuer else {
-                return Err(EkCertProblem::Untrusted(format!(
-                    "no trusted certificate for issuer \"{}\"",
-                    dn(current.issuer())
-                )));
+            .filter(|c| c.subject_raw == leaf.issuer().as_raw())
+        {
+            let Ok((_, ca_cert)) = X509Certificate::from_der(&ca.der) else {
+                continue;
             };
-            let is_ca = matches!(issuer.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
-            let self_signed = issuer.subject().as_raw() == issuer.issuer().as_raw()
-                && issuer.verify_signature(None).is_ok();
-            if !is_ca && !self_signed {
-                return Err(EkCertProblem::Untrusted(format!(
-                    "issuer \"{}\" is not a CA certificate",
-                    dn(issuer.subject())
-                )));
+            if leaf.verify_signature(Some(ca_cert.public_key())).is_err() {
+                continue;
             }
-            if self_signed {
-                if !issuer.validity().is_valid() {
-                    return Err(EkCertProblem::Expired(dn(issuer.subject())));
-                }
-                return Ok(());
+            if now < ca.path_not_before || now > ca.path_not_after {
+                expired = Some(dn(ca_cert.subject()));
+                continue;
             }
-            current = issuer.clone();
+            return Ok(());
         }
-        Err(EkCertProblem::Untrusted("chain too long".into()))
+        Err(match expired {
+            Some(name) => EkCertProblem::Expired(name),
+            None => EkCertProblem::Untrusted(format!(
+                "no trusted certificate for issuer \"{}\"",
+                dn(leaf.issuer())
+            )),
+        })
     }
+}
+
+fn valid_at(cert: &X509Certificate<'_>, now: i64) -> bool {
+    let v = cert.validity();
+    v.not_before.timestamp() <= now && now <= v.not_after.timestamp()
+}
+
+/// A CA certificate of the trust directory with a verified path to a self-signed root there.
+#[derive(Debug, Clone)]
+struct TrustedCa {
+    der: Vec<u8>,
+    subject_raw: Vec<u8>,
+    /// Latest start and earliest end of validity along the path to the root.
+    path_not_before: i64,
+    path_not_after: i64,
 }
 
 /// The trusted TPM-vendor CA certificates, loaded from a directory.
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
-    certs: Vec<Vec<u8>>,
+    certs: Vec<TrustedCa>,
     warnings: Vec<String>,
 }
 
@@ -268,52 +275,117 @@ impl TrustStore {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        let mut store = Self::default();
+        let mut found = Vec::new();
+        let mut warnings = Vec::new();
         for file in files {
             let data = std::fs::read(&file).map_err(|source| TrustStoreError::ReadFile {
                 file: file.clone(),
                 source,
             })?;
-            store.add_file(&file, &data);
+            add_file(&file, &data, &mut found, &mut warnings);
         }
+        let store = anchor(found, warnings);
         for w in &store.warnings {
             tracing::warn!("{w}");
         }
         Ok(store)
     }
+}
 
-    fn add_file(&mut self, file: &Path, data: &[u8]) {
-        if X509Certificate::from_der(data).is_ok() {
-            self.certs.push(data.to_vec());
-            return;
-        }
-        let mut found_pem = false;
-        for pem in Pem::iter_from_buffer(data) {
-            let Ok(Pem { label, contents }) = pem else {
-                break;
-            };
-            found_pem = true;
-            if label == "CERTIFICATE" && X509Certificate::from_der(&contents).is_ok() {
-                self.certs.push(contents);
-            } else if label == "CERTIFICATE" {
-                self.warnings.push(format!(
-                    "{}: skipped a CERTIFICATE block that does not parse",
-                    file.display()
-                ));
-            } else {
-                // Never echo the content: it may be a private key.
-                self.warnings.push(format!(
+/// Certificates found in the files of the trust directory, with the file each came from.
+type Found = Vec<(PathBuf, Vec<u8>)>;
+
+fn add_file(file: &Path, data: &[u8], found: &mut Found, warnings: &mut Vec<String>) {
+    if X509Certificate::from_der(data).is_ok() {
+        found.push((file.to_owned(), data.to_vec()));
+        return;
+    }
+    let mut found_pem = false;
+    for pem in Pem::iter_from_buffer(data) {
+        let Ok(Pem { label, contents }) = pem else {
+            break;
+        };
+        found_pem = true;
+        if label == "CERTIFICATE" && X509Certificate::from_der(&contents).is_ok() {
+            found.push((file.to_owned(), contents));
+        } else if label == "CERTIFICATE" {
+            warnings.push(format!(
+                "{}: skipped a CERTIFICATE block that does not parse",
+                file.display()
+            ));
+        } else {
+            // Never echo the content: it may be a private key.
+            warnings.push(format!(
                     "{}: skipped a \"{label}\" PEM block; only certificates belong in the TPM trust directory",
                     file.display()
                 ));
-            }
-        }
-        if !found_pem {
-            self.warnings
-                .push(format!("{}: skipped; not a certificate", file.display()));
         }
     }
+    if !found_pem {
+        warnings.push(format!("{}: skipped; not a certificate", file.display()));
+    }
+}
 
+/// Keeps the CA certificates that chain, by verified signatures, to a self-signed root of the
+/// same directory; done once at load so that each unit costs one signature check.
+fn anchor(found: Found, mut warnings: Vec<String>) -> TrustStore {
+    let parsed: Vec<(&PathBuf, &Vec<u8>, X509Certificate<'_>)> = found
+        .iter()
+        .filter_map(|(f, d)| X509Certificate::from_der(d).ok().map(|(_, c)| (f, d, c)))
+        .collect();
+    let is_ca =
+        |c: &X509Certificate<'_>| matches!(c.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    let mut certs = Vec::new();
+    for (file, der, cert) in &parsed {
+        if !is_ca(cert) {
+            warnings.push(format!(
+                "{}: skipped \"{}\"; not a CA certificate",
+                file.display(),
+                dn(cert.subject())
+            ));
+            continue;
+        }
+        let mut current = cert;
+        let v = cert.validity();
+        let (mut nb, mut na) = (v.not_before.timestamp(), v.not_after.timestamp());
+        let mut rooted = false;
+        for _ in 0..MAX_CHAIN {
+            if current.subject().as_raw() == current.issuer().as_raw()
+                && current.verify_signature(None).is_ok()
+            {
+                rooted = true;
+                break;
+            }
+            let issuer = parsed.iter().find(|(_, _, ca)| {
+                ca.subject().as_raw() == current.issuer().as_raw()
+                    && is_ca(ca)
+                    && current.verify_signature(Some(ca.public_key())).is_ok()
+            });
+            let Some((_, _, next)) = issuer else { break };
+            let v = next.validity();
+            nb = nb.max(v.not_before.timestamp());
+            na = na.min(v.not_after.timestamp());
+            current = next;
+        }
+        if rooted {
+            certs.push(TrustedCa {
+                der: (*der).clone(),
+                subject_raw: cert.subject().as_raw().to_vec(),
+                path_not_before: nb,
+                path_not_after: na,
+            });
+        } else {
+            warnings.push(format!(
+                "{}: skipped \"{}\"; it does not chain to a self-signed root in the directory",
+                file.display(),
+                dn(cert.subject())
+            ));
+        }
+    }
+    TrustStore { certs, warnings }
+}
+
+impl TrustStore {
     /// Number of certificates loaded.
     #[must_use]
     pub fn len(&self) -> usize {

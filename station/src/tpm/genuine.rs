@@ -35,6 +35,7 @@ mod tests {
             manufacturer: manufacturer.into(),
             vendor: vendor.into(),
             firmware_version: (0, 0),
+            nv_buffer_max: 1024,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct TpmProperties {
     pub vendor: String,
     /// Firmware version words 1 and 2.
     pub firmware_version: (u32, u32),
+    /// Largest NV read or write the TPM accepts in one command (TPM2_PT_NV_BUFFER_MAX).
+    pub nv_buffer_max: u32,
 }
 
 /// Everything read from one unit's TPM, before any judgement on it.
@@ -243,7 +245,11 @@ fn session(tcti: &str, opts: &ReadOptions, tx: &mpsc::Sender<Event>) -> Result<T
         })?;
     let nv = list_handles(&mut ctx, 0x0100_0000).map_err(TpmError::ListHandles)?;
     let ek_certificate = if nv.contains(&ek_certificate_index) {
-        Some(read_nv(&mut ctx, ek_certificate_index)?)
+        Some(read_nv(
+            &mut ctx,
+            ek_certificate_index,
+            properties.nv_buffer_max,
+        )?)
     } else {
         None
     };
@@ -273,9 +279,10 @@ fn property_text(words: &[u32]) -> String {
 }
 
 fn read_properties(ctx: &mut Context) -> Result<TpmProperties, TpmError> {
-    // One call for TPM2_PT_MANUFACTURER (0x105) through TPM2_PT_FIRMWARE_VERSION_2 (0x10c).
+    // One call for TPM2_PT_MANUFACTURER (0x105) through TPM2_PT_NV_BUFFER_MAX (0x12c): every
+    // command is a round trip, and this step runs once per unit.
     let (data, _) = ctx
-        .get_capability(CapabilityType::TpmProperties, 0x105, 8)
+        .get_capability(CapabilityType::TpmProperties, 0x105, 0x12c - 0x105 + 1)
         .map_err(TpmError::ReadProperties)?;
     let CapabilityData::TpmProperties(list) = data else {
         return Err(TpmError::UnexpectedAnswer("TPM properties"));
@@ -297,6 +304,7 @@ fn read_properties(ctx: &mut Context) -> Result<TpmProperties, TpmError> {
             get(PropertyTag::FirmwareVersion1),
             get(PropertyTag::FirmwareVersion2),
         ),
+        nv_buffer_max: get(PropertyTag::NvBufferMax),
     })
 }
 
@@ -413,26 +421,34 @@ fn create_srk(ctx: &mut Context) -> Result<PublicArea, TpmError> {
     read_persistent(ctx, SRK_HANDLE)
 }
 
-/// Reads a whole NV index in chunks no larger than the TPM's NV buffer (TPM2_PT_NV_BUFFER_MAX).
-pub(super) fn read_nv(ctx: &mut Context, index: u32) -> Result<Vec<u8>, TpmError> {
+/// Reads a whole NV index in chunks no larger than the TPM's NV buffer, `nv_buffer_max`
+/// (TPM2_PT_NV_BUFFER_MAX; 0 when the TPM did not say, then the PC Client minimum of 1024).
+pub(super) fn read_nv(
+    ctx: &mut Context,
+    index: u32,
+    nv_buffer_max: u32,
+) -> Result<Vec<u8>, TpmError> {
     let nv_err = |source| TpmError::ReadNv { index, source };
     let tpm_handle = NvIndexTpmHandle::new(index).map_err(nv_err)?;
     let mut obj = ctx
         .tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle))
         .map_err(nv_err)?;
-    let r = read_nv_open(ctx, obj);
+    let chunk = match usize::try_from(nv_buffer_max) {
+        Ok(0) | Err(_) => 1024,
+        Ok(n) => n.min(MaxNvBuffer::MAX_SIZE),
+    };
+    let r = read_nv_open(ctx, obj, chunk);
     let _ = ctx.tr_close(&mut obj);
     r.map_err(nv_err)
 }
 
-fn read_nv_open(ctx: &mut Context, obj: ObjectHandle) -> Result<Vec<u8>, tss_esapi::Error> {
+fn read_nv_open(
+    ctx: &mut Context,
+    obj: ObjectHandle,
+    chunk: usize,
+) -> Result<Vec<u8>, tss_esapi::Error> {
     let (public, _) = ctx.nv_read_public(obj.into())?;
     let size = public.data_size();
-    let chunk = ctx
-        .get_tpm_property(PropertyTag::NvBufferMax)?
-        .and_then(|v| usize::try_from(v).ok())
-        .unwrap_or(MaxNvBuffer::MAX_SIZE)
-        .clamp(1, MaxNvBuffer::MAX_SIZE);
     let mut out = Vec::with_capacity(size);
     while out.len() < size {
         let n = chunk.min(size - out.len());

@@ -144,6 +144,7 @@ fn reads_and_accepts_a_swtpm_when_software_tpms_are_allowed() {
     assert_eq!(r.ek_certificate_index, 0x01c0_0002);
     assert_eq!(r.properties.manufacturer, "IBM");
     assert_eq!(r.properties.vendor, "SW TPM");
+    assert_eq!(r.properties.nv_buffer_max, 1024);
 
     let a = assess(&r, allow_sw(), &trust(&t));
     assert_eq!(a.verdict, Ok(()));
@@ -407,7 +408,9 @@ fn nv_reads_are_chunked_and_handle_lists_paged() {
         (max as usize) < data.len(),
         "the test needs more than one chunk"
     );
-    assert_eq!(read::read_nv(&mut ctx, 0x01c1_0000).unwrap(), data);
+    assert_eq!(read::read_nv(&mut ctx, 0x01c1_0000, max).unwrap(), data);
+    // A smaller buffer than the TPM's: more chunks, same bytes.
+    assert_eq!(read::read_nv(&mut ctx, 0x01c1_0000, 100).unwrap(), data);
 
     let all = read::list_handles(&mut ctx, 0x0100_0000).unwrap();
     let paged = read::list_handles_paged(&mut ctx, 0x0100_0000, 1).unwrap();
@@ -512,5 +515,136 @@ fn duplicate_ek_is_refused_naming_the_other_unit() {
     assert!(
         matches!(err, EkRecordError::Changed { unit_id } if unit_id == a),
         "{err:?}"
+    );
+}
+
+/// Miller-Rabin with fixed bases: enough to build test keys, never used by the station.
+fn probably_prime(n: &num_bigint::BigUint) -> bool {
+    use num_bigint::BigUint;
+    for p in [3u32, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53] {
+        if (n % p) == BigUint::from(0u32) {
+            return false;
+        }
+    }
+    let one = BigUint::from(1u32);
+    let n1 = n - &one;
+    let s = n1.trailing_zeros().unwrap_or(0);
+    let d = &n1 >> s;
+    'bases: for a in [2u32, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
+        let mut x = BigUint::from(a).modpow(&d, n);
+        if x == one || x == n1 {
+            continue;
+        }
+        for _ in 1..s {
+            x = &x * &x % n;
+            if x == n1 {
+                continue 'bases;
+            }
+        }
+        return false;
+    }
+    true
+}
+
+/// A 1024-bit prime shaped like Infineon RSALib's: `k·M + (65537^a mod M)`, with `M` the
+/// product of the small primes the ROCA fingerprint tests.
+fn rsalib_prime(rng: &mut impl rand::RngCore) -> num_bigint::BigUint {
+    use num_bigint::BigUint;
+    let m = [
+        3u32, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89,
+        97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+    ]
+    .iter()
+    .fold(BigUint::from(2u32), |acc, &p| acc * p);
+    loop {
+        let a = rng.next_u64() % 1_000_000 + 1;
+        let base = BigUint::from(65537u32).modpow(&BigUint::from(a), &m);
+        let mut k = vec![0u8; 128 - (m.bits() as usize).div_ceil(8) + 1];
+        rng.fill_bytes(&mut k);
+        let p = BigUint::from_bytes_be(&k) * &m + base;
+        if p.bits() == 1024 && probably_prime(&p) {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn roca_vulnerable_rsa_ek_is_refused() {
+    use rsa::pkcs1::EncodeRsaPrivateKey as _;
+    let t = start();
+    let mut rng = rand::rng();
+    // A 2048-bit modulus exactly, as an RSA-2048 EK has.
+    let (p, q) = loop {
+        let (p, q) = (rsalib_prime(&mut rng), rsalib_prime(&mut rng));
+        if (&p * &q).bits() == 2048 {
+            break (p, q);
+        }
+    };
+    let big = |b: &num_bigint::BigUint| rsa::BigUint::from_bytes_be(&b.to_bytes_be());
+    let key = rsa::RsaPrivateKey::from_p_q(big(&p), big(&q), rsa::BigUint::from(65537u32)).unwrap();
+    let pem = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+    let d = t.dir();
+    let file = |n: &str| d.join(n).to_str().unwrap().to_owned();
+    std::fs::write(d.join("roca.pem"), pem.as_bytes()).unwrap();
+    // Put the weak key where the EK lives, as a TPM with RSALib firmware would have it.
+    t.tpm2("createprimary", &["-C", "o", "-c", &file("parent.ctx")])
+        .unwrap();
+    t.tpm2("flushcontext", &["-t"]).unwrap();
+    t.tpm2(
+        "import",
+        &[
+            "-C",
+            &file("parent.ctx"),
+            "-G",
+            "rsa",
+            "-i",
+            &file("roca.pem"),
+            "-u",
+            &file("roca.pub"),
+            "-r",
+            &file("roca.priv"),
+        ],
+    )
+    .unwrap();
+    // swtpm has no resource manager: each tool leaves its objects loaded.
+    t.tpm2("flushcontext", &["-t"]).unwrap();
+    t.tpm2(
+        "load",
+        &[
+            "-C",
+            &file("parent.ctx"),
+            "-u",
+            &file("roca.pub"),
+            "-r",
+            &file("roca.priv"),
+            "-c",
+            &file("roca.ctx"),
+        ],
+    )
+    .unwrap();
+    t.tpm2("evictcontrol", &["-C", "o", "-c", "0x81010001"])
+        .unwrap();
+    t.tpm2(
+        "evictcontrol",
+        &["-C", "o", "-c", &file("roca.ctx"), "0x81010001"],
+    )
+    .unwrap();
+    t.tpm2("flushcontext", &["-t"]).unwrap();
+
+    let r = read_default(&t);
+    let PublicKey::Rsa { modulus, .. } = r.endorsement_key.key() else {
+        panic!("expected an RSA key");
+    };
+    assert_eq!(
+        public::significant(modulus),
+        (p * q).to_bytes_be().as_slice()
+    );
+    let a = assess(&r, allow_sw(), &trust(&t));
+    assert_eq!(a.verdict, Err(Refusal::Roca));
+    assert!(
+        a.verdict
+            .unwrap_err()
+            .to_string()
+            .contains("CVE-2017-15361")
     );
 }

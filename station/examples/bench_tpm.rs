@@ -101,6 +101,26 @@ fn main() {
             drop(Context::new(TctiNameConf::from_str(&tcti).unwrap()).unwrap());
         }
         println!("detail: connect+close {:.3} ms", per(s.elapsed()));
+        let s = Instant::now();
+        for _ in 0..units {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(1u8));
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        println!("detail: thread round trip {:.3} ms", per(s.elapsed()));
+        let (jtx, jrx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<u8>>();
+        std::thread::spawn(move || {
+            while let Ok(reply) = jrx.recv() {
+                let _ = reply.send(1);
+            }
+        });
+        let s = Instant::now();
+        for _ in 0..units {
+            let (tx, rx) = std::sync::mpsc::channel();
+            jtx.send(tx).unwrap();
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        println!("detail: worker round trip {:.3} ms", per(s.elapsed()));
         let mut ctx = Context::new(TctiNameConf::from_str(&tcti).unwrap()).unwrap();
         let s = Instant::now();
         for _ in 0..units {

@@ -99,6 +99,40 @@ enum Event {
     Done(Box<Result<TpmRead, TpmError>>),
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Idle session threads, each waiting for its next job.
+static IDLE_WORKERS: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+
+/// Runs `job` on an idle session thread, or a new one. Threads are reused because starting
+/// one per unit costs more than a TPM command on a busy machine; a thread stuck on a TPM that
+/// never answers is simply not returned to the idle list.
+fn run_on_worker(job: Job) -> Result<(), TpmError> {
+    let idle = IDLE_WORKERS.lock().ok().and_then(|mut v| v.pop());
+    let job = match idle {
+        Some(worker) => match worker.send(job) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    let (tx, rx) = mpsc::channel::<Job>();
+    let me = tx.clone();
+    thread::Builder::new()
+        .name("tpm-session".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+                match IDLE_WORKERS.lock() {
+                    Ok(mut v) => v.push(me.clone()),
+                    Err(_) => return,
+                }
+            }
+        })
+        .map_err(TpmError::SpawnSession)?;
+    tx.send(job).map_err(|_| TpmError::SessionLost)
+}
+
 /// How often progress of a long operation (EK creation) is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -109,13 +143,10 @@ pub fn read(tcti: &str, opts: &ReadOptions) -> Result<TpmRead, TpmError> {
     let worker_opts = opts.clone();
     let stage_cell = Arc::new(Mutex::new("connecting"));
     let worker_stage = Arc::clone(&stage_cell);
-    thread::Builder::new()
-        .name("tpm-session".into())
-        .spawn(move || {
-            let r = session(&worker_tcti, &worker_opts, &tx, &worker_stage);
-            let _ = tx.send(Event::Done(Box::new(r)));
-        })
-        .map_err(TpmError::SpawnSession)?;
+    run_on_worker(Box::new(move || {
+        let r = session(&worker_tcti, &worker_opts, &tx, &worker_stage);
+        let _ = tx.send(Event::Done(Box::new(r)));
+    }))?;
 
     let started = Instant::now();
     let mut deadline = started + opts.timeout;
@@ -165,13 +196,10 @@ pub fn read(tcti: &str, opts: &ReadOptions) -> Result<TpmRead, TpmError> {
 pub fn probe(tcti: &str, timeout: Duration) -> Result<TpmProperties, TpmError> {
     let (tx, rx) = mpsc::channel();
     let worker_tcti = tcti.to_owned();
-    thread::Builder::new()
-        .name("tpm-probe".into())
-        .spawn(move || {
-            let r = connect(&worker_tcti).and_then(|mut ctx| read_properties(&mut ctx));
-            let _ = tx.send(r);
-        })
-        .map_err(TpmError::SpawnSession)?;
+    run_on_worker(Box::new(move || {
+        let r = connect(&worker_tcti).and_then(|mut ctx| read_properties(&mut ctx));
+        let _ = tx.send(r);
+    }))?;
     match rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(mpsc::RecvTimeoutError::Timeout) => Err(TpmError::Timeout {

@@ -15,4 +15,5 @@ pub mod line;
 pub mod logging;
 pub mod operators;
 pub mod store;
+pub mod tpm;
 pub mod trigger;

@@ -5,6 +5,7 @@
 
 mod hsm;
 mod store;
+pub mod tpm;
 
 use std::fmt;
 
@@ -126,6 +127,7 @@ pub fn run_all(home: &Home) -> Report {
     report.lines.push(config_line(home, &loaded));
     store::run(home, &loaded.config, &mut report);
     hsm::run(home, &loaded.config, &mut report);
+    tpm::run(home, &loaded.config, &mut report);
     report
 }
 

@@ -7,6 +7,7 @@ mod check;
 mod init;
 mod lot;
 mod pkcs11;
+pub mod tpm;
 mod user;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Manage the people who work the line: operators, supervisors, admins.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// TPM diagnostics.
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -133,6 +137,9 @@ pub enum CliError {
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    /// A TPM command failed.
+    #[error(transparent)]
+    Tpm(#[from] tpm::TpmCliError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -179,5 +186,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Lot(cmd) => lot::run(&ctx, cmd),
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
+        Command::Tpm(cmd) => tpm::run_cli(&ctx, cmd),
     }
 }

@@ -81,6 +81,9 @@ pub struct Config {
     /// The certificate authority.
     #[serde(default)]
     pub ca: crate::ca::CaConfig,
+    /// TPM attestation.
+    #[serde(default)]
+    pub tpm: crate::tpm::TpmConfig,
 }
 
 /// `[station]`
@@ -221,6 +224,10 @@ impl Config {
         }
         self.hsm.check().map_err(|e| ConfigError::Invalid {
             key: "hsm".into(),
+            message: e.to_string(),
+        })?;
+        self.tpm.check().map_err(|e| ConfigError::Invalid {
+            key: e.key().into(),
             message: e.to_string(),
         })?;
         if self.store.path.as_os_str().is_empty() {

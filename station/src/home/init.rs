@@ -86,6 +86,8 @@ pub fn init(home: &Home, actor: &str) -> Result<InitReport, InitError> {
         hex::encode(key).as_bytes(),
         &mut report,
     )?;
+    // Empty until the operator adds the TPM vendors' EK CA certificates.
+    make_dir(&home.resolve(&config.tpm.trust_dir), &mut report)?;
 
     let db = home.resolve(&config.store.path);
     let station = config.station_id();

@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_keyed_checkpoint",
         sql: include_str!("migrations/0002_audit_keyed_checkpoint.sql"),
     },
+    Migration {
+        version: 3,
+        name: "tpm_endorsement_keys",
+        sql: include_str!("migrations/0003_tpm_endorsement_keys.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

@@ -217,7 +217,16 @@ impl RegistrationId {
     }
 }
 
+impl EnrollmentGroupId {
+    /// The form DPS compares by: group IDs are case-insensitive like registration IDs.
+    #[must_use]
+    pub fn canonical(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -141,6 +141,24 @@ station_id!(
     "1 to 64 ASCII letters, digits and - . _, starting and ending with a letter or digit"
 );
 
+station_id!(
+    /// The name of a product profile.
+    ProductName,
+    "product name",
+    64,
+    &['-', '.', '_'],
+    "1 to 64 ASCII letters, digits and - . _, starting and ending with a letter or digit"
+);
+
+station_id!(
+    /// An operator's login name.
+    Username,
+    "user name",
+    32,
+    &['-', '.', '_'],
+    "1 to 32 ASCII letters, digits and - . _, starting and ending with a letter or digit"
+);
+
 impl StationId {
     /// The ID used when neither the configuration nor the host name gives a valid one.
     #[must_use]

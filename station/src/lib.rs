@@ -2,12 +2,19 @@
 //!
 //! The folders follow the path of a unit through the station; see `README.md` for the map.
 
+pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod element;
+pub mod enroll;
 pub mod home;
+pub mod hsm;
 pub mod ids;
+pub mod line;
 pub mod link;
 pub mod logging;
+pub mod operators;
 pub mod store;
+pub mod tpm;
 pub mod trigger;

@@ -3,7 +3,9 @@
 //! Checks of parts that may legitimately be absent (a DPS endpoint, a fixture's device) warn
 //! rather than fail. Each part of the station adds its checks in a file of its own here.
 
+mod hsm;
 mod store;
+pub mod tpm;
 
 use std::fmt;
 
@@ -124,6 +126,8 @@ pub fn run_all(home: &Home) -> Report {
     };
     report.lines.push(config_line(home, &loaded));
     store::run(home, &loaded.config, &mut report);
+    hsm::run(home, &loaded.config, &mut report);
+    tpm::run(home, &loaded.config, &mut report);
     report
 }
 

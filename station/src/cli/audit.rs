@@ -30,16 +30,24 @@ pub(super) fn run(ctx: &Context, cmd: &AuditCommand) -> Result<ExitCode, CliErro
     match cmd {
         AuditCommand::Verify => {
             let v = audit::verify(store.conn())?;
-            match v.first_bad {
+            let chain_ok = match v.first_bad {
                 None => {
                     println!("audit chain intact: {} entries", v.entries);
-                    Ok(ExitCode::SUCCESS)
+                    true
                 }
                 Some(bad) => {
                     println!("audit chain BROKEN at entry {}: {}", bad.seq, bad.reason);
-                    Ok(ExitCode::from(1))
+                    false
                 }
-            }
+            };
+            // The unkeyed chain can be recomputed by anyone who can write the file; the
+            // checkpoint's HMAC, made in the HSM, cannot.
+            let keyed_ok = verify_keyed(ctx, &loaded.config, &store)?;
+            Ok(if chain_ok && keyed_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         AuditCommand::List { limit, json } => {
             let entries = audit::list(store.conn(), *limit)?;
@@ -59,4 +67,33 @@ pub(super) fn run(ctx: &Context, cmd: &AuditCommand) -> Result<ExitCode, CliErro
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn verify_keyed(
+    ctx: &Context,
+    cfg: &crate::config::Config,
+    store: &crate::store::Store,
+) -> Result<bool, CliError> {
+    use crate::ca::service::{self, AuditKey, SealCheck};
+    let hsm = service::open_hsm(&ctx.home, cfg)?;
+    let session = service::open_ca_token(&hsm, &ctx.home, cfg)?;
+    let key = AuditKey::find(&session, &cfg.ca.audit_key_label)?;
+    Ok(match service::check_seal(store, &key)? {
+        SealCheck::Valid { seq, unsealed } => {
+            println!(
+                "keyed checkpoint intact: entry {seq} authenticated by the HSM key{}",
+                if unsealed > 0 {
+                    format!(" ({unsealed} newer entries are covered by the hash chain only)")
+                } else {
+                    String::new()
+                }
+            );
+            true
+        }
+        SealCheck::Empty => true,
+        SealCheck::Broken(why) => {
+            println!("keyed checkpoint BROKEN: {why}");
+            false
+        }
+    })
 }

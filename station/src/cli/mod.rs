@@ -2,9 +2,14 @@
 //! a command parses its arguments, makes one call into the station, and prints the result.
 
 mod audit;
+pub mod ca;
 mod check;
 mod init;
 pub mod link;
+mod lot;
+mod pkcs11;
+pub mod tpm;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +54,21 @@ pub enum Command {
     /// Talk to a unit over its device link (serial, MCUmgr SMP).
     #[command(subcommand)]
     Link(link::LinkCommand),
+    /// The HSM-backed certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Units whose key lives in a PKCS#11 secure element.
+    #[command(subcommand)]
+    Pkcs11(pkcs11::Pkcs11Command),
+    /// Lots (work orders): open, close, list, show.
+    #[command(subcommand)]
+    Lot(lot::LotCommand),
+    /// Manage the people who work the line: operators, supervisors, admins.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// TPM diagnostics.
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -100,9 +120,33 @@ pub enum CliError {
     /// A device-link command failed.
     #[error(transparent)]
     Link(#[from] link::LinkCliError),
+    /// The certificate authority refused or failed.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The HSM refused or failed.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
+    /// A CA operation that records in the database failed.
+    #[error(transparent)]
+    CaService(#[from] crate::ca::service::CaServiceError),
+    /// A secure element could not be provisioned.
+    #[error(transparent)]
+    Pkcs11(#[from] pkcs11::Pkcs11CliError),
+    /// A lot operation failed.
+    #[error(transparent)]
+    Lot(#[from] crate::line::lots::LotError),
+    /// A user operation failed.
+    #[error(transparent)]
+    Operator(#[from] crate::operators::OperatorError),
+    /// A password or badge could not be read.
+    #[error(transparent)]
+    SecretInput(#[from] user::SecretInputError),
     /// Output could not be written.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    /// A TPM command failed.
+    #[error(transparent)]
+    Tpm(#[from] tpm::TpmCliError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -146,5 +190,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
         Command::Link(cmd) => link::run(&ctx, &cmd),
+        Command::Ca(cmd) => ca::run(&ctx, &cmd),
+        Command::Lot(cmd) => lot::run(&ctx, cmd),
+        Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),
+        Command::User(cmd) => user::run(&ctx, cmd),
+        Command::Tpm(cmd) => tpm::run_cli(&ctx, cmd),
     }
 }

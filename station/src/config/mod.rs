@@ -75,6 +75,15 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The PKCS#11 module and tokens holding the CA keys.
+    #[serde(default)]
+    pub hsm: crate::hsm::HsmConfig,
+    /// The certificate authority.
+    #[serde(default)]
+    pub ca: crate::ca::CaConfig,
+    /// TPM attestation.
+    #[serde(default)]
+    pub tpm: crate::tpm::TpmConfig,
 }
 
 /// `[station]`
@@ -213,6 +222,14 @@ impl Config {
                 message: e.rule.into(),
             })?;
         }
+        self.hsm.check().map_err(|e| ConfigError::Invalid {
+            key: "hsm".into(),
+            message: e.to_string(),
+        })?;
+        self.tpm.check().map_err(|e| ConfigError::Invalid {
+            key: e.key().into(),
+            message: e.to_string(),
+        })?;
         if self.store.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "store.path".into(),

@@ -42,6 +42,12 @@ pub enum InitError {
     /// The database could not be made or opened.
     #[error("the database could not be prepared")]
     Store(#[from] StoreError),
+    /// The HSM tokens, CA keys or CA certificates could not be made.
+    #[error("the certificate authority could not be prepared")]
+    Ca(#[from] crate::ca::CaError),
+    /// The keyed audit checkpoint could not be written.
+    #[error("the keyed audit checkpoint could not be written")]
+    Seal(#[from] crate::ca::service::CaServiceError),
 }
 
 /// What `init` did.
@@ -72,6 +78,16 @@ pub fn init(home: &Home, actor: &str) -> Result<InitReport, InitError> {
     let loaded = Config::load(home)?;
     let config = loaded.config;
     make_dir(&home.resolve(&config.log.dir), &mut report)?;
+    crate::ca::init::init(home, &config, &mut report.created)?;
+    make_dir(&home.secrets_dir(), &mut report)?;
+    let key: [u8; 32] = rand::random();
+    make_file(
+        &home.badge_key_file(),
+        hex::encode(key).as_bytes(),
+        &mut report,
+    )?;
+    // Empty until the operator adds the TPM vendors' EK CA certificates.
+    make_dir(&home.resolve(&config.tpm.trust_dir), &mut report)?;
 
     let db = home.resolve(&config.store.path);
     let station = config.station_id();
@@ -95,6 +111,17 @@ pub fn init(home: &Home, actor: &str) -> Result<InitReport, InitError> {
     Ok(report)
 }
 
+/// Authenticates the audit checkpoint with the HSM's audit key (when one is configured).
+fn seal_checkpoint(home: &Home, tx: &rusqlite::Transaction<'_>) -> Result<(), InitError> {
+    let config = Config::load(home)?.config;
+    let hsm = crate::ca::service::open_hsm(home, &config)?;
+    let session = crate::ca::service::open_ca_token(&hsm, home, &config)?;
+    let key = crate::ca::service::AuditKey::find(&session, &config.ca.audit_key_label)
+        .map_err(crate::ca::CaError::from)?;
+    key.seal(tx)?;
+    Ok(())
+}
+
 fn record(
     store: &mut Store,
     station: &crate::ids::StationId,
@@ -102,7 +129,7 @@ fn record(
     event: &str,
     home: &Home,
     report: &InitReport,
-) -> Result<(), StoreError> {
+) -> Result<(), InitError> {
     let created: Vec<String> = report
         .created
         .iter()
@@ -134,6 +161,7 @@ fn record(
             }),
         },
     )?;
+    seal_checkpoint(home, &tx)?;
     tx.commit()
         .map_err(crate::store::sql("commit init transaction"))?;
     Ok(())

@@ -6,6 +6,9 @@
 //! H/config.d/*.toml  overrides, read in name order
 //! H/station.db       SQLite database (mode 0600)
 //! H/logs/            daemon logs
+//! H/secrets/         station-local secrets that are not HSM keys (badge hashing key)
+//! H/hsm/             embedded SoftHSM2: softhsm2.conf, tokens/, <token>.pin and .so-pin (0600)
+//! H/ca/              CA certificates (root.pem, intermediate.pem) and profiles/*.toml
 //! ```
 
 pub mod init;
@@ -68,6 +71,18 @@ impl Home {
     #[must_use]
     pub fn config_dir(&self) -> PathBuf {
         self.root.join("config.d")
+    }
+
+    /// `H/secrets`: station-local secrets that are not HSM keys (mode 0700, files 0600).
+    #[must_use]
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+
+    /// `H/secrets/badge.key`: the key under which operator badge codes are hashed.
+    #[must_use]
+    pub fn badge_key_file(&self) -> PathBuf {
+        self.secrets_dir().join("badge.key")
     }
 
     /// Resolves a configured path: absolute paths stay, relative ones are under the home.

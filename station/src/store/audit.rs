@@ -136,10 +136,13 @@ pub fn append(
         hash: String::new(),
     };
     entry.hash = entry.compute_hash();
-    tx.execute(
+    // Cached statements: appends are on the issuance path, once per certificate.
+    tx.prepare_cached(
         "INSERT INTO audit_log (seq, ts, actor, station_id, event, subject, details, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             entry.seq,
             entry.ts,
             entry.actor,
@@ -149,32 +152,31 @@ pub fn append(
             entry.details,
             entry.prev_hash,
             entry.hash
-        ],
-    )
+        ])
+    })
     .map_err(sql("append audit entry"))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_checkpoint (id, last_seq, last_hash) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
-        params![entry.seq, entry.hash],
     )
+    .and_then(|mut st| st.execute(params![entry.seq, entry.hash]))
     .map_err(sql("move audit checkpoint"))?;
     Ok(entry)
 }
 
 /// Reads the checkpoint, if any entry was ever written.
 pub fn read_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, StoreError> {
-    conn.query_row(
-        "SELECT last_seq, last_hash FROM audit_checkpoint WHERE id = 1",
-        [],
-        |r| {
-            Ok(Checkpoint {
-                last_seq: r.get(0)?,
-                last_hash: r.get(1)?,
+    conn.prepare_cached("SELECT last_seq, last_hash FROM audit_checkpoint WHERE id = 1")
+        .and_then(|mut st| {
+            st.query_row([], |r| {
+                Ok(Checkpoint {
+                    last_seq: r.get(0)?,
+                    last_hash: r.get(1)?,
+                })
             })
-        },
-    )
-    .optional()
-    .map_err(sql("read audit checkpoint"))
+        })
+        .optional()
+        .map_err(sql("read audit checkpoint"))
 }
 
 const SELECT: &str =
@@ -332,6 +334,76 @@ pub fn verify(conn: &Connection) -> Result<Verification, StoreError> {
             first_bad: None,
         }),
     }
+}
+
+/// Domain tag of the keyed checkpoint's MAC input.
+const SEAL_DOMAIN: &[u8] = b"station-audit-checkpoint-v1\0";
+
+/// The bytes the HSM MACs for a keyed checkpoint over entry `seq` with hash `hash`.
+#[must_use]
+pub fn seal_message(seq: i64, hash: &str) -> Vec<u8> {
+    let mut m = SEAL_DOMAIN.to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash.as_bytes());
+    m
+}
+
+/// The keyed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// The entry it covers.
+    pub seq: i64,
+    /// That entry's hash when sealed.
+    pub hash: String,
+    /// HMAC-SHA256 (hex) over [`seal_message`].
+    pub mac: String,
+}
+
+/// Records a keyed checkpoint over the current newest entry, in the caller's transaction.
+/// `mac` computes the HMAC (in the HSM). Returns the sealed sequence number, or `None` when
+/// the log is empty.
+pub fn seal<E>(
+    tx: &Transaction<'_>,
+    mac: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+) -> Result<Result<Option<i64>, E>, StoreError> {
+    let Some(cp) = read_checkpoint(tx)? else {
+        return Ok(Ok(None));
+    };
+    let tag = match mac(&seal_message(cp.last_seq, &cp.last_hash)) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    tx.execute(
+        "UPDATE audit_checkpoint SET mac = ?1, mac_seq = ?2, mac_hash = ?3 WHERE id = 1",
+        params![hex::encode(tag), cp.last_seq, cp.last_hash],
+    )
+    .map_err(sql("write keyed audit checkpoint"))?;
+    Ok(Ok(Some(cp.last_seq)))
+}
+
+/// Reads the keyed checkpoint, if one was ever written.
+pub fn read_seal(conn: &Connection) -> Result<Option<Seal>, StoreError> {
+    let row: Option<(Option<i64>, Option<String>, Option<String>)> = conn
+        .query_row(
+            "SELECT mac_seq, mac_hash, mac FROM audit_checkpoint WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(sql("read keyed audit checkpoint"))?;
+    Ok(match row {
+        Some((Some(seq), Some(hash), Some(mac))) => Some(Seal { seq, hash, mac }),
+        _ => None,
+    })
+}
+
+/// The stored hash of entry `seq`, if it exists.
+pub fn entry_hash_at(conn: &Connection, seq: i64) -> Result<Option<String>, StoreError> {
+    conn.query_row("SELECT hash FROM audit_log WHERE seq = ?1", [seq], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(sql("read audit entry hash"))
 }
 
 #[cfg(test)]

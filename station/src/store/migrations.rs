@@ -12,11 +12,23 @@ pub struct Migration {
 }
 
 /// Every migration, in order; versions are 1, 2, 3, ...
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "audit_keyed_checkpoint",
+        sql: include_str!("migrations/0002_audit_keyed_checkpoint.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "tpm_endorsement_keys",
+        sql: include_str!("migrations/0003_tpm_endorsement_keys.sql"),
+    },
+];
 
 /// The schema version this build of the station writes.
 #[must_use]

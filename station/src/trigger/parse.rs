@@ -19,6 +19,12 @@ pub const DEFAULT_MAX_LEN: usize = 128;
 pub struct Badge(SecretString);
 
 impl Badge {
+    /// A badge code given another way than a scan (the command line).
+    #[must_use]
+    pub fn new(code: SecretString) -> Self {
+        Self(code)
+    }
+
     /// The code, for hashing and lookup only.
     #[must_use]
     pub fn expose(&self) -> &str {

@@ -1,0 +1,147 @@
+//! `/enrollments`: individual enrollments.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{post, put};
+use chrono::{DateTime, Utc};
+
+use super::error::ServiceError;
+use super::records::{self, Record};
+use super::state::AppState;
+use super::store::{LinkedHub, Table};
+use super::validate::{self, Owner};
+use crate::ids::RegistrationId;
+use crate::wire::{AttestationMechanism, IndividualEnrollment, ItemType};
+
+impl Record for IndividualEnrollment {
+    const TABLE: Table = Table::Enrollments;
+    const ITEM: ItemType = ItemType::Enrollment;
+    const NOUN: &'static str = "enrollment";
+    const ID_FIELD: &'static str = "registrationId";
+    const BULK_FIELD: &'static str = "enrollments";
+
+    fn key_from_path(id: &str) -> Result<String, ServiceError> {
+        RegistrationId::new(id)
+            .map(|r| r.canonical())
+            .map_err(|e| ServiceError::invalid("registrationId", e))
+    }
+    fn key(&self) -> String {
+        self.registration_id.canonical()
+    }
+    fn id(&self) -> String {
+        self.registration_id.to_string()
+    }
+    fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+    fn created(&self) -> Option<DateTime<Utc>> {
+        self.created_date_time_utc
+    }
+    fn stamp(&mut self, etag: String, created: DateTime<Utc>, updated: DateTime<Utc>) {
+        self.etag = Some(etag);
+        self.created_date_time_utc = Some(created);
+        self.last_updated_date_time_utc = Some(updated);
+        // Read-only: the service owns the registration record.
+        self.registration_state = None;
+    }
+    fn prepare(&mut self, prefix: &str, linked: &[LinkedHub]) -> Result<(), ServiceError> {
+        validate::attestation(&mut self.attestation, prefix, Owner::Enrollment)?;
+        validate::allocation(
+            self.allocation_policy,
+            self.iot_hubs.as_deref(),
+            self.iot_hub_host_name.as_deref(),
+            self.custom_allocation_definition.is_some(),
+            linked,
+            prefix,
+        )?;
+        validate::initial_twin(self.initial_twin.as_ref(), prefix)
+    }
+    fn attestation(&self) -> &AttestationMechanism {
+        &self.attestation
+    }
+    fn for_output(mut self) -> Self {
+        strip_secrets(&mut self.attestation);
+        self
+    }
+}
+
+/// Removes symmetric keys and certificate text, keeping the certificate `info`.
+pub fn strip_secrets(a: &mut AttestationMechanism) {
+    if let Some(sk) = a.symmetric_key.as_mut() {
+        sk.primary_key = None;
+        sk.secondary_key = None;
+    }
+    if let Some(x) = a.x509.as_mut() {
+        for c in [
+            x.client_certificates.as_mut(),
+            x.signing_certificates.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for cert in [c.primary.as_mut(), c.secondary.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                cert.certificate = None;
+            }
+        }
+    }
+}
+
+type St = State<Arc<AppState>>;
+type Raw = Result<Bytes, BytesRejection>;
+
+async fn put_one(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    raw: Raw,
+) -> Result<Response, ServiceError> {
+    records::put::<IndividualEnrollment>(&st, &id, &h, raw)
+}
+async fn get_one(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ServiceError> {
+    records::get::<IndividualEnrollment>(&st, &id, &h)
+}
+async fn delete_one(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ServiceError> {
+    records::delete::<IndividualEnrollment>(&st, &id, &h)
+}
+async fn attestation(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ServiceError> {
+    records::attestation::<IndividualEnrollment>(&st, &id, &h)
+}
+async fn bulk(State(st): St, h: HeaderMap, raw: Raw) -> Result<Response, ServiceError> {
+    records::bulk::<IndividualEnrollment>(&st, &h, raw)
+}
+async fn query(State(st): St, h: HeaderMap, raw: Raw) -> Result<Response, ServiceError> {
+    records::query::<IndividualEnrollment>(&st, &h, raw)
+}
+
+/// The routes (paths already lower-cased by the URI normaliser).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/enrollments", post(bulk))
+        .route("/enrollments/query", post(query))
+        .route(
+            "/enrollments/{id}",
+            put(put_one).get(get_one).delete(delete_one),
+        )
+        .route("/enrollments/{id}/attestationmechanism", post(attestation))
+}

@@ -1,0 +1,74 @@
+//! DeviceRegistrationState: the record of a unit's registration.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Registration status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RegistrationStatus {
+    /// Not assigned yet.
+    Unassigned,
+    /// Being assigned.
+    Assigning,
+    /// Assigned to a hub.
+    Assigned,
+    /// Failed.
+    Failed,
+    /// The enrollment is disabled.
+    Disabled,
+}
+
+/// How the assignment came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RegistrationSubstatus {
+    /// First assignment.
+    InitialAssignment,
+    /// Moved with its data.
+    DeviceDataMigrated,
+    /// Moved with its data reset.
+    DeviceDataReset,
+    /// Reprovisioned to its initial assignment.
+    ReprovisionedToInitialAssignment,
+}
+
+/// A unit's registration record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistrationState {
+    /// The unit's registration ID (kept as text: records are read back as the service wrote them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_id: Option<String>,
+    /// When the record was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_date_time_utc: Option<DateTime<Utc>>,
+    /// The assigned hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_hub: Option<String>,
+    /// The device ID in that hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RegistrationStatus>,
+    /// Substatus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<RegistrationSubstatus>,
+    /// Error code of a failed registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// Error message of a failed registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// Last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_date_time_utc: Option<DateTime<Utc>>,
+    /// Version tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Custom payload returned to the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+}

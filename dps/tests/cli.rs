@@ -1,0 +1,303 @@
+//! The `dps` command line against a running local service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::{Service, run_dps};
+
+#[test]
+fn linked_hubs_are_edited_while_the_service_runs() {
+    let svc = Service::start(&["--link-hub", "hub-a.example.test=3"]);
+    let d = svc.dir.to_str().unwrap().to_owned();
+    let create = |hub: &str| {
+        run_dps(&[
+            "enrollment",
+            "create",
+            "--data",
+            &d,
+            "--registration-id",
+            "cli-1",
+            "--attestation-type",
+            "symmetrickey",
+            "--iot-hubs",
+            hub,
+            "--allocation-policy",
+            "static",
+        ])
+    };
+    let (ok, _, err) = create("hub-b.example.test");
+    assert!(!ok);
+    assert!(
+        err.contains("iotHubs[0]") && err.contains("not linked"),
+        "{err}"
+    );
+    let (ok, out, err) = run_dps(&[
+        "linked-hub",
+        "add",
+        "--data",
+        &d,
+        "hub-b.example.test",
+        "--weight",
+        "7",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("linked hub-b.example.test"));
+    let (ok, out, err) = create("hub-b.example.test");
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["iotHubs"][0], "hub-b.example.test");
+    let (_, out, _) = run_dps(&["linked-hub", "list", "--data", &d]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![
+            "hub-a.example.test\tweight=3\tapply_allocation_policy=true",
+            "hub-b.example.test\tweight=7\tapply_allocation_policy=true"
+        ]
+    );
+    let (ok, _, _) = run_dps(&["linked-hub", "remove", "--data", &d, "hub-a.example.test"]);
+    assert!(ok);
+    let (ok, _, err) = run_dps(&["linked-hub", "remove", "--data", &d, "hub-a.example.test"]);
+    assert!(!ok && err.contains("not linked"), "{err}");
+    let (_, out, _) = run_dps(&["linked-hub", "list", "--data", &d]);
+    assert_eq!(out.lines().count(), 1);
+}
+
+#[test]
+fn enrollment_group_and_registration_commands() {
+    let svc = Service::start(&[]);
+    let d = svc.dir.to_str().unwrap().to_owned();
+    let (ok, out, err) = run_dps(&[
+        "enrollment",
+        "create",
+        "--data",
+        &d,
+        "--registration-id",
+        "tpm-1",
+        "--attestation-type",
+        "tpm",
+        "--endorsement-key",
+        "AToAAQALAAMAsgAg",
+        "--initial-twin-tags",
+        r#"{"site":"f7"}"#,
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["initialTwin"]["tags"]["site"], "f7");
+    let (ok, out, _) = run_dps(&[
+        "enrollment",
+        "show",
+        "--data",
+        &d,
+        "--registration-id",
+        "TPM-1",
+    ]);
+    assert!(ok);
+    assert!(out.contains("\"registrationId\": \"tpm-1\""));
+    let gk = "O+H9VTcdJP0Tqkl7bh4nVG0OJNrAataMpuWB54D0VEc=";
+    let (ok, _, err) = run_dps(&[
+        "group",
+        "create",
+        "--data",
+        &d,
+        "--enrollment-group-id",
+        "g-1",
+        "--attestation-type",
+        "symmetrickey",
+        "--primary-key",
+        gk,
+    ]);
+    assert!(ok, "{err}");
+    let (_, out, _) = run_dps(&[
+        "group",
+        "show",
+        "--data",
+        &d,
+        "--enrollment-group-id",
+        "g-1",
+    ]);
+    assert!(!out.contains(gk), "keys are hidden without --show-keys");
+    let (_, out, _) = run_dps(&[
+        "group",
+        "show",
+        "--data",
+        &d,
+        "--enrollment-group-id",
+        "g-1",
+        "--show-keys",
+    ]);
+    assert!(out.contains(gk));
+    let (_, out, _) = run_dps(&["group", "list", "--data", &d]);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&out)
+            .unwrap()
+            .len(),
+        1
+    );
+    let (_, out, _) = run_dps(&["enrollment", "list", "--data", &d, "--page-size", "1"]);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&out)
+            .unwrap()
+            .len(),
+        1
+    );
+    let (ok, _, err) = run_dps(&[
+        "registration",
+        "show",
+        "--data",
+        &d,
+        "--registration-id",
+        "tpm-1",
+    ]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, out, _) = run_dps(&[
+        "registration",
+        "list",
+        "--data",
+        &d,
+        "--enrollment-group-id",
+        "g-1",
+    ]);
+    assert!(ok);
+    assert_eq!(out.trim(), "[]");
+    let (ok, _, _) = run_dps(&[
+        "group",
+        "delete",
+        "--data",
+        &d,
+        "--enrollment-group-id",
+        "g-1",
+    ]);
+    assert!(ok);
+    let (ok, _, _) = run_dps(&[
+        "enrollment",
+        "delete",
+        "--data",
+        &d,
+        "--registration-id",
+        "tpm-1",
+        "--etag",
+        "stale",
+    ]);
+    assert!(!ok);
+    let (ok, _, _) = run_dps(&[
+        "enrollment",
+        "delete",
+        "--data",
+        &d,
+        "--registration-id",
+        "tpm-1",
+    ]);
+    assert!(ok);
+    // The same commands work with an explicit connection string and CA file.
+    let cs = std::fs::read_to_string(svc.dir.join("connection-string")).unwrap();
+    let out = std::process::Command::new(support::dps_bin())
+        .args(["enrollment", "list", "--ca-file"])
+        .arg(svc.dir.join("ca.pem"))
+        .env("DPS_CONNECTION_STRING", cs.trim())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
+
+#[test]
+fn policies_rights_and_key_regeneration() {
+    let svc = Service::start(&[]);
+    let d = svc.dir.to_str().unwrap().to_owned();
+    let (_, out, _) = run_dps(&["policy", "list", "--data", &d]);
+    assert!(out.contains("provisioningserviceowner\tServiceConfig,EnrollmentRead,EnrollmentWrite,RegistrationStatusRead,RegistrationStatusWrite"), "{out}");
+    assert!(
+        out.contains("enrollmentread\tEnrollmentRead,RegistrationStatusRead"),
+        "{out}"
+    );
+    let (ok, _, err) = run_dps(&[
+        "policy",
+        "create",
+        "--data",
+        &d,
+        "bad",
+        "--rights",
+        "Everything",
+    ]);
+    assert!(!ok && err.contains("unknown right"), "{err}");
+    let old = std::fs::read_to_string(svc.dir.join("connection-string")).unwrap();
+    let (ok, out, err) = run_dps(&[
+        "policy",
+        "regenerate-key",
+        "--data",
+        &d,
+        "provisioningserviceowner",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("rewrote"));
+    let new = std::fs::read_to_string(svc.dir.join("connection-string")).unwrap();
+    assert_ne!(old, new);
+    // The old key no longer works, the new one does (the running service reads policies live).
+    let old_out = std::process::Command::new(support::dps_bin())
+        .args(["enrollment", "list", "--ca-file"])
+        .arg(svc.dir.join("ca.pem"))
+        .env("DPS_CONNECTION_STRING", old.trim())
+        .output()
+        .unwrap();
+    assert!(!old_out.status.success());
+    assert!(String::from_utf8_lossy(&old_out.stderr).contains("401"));
+    let (ok, _, err) = run_dps(&["enrollment", "list", "--data", &d]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn stats_count_successful_operations_per_day() {
+    let svc = Service::start(&[]);
+    let d = svc.dir.to_str().unwrap().to_owned();
+    for i in 0..3 {
+        let (ok, _, err) = run_dps(&[
+            "enrollment",
+            "create",
+            "--data",
+            &d,
+            "--registration-id",
+            &format!("s-{i}"),
+            "--attestation-type",
+            "symmetrickey",
+        ]);
+        assert!(ok, "{err}");
+    }
+    // A failed request is not an operation.
+    let (ok, _, _) = run_dps(&[
+        "enrollment",
+        "show",
+        "--data",
+        &d,
+        "--registration-id",
+        "missing",
+    ]);
+    assert!(!ok);
+    // The service flushes its counter every second; SIGTERM flushes the rest.
+    let mut svc = svc;
+    svc.stop_keep();
+    let (ok, out, err) = run_dps(&["stats", "--data", &d]);
+    assert!(ok, "{err}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        out.contains("enrollments=3 groups=0 registrations=0"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{today} operations=3")), "{out}");
+}
+
+#[test]
+fn compute_device_key_matches_the_library() {
+    let gk = "O+H9VTcdJP0Tqkl7bh4nVG0OJNrAataMpuWB54D0VEc=";
+    let (ok, out, _) = run_dps(&[
+        "compute-device-key",
+        "--key",
+        gk,
+        "--registration-id",
+        "FirstDevice",
+    ]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        include_str!("vectors/derived-first-device.txt").trim()
+    );
+}

@@ -1,0 +1,298 @@
+//! The CA as the station runs it: opening the configured HSM tokens, loading the CA
+//! certificates, recording every issued certificate with its audit entry in one transaction,
+//! and the keyed audit checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Transaction;
+use sha2::{Digest, Sha256};
+
+use super::authority::{Authority, IssuedCert};
+use super::error::CaError;
+use super::profile::Profiles;
+use super::verify;
+use crate::config::Config;
+use crate::home::Home;
+use crate::hsm::{Hsm, HsmError, TokenSession};
+use crate::ids::StationId;
+use crate::store::audit::{self, AuditEvent};
+use crate::store::{Store, StoreError};
+
+/// A failure of a CA operation that also touches the database.
+#[derive(Debug, thiserror::Error)]
+pub enum CaServiceError {
+    /// The CA refused or failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The database failed.
+    #[error("recording in the database failed")]
+    Store(#[from] StoreError),
+}
+
+impl From<HsmError> for CaServiceError {
+    fn from(e: HsmError) -> Self {
+        Self::Ca(CaError::Hsm(e))
+    }
+}
+
+/// Loads the configured PKCS#11 module (exporting SOFTHSM2_CONF for the embedded default).
+pub fn open_hsm(home: &Home, cfg: &Config) -> Result<Hsm, CaError> {
+    Ok(Hsm::load(&cfg.hsm, |p| home.resolve(p))?)
+}
+
+/// A logged-in session on the CA token.
+pub fn open_ca_token(hsm: &Hsm, home: &Home, cfg: &Config) -> Result<TokenSession, CaError> {
+    Ok(hsm.open(&cfg.hsm.ca_token(), |p| home.resolve(p))?)
+}
+
+/// A logged-in session on the root token, if one is configured.
+pub fn open_root_token(
+    hsm: &Hsm,
+    home: &Home,
+    cfg: &Config,
+) -> Result<Option<TokenSession>, CaError> {
+    match &cfg.hsm.root {
+        Some(root) => Ok(Some(hsm.open(root, |p| home.resolve(p))?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads the first certificate of a PEM (or DER) file.
+pub fn read_cert(path: &Path) -> Result<Vec<u8>, CaError> {
+    let bytes = std::fs::read(path).map_err(|source| CaError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    verify::from_pem_bundle(&bytes)
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaError::CaCertParse {
+            what: path.display().to_string(),
+        })
+}
+
+/// The issuing CA certificate path.
+pub fn cert_path(home: &Home, cfg: &Config) -> PathBuf {
+    home.resolve(&cfg.ca.cert)
+}
+
+/// The root certificate path.
+pub fn root_path(home: &Home, cfg: &Config) -> PathBuf {
+    home.resolve(&cfg.ca.root_cert)
+}
+
+/// The issuing CA, checked: key protected, certificate matching the key.
+pub fn load_issuing<'s>(
+    session: &'s TokenSession,
+    home: &Home,
+    cfg: &Config,
+) -> Result<Authority<'s>, CaError> {
+    let path = cert_path(home, cfg);
+    let der = read_cert(&path)?;
+    Authority::load(
+        session,
+        &cfg.ca.key_label,
+        der,
+        &path
+            .strip_prefix(home.root())
+            .unwrap_or(&path)
+            .display()
+            .to_string(),
+    )
+}
+
+/// The root CA (for verification certificates under the root), checked likewise.
+pub fn load_root<'s>(
+    session: &'s TokenSession,
+    home: &Home,
+    cfg: &Config,
+) -> Result<Authority<'s>, CaError> {
+    let path = root_path(home, cfg);
+    let der = read_cert(&path)?;
+    Authority::load(
+        session,
+        &cfg.ca.root_key_label,
+        der,
+        &path
+            .strip_prefix(home.root())
+            .unwrap_or(&path)
+            .display()
+            .to_string(),
+    )
+}
+
+/// The profiles in use (home copy over the built-in set).
+pub fn profiles(home: &Home, cfg: &Config) -> Result<Profiles, CaError> {
+    Profiles::load(&home.resolve(&cfg.ca.profiles_dir))
+}
+
+/// Identifies a CA key in the database: SHA-256 of the CA certificate's SubjectPublicKeyInfo.
+pub fn issuer_key_id(ca_cert_der: &[u8]) -> Result<String, CaError> {
+    let cert = verify::parse(ca_cert_der, "CA")?;
+    Ok(hex::encode(Sha256::digest(cert.public_key().raw)))
+}
+
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// What to write next to an issued certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordContext<'a> {
+    /// The station.
+    pub station: &'a StationId,
+    /// Who asked.
+    pub actor: &'a str,
+    /// Audit event name, e.g. `ca.issue`.
+    pub event: &'a str,
+    /// The unit's registration ID, when the certificate is a device's.
+    pub registration_id: Option<&'a str>,
+}
+
+/// Writes the certificate row and its audit entry in the caller's transaction. The serial
+/// must be new for this issuer: the database's UNIQUE constraint enforces it.
+pub fn record_issued(
+    tx: &Transaction<'_>,
+    issuer_key_id: &str,
+    cert: &IssuedCert,
+    ctx: &RecordContext<'_>,
+) -> Result<(), CaServiceError> {
+    let fingerprint = hex::encode(Sha256::digest(&cert.der));
+    let subject = format!("CN={}", cert.common_name);
+    let res = tx
+        .prepare_cached(
+            "INSERT INTO certificates (issuer_key_id, serial_hex, registration_id, subject, profile,
+             not_before, not_after, fingerprint_sha256, der, status, issued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'issued', ?10)",
+        )
+        .and_then(|mut st| st.execute(rusqlite::params![
+            issuer_key_id,
+            cert.serial.hex(),
+            ctx.registration_id,
+            subject,
+            cert.profile,
+            rfc3339(cert.not_before),
+            rfc3339(cert.not_after),
+            fingerprint,
+            cert.der,
+            crate::store::now_utc(),
+        ]));
+    match res {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(CaError::SerialCollision.into());
+        }
+        Err(source) => {
+            return Err(StoreError::Sql {
+                op: "record issued certificate",
+                source,
+            }
+            .into());
+        }
+    }
+    audit::append(
+        tx,
+        ctx.station,
+        &AuditEvent {
+            actor: ctx.actor,
+            event: ctx.event,
+            subject: &cert.serial.hex(),
+            details: serde_json::json!({
+                "issuer_key_id": issuer_key_id,
+                "subject": subject,
+                "profile": cert.profile,
+                "fingerprint_sha256": fingerprint,
+                "not_after": rfc3339(cert.not_after),
+            }),
+        },
+    )?;
+    Ok(())
+}
+
+/// The audit HMAC key in the CA token.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditKey<'s> {
+    session: &'s TokenSession,
+    key: cryptoki::object::ObjectHandle,
+}
+
+impl<'s> AuditKey<'s> {
+    /// Finds the key labelled `label` in the CA token.
+    pub fn find(session: &'s TokenSession, label: &str) -> Result<Self, HsmError> {
+        Ok(Self {
+            session,
+            key: session.find_secret_key(label)?,
+        })
+    }
+
+    /// HMAC-SHA256 in the token.
+    pub fn mac(&self, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.session
+            .hmac_sha256(self.key, "audit checkpoint key", data)
+    }
+
+    /// Seals the audit checkpoint in the caller's transaction.
+    pub fn seal(&self, tx: &Transaction<'_>) -> Result<(), CaServiceError> {
+        audit::seal(tx, |m| self.mac(m))??;
+        Ok(())
+    }
+}
+
+/// The outcome of checking the keyed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealCheck {
+    /// The MAC verifies and covers entry `seq`; `unsealed` newer entries follow it.
+    Valid {
+        /// Entry covered.
+        seq: i64,
+        /// Entries after it, protected by the hash chain only.
+        unsealed: i64,
+    },
+    /// The log is empty and no checkpoint exists.
+    Empty,
+    /// Broken: what is wrong.
+    Broken(String),
+}
+
+/// Checks the keyed checkpoint against the chain and the HSM key.
+pub fn check_seal(store: &Store, key: &AuditKey<'_>) -> Result<SealCheck, CaServiceError> {
+    let conn = store.conn();
+    let last = audit::read_checkpoint(conn)?;
+    let Some(seal) = audit::read_seal(conn)? else {
+        return Ok(match last {
+            None => SealCheck::Empty,
+            Some(_) => SealCheck::Broken("the keyed audit checkpoint is missing".into()),
+        });
+    };
+    let expected = key.mac(&audit::seal_message(seal.seq, &seal.hash))?;
+    if hex::encode(expected) != seal.mac {
+        return Ok(SealCheck::Broken(format!(
+            "the keyed checkpoint over entry {} does not verify with the HSM key: the checkpoint was rewritten",
+            seal.seq
+        )));
+    }
+    match audit::entry_hash_at(conn, seal.seq)? {
+        Some(h) if h == seal.hash => {}
+        Some(_) => {
+            return Ok(SealCheck::Broken(format!(
+                "entry {} no longer has the hash the keyed checkpoint recorded: entries up to it were altered",
+                seal.seq
+            )));
+        }
+        None => {
+            return Ok(SealCheck::Broken(format!(
+                "entry {} covered by the keyed checkpoint is missing",
+                seal.seq
+            )));
+        }
+    }
+    let last_seq = last.map_or(seal.seq, |c| c.last_seq);
+    Ok(SealCheck::Valid {
+        seq: seal.seq,
+        unsealed: last_seq - seal.seq,
+    })
+}

@@ -1,0 +1,4 @@
+//! Enrollments from product profiles: what DPS should hold for each unit or group.
+
+pub mod profile;
+pub mod template;

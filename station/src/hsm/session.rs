@@ -1,0 +1,514 @@
+//! A logged-in session on one token, and the key operations the station needs.
+
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+
+use super::error::HsmError;
+use super::module::Hsm;
+use super::pin::Pin;
+
+/// DER of the OID prime256v1 (1.2.840.10045.3.1.7), the value of CKA_EC_PARAMS for P-256.
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// A logged-in session on one token. `Send` but not `Sync`: one per worker thread.
+pub struct TokenSession {
+    session: Session,
+    token: String,
+}
+
+impl std::fmt::Debug for TokenSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSession")
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// An EC key pair on the token: handles plus the public point read from it.
+#[derive(Debug, Clone)]
+pub struct EcKey {
+    /// CKA_LABEL of both halves.
+    pub label: String,
+    /// CKA_ID shared by both halves.
+    pub id: Vec<u8>,
+    /// The private key object.
+    pub private: ObjectHandle,
+    /// Uncompressed SEC1 point `04 || X || Y`.
+    pub point: Vec<u8>,
+}
+
+/// The protection attributes of a private key, as read one by one from the token.
+/// `None` means the token did not report the attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyProtection {
+    /// CKA_SENSITIVE.
+    pub sensitive: Option<bool>,
+    /// CKA_ALWAYS_SENSITIVE.
+    pub always_sensitive: Option<bool>,
+    /// CKA_EXTRACTABLE.
+    pub extractable: Option<bool>,
+    /// CKA_NEVER_EXTRACTABLE.
+    pub never_extractable: Option<bool>,
+    /// CKA_DECRYPT.
+    pub decrypt: Option<bool>,
+}
+
+impl KeyProtection {
+    /// What makes the key unfit for a CA (empty when it is fit).
+    pub fn problems(&self) -> Vec<&'static str> {
+        let mut p = Vec::new();
+        if self.sensitive != Some(true) {
+            p.push("not sensitive");
+        }
+        if self.extractable != Some(false) {
+            p.push("extractable");
+        }
+        if self.never_extractable != Some(true) {
+            p.push("was extractable once (never-extractable is false)");
+        }
+        p
+    }
+
+    /// One-line summary for `ca show` and `check`.
+    pub fn summary(&self) -> String {
+        let f = |v: Option<bool>| match v {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unreported",
+        };
+        format!(
+            "sensitive={} always-sensitive={} extractable={} never-extractable={} decrypt={}",
+            f(self.sensitive),
+            f(self.always_sensitive),
+            f(self.extractable),
+            f(self.never_extractable),
+            f(self.decrypt)
+        )
+    }
+}
+
+impl TokenSession {
+    /// Opens a read-write session on `slot` and logs in as the user, once.
+    pub(crate) fn open(hsm: &Hsm, slot: Slot, token: &str, pin: &Pin) -> Result<Self, HsmError> {
+        let session =
+            hsm.context()
+                .open_rw_session(slot)
+                .map_err(|source| HsmError::OpenSession {
+                    token: token.to_owned(),
+                    source,
+                })?;
+        // One attempt only: a retry loop would burn the token's PIN counter and lock it.
+        match session.login(UserType::User, Some(pin.auth())) {
+            Ok(()) => {}
+            // Login state is per application: another session of this process logged in.
+            Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(HsmError::PinIncorrect {
+                    token: token.to_owned(),
+                });
+            }
+            Err(P11Error::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(HsmError::PinLocked {
+                    token: token.to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(HsmError::Login {
+                    token: token.to_owned(),
+                    source,
+                });
+            }
+        }
+        Ok(Self {
+            session,
+            token: token.to_owned(),
+        })
+    }
+
+    /// The token's label (or serial) as configured.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    fn find(&self, template: &[Attribute]) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.session
+            .find_objects(template)
+            .map_err(|source| HsmError::FindObjects {
+                token: self.token.clone(),
+                source,
+            })
+    }
+
+    fn one(&self, found: Vec<ObjectHandle>, label: &str) -> Result<ObjectHandle, HsmError> {
+        match found.as_slice() {
+            [] => Err(HsmError::KeyNotFound {
+                token: self.token.clone(),
+                label: label.to_owned(),
+            }),
+            [h] => Ok(*h),
+            many => Err(HsmError::KeyAmbiguous {
+                token: self.token.clone(),
+                label: label.to_owned(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// Finds the EC key pair with this label (private key by CKA_LABEL, public key by its CKA_ID).
+    pub fn find_ec_key(&self, label: &str) -> Result<EcKey, HsmError> {
+        let private = self.one(
+            self.find(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])?,
+            label,
+        )?;
+        let attrs = self
+            .session
+            .get_attributes(private, &[AttributeType::Id])
+            .map_err(|source| HsmError::ReadAttributes {
+                label: label.to_owned(),
+                source,
+            })?;
+        let id = attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Id(v) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let public = self.one(
+            self.find(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Id(id.clone()),
+            ])?,
+            label,
+        )?;
+        let point = self.ec_point(public, label)?;
+        Ok(EcKey {
+            label: label.to_owned(),
+            id,
+            private,
+            point,
+        })
+    }
+
+    /// Whether an object of this class (private or secret key) with this label exists.
+    pub fn has_key(&self, label: &str, class: ObjectClass) -> Result<bool, HsmError> {
+        Ok(!self
+            .find(&[
+                Attribute::Class(class),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])?
+            .is_empty())
+    }
+
+    fn ec_point(&self, public: ObjectHandle, label: &str) -> Result<Vec<u8>, HsmError> {
+        let attrs = self
+            .session
+            .get_attributes(public, &[AttributeType::EcPoint, AttributeType::EcParams])
+            .map_err(|source| HsmError::ReadAttributes {
+                label: label.to_owned(),
+                source,
+            })?;
+        let mut point = None;
+        let mut params = None;
+        for a in attrs {
+            match a {
+                Attribute::EcPoint(v) => point = Some(v),
+                Attribute::EcParams(v) => params = Some(v),
+                _ => {}
+            }
+        }
+        let bad = || HsmError::PublicKeyFormat {
+            label: label.to_owned(),
+        };
+        if params.as_deref() != Some(&P256_PARAMS[..]) {
+            return Err(bad());
+        }
+        let raw = point.ok_or_else(bad)?;
+        // CKA_EC_POINT is a DER OCTET STRING around the SEC1 point (04 41 04 X Y for P-256).
+        let inner = match raw.as_slice() {
+            [0x04, 0x41, rest @ ..] if rest.len() == 65 => rest.to_vec(),
+            // Some modules return the bare point; accept that too.
+            [0x04, ..] if raw.len() == 65 => raw.clone(),
+            _ => return Err(bad()),
+        };
+        if inner.first() != Some(&0x04) {
+            return Err(bad());
+        }
+        Ok(inner)
+    }
+
+    /// Reads CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE etc. one at a time, because
+    /// a batched read may silently drop attributes the token will not report.
+    pub fn key_protection(&self, key: &EcKey) -> Result<KeyProtection, HsmError> {
+        let read = |t: AttributeType| -> Result<Option<bool>, HsmError> {
+            let attrs = self
+                .session
+                .get_attributes(key.private, &[t])
+                .map_err(|source| HsmError::ReadAttributes {
+                    label: key.label.clone(),
+                    source,
+                })?;
+            Ok(attrs.into_iter().find_map(|a| match a {
+                Attribute::Sensitive(b)
+                | Attribute::AlwaysSensitive(b)
+                | Attribute::Extractable(b)
+                | Attribute::NeverExtractable(b)
+                | Attribute::Decrypt(b) => Some(b),
+                _ => None,
+            }))
+        };
+        Ok(KeyProtection {
+            sensitive: read(AttributeType::Sensitive)?,
+            always_sensitive: read(AttributeType::AlwaysSensitive)?,
+            extractable: read(AttributeType::Extractable)?,
+            never_extractable: read(AttributeType::NeverExtractable)?,
+            decrypt: read(AttributeType::Decrypt)?,
+        })
+    }
+
+    /// Refuses a key that could leave the token.
+    pub fn require_protected(&self, key: &EcKey) -> Result<KeyProtection, HsmError> {
+        let prot = self.key_protection(key)?;
+        let problems = prot.problems();
+        if problems.is_empty() {
+            Ok(prot)
+        } else {
+            Err(HsmError::KeyNotProtected {
+                label: key.label.clone(),
+                problems: problems.join(", "),
+            })
+        }
+    }
+
+    fn random(&self, len: u32) -> Result<Vec<u8>, HsmError> {
+        self.session
+            .generate_random_vec(len)
+            .map_err(|source| HsmError::Random {
+                token: self.token.clone(),
+                source,
+            })
+    }
+
+    /// Generates a P-256 key pair that is sensitive, never extractable and sign-only.
+    pub fn generate_p256(&self, label: &str) -> Result<EcKey, HsmError> {
+        if self.has_key(label, ObjectClass::PRIVATE_KEY)? {
+            return Err(HsmError::KeyExists {
+                token: self.token.clone(),
+                label: label.to_owned(),
+            });
+        }
+        let id = self.random(16)?;
+        let lbl = label.as_bytes().to_vec();
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Label(lbl.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        // SoftHSM turns on decrypt/unwrap/derive for EC keys unless told otherwise.
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(lbl),
+            Attribute::Id(id),
+        ];
+        self.session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .map_err(|source| HsmError::GenerateKey {
+                token: self.token.clone(),
+                label: label.to_owned(),
+                source,
+            })?;
+        self.find_ec_key(label)
+    }
+
+    /// Every object (any class) with this label: keys, certificates, data.
+    pub fn objects_labelled(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.find(&[Attribute::Label(label.as_bytes().to_vec())])
+    }
+
+    /// Deletes every object with this label (supervisor rework of a unit's element).
+    pub fn destroy_labelled(&self, label: &str) -> Result<usize, HsmError> {
+        let found = self.objects_labelled(label)?;
+        for h in &found {
+            self.session
+                .destroy_object(*h)
+                .map_err(|source| HsmError::DestroyObject {
+                    token: self.token.clone(),
+                    label: label.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(found.len())
+    }
+
+    /// Stores an X.509 certificate as a token object under the key's CKA_ID and label, so
+    /// the unit's software finds certificate and key together.
+    pub fn store_certificate(
+        &self,
+        key: &EcKey,
+        der: &[u8],
+        subject_der: &[u8],
+    ) -> Result<ObjectHandle, HsmError> {
+        let template = [
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(cryptoki::object::CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(key.label.as_bytes().to_vec()),
+            Attribute::Id(key.id.clone()),
+            Attribute::Subject(subject_der.to_vec()),
+            Attribute::Value(der.to_vec()),
+        ];
+        self.session
+            .create_object(&template)
+            .map_err(|source| HsmError::CreateObject {
+                token: self.token.clone(),
+                label: key.label.clone(),
+                source,
+            })
+    }
+
+    /// The DER of every certificate object stored under this CKA_ID.
+    pub fn certificates_with_id(&self, id: &[u8]) -> Result<Vec<Vec<u8>>, HsmError> {
+        let found = self.find(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::Id(id.to_vec()),
+        ])?;
+        let mut out = Vec::new();
+        for h in found {
+            let attrs = self
+                .session
+                .get_attributes(h, &[AttributeType::Value])
+                .map_err(|source| HsmError::ReadAttributes {
+                    label: hex::encode(id),
+                    source,
+                })?;
+            out.extend(attrs.into_iter().filter_map(|a| match a {
+                Attribute::Value(v) => Some(v),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Raw ECDSA over a SHA-256 digest computed by the caller (SoftHSM has only CKM_ECDSA);
+    /// returns the token's `r || s`.
+    pub fn sign_digest(&self, key: &EcKey, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.session
+            .sign(&Mechanism::Ecdsa, key.private, digest)
+            .map_err(|source| HsmError::Sign {
+                label: key.label.clone(),
+                source,
+            })
+    }
+
+    /// Finds the generic secret key used for HMAC with this label.
+    pub fn find_secret_key(&self, label: &str) -> Result<ObjectHandle, HsmError> {
+        self.one(
+            self.find(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])?,
+            label,
+        )
+    }
+
+    /// Generates a 256-bit non-extractable HMAC-SHA256 key (sign/verify only).
+    pub fn generate_hmac_key(&self, label: &str) -> Result<ObjectHandle, HsmError> {
+        if self.has_key(label, ObjectClass::SECRET_KEY)? {
+            return Err(HsmError::KeyExists {
+                token: self.token.clone(),
+                label: label.to_owned(),
+            });
+        }
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        self.session
+            .generate_key(&Mechanism::GenericSecretKeyGen, &template)
+            .map_err(|source| HsmError::GenerateKey {
+                token: self.token.clone(),
+                label: label.to_owned(),
+                source,
+            })
+    }
+
+    /// HMAC-SHA256 of `data` computed inside the token.
+    pub fn hmac_sha256(
+        &self,
+        key: ObjectHandle,
+        label: &str,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        self.session
+            .sign(&Mechanism::Sha256Hmac, key, data)
+            .map_err(|source| HsmError::Sign {
+                label: label.to_owned(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+impl TokenSession {
+    /// Test-only: an EC key that was generated extractable and not sensitive, the kind of
+    /// key a careless import leaves behind, so the refusal can be shown.
+    pub(crate) fn generate_extractable_p256_for_test(&self, label: &str) -> EcKey {
+        let id = self.random(16).expect("random");
+        let lbl = label.as_bytes().to_vec();
+        let public = [
+            Attribute::Token(true),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Label(lbl.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Sign(true),
+            Attribute::Label(lbl),
+            Attribute::Id(id),
+        ];
+        self.session
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .expect("generate extractable key");
+        self.find_ec_key(label).expect("find")
+    }
+}

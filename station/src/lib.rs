@@ -12,6 +12,7 @@ pub mod home;
 pub mod hsm;
 pub mod ids;
 pub mod line;
+pub mod link;
 pub mod logging;
 pub mod operators;
 pub mod store;

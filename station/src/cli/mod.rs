@@ -5,6 +5,7 @@ mod audit;
 pub mod ca;
 mod check;
 mod init;
+pub mod link;
 mod lot;
 mod pkcs11;
 pub mod tpm;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Talk to a unit over its device link (serial, MCUmgr SMP).
+    #[command(subcommand)]
+    Link(link::LinkCommand),
     /// The HSM-backed certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -113,6 +117,9 @@ pub enum CliError {
     /// The actor name is not usable.
     #[error("--actor {0:?} is not valid: 1 to 64 characters, no control characters")]
     BadActor(String),
+    /// A device-link command failed.
+    #[error(transparent)]
+    Link(#[from] link::LinkCliError),
     /// The certificate authority refused or failed.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
@@ -182,6 +189,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Link(cmd) => link::run(&ctx, &cmd),
         Command::Ca(cmd) => ca::run(&ctx, &cmd),
         Command::Lot(cmd) => lot::run(&ctx, cmd),
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),

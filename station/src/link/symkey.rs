@@ -1,0 +1,100 @@
+//! The symmetric-key exchange: identify, put_symkey, HMAC proof of the injected key, lock.
+
+use hmac::{Hmac, Mac as _};
+use rand::RngCore as _;
+use secrecy::{ExposeSecret as _, SecretBox};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use dps::ids::RegistrationId;
+
+use super::UnitClient;
+use super::port::Port;
+use super::proto::{NONCE_LEN, PutSymkeyReq, SecretBytes};
+use super::transport::LinkError;
+
+/// What a unit needs to attest to DPS with a symmetric key.
+pub struct SymkeyIdentity {
+    /// The device key (raw bytes).
+    pub key: SecretBox<Vec<u8>>,
+    /// Registration ID.
+    pub registration_id: RegistrationId,
+    /// DPS ID scope.
+    pub id_scope: String,
+    /// DPS global endpoint host.
+    pub global_endpoint: String,
+}
+
+impl std::fmt::Debug for SymkeyIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SymkeyIdentity")
+            .field("key", &"[redacted]")
+            .field("registration_id", &self.registration_id)
+            .field("id_scope", &self.id_scope)
+            .field("global_endpoint", &self.global_endpoint)
+            .finish()
+    }
+}
+
+/// Why the symmetric-key exchange failed; every variant names its step.
+#[derive(Debug, thiserror::Error)]
+pub enum SymkeyFlowError {
+    /// A command over the link failed (the source names the command).
+    #[error("device link failed")]
+    Link(#[from] LinkError),
+    /// The unit answered with another serial than the one scanned.
+    #[error("identify: the unit answered serial {found:?}, expected {expected:?}")]
+    WrongUnit {
+        /// Scanned.
+        expected: String,
+        /// Answered.
+        found: String,
+    },
+    /// The unit is already locked.
+    #[error("identify: unit {serial} is locked; factory-reset it first")]
+    Locked {
+        /// Serial.
+        serial: String,
+    },
+    /// The HMAC did not verify: the unit does not hold the key that was sent.
+    #[error("prove: the unit's HMAC does not match the injected key")]
+    ProofMismatch,
+}
+
+/// Runs the symmetric-key exchange.
+pub fn provision_symkey<P: Port>(
+    unit: &mut UnitClient<P>,
+    expected_serial: Option<&str>,
+    identity: &SymkeyIdentity,
+) -> Result<String, SymkeyFlowError> {
+    let id = unit.identify()?;
+    if let Some(expected) = expected_serial
+        && id.serial != expected
+    {
+        return Err(SymkeyFlowError::WrongUnit {
+            expected: expected.to_owned(),
+            found: id.serial,
+        });
+    }
+    if id.locked {
+        return Err(SymkeyFlowError::Locked { serial: id.serial });
+    }
+    unit.put_symkey(&PutSymkeyReq {
+        key: SecretBytes(Zeroizing::new(identity.key.expose_secret().clone())),
+        rid: identity.registration_id.as_str().to_owned(),
+        scope: identity.id_scope.clone(),
+        ep: identity.global_endpoint.clone(),
+    })?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let mac = unit.prove(&nonce)?;
+    let mut expected = Hmac::<Sha256>::new_from_slice(identity.key.expose_secret())
+        .map_err(|_| SymkeyFlowError::ProofMismatch)?;
+    expected.update(&nonce);
+    // verify_slice compares in constant time.
+    expected
+        .verify_slice(&mac)
+        .map_err(|_| SymkeyFlowError::ProofMismatch)?;
+    unit.lock()?;
+    Ok(id.serial)
+}

@@ -1,0 +1,295 @@
+//! The x509 provisioning exchange: identify, keygen over a fresh nonce, CSR checks, issue,
+//! put_cert, signed read-back, lock. The unit counts as provisioned only when every step passed.
+
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use tracing::info;
+use x509_parser::prelude::{FromDer as _, X509Certificate, X509CertificationRequest};
+
+use dps::ids::RegistrationId;
+
+use super::UnitClient;
+use super::port::Port;
+use super::proto::{self, NONCE_LEN};
+use super::transport::LinkError;
+
+/// A certificate chain issued for a unit.
+#[derive(Debug, Clone)]
+pub struct IssuedChain {
+    /// The unit's leaf certificate (DER).
+    pub leaf_der: Vec<u8>,
+    /// Issuing CA certificates (DER), the leaf's issuer first.
+    pub chain_der: Vec<Vec<u8>>,
+}
+
+impl IssuedChain {
+    /// The bytes written to the unit: leaf then chain, DER certificates concatenated.
+    #[must_use]
+    pub fn blob(&self) -> Vec<u8> {
+        let mut out = self.leaf_der.clone();
+        for c in &self.chain_der {
+            out.extend_from_slice(c);
+        }
+        out
+    }
+}
+
+/// An error from a certificate issuer, kept opaque to this layer.
+pub type IssueError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The seam to the certificate authority: issues a leaf for a checked CSR.
+/// Implementations verify the CSR's signature themselves.
+pub trait LeafIssuer {
+    /// Issues a leaf for `csr_der` whose subject CN is `registration_id`.
+    fn issue(
+        &self,
+        csr_der: &[u8],
+        registration_id: &RegistrationId,
+    ) -> Result<IssuedChain, IssueError>;
+}
+
+/// What was wrong with a CSR.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrProblem {
+    /// Not a DER CSR.
+    #[error("the CSR is not valid DER PKCS#10")]
+    Unparseable,
+    /// The self-signature does not verify.
+    #[error("the CSR's signature does not verify")]
+    BadSignature,
+    /// The CN is not the registration ID asked for.
+    #[error("the CSR's CN is {found:?}, expected {expected:?}")]
+    WrongCn {
+        /// Asked for.
+        expected: String,
+        /// In the CSR.
+        found: Option<String>,
+    },
+    /// No challengePassword attribute.
+    #[error("the CSR carries no nonce")]
+    NoNonce,
+    /// A challengePassword other than this exchange's nonce: a replayed or stale CSR.
+    #[error("the CSR carries an old nonce (replayed CSR)")]
+    OldNonce,
+    /// Not a P-256 key.
+    #[error("the CSR's key is not an EC P-256 key")]
+    WrongKeyType,
+}
+
+/// Why the x509 exchange failed; every variant names its step.
+#[derive(Debug, thiserror::Error)]
+pub enum X509FlowError {
+    /// A command over the link failed (the source names the command).
+    #[error("device link failed")]
+    Link(#[from] LinkError),
+    /// The unit answered with another serial than the one scanned.
+    #[error("identify: the unit answered serial {found:?}, expected {expected:?}")]
+    WrongUnit {
+        /// Scanned.
+        expected: String,
+        /// Answered.
+        found: String,
+    },
+    /// The unit is already locked.
+    #[error("identify: unit {serial} is locked; factory-reset it first")]
+    Locked {
+        /// Serial.
+        serial: String,
+    },
+    /// The unit cannot do x509.
+    #[error("identify: unit {serial} does not offer x509 provisioning")]
+    NoX509 {
+        /// Serial.
+        serial: String,
+    },
+    /// The CSR failed a check.
+    #[error("keygen: CSR rejected")]
+    Csr(#[source] CsrProblem),
+    /// The CA refused or failed.
+    #[error("issue: the CA did not issue a certificate")]
+    Issue(#[source] IssueError),
+    /// The issued leaf does not match the CSR.
+    #[error("issue: the issued certificate does not match the CSR")]
+    IssuedMismatch,
+    /// The leaf's signature does not verify against its issuer.
+    #[error("issue: the issued certificate's signature does not verify")]
+    IssuedSignature,
+    /// The read-back digest differs from what was sent.
+    #[error("read-back: the unit stores a different certificate chain than was sent")]
+    ReadbackDigest,
+    /// The read-back signature is not by the certified key.
+    #[error("read-back: the unit's key does not match the certificate")]
+    ReadbackKey,
+}
+
+/// A unit that completed the x509 exchange.
+#[derive(Debug, Clone)]
+pub struct X509Provisioned {
+    /// Serial the unit reported (equal to the one expected).
+    pub serial: String,
+    /// Registration ID (the leaf's CN).
+    pub registration_id: RegistrationId,
+    /// The leaf's subject, RFC 4514 style.
+    pub subject: String,
+    /// SHA-256 of the leaf DER, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Leaf and chain as written.
+    pub chain: IssuedChain,
+}
+
+/// The PKCS#9 challengePassword value a CSR must carry for `nonce`.
+#[must_use]
+pub fn nonce_password(nonce: &[u8]) -> String {
+    hex::encode(nonce)
+}
+
+/// Checks a CSR: DER, signature, CN == `rid`, challengePassword == hex(`nonce`), P-256 key.
+/// Returns the SubjectPublicKeyInfo DER.
+pub fn check_csr(
+    csr_der: &[u8],
+    rid: &RegistrationId,
+    nonce: &[u8],
+) -> Result<Vec<u8>, CsrProblem> {
+    let (rest, csr) =
+        X509CertificationRequest::from_der(csr_der).map_err(|_| CsrProblem::Unparseable)?;
+    if !rest.is_empty() {
+        return Err(CsrProblem::Unparseable);
+    }
+    csr.verify_signature()
+        .map_err(|_| CsrProblem::BadSignature)?;
+    let info = &csr.certification_request_info;
+    let cn = info
+        .subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned);
+    if cn.as_deref() != Some(rid.as_str()) {
+        return Err(CsrProblem::WrongCn {
+            expected: rid.as_str().to_owned(),
+            found: cn,
+        });
+    }
+    let password = info
+        .iter_attributes()
+        .find_map(|a| match a.parsed_attribute() {
+            x509_parser::cri_attributes::ParsedCriAttribute::ChallengePassword(p) => {
+                Some(p.0.clone())
+            }
+            _ => None,
+        });
+    match password {
+        None => return Err(CsrProblem::NoNonce),
+        Some(p) if p != nonce_password(nonce) => return Err(CsrProblem::OldNonce),
+        Some(_) => {}
+    }
+    let spki = &info.subject_pki;
+    let p256 = x509_parser::oid_registry::OID_EC_P256;
+    let is_p256 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+        && spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|o| o == p256);
+    if !is_p256 {
+        return Err(CsrProblem::WrongKeyType);
+    }
+    Ok(spki.raw.to_vec())
+}
+
+fn check_issued(chain: &IssuedChain, spki_der: &[u8]) -> Result<(String, String), X509FlowError> {
+    let (_, leaf) =
+        X509Certificate::from_der(&chain.leaf_der).map_err(|_| X509FlowError::IssuedMismatch)?;
+    if leaf.tbs_certificate.subject_pki.raw != spki_der {
+        return Err(X509FlowError::IssuedMismatch);
+    }
+    let issuer_der = chain
+        .chain_der
+        .first()
+        .ok_or(X509FlowError::IssuedSignature)?;
+    let (_, issuer) =
+        X509Certificate::from_der(issuer_der).map_err(|_| X509FlowError::IssuedSignature)?;
+    leaf.verify_signature(Some(issuer.public_key()))
+        .map_err(|_| X509FlowError::IssuedSignature)?;
+    Ok((
+        leaf.subject().to_string(),
+        hex::encode(Sha256::digest(&chain.leaf_der)),
+    ))
+}
+
+fn verify_readback(spki_der: &[u8], message: &[u8], sig_der: &[u8]) -> bool {
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der) else {
+        return false;
+    };
+    let Ok(sig) = p256::ecdsa::Signature::from_der(sig_der) else {
+        return false;
+    };
+    key.verify(message, &sig).is_ok()
+}
+
+fn fresh_nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut n);
+    n
+}
+
+/// Runs the whole x509 exchange with the unit expected to carry `expected_serial`.
+pub fn provision_x509<P: Port>(
+    unit: &mut UnitClient<P>,
+    expected_serial: Option<&str>,
+    rid: &RegistrationId,
+    issuer: &dyn LeafIssuer,
+) -> Result<X509Provisioned, X509FlowError> {
+    let id = unit.identify()?;
+    if let Some(expected) = expected_serial
+        && id.serial != expected
+    {
+        return Err(X509FlowError::WrongUnit {
+            expected: expected.to_owned(),
+            found: id.serial,
+        });
+    }
+    if id.locked {
+        return Err(X509FlowError::Locked { serial: id.serial });
+    }
+    if !id.caps.iter().any(|c| c == "x509") {
+        return Err(X509FlowError::NoX509 { serial: id.serial });
+    }
+
+    let nonce = fresh_nonce();
+    let csr = unit.keygen(rid.as_str(), &nonce)?;
+    let spki = check_csr(&csr, rid, &nonce).map_err(X509FlowError::Csr)?;
+
+    let chain = issuer.issue(&csr, rid).map_err(X509FlowError::Issue)?;
+    let (subject, fingerprint) = check_issued(&chain, &spki)?;
+
+    let blob = chain.blob();
+    unit.put_cert(&blob)?;
+
+    let rb_nonce = fresh_nonce();
+    let rb = unit.get_cert_digest(&rb_nonce)?;
+    let sent = Sha256::digest(&blob);
+    if rb.sha.0[..] != sent[..] {
+        return Err(X509FlowError::ReadbackDigest);
+    }
+    if !verify_readback(
+        &spki,
+        &proto::readback_message(&rb_nonce, &rb.sha.0),
+        &rb.sig.0,
+    ) {
+        return Err(X509FlowError::ReadbackKey);
+    }
+
+    unit.lock()?;
+    info!(serial = %id.serial, registration_id = %rid, %fingerprint, "unit provisioned (x509)");
+    Ok(X509Provisioned {
+        serial: id.serial,
+        registration_id: rid.clone(),
+        subject,
+        fingerprint_sha256: fingerprint,
+        chain,
+    })
+}

@@ -130,19 +130,94 @@ fn provision_x509_prints_subject_and_fingerprint_and_audits() {
     assert_eq!(details["fingerprint_sha256"].as_str().unwrap().len(), 64);
 }
 
+fn station(home: &std::path::Path) -> Command {
+    let mut c = Command::new(bin("station"));
+    c.arg("--home").arg(home).env_remove("SOFTHSM2_CONF");
+    c
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The whole exchange from the CLI with the real HSM-backed CA (SoftHSM): keygen over the link,
+/// issuance from the station CA, put_cert, read-back, lock; recorded and sealed in the audit log.
 #[test]
-fn provision_x509_without_a_ca_says_so() {
-    let out = Command::new(bin("station"))
-        .args([
-            "link",
-            "provision-x509",
-            "--port",
-            "/dev/null",
-            "--registration-id",
-            "r1",
-        ])
+fn provision_x509_with_the_station_ca_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("H");
+    run_ok(station(&home).arg("init"));
+    let sim = UnitSim::start(&dir.path().join("unit"), &["--serial", "SX-000042"]);
+    let out = run_ok(
+        station(&home)
+            .args(["link", "provision-x509", "--port"])
+            .arg(&sim.pty)
+            .args([
+                "--registration-id",
+                "SX-000042",
+                "--serial",
+                "SX-000042",
+                "--actor",
+                "op-7",
+            ]),
+    );
+    assert!(out.contains("subject     CN=SX-000042"), "{out}");
+    let issued = run_ok(station(&home).args(["ca", "list-issued"]));
+    assert!(issued.contains("CN=SX-000042"), "{issued}");
+    let audit = run_ok(station(&home).args(["audit", "list"]));
+    assert!(
+        audit.contains("ca.issue") && audit.contains("link.provision_x509"),
+        "{audit}"
+    );
+    let verify = run_ok(station(&home).args(["audit", "verify"]));
+    assert!(verify.contains("keyed checkpoint intact"), "{verify}");
+    assert!(
+        !verify.contains("unsealed") || verify.contains("0 "),
+        "{verify}"
+    );
+    // The unit is locked now: a second run is refused and nothing more is issued.
+    let again = station(&home)
+        .args(["link", "provision-x509", "--port"])
+        .arg(&sim.pty)
+        .args(["--registration-id", "SX-000042", "--serial", "SX-000042"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the station CA"));
+    assert!(!again.status.success());
+    let issued = run_ok(station(&home).args(["ca", "list-issued"]));
+    assert_eq!(issued.matches("CN=SX-000042").count(), 1, "{issued}");
+}
+
+/// A unit that rejects its certificate: the failure names the step, the unit is not reported
+/// provisioned, the certificate the CA signed stays recorded, and the failure is audited.
+#[test]
+fn provision_x509_failure_is_recorded_not_reported_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("H");
+    run_ok(station(&home).arg("init"));
+    let sim = UnitSim::start(
+        &dir.path().join("unit"),
+        &["--serial", "SX-000043", "--reject-cert"],
+    );
+    let out = station(&home)
+        .args(["link", "provision-x509", "--port"])
+        .arg(&sim.pty)
+        .args(["--registration-id", "SX-000043", "--serial", "SX-000043"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the unit is NOT provisioned"), "{stderr}");
+    assert!(stderr.contains("put_cert"), "{stderr}");
+    let issued = run_ok(station(&home).args(["ca", "list-issued"]));
+    assert!(issued.contains("CN=SX-000043"), "{issued}");
+    let audit = run_ok(station(&home).args(["audit", "list"]));
+    assert!(audit.contains("link.provision_x509.failed"), "{audit}");
+    run_ok(station(&home).args(["audit", "verify"]));
 }

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::{ActorArg, CliError, Context};
+use crate::ca::service::{self, AuditKey, RecordContext};
+use crate::ca::{Authority, CaError, CommonName, Profile, SubjectKey, UnitSubject};
 use crate::link::symkey::SymkeyFlowError;
-use crate::link::x509::{LeafIssuer, X509FlowError, provision_x509};
+use crate::link::x509::{IssueError, IssuedChain, LeafIssuer, X509FlowError, provision_x509};
 use crate::link::{LinkError, LinkSettings, SerialLink, Transport, UnitClient, port::OpenError};
+use crate::store::Store;
 use crate::store::audit::{self, AuditEvent};
 use dps::ids::{IdError, RegistrationId};
 
@@ -91,9 +94,6 @@ pub enum LinkCliError {
     /// The registration ID is not valid for DPS.
     #[error("--registration-id is not valid")]
     RegistrationId(#[source] IdError),
-    /// No certificate authority is configured in this build.
-    #[error("provision-x509 needs the station CA, which this build does not have yet")]
-    NoCa,
     /// Writing the audit entry failed (the unit was provisioned).
     #[error("the unit was provisioned but the audit entry could not be written")]
     Audit(#[source] Box<CliError>),
@@ -103,12 +103,87 @@ pub enum LinkCliError {
 pub fn run(ctx: &Context, cmd: &LinkCommand) -> Result<ExitCode, CliError> {
     match cmd {
         LinkCommand::Probe(args) => probe(args).map_err(CliError::from),
-        // The CA (issue 3) is wired in by `run_provision_x509` with the real issuer.
-        LinkCommand::ProvisionX509(_) => {
-            let _ = ctx;
-            Err(LinkCliError::NoCa.into())
-        }
+        LinkCommand::ProvisionX509(args) => provision_with_station_ca(ctx, args),
     }
+}
+
+/// The station's HSM-backed CA behind the link's issuer seam: checks the CSR, issues from the
+/// device profile, records the certificate (row + audit entry + keyed checkpoint in one
+/// transaction) and only then releases it with the CA chain (issuing CA, then root).
+struct StationCa<'a> {
+    store: std::cell::RefCell<&'a mut Store>,
+    ca: &'a Authority<'a>,
+    audit_key: &'a AuditKey<'a>,
+    profile: &'a Profile,
+    root_der: Vec<u8>,
+    station: crate::ids::StationId,
+    actor: String,
+}
+
+impl LeafIssuer for StationCa<'_> {
+    fn issue(
+        &self,
+        csr_der: &[u8],
+        registration_id: &RegistrationId,
+    ) -> Result<IssuedChain, IssueError> {
+        let key = SubjectKey::from_csr(csr_der, self.profile)?;
+        let cn = CommonName::registration_id(registration_id.as_str())?;
+        let cert = self
+            .ca
+            .issue(self.profile, &key, cn.as_str(), &UnitSubject::default())?;
+        let rec = RecordContext {
+            station: &self.station,
+            actor: &self.actor,
+            event: "ca.issue",
+            registration_id: Some(cn.as_str()),
+        };
+        let mut store = self.store.borrow_mut();
+        super::ca::commit_issued(&mut store, self.ca, self.audit_key, &cert, &rec)
+            .map_err(|e| e.to_string())?;
+        Ok(IssuedChain {
+            leaf_der: cert.der,
+            chain_der: vec![self.ca.cert_der().to_vec(), self.root_der.clone()],
+        })
+    }
+}
+
+fn provision_with_station_ca(
+    ctx: &Context,
+    args: &ProvisionX509Args,
+) -> Result<ExitCode, CliError> {
+    let loaded = ctx.config()?;
+    let cfg = &loaded.config;
+    let home = &ctx.home;
+    let profiles = service::profiles(home, cfg)?;
+    let profile = profiles.get("device")?;
+    let mut store = ctx.open_store(cfg)?;
+    let hsm = service::open_hsm(home, cfg)?;
+    let session = service::open_ca_token(&hsm, home, cfg)?;
+    let ca = service::load_issuing(&session, home, cfg)?;
+    let audit_key = AuditKey::find(&session, &cfg.ca.audit_key_label).map_err(CaError::from)?;
+    let root_der = service::read_cert(&service::root_path(home, cfg))?;
+    let code = {
+        let issuer = StationCa {
+            store: std::cell::RefCell::new(&mut store),
+            ca: &ca,
+            audit_key: &audit_key,
+            profile,
+            root_der,
+            station: cfg.station_id(),
+            actor: args.actor.resolve()?,
+        };
+        run_provision_x509(ctx, args, &issuer)
+    };
+    // The link's audit entry (success or failure) is written by run_provision_x509; seal the
+    // checkpoint over it with the HSM key.
+    let tx = store
+        .conn_mut()
+        .transaction()
+        .map_err(crate::store::sql("begin audit seal"))?;
+    audit_key.seal(&tx)?;
+    tx.commit()
+        .map_err(crate::store::sql("commit audit seal"))?;
+    code
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -161,8 +236,27 @@ pub fn run_provision_x509(
     let rid = RegistrationId::new(args.registration_id.clone())
         .map_err(|e| CliError::from(LinkCliError::RegistrationId(e)))?;
     let mut unit = args.port.connect()?;
-    let done = provision_x509(&mut unit, args.serial.as_deref(), &rid, issuer)
-        .map_err(|e| CliError::from(LinkCliError::X509(e)))?;
+    let outcome = provision_x509(&mut unit, args.serial.as_deref(), &rid, issuer);
+    // Failures are audited too: what was issued before the failure stays explainable.
+    let (event, subject, details) = match &outcome {
+        Ok(done) => (
+            "link.provision_x509",
+            done.serial.clone(),
+            serde_json::json!({
+                "registration_id": done.registration_id.as_str(),
+                "subject": done.subject,
+                "fingerprint_sha256": done.fingerprint_sha256,
+            }),
+        ),
+        Err(e) => (
+            "link.provision_x509.failed",
+            args.serial.clone().unwrap_or_default(),
+            serde_json::json!({
+                "registration_id": rid.as_str(),
+                "error": e.to_string(),
+            }),
+        ),
+    };
     let audit = || -> Result<(), CliError> {
         let loaded = ctx.config()?;
         let mut store = ctx.open_store(&loaded.config)?;
@@ -175,13 +269,9 @@ pub fn run_provision_x509(
             &loaded.config.station_id(),
             &AuditEvent {
                 actor: &actor,
-                event: "link.provision_x509",
-                subject: &done.serial,
-                details: serde_json::json!({
-                    "registration_id": done.registration_id.as_str(),
-                    "subject": done.subject,
-                    "fingerprint_sha256": done.fingerprint_sha256,
-                }),
+                event,
+                subject: &subject,
+                details,
             },
         )?;
         tx.commit()
@@ -189,6 +279,7 @@ pub fn run_provision_x509(
         Ok(())
     };
     audit().map_err(|e| CliError::from(LinkCliError::Audit(Box::new(e))))?;
+    let done = outcome.map_err(|e| CliError::from(LinkCliError::X509(e)))?;
     println!("serial      {}", done.serial);
     println!("subject     {}", done.subject);
     println!("sha256      {}", done.fingerprint_sha256);

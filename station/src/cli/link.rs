@@ -176,13 +176,7 @@ fn provision_with_station_ca(
     };
     // The link's audit entry (success or failure) is written by run_provision_x509; seal the
     // checkpoint over it with the HSM key.
-    let tx = store
-        .conn_mut()
-        .transaction()
-        .map_err(crate::store::sql("begin audit seal"))?;
-    audit_key.seal(&tx)?;
-    tx.commit()
-        .map_err(crate::store::sql("commit audit seal"))?;
+    ctx.seal_audit(cfg, &mut store);
     code
 }
 

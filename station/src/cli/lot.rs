@@ -61,6 +61,7 @@ pub(super) fn run(ctx: &Context, cmd: LotCommand) -> Result<ExitCode, CliError> 
             let actor = actor.resolve()?;
             let mut store = ctx.open_store(&loaded.config)?;
             let lot = lots::open(&mut store, &station, &actor, &product, quantity, id)?;
+            ctx.seal_audit(&loaded.config, &mut store);
             println!(
                 "opened lot {} for {} x {}",
                 lot.id, lot.quantity, lot.product
@@ -70,6 +71,7 @@ pub(super) fn run(ctx: &Context, cmd: LotCommand) -> Result<ExitCode, CliError> 
             let actor = actor.resolve()?;
             let mut store = ctx.open_store(&loaded.config)?;
             let lot = lots::close(&mut store, &station, &actor, &id)?;
+            ctx.seal_audit(&loaded.config, &mut store);
             println!(
                 "closed lot {} with {} of {} units",
                 lot.id, lot.units, lot.quantity

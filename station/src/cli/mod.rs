@@ -171,6 +171,32 @@ impl Context {
         )?)
     }
 
+    /// Seals the audit checkpoint with the HSM key over the newest entry, after a command
+    /// wrote audit entries outside an HSM transaction. Best effort: with the HSM unreachable
+    /// the entries stay protected by the hash chain, the next sealed write covers them, and
+    /// `station audit verify` says how many are not yet under the keyed checkpoint.
+    pub fn seal_audit(&self, config: &Config, store: &mut Store) {
+        let sealed = (|| -> Result<(), CliError> {
+            let hsm = crate::ca::service::open_hsm(&self.home, config)?;
+            let session = crate::ca::service::open_ca_token(&hsm, &self.home, config)?;
+            let key = crate::ca::service::AuditKey::find(&session, &config.ca.audit_key_label)?;
+            let tx = store
+                .conn_mut()
+                .transaction()
+                .map_err(crate::store::sql("begin audit seal"))?;
+            key.seal(&tx)?;
+            tx.commit()
+                .map_err(crate::store::sql("commit audit seal"))?;
+            Ok(())
+        })();
+        if let Err(e) = sealed {
+            tracing::warn!(error = %e, "could not seal the audit checkpoint with the HSM key; the hash chain still covers the new entries");
+            eprintln!(
+                "warning: audit checkpoint not sealed with the HSM key ({e}); it will be at the next sealed write"
+            );
+        }
+    }
+
     /// Opens the database for a command that only reads (nothing is migrated).
     pub fn open_store_read(&self, config: &Config) -> Result<Store, CliError> {
         Ok(Store::open_unmigrated(

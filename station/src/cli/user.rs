@@ -164,6 +164,7 @@ pub(super) fn run(ctx: &Context, cmd: UserCommand) -> Result<ExitCode, CliError>
                     badge,
                 },
             )?;
+            ctx.seal_audit(&loaded.config, &mut store);
             println!("added user {username} ({role})");
         }
         UserCommand::Passwd {
@@ -175,6 +176,7 @@ pub(super) fn run(ctx: &Context, cmd: UserCommand) -> Result<ExitCode, CliError>
             let (password, _) = secrets.read(&mut stdin)?;
             let password = password.ok_or(SecretInputError::NotGiven("password"))?;
             Operators::new(&mut store, station, &key).set_password(&actor, &username, &password)?;
+            ctx.seal_audit(&loaded.config, &mut store);
             println!("password of {username} changed");
         }
         UserCommand::Badge {
@@ -186,11 +188,13 @@ pub(super) fn run(ctx: &Context, cmd: UserCommand) -> Result<ExitCode, CliError>
             let (_, badge) = secrets.read(&mut stdin)?;
             let badge = badge.ok_or(SecretInputError::NotGiven("badge"))?;
             Operators::new(&mut store, station, &key).set_badge(&actor, &username, &badge)?;
+            ctx.seal_audit(&loaded.config, &mut store);
             println!("badge of {username} set");
         }
         UserCommand::Disable { username, actor } => {
             let actor = actor.resolve()?;
             Operators::new(&mut store, station, &key).disable(&actor, &username)?;
+            ctx.seal_audit(&loaded.config, &mut store);
             println!("user {username} disabled");
         }
         UserCommand::List { json } => {

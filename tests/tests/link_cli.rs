@@ -98,6 +98,7 @@ fn provision_x509_prints_subject_and_fingerprint_and_audits() {
         },
         registration_id: "reg-cli-1".into(),
         serial: Some("SN-CLI".into()),
+        out: None,
         actor: ActorArg {
             actor: Some("tester".into()),
         },

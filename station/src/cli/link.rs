@@ -71,6 +71,9 @@ pub struct ProvisionX509Args {
     /// Serial the unit must report (as scanned); refuses any other unit.
     #[arg(long)]
     pub serial: Option<String>,
+    /// Also write the unit's certificate (PEM) here, e.g. for an enrollment.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Who does this.
     #[command(flatten)]
     pub actor: ActorArg,
@@ -277,5 +280,9 @@ pub fn run_provision_x509(
     println!("serial      {}", done.serial);
     println!("subject     {}", done.subject);
     println!("sha256      {}", done.fingerprint_sha256);
+    if let Some(out) = &args.out {
+        std::fs::write(out, crate::ca::verify::to_pem(&[&done.chain.leaf_der]))?;
+        println!("written     {}", out.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,8 @@
 //! directory, as in the demo), checked with openssl and pkcs11-tool.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 
@@ -163,7 +165,7 @@ fn a_unit_element_gets_a_non_extractable_key_and_its_certificate() {
     );
 
     // The unit PIN is nowhere in the home (database, logs, config).
-    for f in walk(&home) {
+    for f in common::walk(&home) {
         if f.starts_with(home.join("hsm/tokens")) {
             continue; // SoftHSM's own token store
         }
@@ -213,20 +215,4 @@ fn absent_token_and_wrong_pin_fail_clearly_and_issue_nothing() {
         .assert()
         .success()
         .stdout(predicate::str::contains("pkcs11.provision.failed"));
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

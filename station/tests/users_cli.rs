@@ -2,6 +2,8 @@
 //! errors, and no password or badge in clear anywhere in the home.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -128,30 +130,14 @@ fn users_are_added_listed_and_disabled_with_secrets_kept_out_of_the_home() {
         .stdout(predicate::str::contains("user.add").and(predicate::str::contains("user.disable")));
 
     // Neither secret appears in clear in any file of the home (database, WAL, config, logs).
-    for entry in walk(&home) {
+    for entry in common::walk(&home) {
         let bytes = std::fs::read(&entry).unwrap();
         for secret in [PASSWORD, BADGE] {
             assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                !common::contains(&bytes, secret.as_bytes()),
                 "{secret} found in {}",
                 entry.display()
             );
         }
     }
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

@@ -87,18 +87,7 @@ pub fn load_issuing<'s>(
     home: &Home,
     cfg: &Config,
 ) -> Result<Authority<'s>, CaError> {
-    let path = cert_path(home, cfg);
-    let der = read_cert(&path)?;
-    Authority::load(
-        session,
-        &cfg.ca.key_label,
-        der,
-        &path
-            .strip_prefix(home.root())
-            .unwrap_or(&path)
-            .display()
-            .to_string(),
-    )
+    load_authority(session, home, &cert_path(home, cfg), &cfg.ca.key_label)
 }
 
 /// The root CA (for verification certificates under the root), checked likewise.
@@ -107,15 +96,23 @@ pub fn load_root<'s>(
     home: &Home,
     cfg: &Config,
 ) -> Result<Authority<'s>, CaError> {
-    let path = root_path(home, cfg);
-    let der = read_cert(&path)?;
+    load_authority(session, home, &root_path(home, cfg), &cfg.ca.root_key_label)
+}
+
+fn load_authority<'s>(
+    session: &'s TokenSession,
+    home: &Home,
+    path: &Path,
+    key_label: &str,
+) -> Result<Authority<'s>, CaError> {
+    let der = read_cert(path)?;
     Authority::load(
         session,
-        &cfg.ca.root_key_label,
+        key_label,
         der,
         &path
             .strip_prefix(home.root())
-            .unwrap_or(&path)
+            .unwrap_or(path)
             .display()
             .to_string(),
     )

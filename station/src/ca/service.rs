@@ -293,3 +293,36 @@ pub fn check_seal(store: &Store, key: &AuditKey<'_>) -> Result<SealCheck, CaServ
         unsealed: last_seq - seal.seq,
     })
 }
+
+/// Records a signed certificate (row + audit entry + keyed checkpoint) in one transaction.
+/// The certificate may be released only after this returns.
+pub fn commit_issued(
+    store: &mut Store,
+    ca: &Authority<'_>,
+    audit_key: &AuditKey<'_>,
+    cert: &IssuedCert,
+    rec: &RecordContext<'_>,
+) -> Result<(), CaServiceError> {
+    commit_batch(store, ca, audit_key, &[(cert, *rec)])
+}
+
+/// Records several signed certificates in one transaction; none may be released before it
+/// commits.
+pub fn commit_batch(
+    store: &mut Store,
+    ca: &Authority<'_>,
+    audit_key: &AuditKey<'_>,
+    certs: &[(&IssuedCert, RecordContext<'_>)],
+) -> Result<(), CaServiceError> {
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(crate::store::sql("begin issuance transaction"))?;
+    for (cert, rec) in certs {
+        record_issued(&tx, ca.issuer_key_id(), cert, rec)?;
+    }
+    audit_key.seal(&tx)?;
+    tx.commit()
+        .map_err(crate::store::sql("commit issuance transaction"))?;
+    Ok(())
+}

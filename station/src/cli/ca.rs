@@ -167,7 +167,7 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
                 event: "ca.issue",
                 registration_id: Some(cn.as_str()),
             };
-            commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
+            service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
             // Released only now, after the record is committed.
             write_out(out, verify::to_pem(&[&cert.der]).as_bytes())?;
             println!(
@@ -217,7 +217,7 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
                 event: "ca.verification_cert",
                 registration_id: None,
             };
-            commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
+            service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
             write_out(out, verify::to_pem(&[&cert.der]).as_bytes())?;
             println!(
                 "verification certificate CN={} signed by the {} CA written to {}",
@@ -331,40 +331,6 @@ fn chain_ders(ctx: &Context, cfg: &Config) -> Result<Vec<Vec<u8>>, CaError> {
     let root = service::root_path(&ctx.home, cfg);
     out.extend(verify::from_pem_bundle(&read(&root)?));
     Ok(out)
-}
-
-/// Records a signed certificate (row + audit entry + keyed checkpoint) in one transaction.
-pub fn commit_issued(
-    store: &mut Store,
-    ca: &Authority<'_>,
-    audit_key: &AuditKey<'_>,
-    cert: &IssuedCert,
-    rec: &RecordContext<'_>,
-) -> Result<(), CliError> {
-    commit_batch(store, ca, audit_key, &[(cert, *rec)])
-}
-
-/// Records several signed certificates in one transaction; none may be released before it
-/// commits.
-pub fn commit_batch(
-    store: &mut Store,
-    ca: &Authority<'_>,
-    audit_key: &AuditKey<'_>,
-    certs: &[(&IssuedCert, RecordContext<'_>)],
-) -> Result<(), CliError> {
-    let tx = store
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(crate::store::sql("begin issuance transaction"))
-        .map_err(CaServiceError::from)?;
-    for (cert, rec) in certs {
-        service::record_issued(&tx, ca.issuer_key_id(), cert, rec)?;
-    }
-    audit_key.seal(&tx)?;
-    tx.commit()
-        .map_err(crate::store::sql("commit issuance transaction"))
-        .map_err(CaServiceError::from)?;
-    Ok(())
 }
 
 fn audit_simple(
@@ -569,7 +535,7 @@ fn bench(ctx: &Context, cfg: &Config, count: u32, batch: u32) -> Result<ExitCode
                 )
             })
             .collect();
-        commit_batch(&mut store, &ca, &audit_key, &recs)?;
+        service::commit_batch(&mut store, &ca, &audit_key, &recs)?;
     }
     let issued = f64::from(count) / start.elapsed().as_secs_f64();
     println!("raw-sign/s={raw:.0} sign-verify/s={sign_verify:.0} issuance/s={issued:.0}");

@@ -141,7 +141,7 @@ impl LeafIssuer for StationCa<'_> {
             registration_id: Some(cn.as_str()),
         };
         let mut store = self.store.borrow_mut();
-        super::ca::commit_issued(&mut store, self.ca, self.audit_key, &cert, &rec)
+        service::commit_issued(&mut store, self.ca, self.audit_key, &cert, &rec)
             .map_err(|e| e.to_string())?;
         Ok(IssuedChain {
             leaf_der: cert.der,

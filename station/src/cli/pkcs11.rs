@@ -132,7 +132,7 @@ pub(super) fn run(ctx: &Context, cmd: &Pkcs11Command) -> Result<ExitCode, CliErr
                 event: "ca.issue",
                 registration_id: Some(cn.as_str()),
             };
-            super::ca::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)
+            service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)
                 .map_err(|e| e.to_string())?;
             issued_serial = cert.serial.hex();
             Ok(cert.der)

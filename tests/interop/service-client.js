@@ -11,6 +11,9 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const https = require('node:https');
 const path = require('node:path');
+// `dps serve` listens on 127.0.0.1 and names itself `localhost`. Node 18 (Debian 12) resolves
+// localhost to ::1 first and, unlike Node 20, does not fall back to IPv4 on its own.
+require('node:dns').setDefaultResultOrder('ipv4first');
 
 const servicePkg = require.resolve('azure-iot-provisioning-service');
 // The service package's own copies of its dependencies (see dps-wire.md).

@@ -171,9 +171,7 @@ fn a_unit_element_gets_a_non_extractable_key_and_its_certificate() {
         }
         let bytes = std::fs::read(&f).unwrap();
         assert!(
-            !bytes
-                .windows(UNIT_PIN.len())
-                .any(|w| w == UNIT_PIN.as_bytes()),
+            !common::contains(&bytes, UNIT_PIN.as_bytes()),
             "PIN in {}",
             f.display()
         );

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dps_target;
 pub mod element;
 pub mod enroll;
 pub mod home;

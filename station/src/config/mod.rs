@@ -3,6 +3,7 @@
 //! Each file is first checked on its own, so an error names the file and the key; then the
 //! files are merged table by table and checked across fields by [`Config::check`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -10,6 +11,9 @@ use serde::Deserialize;
 use crate::home::Home;
 use crate::ids::StationId;
 use crate::logging::LogFormat;
+
+mod line;
+pub use line::{DpsConfig, DpsTarget, FixtureConfig, LineConfig, UploadConfig};
 
 /// The reference configuration, written by `station init` as `station.toml`.
 pub const REFERENCE: &str = include_str!("reference.toml");
@@ -84,6 +88,18 @@ pub struct Config {
     /// TPM attestation.
     #[serde(default)]
     pub tpm: crate::tpm::TpmConfig,
+    /// DPS targets.
+    #[serde(default)]
+    pub dps: DpsConfig,
+    /// The line.
+    #[serde(default)]
+    pub line: LineConfig,
+    /// The outbox uploader.
+    #[serde(default)]
+    pub upload: UploadConfig,
+    /// The fixtures, by name.
+    #[serde(default)]
+    pub fixtures: BTreeMap<String, FixtureConfig>,
 }
 
 /// `[station]`
@@ -230,6 +246,7 @@ impl Config {
             key: e.key().into(),
             message: e.to_string(),
         })?;
+        line::check(&self.dps, &self.upload, &self.fixtures)?;
         if self.store.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "store.path".into(),

@@ -26,3 +26,27 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Installs the daemon's subscriber: `info` by default (`STATION_LOG` overrides), written to
+/// standard error and appended to `file`.
+pub fn init_daemon(format: LogFormat, file: &std::path::Path) -> std::io::Result<()> {
+    use tracing_subscriber::fmt::writer::MakeWriterExt as _;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    let writer = std::io::stderr.and(std::sync::Mutex::new(log));
+    let filter = EnvFilter::try_from_env("STATION_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(writer);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}

@@ -8,7 +8,9 @@ fn main() -> ExitCode {
     // Everything the station writes (database, PIN files, keys, logs) is private to its user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = station::cli::Cli::parse();
-    station::logging::init(cli.log_format);
+    if !cli.command.is_daemon() {
+        station::logging::init(cli.log_format);
+    }
     match station::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

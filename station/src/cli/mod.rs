@@ -5,6 +5,7 @@ mod audit;
 pub mod ca;
 mod check;
 mod init;
+mod line;
 pub mod link;
 mod lot;
 mod pkcs11;
@@ -69,6 +70,23 @@ pub enum Command {
     /// TPM diagnostics.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// Run the line: every fixture (scanner, device link, TPM, unit token) and the uploader,
+    /// until Ctrl-C or SIGTERM. Units left unfinished by a crash are resumed or failed first.
+    Serve(line::ServeArgs),
+    /// Provision one unit on one fixture from the command line (the fixture must not be run
+    /// by a `station serve` at the same time).
+    Provision(line::ProvisionArgs),
+    /// Look up units: one unit's whole story, or a list.
+    #[command(subcommand)]
+    Unit(line::UnitCommand),
+}
+
+impl Command {
+    /// Whether this command is the daemon (it sets up its own logging).
+    #[must_use]
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Serve(_))
+    }
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -147,6 +165,9 @@ pub enum CliError {
     /// A TPM command failed.
     #[error(transparent)]
     Tpm(#[from] tpm::TpmCliError),
+    /// A line command failed.
+    #[error(transparent)]
+    Line(#[from] line::LineCliError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -221,5 +242,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
         Command::Tpm(cmd) => tpm::run_cli(&ctx, cmd),
+        Command::Serve(args) => line::serve(&ctx, &args, cli.log_format),
+        Command::Provision(args) => line::provision(&ctx, &args),
+        Command::Unit(cmd) => line::unit(&ctx, &cmd),
     }
 }

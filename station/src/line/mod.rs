@@ -1,5 +1,9 @@
 //! The line: lots (work orders), the unit state machine, and (later) fixtures.
 
+pub mod lock;
 pub mod lots;
+pub mod serve;
+pub mod setup;
 pub mod state;
 pub mod units;
+pub mod worker;

@@ -191,6 +191,19 @@ impl UnitState {
         }
     }
 
+    /// Whether a resumed run (after a restart) may re-enter `next` from this state: the flow
+    /// runs again from identify, so the early states repeat; nothing past verification does.
+    #[must_use]
+    pub fn resumes_to(&self, next: &UnitState) -> bool {
+        matches!(
+            self,
+            UnitState::Identified { .. } | UnitState::KeyReady { .. } | UnitState::KeyInjected
+        ) && matches!(
+            next,
+            UnitState::Identified { .. } | UnitState::KeyReady { .. }
+        )
+    }
+
     /// What a restart does with a unit in this state.
     #[must_use]
     pub fn recovery(&self) -> Recovery {

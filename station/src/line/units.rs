@@ -421,7 +421,7 @@ pub struct Facts<'a> {
 
 /// Moves a unit to `next`, in the caller's transaction: checks the edge against the stored
 /// state, writes the unit row, a transition row on its newest run and an audit entry. Moving to
-/// the state it is already in with new data (a resumed step) is allowed for the early states.
+/// an early state again (a resumed run, see `UnitState::resumes_to`) is allowed.
 pub fn transition(
     tx: &Transaction<'_>,
     station: &StationId,
@@ -431,11 +431,7 @@ pub fn transition(
     facts: &Facts<'_>,
 ) -> Result<UnitState, UnitStoreError> {
     let unit = by_id(tx, unit_id)?.ok_or(UnitStoreError::NoUnit(unit_id))?;
-    let resumed = unit.state.name() == next.name()
-        && matches!(
-            next,
-            UnitState::Identified { .. } | UnitState::KeyReady { .. }
-        );
+    let resumed = unit.state.resumes_to(&next);
     let next = if resumed { next } else { unit.state.to(next)? };
     let now = now_utc();
     let (tag, data) = encode_state(&next);

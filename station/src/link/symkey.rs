@@ -61,12 +61,11 @@ pub enum SymkeyFlowError {
     ProofMismatch,
 }
 
-/// Runs the symmetric-key exchange.
-pub fn provision_symkey<P: Port>(
+/// Step 1: identify the unit and check it is the one scanned and not locked.
+pub fn identify_for_symkey<P: Port>(
     unit: &mut UnitClient<P>,
     expected_serial: Option<&str>,
-    identity: &SymkeyIdentity,
-) -> Result<String, SymkeyFlowError> {
+) -> Result<super::proto::IdentifyRsp, SymkeyFlowError> {
     let id = unit.identify()?;
     if let Some(expected) = expected_serial
         && id.serial != expected
@@ -79,12 +78,28 @@ pub fn provision_symkey<P: Port>(
     if id.locked {
         return Err(SymkeyFlowError::Locked { serial: id.serial });
     }
+    Ok(id)
+}
+
+/// Step 2: writes the key (with registration ID, scope and endpoint) to the unit.
+pub fn inject<P: Port>(
+    unit: &mut UnitClient<P>,
+    identity: &SymkeyIdentity,
+) -> Result<(), SymkeyFlowError> {
     unit.put_symkey(&PutSymkeyReq {
         key: SecretBytes(Zeroizing::new(identity.key.expose_secret().clone())),
         rid: identity.registration_id.as_str().to_owned(),
         scope: identity.id_scope.clone(),
         ep: identity.global_endpoint.clone(),
     })?;
+    Ok(())
+}
+
+/// Step 3: the unit proves it holds the key: HMAC-SHA256 over a fresh nonce.
+pub fn prove<P: Port>(
+    unit: &mut UnitClient<P>,
+    identity: &SymkeyIdentity,
+) -> Result<(), SymkeyFlowError> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
     let mac = unit.prove(&nonce)?;
@@ -94,7 +109,18 @@ pub fn provision_symkey<P: Port>(
     // verify_slice compares in constant time.
     expected
         .verify_slice(&mac)
-        .map_err(|_| SymkeyFlowError::ProofMismatch)?;
+        .map_err(|_| SymkeyFlowError::ProofMismatch)
+}
+
+/// Runs the symmetric-key exchange.
+pub fn provision_symkey<P: Port>(
+    unit: &mut UnitClient<P>,
+    expected_serial: Option<&str>,
+    identity: &SymkeyIdentity,
+) -> Result<String, SymkeyFlowError> {
+    let id = identify_for_symkey(unit, expected_serial)?;
+    inject(unit, identity)?;
+    prove(unit, identity)?;
     unit.lock()?;
     Ok(id.serial)
 }

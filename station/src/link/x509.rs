@@ -198,7 +198,12 @@ pub fn check_csr(
     Ok(spki.raw.to_vec())
 }
 
-fn check_issued(chain: &IssuedChain, spki_der: &[u8]) -> Result<(String, String), X509FlowError> {
+/// Step 3 (after the CA issued): the leaf certifies the CSR's key and verifies against its
+/// issuer. Returns the leaf's subject and SHA-256 fingerprint (hex).
+pub fn check_issued(
+    chain: &IssuedChain,
+    spki_der: &[u8],
+) -> Result<(String, String), X509FlowError> {
     let (_, leaf) =
         X509Certificate::from_der(&chain.leaf_der).map_err(|_| X509FlowError::IssuedMismatch)?;
     if leaf.tbs_certificate.subject_pki.raw != spki_der {
@@ -236,13 +241,11 @@ fn fresh_nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-/// Runs the whole x509 exchange with the unit expected to carry `expected_serial`.
-pub fn provision_x509<P: Port>(
+/// Step 1: identify the unit and check it is the one scanned, not locked, and offers x509.
+pub fn identify_for_x509<P: Port>(
     unit: &mut UnitClient<P>,
     expected_serial: Option<&str>,
-    rid: &RegistrationId,
-    issuer: &dyn LeafIssuer,
-) -> Result<X509Provisioned, X509FlowError> {
+) -> Result<proto::IdentifyRsp, X509FlowError> {
     let id = unit.identify()?;
     if let Some(expected) = expected_serial
         && id.serial != expected
@@ -258,17 +261,38 @@ pub fn provision_x509<P: Port>(
     if !id.caps.iter().any(|c| c == "x509") {
         return Err(X509FlowError::NoX509 { serial: id.serial });
     }
+    Ok(id)
+}
 
+/// A CSR the unit made for this exchange, checked.
+#[derive(Debug, Clone)]
+pub struct CheckedCsr {
+    /// The CSR (DER).
+    pub csr_der: Vec<u8>,
+    /// Its SubjectPublicKeyInfo (DER).
+    pub spki_der: Vec<u8>,
+}
+
+/// Step 2: the unit makes its key and a CSR over a fresh nonce; the CSR is checked.
+pub fn keygen_checked<P: Port>(
+    unit: &mut UnitClient<P>,
+    rid: &RegistrationId,
+) -> Result<CheckedCsr, X509FlowError> {
     let nonce = fresh_nonce();
-    let csr = unit.keygen(rid.as_str(), &nonce)?;
-    let spki = check_csr(&csr, rid, &nonce).map_err(X509FlowError::Csr)?;
+    let csr_der = unit.keygen(rid.as_str(), &nonce)?;
+    let spki_der = check_csr(&csr_der, rid, &nonce).map_err(X509FlowError::Csr)?;
+    Ok(CheckedCsr { csr_der, spki_der })
+}
 
-    let chain = issuer.issue(&csr, rid).map_err(X509FlowError::Issue)?;
-    let (subject, fingerprint) = check_issued(&chain, &spki)?;
-
+/// Step 4: writes the chain to the unit and checks the signed read-back: the digest equals
+/// what was sent and the signature is by the certified key.
+pub fn deliver<P: Port>(
+    unit: &mut UnitClient<P>,
+    chain: &IssuedChain,
+    spki_der: &[u8],
+) -> Result<(), X509FlowError> {
     let blob = chain.blob();
     unit.put_cert(&blob)?;
-
     let rb_nonce = fresh_nonce();
     let rb = unit.get_cert_digest(&rb_nonce)?;
     let sent = Sha256::digest(&blob);
@@ -276,13 +300,29 @@ pub fn provision_x509<P: Port>(
         return Err(X509FlowError::ReadbackDigest);
     }
     if !verify_readback(
-        &spki,
+        spki_der,
         &proto::readback_message(&rb_nonce, &rb.sha.0),
         &rb.sig.0,
     ) {
         return Err(X509FlowError::ReadbackKey);
     }
+    Ok(())
+}
 
+/// Runs the whole x509 exchange with the unit expected to carry `expected_serial`.
+pub fn provision_x509<P: Port>(
+    unit: &mut UnitClient<P>,
+    expected_serial: Option<&str>,
+    rid: &RegistrationId,
+    issuer: &dyn LeafIssuer,
+) -> Result<X509Provisioned, X509FlowError> {
+    let id = identify_for_x509(unit, expected_serial)?;
+    let csr = keygen_checked(unit, rid)?;
+    let chain = issuer
+        .issue(&csr.csr_der, rid)
+        .map_err(X509FlowError::Issue)?;
+    let (subject, fingerprint) = check_issued(&chain, &csr.spki_der)?;
+    deliver(unit, &chain, &csr.spki_der)?;
     unit.lock()?;
     info!(serial = %id.serial, registration_id = %rid, %fingerprint, "unit provisioned (x509)");
     Ok(X509Provisioned {

@@ -1,0 +1,376 @@
+//! `station serve`: the fixtures in parallel, each a tokio task fed by its scanner, handing
+//! units to its own hardware thread (device link, TPM, unit token and HSM calls block); after a
+//! restart each fixture first resumes or fails the units it left unfinished.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::setup::LineSetup;
+use super::state::{Recovery, Step};
+use super::units::{self, UnitRow};
+use super::worker::{UnitOutcome, Worker, WorkerHsm, error_text};
+use crate::operators::BadgeKey;
+use crate::store::Store;
+use crate::trigger::parse::{Scan, ScanParser};
+use crate::trigger::scanner::{Scanner, ScannerEvent, ScannerSettings};
+
+/// What a fixture's hardware thread is asked to do.
+pub enum FixtureJob {
+    /// A scan from the fixture's scanner (or the web scan box).
+    Scan(Scan),
+    /// Run this serial with this operator (the CLI), answering on `reply`.
+    Provision {
+        /// Serial.
+        serial: String,
+        /// Operator.
+        operator: Option<String>,
+        /// Where the outcome goes.
+        reply: mpsc::Sender<UnitOutcome>,
+    },
+    /// Stop after the current unit.
+    Stop,
+}
+
+/// Why the line could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A fixture's worker could not start (HSM, CA, database).
+    #[error("fixture {fixture} could not start: {reason}")]
+    Fixture {
+        /// Fixture.
+        fixture: String,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime could not start.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The database failed during recovery.
+    #[error("recovering unfinished units failed: {0}")]
+    Recovery(String),
+}
+
+/// What happened to the units a fixture left unfinished.
+pub fn recover_fixture(worker: &mut Worker<'_>, units: &[UnitRow]) -> Vec<UnitOutcome> {
+    let mut out = Vec::new();
+    for unit in units {
+        match unit.state.recovery() {
+            Recovery::Keep => {}
+            Recovery::Resume => {
+                tracing::info!(fixture = %worker.fixture(), serial = %unit.serial, state = unit.state.name(), "resuming unit left unfinished");
+                out.push(worker.resume(unit));
+            }
+            Recovery::Fail(step, reason) => {
+                tracing::warn!(fixture = %worker.fixture(), serial = %unit.serial, state = unit.state.name(), %reason, "failing unit left unfinished");
+                out.push(worker.fail_unit(unit, step, reason));
+            }
+        }
+    }
+    out
+}
+
+/// Fails unfinished units whose fixture is not configured any more (nobody can resume them).
+pub fn fail_orphans(setup: &LineSetup, store: &mut Store) -> Result<usize, ServeError> {
+    let orphans: Vec<UnitRow> = units::unfinished(store.conn())
+        .map_err(|e| ServeError::Recovery(error_text(&e)))?
+        .into_iter()
+        .filter(|u| {
+            u.fixture
+                .as_ref()
+                .is_none_or(|f| !setup.cfg.fixtures.contains_key(f))
+        })
+        .collect();
+    for u in &orphans {
+        let tx = store
+            .conn_mut()
+            .transaction()
+            .map_err(|e| ServeError::Recovery(e.to_string()))?;
+        let reason = format!(
+            "its fixture {} is no longer configured; retry the unit on another fixture",
+            u.fixture.as_deref().unwrap_or("?")
+        );
+        units::fail(&tx, &setup.station, "station", u.id, Step::Scan, &reason)
+            .map_err(|e| ServeError::Recovery(error_text(&e)))?;
+        tx.commit()
+            .map_err(|e| ServeError::Recovery(e.to_string()))?;
+    }
+    Ok(orphans.len())
+}
+
+/// The fixtures that will run: all configured ones, or the named ones.
+pub fn selected(setup: &LineSetup, only: &[String]) -> Result<Vec<String>, ServeError> {
+    if only.is_empty() {
+        return Ok(setup.cfg.fixtures.keys().cloned().collect());
+    }
+    for f in only {
+        setup.fixture(f).map_err(|e| ServeError::Fixture {
+            fixture: f.clone(),
+            reason: error_text(&e),
+        })?;
+    }
+    Ok(only.to_vec())
+}
+
+/// Runs a fixture's hardware thread: opens its HSM session and database, recovers its
+/// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs.
+pub fn fixture_thread(
+    setup: &LineSetup,
+    name: &str,
+    abort: Arc<AtomicBool>,
+    badge_key: Option<&BadgeKey>,
+    jobs: &mpsc::Receiver<FixtureJob>,
+    ready: &mpsc::Sender<Result<(), String>>,
+) {
+    let _lock = match super::lock::FixtureLock::take(&setup.home, name) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let hsm = match WorkerHsm::open(setup) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut worker = match Worker::new(setup, name, &hsm, abort) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mine: Vec<UnitRow> = match worker.unfinished_here() {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    for o in recover_fixture(&mut worker, &mine) {
+        tracing::info!(fixture = name, "recovered: {o}");
+    }
+    let _ = ready.send(Ok(()));
+    tracing::info!(fixture = name, product = %worker.product().name, "fixture ready");
+    while let Ok(job) = jobs.recv() {
+        match job {
+            FixtureJob::Stop => break,
+            FixtureJob::Provision {
+                serial,
+                operator,
+                reply,
+            } => {
+                let o = worker.run_serial(&serial, operator.as_deref());
+                let _ = reply.send(o);
+            }
+            FixtureJob::Scan(scan) => handle_scan(&mut worker, badge_key, scan),
+        }
+    }
+    tracing::info!(fixture = name, "fixture stopped");
+}
+
+fn report(worker: &Worker<'_>, o: &UnitOutcome) {
+    match o {
+        UnitOutcome::Passed { .. } | UnitOutcome::AlreadyPassed { .. } => {
+            tracing::info!(fixture = %worker.fixture(), "{o}");
+        }
+        UnitOutcome::Failed { .. } | UnitOutcome::Refused { .. } => {
+            tracing::warn!(fixture = %worker.fixture(), "{o}");
+        }
+    }
+}
+
+fn handle_scan(worker: &mut Worker<'_>, badge_key: Option<&BadgeKey>, scan: Scan) {
+    match scan {
+        Scan::Serial(serial) => {
+            let o = worker.run_serial(serial.as_str(), None);
+            report(worker, &o);
+        }
+        Scan::Operator(badge) => match badge_key {
+            Some(key) => match worker.badge(key, &badge) {
+                Ok(user) => {
+                    tracing::info!(fixture = %worker.fixture(), operator = %user, "operator logged on")
+                }
+                Err(reason) => tracing::warn!(fixture = %worker.fixture(), "{reason}"),
+            },
+            None => {
+                tracing::warn!(fixture = %worker.fixture(), "badge refused: this station has no badge key (run `station init`)")
+            }
+        },
+        Scan::Retry => match worker.last_failed().map(str::to_owned) {
+            Some(serial) => {
+                let o = worker.run_serial(&serial, None);
+                report(worker, &o);
+            }
+            None => {
+                tracing::warn!(fixture = %worker.fixture(), "CMD:RETRY: no failed unit on this fixture to retry")
+            }
+        },
+        // An abort is handled by the scanner task (it sets the flag the running unit checks);
+        // between units there is nothing to abort.
+        Scan::Abort => {
+            tracing::info!(fixture = %worker.fixture(), "CMD:ABORT: no unit running");
+        }
+    }
+}
+
+/// A started fixture: its job queue and abort flag.
+pub struct RunningFixture {
+    /// Name.
+    pub name: String,
+    /// Jobs for its hardware thread.
+    pub jobs: mpsc::Sender<FixtureJob>,
+    /// The abort flag of the unit it runs.
+    pub abort: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    scanner: Option<Scanner>,
+}
+
+/// Starts the fixtures' hardware threads and scanners; returns once every fixture has
+/// recovered its units and is ready, or the first that could not start.
+pub fn start_fixtures(
+    setup: &Arc<LineSetup>,
+    names: &[String],
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<RunningFixture>, ServeError> {
+    let badge_key = BadgeKey::load(&setup.home.badge_key_file())
+        .ok()
+        .map(Arc::new);
+    let mut running = Vec::new();
+    for name in names {
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let abort = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let setup = Arc::clone(setup);
+            let name = name.clone();
+            let abort = Arc::clone(&abort);
+            let badge_key = badge_key.clone();
+            std::thread::Builder::new()
+                .name(format!("fixture-{name}"))
+                .spawn(move || {
+                    fixture_thread(
+                        &setup,
+                        &name,
+                        abort,
+                        badge_key.as_deref(),
+                        &jobs_rx,
+                        &ready_tx,
+                    );
+                })
+                .map_err(ServeError::Runtime)?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                let _ = thread.join();
+                for r in running {
+                    stop_fixture(r);
+                }
+                return Err(ServeError::Fixture {
+                    fixture: name.clone(),
+                    reason,
+                });
+            }
+            Err(_) => {
+                return Err(ServeError::Fixture {
+                    fixture: name.clone(),
+                    reason: "its thread ended before it was ready".into(),
+                });
+            }
+        }
+        let scanner = start_scanner(setup, name, &jobs_tx, &abort, rt)?;
+        running.push(RunningFixture {
+            name: name.clone(),
+            jobs: jobs_tx,
+            abort,
+            thread,
+            scanner,
+        });
+    }
+    Ok(running)
+}
+
+fn start_scanner(
+    setup: &LineSetup,
+    name: &str,
+    jobs: &mpsc::Sender<FixtureJob>,
+    abort: &Arc<AtomicBool>,
+    rt: &tokio::runtime::Handle,
+) -> Result<Option<Scanner>, ServeError> {
+    let (fixture, fcfg, product) = setup.fixture(name).map_err(|e| ServeError::Fixture {
+        fixture: name.to_owned(),
+        reason: error_text(&e),
+    })?;
+    let Some(port) = fcfg.scanner.clone() else {
+        return Ok(None);
+    };
+    let parser = ScanParser::new(&product.profile.serial_pattern, setup.cfg.line.max_scan_len)
+        .map_err(|e| ServeError::Fixture {
+            fixture: name.to_owned(),
+            reason: format!("serial pattern: {e}"),
+        })?;
+    let (tx, mut rx) = unbounded_channel();
+    let scanner = Scanner::spawn(
+        fixture,
+        ScannerSettings {
+            port: setup.home.resolve(&port),
+            baud: fcfg.scanner_baud,
+            debounce: Duration::from_millis(setup.cfg.line.debounce_ms),
+            max_line: setup.cfg.line.max_scan_len,
+            reopen_every: Duration::from_millis(500),
+        },
+        parser,
+        tx,
+    )
+    .map_err(ServeError::Runtime)?;
+    let jobs = jobs.clone();
+    let abort = Arc::clone(abort);
+    rt.spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ScannerEvent::Scan {
+                    scan: Scan::Abort,
+                    fixture,
+                } => {
+                    tracing::warn!(%fixture, "CMD:ABORT scanned: the running unit stops at its next step");
+                    abort.store(true, Ordering::Relaxed);
+                }
+                ScannerEvent::Scan { scan, fixture } => {
+                    tracing::info!(%fixture, "scanned {}", scan.describe());
+                    if jobs.send(FixtureJob::Scan(scan)).is_err() {
+                        break;
+                    }
+                }
+                ScannerEvent::Rejected { fixture, reason } => {
+                    tracing::warn!(%fixture, "scan refused: {reason}");
+                }
+                ScannerEvent::Repeated { fixture } => {
+                    tracing::info!(%fixture, "repeated scan ignored (debounce)");
+                }
+                ScannerEvent::Connected { fixture, port } => {
+                    tracing::info!(%fixture, port = %port.display(), "scanner connected");
+                }
+                ScannerEvent::Disconnected { fixture, reason } => {
+                    tracing::warn!(%fixture, %reason, "scanner disconnected; waiting for it to come back");
+                }
+            }
+        }
+    });
+    Ok(Some(scanner))
+}
+
+/// Stops a fixture after its current unit.
+pub fn stop_fixture(f: RunningFixture) {
+    if let Some(s) = f.scanner {
+        s.stop();
+    }
+    let _ = f.jobs.send(FixtureJob::Stop);
+    let _ = f.thread.join();
+}

@@ -1,0 +1,1156 @@
+//! One fixture's worker: it owns the fixture's hardware calls (device link, TPM, unit token, the
+//! HSM session that signs) and its own database connection, and runs one unit at a time through
+//! the state machine. Every step that changes what exists in the world (a key made, a
+//! certificate signed, a key written, a record queued) is persisted before the next one starts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rusqlite::TransactionBehavior;
+use sha2::{Digest as _, Sha256};
+
+use super::lots;
+use super::setup::LineSetup;
+use super::state::{Step, UnitState};
+use super::units::{self, Begin, Facts, NewRun, UnitStoreError};
+use crate::ca::service::{self, AuditKey, RecordContext};
+use crate::ca::{Authority, CommonName, IssuedCert, Profile, SubjectKey, UnitSubject};
+use crate::config::FixtureConfig;
+use crate::element::{self, ElementTarget};
+use crate::enroll::build::{self, Identity, UnitValues};
+use crate::enroll::profile::{Attestation, Enrollment, Product};
+use crate::hsm::config::PinSource;
+use crate::hsm::{Hsm, TokenSession};
+use crate::ids::FixtureName;
+use crate::link::{LinkSettings, SerialLink, Transport, UnitClient};
+use crate::store::{Store, StoreError, audit, now_utc, sql};
+
+/// The outbox row kind of a unit's individual enrollment.
+pub const KIND_INDIVIDUAL: &str = "dps.individual-enrollment";
+/// The outbox row kind of a unit covered by its product's enrollment group.
+pub const KIND_GROUP_MEMBER: &str = "dps.group-member";
+
+/// How a scanned unit ended, as shown to the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitOutcome {
+    /// The unit has its identity; its enrollment is queued for DPS.
+    Passed {
+        /// Serial.
+        serial: String,
+        /// Registration ID.
+        registration_id: String,
+    },
+    /// The unit had passed before: nothing was issued.
+    AlreadyPassed {
+        /// Serial.
+        serial: String,
+        /// Registration ID.
+        registration_id: String,
+        /// Its state now.
+        state: String,
+    },
+    /// The run failed at `step`.
+    Failed {
+        /// Serial.
+        serial: String,
+        /// Step.
+        step: Step,
+        /// Why.
+        reason: String,
+    },
+    /// The scan started nothing.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for UnitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnitOutcome::Passed {
+                serial,
+                registration_id,
+            } => write!(
+                f,
+                "PASS {serial}: registration ID {registration_id}, enrollment queued for DPS"
+            ),
+            UnitOutcome::AlreadyPassed {
+                serial,
+                registration_id,
+                state,
+            } => write!(
+                f,
+                "ALREADY DONE {serial}: passed earlier (registration ID {registration_id}, {state}); nothing issued"
+            ),
+            UnitOutcome::Failed {
+                serial,
+                step,
+                reason,
+            } => write!(f, "FAIL {serial} at {}: {reason}", step.as_str()),
+            UnitOutcome::Refused { reason } => write!(f, "REFUSED: {reason}"),
+        }
+    }
+}
+
+/// Why a step did not complete.
+#[derive(Debug)]
+enum Stop {
+    /// The unit failed this step; the run ends failed.
+    Unit(Step, String),
+    /// The station itself failed (database, HSM): the unit keeps its persisted state and a
+    /// restart resumes or fails it.
+    Station(String),
+}
+
+impl From<UnitStoreError> for Stop {
+    fn from(e: UnitStoreError) -> Self {
+        Stop::Station(error_text(&e))
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Station(error_text(&e))
+    }
+}
+
+/// An error and its causes on one line.
+#[must_use]
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Everything a fixture's worker holds for the life of the fixture.
+pub struct Worker<'s> {
+    setup: &'s LineSetup,
+    fixture: FixtureName,
+    fcfg: FixtureConfig,
+    product: Arc<Product>,
+    store: Store,
+    ca: Authority<'s>,
+    audit_key: AuditKey<'s>,
+    leaf_profile: Profile,
+    root_der: Vec<u8>,
+    station_hsm: &'s Hsm,
+    abort: Arc<AtomicBool>,
+    operator: Option<String>,
+    last_failed: Option<String>,
+}
+
+/// The HSM pieces a worker borrows (kept by the caller, since the authority borrows the session).
+pub struct WorkerHsm {
+    /// The station's PKCS#11 module.
+    pub hsm: Hsm,
+    /// The CA token session of this worker.
+    pub session: TokenSession,
+}
+
+impl WorkerHsm {
+    /// Opens the station HSM and a CA-token session for one worker.
+    pub fn open(setup: &LineSetup) -> Result<Self, String> {
+        let hsm = service::open_hsm(&setup.home, &setup.cfg).map_err(|e| error_text(&e))?;
+        let session =
+            service::open_ca_token(&hsm, &setup.home, &setup.cfg).map_err(|e| error_text(&e))?;
+        Ok(Self { hsm, session })
+    }
+}
+
+impl<'s> Worker<'s> {
+    /// A worker for fixture `name`.
+    pub fn new(
+        setup: &'s LineSetup,
+        name: &str,
+        hsm: &'s WorkerHsm,
+        abort: Arc<AtomicBool>,
+    ) -> Result<Self, String> {
+        let (fixture, fcfg, product) = setup.fixture(name).map_err(|e| error_text(&e))?;
+        let cfg = &setup.cfg;
+        let store = Store::open(&setup.home.resolve(&cfg.store.path), &cfg.store)
+            .map_err(|e| error_text(&e))?;
+        let ca =
+            service::load_issuing(&hsm.session, &setup.home, cfg).map_err(|e| error_text(&e))?;
+        let audit_key = AuditKey::find(&hsm.session, &cfg.ca.audit_key_label)
+            .map_err(|e| format!("the audit key: {}", error_text(&e)))?;
+        let profiles = service::profiles(&setup.home, cfg).map_err(|e| error_text(&e))?;
+        let leaf_profile = profiles.get("device").map_err(|e| error_text(&e))?.clone();
+        let root_der = service::read_cert(&service::root_path(&setup.home, cfg))
+            .map_err(|e| error_text(&e))?;
+        Ok(Self {
+            setup,
+            fixture,
+            fcfg: fcfg.clone(),
+            product,
+            store,
+            ca,
+            audit_key,
+            leaf_profile,
+            root_der,
+            station_hsm: &hsm.hsm,
+            abort,
+            operator: None,
+            last_failed: None,
+        })
+    }
+
+    /// This fixture's units whose run did not end (for restart recovery).
+    pub fn unfinished_here(&self) -> Result<Vec<units::UnitRow>, String> {
+        Ok(units::unfinished(self.store.conn())
+            .map_err(|e| error_text(&e))?
+            .into_iter()
+            .filter(|u| u.fixture.as_deref() == Some(self.fixture.as_str()))
+            .collect())
+    }
+
+    /// Fails a unit found after a restart in a state that cannot be resumed.
+    pub fn fail_unit(&mut self, unit: &units::UnitRow, step: Step, reason: &str) -> UnitOutcome {
+        let actor = unit
+            .operator
+            .clone()
+            .unwrap_or_else(|| "station".to_owned());
+        match self.persist(unit.id, &actor, |tx, st| {
+            units::fail(tx, st, &actor, unit.id, step, reason)?;
+            Ok(())
+        }) {
+            Ok(()) => {
+                self.last_failed = Some(unit.serial.clone());
+                UnitOutcome::Failed {
+                    serial: unit.serial.clone(),
+                    step,
+                    reason: reason.to_owned(),
+                }
+            }
+            Err(e) => UnitOutcome::Refused {
+                reason: format!(
+                    "fixture {}: could not record the failure of unit {}: {}",
+                    self.fixture,
+                    unit.serial,
+                    stop_text(&e)
+                ),
+            },
+        }
+    }
+
+    /// The fixture's name.
+    #[must_use]
+    pub fn fixture(&self) -> &FixtureName {
+        &self.fixture
+    }
+
+    /// The fixture's product.
+    #[must_use]
+    pub fn product(&self) -> &Product {
+        &self.product
+    }
+
+    /// Who is logged on.
+    #[must_use]
+    pub fn operator(&self) -> Option<&str> {
+        self.operator.as_deref()
+    }
+
+    /// Logs `username` on to the fixture (after a badge scan or a web logon), audited.
+    pub fn log_on(&mut self, username: &str) -> Result<(), String> {
+        self.audit("fixture.logon", username, serde_json::json!({}))
+            .map_err(|e| error_text(&e))?;
+        self.operator = Some(username.to_owned());
+        Ok(())
+    }
+
+    /// Handles an operator badge: logs its holder on, or says why not.
+    pub fn badge(
+        &mut self,
+        key: &crate::operators::BadgeKey,
+        badge: &crate::trigger::parse::Badge,
+    ) -> Result<String, String> {
+        match crate::operators::by_badge(self.store.conn(), key, badge) {
+            Ok(op) => {
+                self.log_on(&op.username)?;
+                Ok(op.username)
+            }
+            Err(e) => {
+                let reason = format!("fixture {}: badge refused: {e}", self.fixture);
+                // The badge itself is never written anywhere.
+                let _ = self.audit(
+                    "fixture.badge_refused",
+                    "",
+                    serde_json::json!({"reason": e.to_string()}),
+                );
+                Err(reason)
+            }
+        }
+    }
+
+    /// The serial of the last unit that failed here (for `CMD:RETRY`).
+    #[must_use]
+    pub fn last_failed(&self) -> Option<&str> {
+        self.last_failed.as_deref()
+    }
+
+    fn audit(
+        &mut self,
+        event: &str,
+        subject: &str,
+        mut details: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        if let Some(o) = details.as_object_mut() {
+            o.insert("fixture".into(), self.fixture.as_str().into());
+        }
+        let tx = self
+            .store
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin fixture audit"))?;
+        audit::append(
+            &tx,
+            &self.setup.station,
+            &audit::AuditEvent {
+                actor: self.operator.as_deref().unwrap_or("station"),
+                event,
+                subject,
+                details,
+            },
+        )?;
+        let _ = self.audit_key.seal(&tx);
+        tx.commit().map_err(sql("commit fixture audit"))
+    }
+
+    /// Runs a scanned serial on this fixture. `operator` overrides the logged-on operator (the
+    /// CLI's user).
+    pub fn run_serial(&mut self, serial: &str, operator: Option<&str>) -> UnitOutcome {
+        self.abort.store(false, Ordering::Relaxed);
+        let operator = operator
+            .map(str::to_owned)
+            .or_else(|| self.operator.clone());
+        let product = Arc::clone(&self.product);
+        if !product.serial_pattern.is_match(serial) {
+            return UnitOutcome::Refused {
+                reason: format!(
+                    "fixture {}: {serial:?} is not a {} serial (pattern {})",
+                    self.fixture, product.name, product.profile.serial_pattern
+                ),
+            };
+        }
+        if operator.is_none() && !product.profile.anonymous_runs {
+            return UnitOutcome::Refused {
+                reason: format!(
+                    "fixture {}: nobody is logged on; scan your badge first",
+                    self.fixture
+                ),
+            };
+        }
+        let lot = match lots::open_for(self.store.conn(), &product.name) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: no open lot for product {}; a supervisor opens one with `station lot open --product {} --quantity N`",
+                        self.fixture, product.name, product.name
+                    ),
+                };
+            }
+            Err(e) => {
+                return UnitOutcome::Refused {
+                    reason: format!("fixture {}: {}", self.fixture, error_text(&e)),
+                };
+            }
+        };
+        let begun = (|| -> Result<Begin, UnitStoreError> {
+            let tx = self
+                .store
+                .conn_mut()
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin scan"))?;
+            let b = units::begin(
+                &tx,
+                &self.setup.station,
+                &NewRun {
+                    serial,
+                    product: product.name.as_str(),
+                    lot_id: lot.id.as_str(),
+                    fixture: self.fixture.as_str(),
+                    operator: operator.as_deref(),
+                    attestation: product.profile.attestation.kind(),
+                },
+            )?;
+            if matches!(b, Begin::Started { .. }) {
+                self.audit_key.seal(&tx).map_err(|e| StoreError::Sql {
+                    op: "seal audit",
+                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                })?;
+                tx.commit().map_err(sql("commit scan"))?;
+            }
+            Ok(b)
+        })();
+        let unit_id = match begun {
+            Ok(Begin::Started { unit_id, .. }) => unit_id,
+            Ok(Begin::AlreadyPassed(u)) => {
+                return UnitOutcome::AlreadyPassed {
+                    serial: u.serial,
+                    registration_id: u.registration_id.unwrap_or_default(),
+                    state: u.state.name().to_owned(),
+                };
+            }
+            Ok(Begin::InProgress { fixture, state }) => {
+                return UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: unit {serial} is being provisioned on fixture {fixture} ({state}); wait for it, or abort it there",
+                        self.fixture
+                    ),
+                };
+            }
+            Ok(Begin::OtherProduct { product: other }) => {
+                return UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: unit {serial} was made as product {other}, not {}",
+                        self.fixture, product.name
+                    ),
+                };
+            }
+            Err(e) => {
+                return UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: cannot record the scan: {}",
+                        self.fixture,
+                        error_text(&e)
+                    ),
+                };
+            }
+        };
+        let actor = operator.clone().unwrap_or_else(|| "station".to_owned());
+        let values = UnitValues {
+            serial: serial.to_owned(),
+            lot: lot.id.as_str().to_owned(),
+            product: product.name.as_str().to_owned(),
+            model: product.profile.model.clone(),
+            fixture: self.fixture.as_str().to_owned(),
+            station: self.setup.station.as_str().to_owned(),
+            operator: operator.clone().unwrap_or_default(),
+            manufactured_at: now_utc(),
+            ..UnitValues::default()
+        };
+        self.drive(unit_id, &actor, values)
+    }
+
+    /// Continues a unit after a restart (`Recovery::Resume`): the flow runs again from its
+    /// first idempotent step; states already reached are re-entered, never skipped.
+    pub fn resume(&mut self, unit: &units::UnitRow) -> UnitOutcome {
+        let actor = unit
+            .operator
+            .clone()
+            .unwrap_or_else(|| "station".to_owned());
+        let values = UnitValues {
+            serial: unit.serial.clone(),
+            lot: unit.lot_id.clone().unwrap_or_default(),
+            product: unit.product.clone(),
+            model: unit
+                .model
+                .clone()
+                .unwrap_or_else(|| self.product.profile.model.clone()),
+            hw_rev: unit.hw_rev.clone().unwrap_or_default(),
+            fw_version: unit.fw_version.clone().unwrap_or_default(),
+            fixture: self.fixture.as_str().to_owned(),
+            station: self.setup.station.as_str().to_owned(),
+            operator: unit.operator.clone().unwrap_or_default(),
+            manufactured_at: unit.created_at.clone(),
+            registration_id: String::new(),
+        };
+        if unit.state == UnitState::Verified {
+            return self.finish(unit.id, &actor, values, |w, values| {
+                w.record_from_store(unit, values)
+            });
+        }
+        self.drive(unit.id, &actor, values)
+    }
+
+    /// A unit found Verified after a restart: its identity is in the store (EK, live
+    /// certificate, or group membership), so only the record step is left.
+    fn record_from_store(
+        &mut self,
+        unit: &units::UnitRow,
+        values: &mut UnitValues,
+    ) -> Result<(), Stop> {
+        let rid_text = unit.registration_id.clone().unwrap_or_default();
+        values.registration_id = rid_text.clone();
+        let rid = dps::RegistrationId::new(rid_text)
+            .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
+        let device_id = build::device_id(&self.product, values)
+            .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
+        let conn = self.store.conn();
+        let identity = match (
+            &self.product.profile.attestation,
+            &self.product.profile.enrollment,
+        ) {
+            (_, Enrollment::Group { .. }) => Identity::X509 {
+                leaf_pem: String::new(),
+            },
+            (Attestation::Tpm, _) => {
+                let ek: String = conn
+                    .query_row(
+                        "SELECT ek_public FROM tpm_endorsement_keys WHERE unit_id = ?1",
+                        [unit.id],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql("read the unit's EK"))?;
+                Identity::Tpm {
+                    endorsement_key: ek,
+                    storage_root_key: None,
+                }
+            }
+            (Attestation::X509Link | Attestation::X509Pkcs11 { .. }, _) => {
+                let der: Vec<u8> = conn
+                    .query_row(
+                        "SELECT der FROM certificates WHERE unit_id = ?1 AND status = 'live'",
+                        [unit.id],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql("read the unit's certificate"))?;
+                Identity::X509 {
+                    leaf_pem: crate::ca::verify::to_pem(&[&der]),
+                }
+            }
+            (Attestation::SymmetricIndividual | Attestation::SymmetricGroup, _) => {
+                return Err(Stop::Unit(
+                    Step::Record,
+                    "the station stopped before the unit's key was recorded; factory-reset the unit and retry".into(),
+                ));
+            }
+        };
+        let actor = unit
+            .operator
+            .clone()
+            .unwrap_or_else(|| "station".to_owned());
+        self.record(unit.id, &actor, values, rid, device_id, identity)
+    }
+
+    fn drive(&mut self, unit_id: i64, actor: &str, values: UnitValues) -> UnitOutcome {
+        self.finish(unit_id, actor, values, |w, values| {
+            w.run_kind(unit_id, values)
+        })
+    }
+
+    fn run_kind(&mut self, unit_id: i64, values: &mut UnitValues) -> Result<(), Stop> {
+        let product = Arc::clone(&self.product);
+        let actor_owned = self.current_actor(unit_id);
+        let actor = actor_owned.as_str();
+        tracing::info!(fixture = %self.fixture, serial = %values.serial, product = %product.name, "unit started");
+        match &product.profile.attestation {
+            Attestation::Tpm => self.drive_tpm(unit_id, actor, values),
+            Attestation::X509Link => self.drive_x509_link(unit_id, actor, values),
+            Attestation::X509Pkcs11 {
+                module,
+                token,
+                pin_file,
+                pin_env,
+            } => {
+                let module = self.fcfg.pkcs11_module.clone().unwrap_or(module.clone());
+                let token = self.fcfg.pkcs11_token.clone().unwrap_or(token.clone());
+                let pin = match (pin_env, pin_file) {
+                    (Some(v), _) => PinSource::Env(v.clone()),
+                    (None, Some(f)) => PinSource::File(f.clone()),
+                    (None, None) => PinSource::Env("UNIT_PIN".into()),
+                };
+                self.drive_pkcs11(unit_id, actor, values, &module, &token, pin)
+            }
+            Attestation::SymmetricIndividual | Attestation::SymmetricGroup => Err(Stop::Unit(
+                Step::Attest,
+                "symmetric-key units are not supported by this build".into(),
+            )),
+        }
+    }
+
+    /// The operator recorded on the unit's run, or the daemon.
+    fn current_actor(&self, unit_id: i64) -> String {
+        units::by_id(self.store.conn(), unit_id)
+            .ok()
+            .flatten()
+            .and_then(|u| u.operator)
+            .unwrap_or_else(|| "station".to_owned())
+    }
+
+    /// Runs `step` and turns its result into the operator's outcome, recording a failure.
+    fn finish(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        mut values: UnitValues,
+        step: impl FnOnce(&mut Self, &mut UnitValues) -> Result<(), Stop>,
+    ) -> UnitOutcome {
+        let serial = values.serial.clone();
+        let result = step(self, &mut values);
+        match result {
+            Ok(()) => {
+                self.last_failed = None;
+                tracing::info!(fixture = %self.fixture, %serial, registration_id = %values.registration_id, "unit passed");
+                UnitOutcome::Passed {
+                    serial,
+                    registration_id: values.registration_id,
+                }
+            }
+            Err(Stop::Unit(step, reason)) => {
+                self.last_failed = Some(serial.clone());
+                tracing::warn!(fixture = %self.fixture, %serial, step = step.as_str(), %reason, "unit failed");
+                if let Err(e) = self.persist(unit_id, actor, |tx, st| {
+                    units::fail(tx, st, actor, unit_id, step, &reason)?;
+                    Ok(())
+                }) {
+                    return UnitOutcome::Refused {
+                        reason: format!(
+                            "fixture {}: unit {serial} failed at {} ({reason}) and the failure could not be recorded: {}",
+                            self.fixture,
+                            step.as_str(),
+                            stop_text(&e)
+                        ),
+                    };
+                }
+                UnitOutcome::Failed {
+                    serial,
+                    step,
+                    reason,
+                }
+            }
+            Err(Stop::Station(reason)) => {
+                tracing::error!(fixture = %self.fixture, %serial, %reason, "station failure during a unit");
+                UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: the station failed during unit {serial}: {reason}; the unit keeps its recorded state and is resumed or failed at the next start",
+                        self.fixture
+                    ),
+                }
+            }
+        }
+    }
+
+    /// One transaction: `f`, then the HSM-keyed audit seal, then commit.
+    fn persist<T>(
+        &mut self,
+        _unit_id: i64,
+        _actor: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
+    ) -> Result<T, Stop> {
+        let tx = self
+            .store
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin unit transaction"))?;
+        let out = f(&tx, &self.setup.station)?;
+        self.audit_key
+            .seal(&tx)
+            .map_err(|e| Stop::Station(format!("sealing the audit log: {}", error_text(&e))))?;
+        tx.commit().map_err(sql("commit unit transaction"))?;
+        Ok(out)
+    }
+
+    fn advance(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        step: Step,
+        next: UnitState,
+        facts: &Facts<'_>,
+    ) -> Result<(), Stop> {
+        self.persist(unit_id, actor, |tx, st| {
+            units::transition(tx, st, actor, unit_id, next, facts)
+                .map_err(|e| unique_clash(e, step))?;
+            Ok(())
+        })
+    }
+
+    fn check_abort(&self, step: Step) -> Result<(), Stop> {
+        if self.abort.swap(false, Ordering::Relaxed) {
+            return Err(Stop::Unit(
+                step,
+                "aborted by the operator (CMD:ABORT)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn open_link(&self) -> Result<UnitClient<SerialLink>, Stop> {
+        let port =
+            self.fcfg.serial_port.as_ref().ok_or_else(|| {
+                Stop::Unit(Step::Identify, "the fixture has no serial_port".into())
+            })?;
+        let link = SerialLink::open(port, self.fcfg.baud).map_err(|e| {
+            Stop::Unit(
+                Step::Identify,
+                format!(
+                    "cannot open the device link {}: {}",
+                    port.display(),
+                    error_text(&e)
+                ),
+            )
+        })?;
+        Ok(UnitClient::new(Transport::new(
+            link,
+            LinkSettings {
+                baud: self.fcfg.baud,
+                timeout: std::time::Duration::from_millis(self.fcfg.link_timeout_ms),
+                retries: self.fcfg.link_retries,
+                ..LinkSettings::default()
+            },
+        )))
+    }
+
+    /// Signs a leaf for `key`, records it for the unit and moves the unit to
+    /// CertificateIssued, all in one transaction; returns the certificate once recorded.
+    fn issue_for_unit(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        key: &SubjectKey,
+        rid: &str,
+    ) -> Result<IssuedCert, Stop> {
+        let cn = CommonName::registration_id(rid)
+            .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+        let cert = self
+            .ca
+            .issue(
+                &self.leaf_profile,
+                key,
+                cn.as_str(),
+                &UnitSubject::default(),
+            )
+            .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+        let issuer = self.ca.issuer_key_id().to_owned();
+        self.persist(unit_id, actor, |tx, st| {
+            let rec = RecordContext {
+                station: st,
+                actor,
+                event: "ca.issue",
+                registration_id: Some(cn.as_str()),
+            };
+            service::record_issued(tx, &issuer, &cert, &rec)
+                .map_err(|e| Stop::Station(error_text(&e)))?;
+            let id: i64 = tx
+                .query_row(
+                    "UPDATE certificates SET unit_id = ?1 WHERE issuer_key_id = ?2 AND serial_hex = ?3 RETURNING id",
+                    rusqlite::params![unit_id, issuer, cert.serial.hex()],
+                    |r| r.get(0),
+                )
+                .map_err(sql("link certificate to unit"))?;
+            units::transition(
+                tx,
+                st,
+                actor,
+                unit_id,
+                UnitState::CertificateIssued { certificate_id: id },
+                &Facts::default(),
+            )?;
+            Ok(())
+        })?;
+        Ok(cert)
+    }
+
+    /// The certificate reached the unit and was read back: it becomes the unit's live one.
+    fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) -> Result<(), Stop> {
+        self.persist(unit_id, actor, |tx, st| {
+            tx.execute(
+                "UPDATE certificates SET status = 'live' WHERE unit_id = ?1 AND status = 'issued'",
+                [unit_id],
+            )
+            .map_err(sql("confirm certificate"))?;
+            units::transition(
+                tx,
+                st,
+                actor,
+                unit_id,
+                UnitState::Verified,
+                &Facts::default(),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn drive_x509_link(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &mut UnitValues,
+    ) -> Result<(), Stop> {
+        use crate::link::x509;
+        let mut unit = self.open_link()?;
+        let id = x509::identify_for_x509(&mut unit, Some(&values.serial))
+            .map_err(|e| Stop::Unit(Step::Identify, error_text(&e)))?;
+        values.model = id.model.clone();
+        values.hw_rev = id.hw.clone();
+        values.fw_version = id.fw.clone();
+        self.advance(
+            unit_id,
+            actor,
+            Step::Identify,
+            UnitState::Identified {
+                model: id.model.clone(),
+                hw_rev: id.hw.clone(),
+                fw_version: id.fw.clone(),
+            },
+            &Facts {
+                model: Some(&id.model),
+                hw_rev: Some(&id.hw),
+                fw_version: Some(&id.fw),
+                ..Facts::default()
+            },
+        )?;
+        self.check_abort(Step::Attest)?;
+        let (rid, device_id) = self.ids(values)?;
+        let csr = x509::keygen_checked(&mut unit, &rid)
+            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        self.advance(
+            unit_id,
+            actor,
+            Step::Attest,
+            UnitState::KeyReady {
+                registration_id: rid.to_string(),
+                material: format!("spki-sha256:{}", hex::encode(Sha256::digest(&csr.spki_der))),
+            },
+            &Facts {
+                registration_id: Some(rid.as_str()),
+                device_id: Some(device_id.as_str()),
+                ..Facts::default()
+            },
+        )?;
+        self.check_abort(Step::Issue)?;
+        let key = SubjectKey::from_csr(&csr.csr_der, &self.leaf_profile)
+            .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+        let cert = self.issue_for_unit(unit_id, actor, &key, rid.as_str())?;
+        let chain = x509::IssuedChain {
+            leaf_der: cert.der.clone(),
+            chain_der: vec![self.ca.cert_der().to_vec(), self.root_der.clone()],
+        };
+        x509::check_issued(&chain, &csr.spki_der)
+            .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+        self.check_abort(Step::Inject)?;
+        x509::deliver(&mut unit, &chain, &csr.spki_der).map_err(|e| {
+            let step = if matches!(
+                e,
+                x509::X509FlowError::ReadbackDigest | x509::X509FlowError::ReadbackKey
+            ) {
+                Step::Verify
+            } else {
+                Step::Inject
+            };
+            Stop::Unit(step, error_text(&e))
+        })?;
+        unit.lock()
+            .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
+        self.certificate_confirmed(unit_id, actor)?;
+        let leaf_pem = crate::ca::verify::to_pem(&[&cert.der]);
+        self.record(
+            unit_id,
+            actor,
+            values,
+            rid,
+            device_id,
+            Identity::X509 { leaf_pem },
+        )
+    }
+
+    fn drive_pkcs11(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &mut UnitValues,
+        module: &Path,
+        token: &str,
+        pin: PinSource,
+    ) -> Result<(), Stop> {
+        let (rid, device_id) = self.ids(values)?;
+        // One module is initialised once per process: a unit token reached through the
+        // station's own library (SoftHSM in tests and the demo) shares its module.
+        let home = self.setup.home.clone();
+        let same = std::fs::canonicalize(home.resolve(module)).ok()
+            == std::fs::canonicalize(home.resolve(&self.setup.cfg.hsm.module)).ok();
+        let element_hsm = if same {
+            self.station_hsm.clone()
+        } else {
+            Hsm::load_module(&home.resolve(module)).map_err(|e| {
+                Stop::Unit(
+                    Step::Attest,
+                    format!(
+                        "unit element module {}: {}",
+                        module.display(),
+                        error_text(&e)
+                    ),
+                )
+            })?
+        };
+        // The pattern names this unit's token when it carries the serial; `{serial}` may be used.
+        let pattern = if token.is_empty() {
+            None
+        } else {
+            Some(token.replace("{serial}", &regex::escape(&values.serial)))
+        };
+        let target = ElementTarget {
+            token: pattern,
+            pin,
+            rework: false,
+        };
+        let mut issued = false;
+        let mut failure: Option<Stop> = None;
+        let result = element::provision(
+            &element_hsm,
+            &target,
+            |p| home.resolve(p),
+            |spki| {
+                let mut go = || -> Result<Vec<u8>, Stop> {
+                    self.advance(
+                        unit_id,
+                        actor,
+                        Step::Attest,
+                        UnitState::KeyReady {
+                            registration_id: rid.to_string(),
+                            material: format!("spki-sha256:{}", hex::encode(Sha256::digest(spki))),
+                        },
+                        &Facts {
+                            registration_id: Some(rid.as_str()),
+                            device_id: Some(device_id.as_str()),
+                            ..Facts::default()
+                        },
+                    )?;
+                    let key = SubjectKey::from_spki(spki)
+                        .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+                    let cert = self.issue_for_unit(unit_id, actor, &key, rid.as_str())?;
+                    issued = true;
+                    Ok(cert.der)
+                };
+                go().map_err(|stop| {
+                    let text = stop_text(&stop);
+                    failure = Some(stop);
+                    text
+                })
+            },
+        );
+        match result {
+            Ok(p) => {
+                self.certificate_confirmed(unit_id, actor)?;
+                let leaf_pem = crate::ca::verify::to_pem(&[&p.certificate]);
+                self.record(
+                    unit_id,
+                    actor,
+                    values,
+                    rid,
+                    device_id,
+                    Identity::X509 { leaf_pem },
+                )
+            }
+            Err(e) => Err(failure.unwrap_or_else(|| {
+                Stop::Unit(
+                    if issued { Step::Inject } else { Step::Attest },
+                    error_text(&e),
+                )
+            })),
+        }
+    }
+
+    fn drive_tpm(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &mut UnitValues,
+    ) -> Result<(), Stop> {
+        let cfg = &self.setup.cfg;
+        let tcti = self
+            .fcfg
+            .tcti
+            .clone()
+            .or_else(|| cfg.tpm.tcti.clone())
+            .ok_or_else(|| Stop::Unit(Step::Attest, "the fixture has no TCTI".into()))?;
+        let trust = crate::tpm::load_trust(Some(self.setup.home.root()), &cfg.tpm.trust_dir)
+            .map_err(|e| Stop::Station(format!("TPM trust directory: {}", error_text(&e))))?;
+        let (read, assessment) =
+            crate::tpm::read_and_assess(&tcti, &cfg.tpm.read_options(), cfg.tpm.policy(), &trust)
+                .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        for w in &assessment.warnings {
+            tracing::warn!(fixture = %self.fixture, serial = %values.serial, "{w}");
+        }
+        let rid = assessment.registration_id.clone();
+        values.registration_id = rid.to_string();
+        let device_id = build::device_id(&self.product, values)
+            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        let ek = read.endorsement_key.clone();
+        self.persist(unit_id, actor, |tx, st| {
+            crate::tpm::record_endorsement_key(tx, unit_id, &ek)
+                .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+            units::transition(
+                tx,
+                st,
+                actor,
+                unit_id,
+                UnitState::KeyReady {
+                    registration_id: rid.to_string(),
+                    material: format!("ek-sha256:{}", crate::tpm::record::ek_sha256(&ek)),
+                },
+                &Facts {
+                    registration_id: Some(rid.as_str()),
+                    device_id: Some(device_id.as_str()),
+                    ..Facts::default()
+                },
+            )
+            .map_err(|e| unique_clash(e, Step::Attest))?;
+            Ok(())
+        })?;
+        if let Err(refusal) = &assessment.verdict {
+            return Err(Stop::Unit(Step::Verify, refusal.to_string()));
+        }
+        self.advance(
+            unit_id,
+            actor,
+            Step::Verify,
+            UnitState::Verified,
+            &Facts::default(),
+        )?;
+        let att = crate::tpm::Assessment::attestation(&read);
+        self.record(
+            unit_id,
+            actor,
+            values,
+            rid,
+            device_id,
+            Identity::Tpm {
+                endorsement_key: att.tpm.endorsement_key,
+                storage_root_key: att.tpm.storage_root_key,
+            },
+        )
+    }
+
+    /// The registration and device IDs of a non-TPM unit.
+    fn ids(&self, values: &mut UnitValues) -> Result<(dps::RegistrationId, dps::DeviceId), Stop> {
+        let rid = build::registration_id(&self.product, values)
+            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        values.registration_id = rid.to_string();
+        let did = build::device_id(&self.product, values)
+            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        Ok((rid, did))
+    }
+
+    /// Verified -> Recorded -> Queued in one transaction: the enrollment as the station means
+    /// it (without secrets) and its outbox row.
+    fn record(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &UnitValues,
+        rid: dps::RegistrationId,
+        device_id: dps::DeviceId,
+        identity: Identity,
+    ) -> Result<(), Stop> {
+        let product = Arc::clone(&self.product);
+        let target = product.profile.dps_target.clone();
+        let (kind, payload) = match &product.profile.enrollment {
+            Enrollment::Individual => {
+                let e = build::individual_enrollment(
+                    &product,
+                    values,
+                    rid.clone(),
+                    device_id,
+                    identity,
+                );
+                let payload = serde_json::json!({"target": target, "enrollment": e});
+                (KIND_INDIVIDUAL, (Some(e), payload))
+            }
+            Enrollment::Group { group_id } => (
+                KIND_GROUP_MEMBER,
+                (
+                    None,
+                    serde_json::json!({"target": target, "group_id": group_id}),
+                ),
+            ),
+        };
+        let (enrollment, payload) = payload;
+        let payload = serde_json::to_vec(&payload)
+            .map_err(|e| Stop::Station(format!("encoding the enrollment: {e}")))?;
+        self.persist(unit_id, actor, |tx, st| {
+            if let Some(e) = &enrollment {
+                tx.execute(
+                    "INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at)
+                     VALUES (?1, ?2, 'individual', ?3, ?4, 'queued', ?5)",
+                    rusqlite::params![
+                        unit_id,
+                        target,
+                        rid.as_str(),
+                        build::without_secrets(e).to_string(),
+                        now_utc()
+                    ],
+                )
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        Stop::Unit(
+                            Step::Record,
+                            format!(
+                                "an enrollment for registration ID {rid} in DPS target {target} is already recorded for another unit"
+                            ),
+                        )
+                    }
+                    e => Stop::Station(format!("record enrollment: {e}")),
+                })?;
+            }
+            units::transition(tx, st, actor, unit_id, UnitState::Recorded, &Facts::default())?;
+            let outbox_id = enqueue(tx, &target, kind, rid.as_str(), unit_id, &payload)?;
+            units::transition(
+                tx,
+                st,
+                actor,
+                unit_id,
+                UnitState::Queued { outbox_id },
+                &Facts::default(),
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// Puts a delivery in the outbox, in the caller's transaction.
+fn enqueue(
+    tx: &rusqlite::Transaction<'_>,
+    destination: &str,
+    kind: &str,
+    item_key: &str,
+    unit_id: i64,
+    payload: &[u8],
+) -> Result<i64, Stop> {
+    let _ = unit_id;
+    tx.execute(
+        "INSERT INTO outbox (destination, kind, item_key, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![destination, kind, item_key, payload, now_utc()],
+    )
+    .map_err(sql("queue enrollment"))?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn stop_text(s: &Stop) -> String {
+    match s {
+        Stop::Unit(step, r) => format!("{}: {r}", step.as_str()),
+        Stop::Station(r) => r.clone(),
+    }
+}
+
+/// A UNIQUE clash on a unit's registration ID is the unit's failure (two units, one ID), not
+/// the station's.
+fn unique_clash(e: UnitStoreError, step: Step) -> Stop {
+    if let UnitStoreError::Store(StoreError::Sql {
+        source: rusqlite::Error::SqliteFailure(f, Some(msg)),
+        ..
+    }) = &e
+        && f.code == rusqlite::ErrorCode::ConstraintViolation
+        && msg.contains("registration_id")
+    {
+        return Stop::Unit(
+            step,
+            "this registration ID already belongs to another unit; one identity cannot serve two units".into(),
+        );
+    }
+    e.into()
+}

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod line;
+
 use base64::Engine as _;
 use dps::ids::RegistrationId;
 use station::link::x509::{IssueError, IssuedChain, LeafIssuer};

@@ -279,7 +279,7 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
                 .and_then(Iterator::collect)
                 .map_err(|e| read(&e))?;
             println!(
-                "{:<12} {:<12} {:<12} {:<18} {:<28} {:<8} {:<10} updated",
+                "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} updated",
                 "serial", "product", "lot", "state", "registration ID", "fixture", "operator"
             );
             for r in rows {
@@ -289,7 +289,7 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
                     r[4].clone()
                 };
                 println!(
-                    "{:<12} {:<12} {:<12} {:<18} {:<28} {:<8} {:<10} {}",
+                    "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} {}",
                     r[0], r[1], r[2], r[3], rid, r[5], r[6], r[7]
                 );
             }

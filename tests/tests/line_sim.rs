@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use station::line::state::UnitState;
+use station::line::state::{Step, UnitState};
 use station::line::units::{self, Begin, Facts, NewRun};
 use station::link::{LinkSettings, SerialLink, Transport, UnitClient};
 use station::store::Store;
@@ -477,5 +477,231 @@ fn runs_units_one_at_a_time_until_the_station_records_each() {
     assert!(
         TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
         "swtpm still listening after the run"
+    );
+}
+
+fn line_sim_fails(home: &Path, args: &[&str], without_pin: bool) -> String {
+    let mut cmd = Command::new(bin("line-sim"));
+    cmd.arg("--home").arg(home).args(args);
+    if without_pin {
+        cmd.env_remove("UNIT_SE_PIN");
+    } else {
+        cmd.env("UNIT_SE_PIN", UNIT_PIN);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn refuses_fixtures_it_cannot_simulate_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = home_with(dir.path(), "");
+    let config = home.join("config.d/70-case.toml");
+    let case = |fixtures: &str| std::fs::write(&config, fixtures).unwrap();
+
+    case("[fixtures.link-1]\nproduct = \"sensor-x509\"\nscanner = \"dev/s1\"\n");
+    let e = line_sim_fails(&home, &[], false);
+    assert!(
+        e.contains("fixture link-1: product sensor-x509 (x509-link) needs a `serial_port`"),
+        "{e}"
+    );
+    let e = line_sim_fails(&home, &["--fixture", "nope"], false);
+    assert!(
+        e.contains("fixture nope is not in the station configuration"),
+        "{e}"
+    );
+
+    case("[fixtures.link-1]\nproduct = \"sensor-x509\"\nserial_port = \"dev/u1\"\n");
+    let e = line_sim_fails(&home, &[], false);
+    assert!(e.contains("fixture link-1: no `scanner` configured"), "{e}");
+
+    // A real device (here a plain file) at the link path is never replaced.
+    std::fs::create_dir_all(home.join("dev")).unwrap();
+    std::fs::write(home.join("dev/u1"), b"not ours").unwrap();
+    case(
+        "[fixtures.link-1]\nproduct = \"sensor-x509\"\nscanner = \"dev/s1\"\nserial_port = \"dev/u1\"\n",
+    );
+    let e = line_sim_fails(&home, &[], false);
+    assert!(e.contains("exists and is not a symlink"), "{e}");
+    assert_eq!(std::fs::read(home.join("dev/u1")).unwrap(), b"not ours");
+
+    case(
+        "[fixtures.tpm-1]\nproduct = \"sensor-tpm\"\nscanner = \"dev/s2\"\ntcti = \"device:/dev/tpmrm0\"\n",
+    );
+    let e = line_sim_fails(&home, &[], false);
+    assert!(
+        e.contains("fixture tpm-1: tcti `device:/dev/tpmrm0` cannot be simulated"),
+        "{e}"
+    );
+
+    case("[fixtures.se-1]\nproduct = \"gateway-se\"\nscanner = \"dev/s3\"\n");
+    let e = line_sim_fails(&home, &[], true);
+    assert!(
+        e.contains("fixture se-1: the product's unit PIN variable UNIT_SE_PIN is not set"),
+        "{e}"
+    );
+    case(
+        "[fixtures.se-1]\nproduct = \"gateway-se\"\nscanner = \"dev/s3\"\npkcs11_module = \"/usr/lib/x86_64-linux-gnu/libykcs11.so\"\n",
+    );
+    let e = line_sim_fails(&home, &[], false);
+    assert!(e.contains("is not SoftHSM"), "{e}");
+
+    std::fs::write(
+        home.join("products/odd.toml"),
+        "serial_pattern = \"[A-Z]{2}-[0-9]{6}\"\ndps_target = \"local\"\nattestation = { kind = \"x509-link\" }\n",
+    )
+    .unwrap();
+    case("[fixtures.odd-1]\nproduct = \"odd\"\nscanner = \"dev/s4\"\nserial_port = \"dev/u4\"\n");
+    let e = line_sim_fails(&home, &[], false);
+    assert!(
+        e.contains("product odd: serial_pattern `[A-Z]{2}-[0-9]{6}` is not supported by line-sim"),
+        "{e}"
+    );
+    // Nothing was left plugged in by the refused runs.
+    for p in ["dev/s1", "dev/s2", "dev/s3", "dev/s4", "dev/u4"] {
+        assert!(std::fs::symlink_metadata(home.join(p)).is_err(), "{p}");
+    }
+}
+
+/// A stand-in for the station's link driver, built from the station's own steps: for each scan,
+/// asks the unit on the fixture's serial port who it is, persists that, then fails the unit on
+/// purpose (the issuing steps are the station's, not under test here).
+fn link_station_stand_in(home: &Path, lot: &str, units: usize) -> Vec<String> {
+    let cfg = station::config::Config::load(&station::home::Home::new(home))
+        .unwrap()
+        .config;
+    let station_id = cfg.station_id();
+    let mut store = Store::open(&home.join("station.db"), &cfg.store).unwrap();
+    let parser = ScanParser::new("SX-[0-9]{6}", 128).unwrap();
+    let scans = read_scans(&home.join("dev/scanner-link-1"));
+    let mut seen = Vec::new();
+    while seen.len() < units {
+        let line = scans.recv_timeout(Duration::from_secs(60)).unwrap();
+        let Scan::Serial(serial) = parse(&parser, &line) else {
+            continue;
+        };
+        let tx = store.conn_mut().transaction().unwrap();
+        let run = NewRun {
+            serial: serial.as_str(),
+            product: "sensor-x509",
+            lot_id: lot,
+            fixture: "link-1",
+            operator: None,
+            attestation: "x509-link",
+        };
+        let Begin::Started { unit_id, .. } = units::begin(&tx, &station_id, &run).unwrap() else {
+            panic!("{serial} was not a new unit");
+        };
+        tx.commit().unwrap();
+        let s = LinkSettings {
+            baud: 0,
+            ..LinkSettings::default()
+        };
+        let link = SerialLink::open(&home.join("dev/serial/by-id/usb-link-1"), 115_200).unwrap();
+        let id = UnitClient::new(Transport::new(link, s)).identify().unwrap();
+        let tx = store.conn_mut().transaction().unwrap();
+        let facts = Facts {
+            registration_id: None,
+            device_id: None,
+            model: Some(&id.model),
+            hw_rev: Some(&id.hw),
+            fw_version: Some(&id.fw),
+        };
+        let identified = UnitState::Identified {
+            model: id.model.clone(),
+            hw_rev: id.hw.clone(),
+            fw_version: id.fw.clone(),
+        };
+        units::transition(&tx, &station_id, "station", unit_id, identified, &facts).unwrap();
+        units::fail(
+            &tx,
+            &station_id,
+            "station",
+            unit_id,
+            Step::Issue,
+            "stand-in stops here",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        seen.push(id.serial);
+    }
+    seen
+}
+
+#[test]
+fn repoints_the_link_to_each_new_unit_and_reports_failed_units_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = home_with(
+        dir.path(),
+        "[fixtures.link-1]\nproduct = \"sensor-x509\"\nscanner = \"dev/scanner-link-1\"\nserial_port = \"dev/serial/by-id/usb-link-1\"\n",
+    );
+    station(
+        &home,
+        &[
+            "user",
+            "add",
+            "sam",
+            "--role",
+            "supervisor",
+            "--badge-env",
+            "BADGE",
+            "--actor",
+            "test",
+        ],
+    );
+    station(
+        &home,
+        &[
+            "lot",
+            "open",
+            "--product",
+            "sensor-x509",
+            "--quantity",
+            "5",
+            "--id",
+            "LOT-X",
+            "--actor",
+            "sam",
+        ],
+    );
+    let mut sim = LineSim::start(
+        &home,
+        &["--units", "3", "--zero-wire-delay", "--serial-start", "7"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::symlink_metadata(home.join("dev/scanner-link-1")).is_err() {
+        assert!(Instant::now() < deadline, "scanner never plugged in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each scan's unit answered on the same port path: the link followed the units.
+    let seen = link_station_stand_in(&home, "LOT-X", 3);
+    assert_eq!(seen, ["SX-000007", "SX-000008", "SX-000009"]);
+
+    let status = sim.wait(Duration::from_secs(30));
+    let mut out = Vec::new();
+    while let Ok(l) = sim.lines.recv_timeout(Duration::from_secs(2)) {
+        out.push(l);
+    }
+    // Failed units reached a final state: the run itself succeeded.
+    assert!(status.success(), "{status}: {out:#?}");
+    for (i, l) in out.iter().take(3).enumerate() {
+        assert!(
+            l.split_whitespace()
+                .take(2)
+                .eq(["link-1", &format!("SX-{:06}", i + 7)])
+                && l.contains("failed (issue: stand-in stops here)"),
+            "{l}"
+        );
+    }
+    assert!(
+        out[4].contains("passed   0") && out[4].contains("failed   3"),
+        "{}",
+        out[4]
+    );
+    assert!(
+        std::fs::symlink_metadata(home.join("dev/serial/by-id/usb-link-1")).is_err(),
+        "link left behind"
     );
 }

@@ -478,6 +478,28 @@ fn runs_units_one_at_a_time_until_the_station_records_each() {
         TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
         "swtpm still listening after the run"
     );
+
+    // A second run continues after the highest serial the station holds, and a unit the
+    // station never takes up makes the run fail, naming it.
+    let mut again = LineSim::start(
+        &home,
+        &[
+            "--units",
+            "1",
+            "--unit-timeout-secs",
+            "1",
+            "--tpm-vendor",
+            vendor_arg,
+        ],
+    );
+    let l = again.next_line(Duration::from_secs(30));
+    assert!(
+        l.starts_with("tpm-1")
+            && l.contains("ST-000004")
+            && l.contains("TIMED OUT (never seen by the station)"),
+        "{l}"
+    );
+    assert_eq!(again.wait(Duration::from_secs(30)).code(), Some(1));
 }
 
 fn line_sim_fails(home: &Path, args: &[&str], without_pin: bool) -> String {

@@ -109,11 +109,18 @@ pub fn serve(
             );
         }
     }
+    // Loaded before any thread starts: SoftHSM's configuration goes through the environment.
+    let station_hsm =
+        crate::line::worker::open_station_hsm(&setup).map_err(|reason| LineCliError::Fixture {
+            fixture: "(all)".into(),
+            reason: format!("the station HSM: {reason}"),
+        })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let running = serve::start_fixtures(&setup, &names, rt.handle()).map_err(LineCliError::from)?;
+    let running = serve::start_fixtures(&setup, &station_hsm, &names, rt.handle())
+        .map_err(LineCliError::from)?;
     tracing::info!(
         fixtures = running.len(),
         station = %setup.station,
@@ -160,7 +167,8 @@ pub fn provision(ctx: &Context, args: &ProvisionArgs) -> Result<ExitCode, CliErr
     };
     let _lock = crate::line::lock::FixtureLock::take(&ctx.home, &args.fixture)
         .map_err(|e| fixture_err(e.to_string()))?;
-    let hsm = WorkerHsm::open(&setup).map_err(fixture_err)?;
+    let station_hsm = crate::line::worker::open_station_hsm(&setup).map_err(&fixture_err)?;
+    let hsm = WorkerHsm::open(&setup, &station_hsm).map_err(&fixture_err)?;
     let mut worker = Worker::new(
         &setup,
         &args.fixture,

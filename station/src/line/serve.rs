@@ -119,6 +119,7 @@ pub fn selected(setup: &LineSetup, only: &[String]) -> Result<Vec<String>, Serve
 /// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs.
 pub fn fixture_thread(
     setup: &LineSetup,
+    station_hsm: &crate::hsm::Hsm,
     name: &str,
     abort: Arc<AtomicBool>,
     badge_key: Option<&BadgeKey>,
@@ -132,7 +133,7 @@ pub fn fixture_thread(
             return;
         }
     };
-    let hsm = match WorkerHsm::open(setup) {
+    let hsm = match WorkerHsm::open(setup, station_hsm) {
         Ok(h) => h,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -236,6 +237,7 @@ pub struct RunningFixture {
 /// recovered its units and is ready, or the first that could not start.
 pub fn start_fixtures(
     setup: &Arc<LineSetup>,
+    station_hsm: &crate::hsm::Hsm,
     names: &[String],
     rt: &tokio::runtime::Handle,
 ) -> Result<Vec<RunningFixture>, ServeError> {
@@ -252,11 +254,13 @@ pub fn start_fixtures(
             let name = name.clone();
             let abort = Arc::clone(&abort);
             let badge_key = badge_key.clone();
+            let station_hsm = station_hsm.clone();
             std::thread::Builder::new()
                 .name(format!("fixture-{name}"))
                 .spawn(move || {
                     fixture_thread(
                         &setup,
+                        &station_hsm,
                         &name,
                         abort,
                         badge_key.as_deref(),

@@ -149,6 +149,12 @@ pub struct Worker<'s> {
     last_failed: Option<String>,
 }
 
+/// Loads the station's HSM module. Call it once, before starting threads: SoftHSM's
+/// configuration is passed through the environment.
+pub fn open_station_hsm(setup: &LineSetup) -> Result<Hsm, String> {
+    service::open_hsm(&setup.home, &setup.cfg).map_err(|e| error_text(&e))
+}
+
 /// The HSM pieces a worker borrows (kept by the caller, since the authority borrows the session).
 pub struct WorkerHsm {
     /// The station's PKCS#11 module.
@@ -158,9 +164,10 @@ pub struct WorkerHsm {
 }
 
 impl WorkerHsm {
-    /// Opens the station HSM and a CA-token session for one worker.
-    pub fn open(setup: &LineSetup) -> Result<Self, String> {
-        let hsm = service::open_hsm(&setup.home, &setup.cfg).map_err(|e| error_text(&e))?;
+    /// Opens a CA-token session for one worker on the station's HSM module (loaded once per
+    /// process, before any thread starts: see [`open_station_hsm`]).
+    pub fn open(setup: &LineSetup, hsm: &Hsm) -> Result<Self, String> {
+        let hsm = hsm.clone();
         let session =
             service::open_ca_token(&hsm, &setup.home, &setup.cfg).map_err(|e| error_text(&e))?;
         Ok(Self { hsm, session })
@@ -682,7 +689,8 @@ impl<'s> Worker<'s> {
             self.fcfg.serial_port.as_ref().ok_or_else(|| {
                 Stop::Unit(Step::Identify, "the fixture has no serial_port".into())
             })?;
-        let link = SerialLink::open(port, self.fcfg.baud).map_err(|e| {
+        let port = self.setup.home.resolve(port);
+        let link = SerialLink::open(&port, self.fcfg.baud).map_err(|e| {
             Stop::Unit(
                 Step::Identify,
                 format!(

@@ -4,6 +4,7 @@
 mod audit;
 pub mod ca;
 mod check;
+mod group;
 mod init;
 pub mod link;
 mod lot;
@@ -69,6 +70,9 @@ pub enum Command {
     /// TPM diagnostics.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// Enrollment groups in DPS and their keys in the HSM.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -147,6 +151,9 @@ pub enum CliError {
     /// A TPM command failed.
     #[error(transparent)]
     Tpm(#[from] tpm::TpmCliError),
+    /// An enrollment-group command failed.
+    #[error(transparent)]
+    Group(Box<group::GroupCliError>),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -221,5 +228,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
         Command::Tpm(cmd) => tpm::run_cli(&ctx, cmd),
+        Command::Group(cmd) => group::run(&ctx, cmd),
     }
 }

@@ -1,4 +1,5 @@
 //! Enrollments from product profiles: what DPS should hold for each unit or group.
 
+pub mod group;
 pub mod profile;
 pub mod template;

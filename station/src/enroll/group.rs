@@ -35,13 +35,13 @@ pub const DEFAULT_WEBHOOK_API_VERSION: &str = "2021-10-01";
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
     /// The product enrolls its units individually.
-    #[error("product {product} uses individual enrollments, not a group")]
+    #[error("the product uses individual enrollments, not a group")]
     NotAGroup {
         /// The product.
         product: String,
     },
     /// The product's attestation cannot be a DPS group.
-    #[error("product {product}: {kind} attestation has no enrollment group in DPS")]
+    #[error("{kind} attestation has no enrollment group in DPS")]
     Unsupported {
         /// The product.
         product: String,
@@ -49,7 +49,7 @@ pub enum GroupError {
         kind: &'static str,
     },
     /// An x509 group needs the station's issuing CA certificate.
-    #[error("product {product}: an x509 group needs the station's issuing CA certificate")]
+    #[error("an x509 group needs the station's issuing CA certificate")]
     NoSigningCertificate {
         /// The product.
         product: String,
@@ -435,4 +435,177 @@ pub async fn sync_group(
         change,
         primary_key,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use dps::wire::{X509CertificateInfo, X509CertificateWithInfo};
+
+    use super::*;
+
+    fn load(name: &str, text: &str) -> Product {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        Product::load(&p).unwrap()
+    }
+
+    fn station() -> StationId {
+        StationId::new("line-7").unwrap()
+    }
+
+    const SYM: &str = r#"
+model = "SY-10"
+serial_pattern = "SY-[0-9]{6}"
+dps_target = "local"
+attestation = { kind = "symmetric-group" }
+enrollment = { kind = "group", group_id = "sy-fleet" }
+[initial_twin.tags]
+product = "{product}"
+where = "{station}/{model}/{serial}/{lot}"
+line = 3
+"#;
+
+    #[test]
+    fn a_symmetric_group_asks_dps_for_keys_and_renders_product_values_only() {
+        let g = desired_group(&load("sensor-sym", SYM), &station(), None).unwrap();
+        let json = serde_json::to_value(&g).unwrap();
+        assert_eq!(json["enrollmentGroupId"], "sy-fleet");
+        assert_eq!(
+            json["attestation"],
+            serde_json::json!({"type": "symmetricKey", "symmetricKey": {}})
+        );
+        assert_eq!(
+            json["initialTwin"],
+            serde_json::json!({"tags": {"product": "sensor-sym", "where": "line-7/SY-10//", "line": 3}})
+        );
+        assert_eq!(json["allocationPolicy"], "hashed");
+        assert_eq!(json["provisioningStatus"], "enabled");
+        assert_eq!(
+            json["reprovisionPolicy"],
+            serde_json::json!({"updateHubAssignment": true, "migrateDeviceData": true})
+        );
+        assert_eq!(json["capabilities"], serde_json::json!({"iotEdge": false}));
+        assert!(json.get("iotHubs").is_none());
+    }
+
+    #[test]
+    fn x509_groups_carry_the_station_ca_and_individual_products_have_no_group() {
+        let text = SYM.replace("symmetric-group", "x509-link").replace(
+            "[initial_twin.tags]",
+            "reprovision = \"never\"\n[initial_twin.tags]",
+        );
+        let p = load("sx", &text);
+        assert!(matches!(
+            desired_group(&p, &station(), None),
+            Err(GroupError::NoSigningCertificate { .. })
+        ));
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).unwrap();
+        let pem = ca.cert.pem();
+        let g = desired_group(&p, &station(), Some(&pem)).unwrap();
+        let x = g.attestation.x509.as_ref().unwrap();
+        let primary = x
+            .signing_certificates
+            .as_ref()
+            .unwrap()
+            .primary
+            .as_ref()
+            .unwrap();
+        assert_eq!(primary.certificate.as_deref(), Some(pem.as_str()));
+        assert_eq!(
+            g.reprovision_policy,
+            Some(ReprovisionPolicy {
+                update_hub_assignment: false,
+                migrate_device_data: false
+            })
+        );
+
+        // What DPS returns: the certificate text stripped, its thumbprint in `info`.
+        let mut actual = g.clone();
+        let thumb = hex::encode_upper(Sha256::digest(ca.cert.der()));
+        let info = |t: &str| X509CertificateInfo {
+            sha256_thumbprint: t.to_owned(),
+            ..X509CertificateInfo::default()
+        };
+        let set = |a: &mut EnrollmentGroup, t: &str| {
+            a.attestation
+                .x509
+                .as_mut()
+                .unwrap()
+                .signing_certificates
+                .as_mut()
+                .unwrap()
+                .primary = Some(X509CertificateWithInfo {
+                certificate: None,
+                info: Some(info(t)),
+            });
+        };
+        set(&mut actual, &thumb.to_ascii_lowercase());
+        assert!(differences(&g, &actual).is_empty());
+        set(&mut actual, &"AB".repeat(32));
+        assert_eq!(differences(&g, &actual), vec!["attestation"]);
+
+        let tpm = load(
+            "st",
+            "serial_pattern = \".+\"\ndps_target = \"local\"\nattestation = { kind = \"tpm\" }\n",
+        );
+        assert!(matches!(
+            desired_group(&tpm, &station(), None),
+            Err(GroupError::NotAGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn defaults_dps_leaves_out_do_not_count_as_differences() {
+        let text = SYM.replace(
+            "[initial_twin.tags]",
+            "[allocation]\npolicy = \"custom\"\nwebhook_url = \"https://alloc.example/x\"\n[initial_twin.tags]",
+        );
+        let g = desired_group(&load("p", &text), &station(), None).unwrap();
+        assert_eq!(
+            g.custom_allocation_definition.as_ref().unwrap().api_version,
+            DEFAULT_WEBHOOK_API_VERSION
+        );
+        let mut actual = g.clone();
+        actual.capabilities = None;
+        actual.provisioning_status = None;
+        actual.reprovision_policy = None;
+        actual.etag = Some("\"e1\"".into());
+        assert!(differences(&g, &actual).is_empty());
+
+        let mut hubs = g.clone();
+        hubs.iot_hubs = Some(vec!["B.local".into(), "a.local".into()]);
+        let mut other = g.clone();
+        other.iot_hubs = Some(vec!["a.local".into(), "b.local".into()]);
+        assert!(differences(&hubs, &other).is_empty());
+
+        let mut changed = g.clone();
+        changed.provisioning_status = Some(WireStatus::Disabled);
+        changed.capabilities = Some(DeviceCapabilities { iot_edge: true });
+        changed.initial_twin = None;
+        changed.allocation_policy = Some(WireAllocation::Hashed);
+        assert_eq!(
+            differences(&g, &changed),
+            vec![
+                "initialTwin",
+                "allocationPolicy",
+                "capabilities",
+                "provisioningStatus"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sync_result_does_not_show_its_key() {
+        let s = GroupSync {
+            group_id: "g".into(),
+            etag: None,
+            attestation: AttestationType::SymmetricKey,
+            change: GroupChange::Created,
+            primary_key: Some(SecretString::from("c2VjcmV0LWdyb3VwLWtleQ==".to_owned())),
+        };
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("c2VjcmV0LWdyb3VwLWtleQ=="), "{dbg}");
+    }
 }

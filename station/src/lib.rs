@@ -12,6 +12,7 @@ pub mod enroll;
 pub mod home;
 pub mod hsm;
 pub mod ids;
+pub mod keys;
 pub mod line;
 pub mod link;
 pub mod logging;

@@ -77,6 +77,64 @@ pub(super) fn run(home: &Home, cfg: &Config, report: &mut Report) {
         chain_lines(home, cfg, &cert, lines);
     }
     audit_key_line(home, cfg, &ca, lines);
+    outbox_key_line(&ca, lines);
+}
+
+/// The AES key that seals key material in the outbox: present, AES-256, and unable to leave
+/// the token.
+fn outbox_key_line(ca: &TokenSession, lines: &mut Vec<CheckLine>) {
+    use crate::keys::OUTBOX_KEY_LABEL;
+    let name = "outbox key";
+    let key = match ca.find_secret_key(OUTBOX_KEY_LABEL) {
+        Ok(k) => k,
+        Err(crate::hsm::HsmError::KeyNotFound { .. }) => {
+            lines.push(CheckLine::fail(
+                name,
+                format!(
+                    "{OUTBOX_KEY_LABEL:?} absent from token {}; run `station init` to create it",
+                    ca.token()
+                ),
+            ));
+            return;
+        }
+        Err(e) => {
+            lines.push(CheckLine::fail(name, chain_text(&e)));
+            return;
+        }
+    };
+    let info = match ca.secret_key_info(key, OUTBOX_KEY_LABEL) {
+        Ok(i) => i,
+        Err(e) => {
+            lines.push(CheckLine::fail(name, chain_text(&e)));
+            return;
+        }
+    };
+    if info.key_type != Some(cryptoki::object::KeyType::AES) || info.value_len != Some(32) {
+        lines.push(CheckLine::fail(
+            name,
+            format!("{OUTBOX_KEY_LABEL:?} is not an AES-256 key; refusing to seal with it"),
+        ));
+        return;
+    }
+    match ca.object_protection(key, OUTBOX_KEY_LABEL) {
+        Ok(p) if p.problems().is_empty() => lines.push(CheckLine::ok(
+            name,
+            format!(
+                "{OUTBOX_KEY_LABEL:?} AES-256 in token {} ({})",
+                ca.token(),
+                p.summary()
+            ),
+        )),
+        Ok(p) => lines.push(CheckLine::fail(
+            name,
+            format!(
+                "{}; refusing to seal with it ({})",
+                p.problems().join(", "),
+                p.summary()
+            ),
+        )),
+        Err(e) => lines.push(CheckLine::fail(name, chain_text(&e))),
+    }
 }
 
 fn token(

@@ -4,6 +4,7 @@
 mod audit;
 pub mod ca;
 mod check;
+mod group;
 mod init;
 mod line;
 pub mod link;
@@ -79,6 +80,9 @@ pub enum Command {
     /// Look up units: one unit's whole story, or a list.
     #[command(subcommand)]
     Unit(line::UnitCommand),
+    /// Enrollment groups in DPS and their keys in the HSM.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 impl Command {
@@ -168,6 +172,9 @@ pub enum CliError {
     /// A line command failed.
     #[error(transparent)]
     Line(#[from] line::LineCliError),
+    /// An enrollment-group command failed.
+    #[error(transparent)]
+    Group(Box<group::GroupCliError>),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -245,5 +252,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => line::serve(&ctx, &args, cli.log_format),
         Command::Provision(args) => line::provision(&ctx, &args),
         Command::Unit(cmd) => line::unit(&ctx, &cmd),
+        Command::Group(cmd) => group::run(&ctx, cmd),
     }
 }

@@ -48,6 +48,9 @@ pub enum InitError {
     /// The keyed audit checkpoint could not be written.
     #[error("the keyed audit checkpoint could not be written")]
     Seal(#[from] crate::ca::service::CaServiceError),
+    /// The outbox AES key could not be made in the HSM.
+    #[error("the outbox key could not be prepared in the HSM")]
+    OutboxKey(#[from] crate::keys::KeyError),
 }
 
 /// What `init` did.
@@ -79,6 +82,7 @@ pub fn init(home: &Home, actor: &str) -> Result<InitReport, InitError> {
     let config = loaded.config;
     make_dir(&home.resolve(&config.log.dir), &mut report)?;
     crate::ca::init::init(home, &config, &mut report.created)?;
+    outbox_key(home, &config, &mut report)?;
     make_dir(&home.secrets_dir(), &mut report)?;
     let key: [u8; 32] = rand::random();
     make_file(
@@ -109,6 +113,32 @@ pub fn init(home: &Home, actor: &str) -> Result<InitReport, InitError> {
         record(&mut store, &station, actor, "station.init", home, &report)?;
     }
     Ok(report)
+}
+
+/// `H/hsm/outbox-key`: written once the CA token holds the outbox AES key, so that a later
+/// `init` knows without logging in to the HSM (a SoftHSM login rewrites its token files, and
+/// a second `init` must change no byte). Deleting it makes the next `init` look again.
+fn outbox_key_marker(home: &Home) -> PathBuf {
+    home.root().join("hsm").join("outbox-key")
+}
+
+/// Creates the outbox AES key in the CA token if absent (also on homes made before it existed).
+fn outbox_key(home: &Home, config: &Config, report: &mut InitReport) -> Result<(), InitError> {
+    let marker = outbox_key_marker(home);
+    if marker.exists() {
+        return Ok(());
+    }
+    let hsm = crate::ca::service::open_hsm(home, config)?;
+    let session = crate::ca::service::open_ca_token(&hsm, home, config)?;
+    crate::keys::ensure_outbox_key(&session)?;
+    if let Some(dir) = marker.parent() {
+        make_dir(dir, report)?;
+    }
+    let text = format!(
+        "# The CA token holds the outbox AES-256 key {:?}; `station init` checks again if this file is gone.\n",
+        crate::keys::OUTBOX_KEY_LABEL
+    );
+    make_file(&marker, text.as_bytes(), report)
 }
 
 /// Authenticates the audit checkpoint with the HSM's audit key (when one is configured).

@@ -482,6 +482,216 @@ impl TokenSession {
     }
 }
 
+/// Which AES key length `generate_aes256_key` makes, in bytes.
+const AES256_BYTES: u64 = 32;
+
+/// Length of the AES-GCM tag the station asks for, in bits (the full 128).
+const GCM_TAG_BITS: u64 = 128;
+
+/// Key type and length of a secret key, as the token reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretKeyInfo {
+    /// CKA_KEY_TYPE.
+    pub key_type: Option<KeyType>,
+    /// CKA_VALUE_LEN in bytes.
+    pub value_len: Option<u64>,
+}
+
+// The operations of the symmetric-key line (group keys, derived unit keys, outbox sealing).
+// Added as new methods so the CA's existing ones stay untouched.
+impl TokenSession {
+    /// `len` bytes from the token's RNG (C_GenerateRandom), into a buffer wiped on drop.
+    pub fn random_bytes(&self, len: usize) -> Result<zeroize::Zeroizing<Vec<u8>>, HsmError> {
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; len]);
+        self.session
+            .generate_random_slice(&mut buf)
+            .map_err(|source| HsmError::Random {
+                token: self.token.clone(),
+                source,
+            })?;
+        Ok(buf)
+    }
+
+    /// Imports `value` as a token secret key (CKK_GENERIC_SECRET) that is sensitive, not
+    /// extractable and good for HMAC signing only (no verify, encrypt, wrap or derive).
+    /// PKCS#11 marks an imported key never-extractable = false and always-sensitive = false:
+    /// it was in the clear once, which is true of a DPS group key in transit.
+    pub fn import_hmac_key(
+        &self,
+        label: &str,
+        id: &[u8],
+        value: &[u8],
+    ) -> Result<ObjectHandle, HsmError> {
+        if self.has_key(label, ObjectClass::SECRET_KEY)? {
+            return Err(HsmError::KeyExists {
+                token: self.token.clone(),
+                label: label.to_owned(),
+            });
+        }
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(false),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Modifiable(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.to_vec()),
+            Attribute::Value(value.to_vec()),
+        ];
+        self.session
+            .create_object(&template)
+            .map_err(|source| HsmError::CreateObject {
+                token: self.token.clone(),
+                label: label.to_owned(),
+                source,
+            })
+    }
+
+    /// Generates a 256-bit AES key that is sensitive, never extractable, and good for
+    /// encrypt/decrypt only.
+    pub fn generate_aes256_key(&self, label: &str) -> Result<ObjectHandle, HsmError> {
+        if self.has_key(label, ObjectClass::SECRET_KEY)? {
+            return Err(HsmError::KeyExists {
+                token: self.token.clone(),
+                label: label.to_owned(),
+            });
+        }
+        let id = self.random(16)?;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(AES256_BYTES.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id),
+        ];
+        self.session
+            .generate_key(&Mechanism::AesKeyGen, &template)
+            .map_err(|source| HsmError::GenerateKey {
+                token: self.token.clone(),
+                label: label.to_owned(),
+                source,
+            })
+    }
+
+    /// AES-GCM encryption inside the token with a 128-bit tag appended to the ciphertext.
+    /// Returns the module's error as is: the caller names the operation in its own error.
+    pub fn aes_gcm_encrypt(
+        &self,
+        key: ObjectHandle,
+        iv: &[u8],
+        aad: &[u8],
+        plain: &[u8],
+    ) -> Result<Vec<u8>, P11Error> {
+        // GcmParams wants a mutable IV (some modules write a generated IV back).
+        let mut iv = iv.to_vec();
+        let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+        self.session.encrypt(&Mechanism::AesGcm(params), key, plain)
+    }
+
+    /// AES-GCM decryption inside the token; fails when the tag does not authenticate the
+    /// ciphertext and `aad`. The plaintext comes back in a buffer wiped on drop.
+    pub fn aes_gcm_decrypt(
+        &self,
+        key: ObjectHandle,
+        iv: &[u8],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, P11Error> {
+        let mut iv = iv.to_vec();
+        let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+        self.session
+            .decrypt(&Mechanism::AesGcm(params), key, sealed)
+            .map(zeroize::Zeroizing::new)
+    }
+
+    /// The protection attributes of any key object, read one at a time (see `key_protection`).
+    pub fn object_protection(
+        &self,
+        key: ObjectHandle,
+        label: &str,
+    ) -> Result<KeyProtection, HsmError> {
+        let read = |t: AttributeType| -> Result<Option<bool>, HsmError> {
+            let attrs = self.session.get_attributes(key, &[t]).map_err(|source| {
+                HsmError::ReadAttributes {
+                    label: label.to_owned(),
+                    source,
+                }
+            })?;
+            Ok(attrs.into_iter().find_map(|a| match a {
+                Attribute::Sensitive(b)
+                | Attribute::AlwaysSensitive(b)
+                | Attribute::Extractable(b)
+                | Attribute::NeverExtractable(b)
+                | Attribute::Decrypt(b) => Some(b),
+                _ => None,
+            }))
+        };
+        Ok(KeyProtection {
+            sensitive: read(AttributeType::Sensitive)?,
+            always_sensitive: read(AttributeType::AlwaysSensitive)?,
+            extractable: read(AttributeType::Extractable)?,
+            never_extractable: read(AttributeType::NeverExtractable)?,
+            decrypt: read(AttributeType::Decrypt)?,
+        })
+    }
+
+    /// Key type and length of a secret key.
+    pub fn secret_key_info(
+        &self,
+        key: ObjectHandle,
+        label: &str,
+    ) -> Result<SecretKeyInfo, HsmError> {
+        let attrs = self
+            .session
+            .get_attributes(key, &[AttributeType::KeyType, AttributeType::ValueLen])
+            .map_err(|source| HsmError::ReadAttributes {
+                label: label.to_owned(),
+                source,
+            })?;
+        let mut info = SecretKeyInfo {
+            key_type: None,
+            value_len: None,
+        };
+        for a in attrs {
+            match a {
+                Attribute::KeyType(t) => info.key_type = Some(t),
+                Attribute::ValueLen(n) => info.value_len = Some(u64::from(n)),
+                _ => {}
+            }
+        }
+        Ok(info)
+    }
+
+    /// Whether the secret key may be read out in the clear: true if the token would hand
+    /// over CKA_VALUE. Used by tests and `check` to prove it does not.
+    pub fn secret_value_readable(&self, key: ObjectHandle) -> bool {
+        matches!(
+            self.session.get_attributes(key, &[AttributeType::Value]),
+            Ok(attrs) if attrs.iter().any(|a| matches!(a, Attribute::Value(_)))
+        )
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 impl TokenSession {

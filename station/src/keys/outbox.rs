@@ -1,0 +1,108 @@
+//! Sealing key material that waits in the outbox (symmetric-individual enrollments carry
+//! the unit's keys): AES-256-GCM under a non-extractable key in the CA token.
+//!
+//! Sealed format: `version (1 byte) || IV (12 bytes, from the token's RNG) || ciphertext ||
+//! tag (16 bytes)`. The AAD is a domain string, so a blob sealed for another purpose under
+//! the same key does not open here.
+
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::object::{ObjectClass, ObjectHandle};
+use zeroize::Zeroizing;
+
+use super::error::KeyError;
+use crate::hsm::{HsmError, TokenSession};
+
+/// Label of the outbox AES key in the CA token.
+pub const OUTBOX_KEY_LABEL: &str = "station-outbox-aes";
+
+/// Additional authenticated data of every sealed outbox payload.
+pub const OUTBOX_AAD: &[u8] = b"station outbox payload v1";
+
+const VERSION: u8 = 1;
+const IV_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
+
+/// Creates the outbox key if the token lacks it; returns whether it was created.
+pub fn ensure_outbox_key(session: &TokenSession) -> Result<bool, KeyError> {
+    if session
+        .has_key(OUTBOX_KEY_LABEL, ObjectClass::SECRET_KEY)
+        .map_err(|e| KeyError::OutboxKey(Box::new(e)))?
+    {
+        return Ok(false);
+    }
+    session
+        .generate_aes256_key(OUTBOX_KEY_LABEL)
+        .map_err(|e| KeyError::OutboxKey(Box::new(e)))?;
+    Ok(true)
+}
+
+/// Seals and opens outbox payloads with the outbox key, on the caller's session.
+pub struct OutboxCipher<'s> {
+    session: &'s TokenSession,
+    key: ObjectHandle,
+}
+
+impl std::fmt::Debug for OutboxCipher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxCipher")
+            .field("token", &self.session.token())
+            .field("key", &OUTBOX_KEY_LABEL)
+            .finish()
+    }
+}
+
+impl<'s> OutboxCipher<'s> {
+    /// Finds the outbox key on the session's token.
+    pub fn new(session: &'s TokenSession) -> Result<Self, KeyError> {
+        let key = match session.find_secret_key(OUTBOX_KEY_LABEL) {
+            Ok(k) => k,
+            Err(HsmError::KeyNotFound { .. }) => {
+                return Err(KeyError::OutboxKeyMissing {
+                    label: OUTBOX_KEY_LABEL.to_owned(),
+                });
+            }
+            Err(e) => return Err(KeyError::OutboxKey(Box::new(e))),
+        };
+        Ok(Self { session, key })
+    }
+
+    /// Encrypts `plain` under a fresh IV from the token's RNG.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let iv = self
+            .session
+            .random_bytes(IV_BYTES)
+            .map_err(|e| KeyError::Random(Box::new(e)))?;
+        let ct = self
+            .session
+            .aes_gcm_encrypt(self.key, &iv, OUTBOX_AAD, plain)
+            .map_err(KeyError::Seal)?;
+        let mut out = Vec::with_capacity(1 + IV_BYTES + ct.len());
+        out.push(VERSION);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Decrypts a payload made by `seal`; fails if any byte of it was altered.
+    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let (&version, rest) = sealed
+            .split_first()
+            .ok_or(KeyError::SealedFormat("empty"))?;
+        if version != VERSION {
+            return Err(KeyError::SealedFormat("unknown version"));
+        }
+        if rest.len() < IV_BYTES + TAG_BYTES {
+            return Err(KeyError::SealedFormat("too short"));
+        }
+        let (iv, ct) = rest.split_at(IV_BYTES);
+        match self.session.aes_gcm_decrypt(self.key, iv, OUTBOX_AAD, ct) {
+            Ok(plain) => Ok(plain),
+            // PKCS#11 says a failed GCM tag check is CKR_ENCRYPTED_DATA_INVALID; SoftHSM 2.6
+            // answers CKR_GENERAL_ERROR (Botan throws on the tag and SoftHSM maps that).
+            Err(P11Error::Pkcs11(RvError::EncryptedDataInvalid | RvError::GeneralError, _)) => {
+                Err(KeyError::Authentication)
+            }
+            Err(e) => Err(KeyError::Open(e)),
+        }
+    }
+}

@@ -139,6 +139,7 @@ pub struct Worker<'s> {
     fcfg: FixtureConfig,
     product: Arc<Product>,
     store: Store,
+    session: &'s TokenSession,
     ca: Authority<'s>,
     audit_key: AuditKey<'s>,
     leaf_profile: Profile,
@@ -200,6 +201,7 @@ impl<'s> Worker<'s> {
             fcfg: fcfg.clone(),
             product,
             store,
+            session: &hsm.session,
             ca,
             audit_key,
             leaf_profile,
@@ -570,10 +572,9 @@ impl<'s> Worker<'s> {
                 };
                 self.drive_pkcs11(unit_id, actor, values, &module, &token, pin)
             }
-            Attestation::SymmetricIndividual | Attestation::SymmetricGroup => Err(Stop::Unit(
-                Step::Attest,
-                "symmetric-key units are not supported by this build".into(),
-            )),
+            Attestation::SymmetricIndividual | Attestation::SymmetricGroup => {
+                self.drive_symmetric(unit_id, actor, values)
+            }
         }
     }
 
@@ -861,6 +862,99 @@ impl<'s> Worker<'s> {
             rid,
             device_id,
             Identity::X509 { leaf_pem },
+        )
+    }
+
+    fn drive_symmetric(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &mut UnitValues,
+    ) -> Result<(), Stop> {
+        use crate::link::symkey::{self, SymkeyIdentity};
+        use secrecy::ExposeSecret as _;
+        let product = Arc::clone(&self.product);
+        let target = crate::dps_target::target(&self.setup.cfg, &product.profile.dps_target)
+            .map_err(|e| Stop::Station(error_text(&e)))?
+            .clone();
+        let mut unit = self.open_link()?;
+        let id = symkey::identify_for_symkey(&mut unit, Some(&values.serial))
+            .map_err(|e| Stop::Unit(Step::Identify, error_text(&e)))?;
+        values.model = id.model.clone();
+        values.hw_rev = id.hw.clone();
+        values.fw_version = id.fw.clone();
+        self.advance(
+            unit_id,
+            actor,
+            Step::Identify,
+            UnitState::Identified {
+                model: id.model.clone(),
+                hw_rev: id.hw.clone(),
+                fw_version: id.fw.clone(),
+            },
+            &Facts {
+                model: Some(&id.model),
+                hw_rev: Some(&id.hw),
+                fw_version: Some(&id.fw),
+                ..Facts::default()
+            },
+        )?;
+        self.check_abort(Step::Attest)?;
+        let (rid, device_id) = self.ids(values)?;
+        // The key is made inside the HSM: derived from the group key (which never leaves it),
+        // or drawn from its RNG. It exists in the clear only on its way to the unit.
+        let (key, material) = match &product.profile.enrollment {
+            Enrollment::Group { group_id } => (
+                crate::keys::derive_device_key(self.session, group_id, rid.as_str())
+                    .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?,
+                format!("derived:{}", crate::keys::group_key_label(group_id)),
+            ),
+            Enrollment::Individual => (
+                crate::keys::random_device_key(self.session)
+                    .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?,
+                "hsm-random".to_owned(),
+            ),
+        };
+        self.advance(
+            unit_id,
+            actor,
+            Step::Attest,
+            UnitState::KeyReady {
+                registration_id: rid.to_string(),
+                material,
+            },
+            &Facts {
+                registration_id: Some(rid.as_str()),
+                device_id: Some(device_id.as_str()),
+                ..Facts::default()
+            },
+        )?;
+        self.check_abort(Step::Inject)?;
+        let identity = SymkeyIdentity {
+            key: secrecy::SecretBox::new(Box::new(key.expose().to_vec())),
+            registration_id: rid.clone(),
+            id_scope: target.id_scope.clone(),
+            global_endpoint: target.global_endpoint.clone(),
+        };
+        symkey::inject(&mut unit, &identity)
+            .map_err(|e| Stop::Unit(Step::Inject, error_text(&e)))?;
+        self.advance(unit_id, actor, Step::Inject, UnitState::KeyInjected, &Facts::default())?;
+        symkey::prove(&mut unit, &identity)
+            .map_err(|e| Stop::Unit(Step::Verify, error_text(&e)))?;
+        unit.lock()
+            .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
+        self.advance(unit_id, actor, Step::Verify, UnitState::Verified, &Facts::default())?;
+        let primary = dps::wire::KeyText::new(key.to_base64().expose_secret());
+        let secondary = crate::keys::random_device_key(self.session)
+            .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
+        let secondary = dps::wire::KeyText::new(secondary.to_base64().expose_secret());
+        self.record(
+            unit_id,
+            actor,
+            values,
+            rid,
+            device_id,
+            Identity::Symmetric { primary, secondary },
         )
     }
 

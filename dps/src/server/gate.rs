@@ -55,6 +55,15 @@ impl Faults {
         self.stale_if_match.store(n, Ordering::SeqCst);
     }
 
+    /// Forced answers still armed: (429s, 503s, 412s).
+    pub fn left(&self) -> (u32, u32, u32) {
+        (
+            self.throttle.load(Ordering::SeqCst),
+            self.fail.load(Ordering::SeqCst),
+            self.stale_if_match.load(Ordering::SeqCst),
+        )
+    }
+
     /// Takes one count; true when one was left.
     fn take(counter: &AtomicU32) -> bool {
         counter

@@ -9,6 +9,7 @@ pub mod link;
 mod lot;
 mod pkcs11;
 pub mod tpm;
+mod upload;
 mod user;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub enum Command {
     /// TPM diagnostics.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// The outbox: queue status, drain now, requeue a resolved conflict.
+    Upload(upload::UploadArgs),
 }
 
 /// Who changes state, for commands that do: recorded in the audit log.
@@ -147,6 +150,9 @@ pub enum CliError {
     /// A TPM command failed.
     #[error(transparent)]
     Tpm(#[from] tpm::TpmCliError),
+    /// An upload command failed.
+    #[error(transparent)]
+    Upload(#[from] upload::UploadCliError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -221,5 +227,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, &cmd),
         Command::User(cmd) => user::run(&ctx, cmd),
         Command::Tpm(cmd) => tpm::run_cli(&ctx, cmd),
+        Command::Upload(args) => upload::run(&ctx, &args),
     }
 }

@@ -59,7 +59,7 @@ fn a_bulk_of_23_sealed_enrollments_goes_in_3_calls_and_leaves_no_key_in_the_data
             }
         );
         assert_eq!(
-            st.enrollment_row(&rid),
+            st.enrollment_row(*unit),
             (held.etag.clone(), "uploaded".into())
         );
         // DPS holds the unit's keys exactly.
@@ -223,4 +223,30 @@ fn server_errors_are_retried_in_the_call_then_by_the_row() {
     let report = up.drain_once().unwrap();
     assert_eq!(report.delivered, 1, "{report:?}");
     assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
+}
+
+#[test]
+fn the_background_loop_wakes_on_new_rows_and_stops_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let signal = station::outbox::UploadSignal::new();
+    let (home, config, sig) = (st.home.clone(), st.config.clone(), signal.clone());
+    // As `station serve` does: the uploader lives on its own thread.
+    let worker = std::thread::spawn(move || {
+        Uploader::new(&home, &config, None).unwrap().run(&sig);
+    });
+    let (unit, _) = st.queue_unit(&tpm("tpm-loop", b"ek-loop"), None);
+    signal.wake();
+    let t0 = Instant::now();
+    while !matches!(st.unit_state(unit), UnitState::Uploaded { .. }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the loop never delivered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal.stop();
+    worker.join().unwrap();
+    assert!(signal.is_stopped());
 }

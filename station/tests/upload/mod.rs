@@ -21,7 +21,9 @@ use station::home::Home;
 use station::ids::StationId;
 use station::line::state::UnitState;
 use station::line::units::{self, Begin, Facts, NewRun};
-use station::outbox::dps::{IndividualPayload, KIND_INDIVIDUAL, destination};
+use station::outbox::dps::{
+    GroupMemberPayload, IndividualPayload, KIND_GROUP_MEMBER, KIND_INDIVIDUAL, destination,
+};
 use station::outbox::{self, CipherError, NewItem, PayloadCipher};
 use station::store::Store;
 use zeroize::Zeroizing;
@@ -218,7 +220,45 @@ impl Station {
         enrollment: &IndividualEnrollment,
         cipher: Option<&dyn PayloadCipher>,
     ) -> (i64, i64) {
-        let rid = enrollment.registration_id.to_string();
+        // The recorded body never holds the keys.
+        let mut public = enrollment.clone();
+        if let Some(sk) = public.attestation.symmetric_key.as_mut() {
+            sk.primary_key = None;
+            sk.secondary_key = None;
+        }
+        let payload = serde_json::to_vec(&IndividualPayload {
+            target: TARGET.into(),
+            enrollment: enrollment.clone(),
+        })
+        .unwrap();
+        self.queue_with(
+            &enrollment.registration_id.to_string(),
+            KIND_INDIVIDUAL,
+            &payload,
+            &serde_json::to_string(&public).unwrap(),
+            cipher,
+        )
+    }
+
+    /// A unit of a symmetric-key group: its row only asks DPS to confirm the group.
+    pub fn queue_member(&self, rid: &str, group_id: &str) -> (i64, i64) {
+        let payload = serde_json::to_vec(&GroupMemberPayload {
+            target: TARGET.into(),
+            group_id: group_id.into(),
+        })
+        .unwrap();
+        self.queue_with(rid, KIND_GROUP_MEMBER, &payload, "{}", None)
+    }
+
+    fn queue_with(
+        &self,
+        rid: &str,
+        kind: &str,
+        payload: &[u8],
+        body: &str,
+        cipher: Option<&dyn PayloadCipher>,
+    ) -> (i64, i64) {
+        let rid = rid.to_owned();
         let mut store = self.store();
         let tx = store.conn_mut().transaction().unwrap();
         let st = &self.station;
@@ -257,31 +297,26 @@ impl Station {
         ] {
             units::transition(&tx, st, "tester", unit_id, next, &facts).unwrap();
         }
-        // The recorded body never holds the keys.
-        let mut public = enrollment.clone();
-        if let Some(sk) = public.attestation.symmetric_key.as_mut() {
-            sk.primary_key = None;
-            sk.secondary_key = None;
-        }
+        // A group member's enrollment row is its group's, per unit.
+        let (ekind, eid) = if kind == KIND_INDIVIDUAL {
+            ("individual", rid.clone())
+        } else {
+            ("group", format!("member-{rid}"))
+        };
         tx.execute(
             "INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at)
-             VALUES (?1, ?2, 'individual', ?3, ?4, 'queued', 't')",
-            rusqlite::params![unit_id, TARGET, rid, serde_json::to_string(&public).unwrap()],
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 't')",
+            rusqlite::params![unit_id, TARGET, ekind, eid, body],
         )
-        .unwrap();
-        let payload = serde_json::to_vec(&IndividualPayload {
-            target: TARGET.into(),
-            enrollment: enrollment.clone(),
-        })
         .unwrap();
         let outbox_id = outbox::enqueue(
             &tx,
             &NewItem {
                 destination: &destination(TARGET),
-                kind: KIND_INDIVIDUAL,
+                kind,
                 item_key: &rid,
                 unit_id: Some(unit_id),
-                payload: &payload,
+                payload,
             },
             cipher,
         )
@@ -310,12 +345,12 @@ impl Station {
         outbox::get(self.store().conn(), id).unwrap().unwrap()
     }
 
-    pub fn enrollment_row(&self, rid: &str) -> (Option<String>, String) {
+    pub fn enrollment_row(&self, unit_id: i64) -> (Option<String>, String) {
         self.store()
             .conn()
             .query_row(
-                "SELECT etag, status FROM enrollments WHERE enrollment_id = ?1",
-                [rid],
+                "SELECT etag, status FROM enrollments WHERE unit_id = ?1",
+                [unit_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap()

@@ -232,7 +232,7 @@ impl Station {
         })
         .unwrap();
         self.queue_with(
-            &enrollment.registration_id.to_string(),
+            enrollment.registration_id.as_str(),
             KIND_INDIVIDUAL,
             &payload,
             &serde_json::to_string(&public).unwrap(),

@@ -250,3 +250,51 @@ fn the_background_loop_wakes_on_new_rows_and_stops_on_request() {
     worker.join().unwrap();
     assert!(signal.is_stopped());
 }
+
+#[test]
+fn one_refused_enrollment_does_not_hold_back_its_bulk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let good: Vec<_> = (0..3)
+        .map(|i| st.queue_unit(&tpm(&format!("tpm-good-{i}"), &[7, 7, 7, i]), None))
+        .collect();
+    // The service refuses an EK this short, and with it the whole bulk call.
+    let (bad_unit, bad_row) = st.queue_unit(&tpm("tpm-bad-ek", &[1]), None);
+    let mut up = Uploader::new(&st.home, &st.config, None).unwrap();
+    let report = up.drain_once().unwrap();
+    assert_eq!(report.delivered, 3, "{report:?}");
+    assert_eq!(report.retrying, 1);
+    for (unit, _) in good {
+        assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
+    }
+    let r = st.row(bad_row);
+    let err = r.last_error.unwrap();
+    assert!(
+        err.contains("tpm-bad-ek") && err.contains("endorsementKey"),
+        "{err}"
+    );
+    assert!(r.payload.is_some());
+    assert!(matches!(st.unit_state(bad_unit), UnitState::Queued { .. }));
+}
+
+#[test]
+fn a_sealed_row_waits_for_the_cipher_and_is_never_sent_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let cipher = SoftwareTestCipher::new();
+    let (unit, row) = st.queue_unit(&symmetric("sym-needs-cipher"), Some(&cipher));
+    let mut up = Uploader::new(&st.home, &st.config, None).unwrap();
+    let report = up.drain_once().unwrap();
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let err = st.row(row).last_error.unwrap();
+    assert!(err.contains("sealed") && err.contains("cipher"), "{err}");
+    drop(up);
+    std::thread::sleep(Duration::from_millis(250));
+    let mut up = Uploader::new(&st.home, &st.config, Some(&cipher)).unwrap();
+    let report = up.drain_once().unwrap();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
+    assert!(st.row(row).payload.is_none());
+}

@@ -165,6 +165,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn forced_faults_count_down_in_order() {
+        let f = Faults::default();
+        assert!(f.forced(true).is_none());
+        f.throttle_next(1, 3);
+        f.fail_next(1);
+        f.stale_if_match_next(1);
+        let e = f.forced(false).unwrap();
+        assert_eq!(
+            (e.status, e.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(3))
+        );
+        assert_eq!(
+            f.forced(false).unwrap().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // A 412 only answers a request that carries If-Match.
+        assert!(f.forced(false).is_none());
+        assert_eq!(
+            f.forced(true).unwrap().status,
+            StatusCode::PRECONDITION_FAILED
+        );
+        assert_eq!(f.left(), (0, 0, 0));
+        assert!(f.forced(true).is_none());
+    }
+
+    #[test]
     fn finds_api_version_among_parameters() {
         assert_eq!(
             api_version(Some("a=1&api-version=2021-10-01")).as_deref(),

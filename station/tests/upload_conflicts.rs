@@ -36,10 +36,12 @@ fn a_foreign_enrollment_is_a_conflict_for_a_supervisor_and_nothing_is_overwritte
     assert_eq!(r.state, RowState::Conflict);
     assert!(r.payload.is_some(), "the conflict row keeps its payload");
     let msg = r.last_error.unwrap();
+    let requeue = format!("station upload --requeue {row}");
     for part in [
         "tpm-taken",
         "TPM EK sha256:",
         "a supervisor must resolve it",
+        &requeue,
     ] {
         assert!(msg.contains(part), "{part:?} missing from: {msg}");
     }
@@ -209,4 +211,46 @@ fn group_members_are_delivered_once_their_group_exists() {
             (Some(etag.clone()), "uploaded".into())
         );
     }
+}
+
+fn x509(rid: &str) -> dps::wire::IndividualEnrollment {
+    let ck = rcgen::generate_simple_self_signed(vec![rid.to_owned()]).unwrap();
+    dps::wire::IndividualEnrollment::new(
+        rid.parse().unwrap(),
+        AttestationMechanism::x509_client(ck.cert.pem()),
+    )
+}
+
+#[test]
+fn x509_enrollments_compare_by_certificate_thumbprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let client = dps.client();
+    // Another certificate under our registration ID, and our own certificate already there.
+    dps.block_on(client.create_or_update_enrollment(&x509("x509-taken"), None))
+        .unwrap();
+    let own = x509("x509-own");
+    dps.block_on(client.create_or_update_enrollment(&own, None))
+        .unwrap();
+    let (unit_taken, row_taken) = st.queue_unit(&x509("x509-taken"), None);
+    let (unit_own, _) = st.queue_unit(&own, None);
+
+    let mut up = Uploader::new(&st.home, &st.config, None).unwrap();
+    let report = up.drain_once().unwrap();
+    assert_eq!((report.conflicts, report.recovered), (1, 1), "{report:?}");
+    assert!(matches!(
+        st.unit_state(unit_own),
+        UnitState::Uploaded { .. }
+    ));
+    assert!(matches!(
+        st.unit_state(unit_taken),
+        UnitState::Queued { .. }
+    ));
+    let msg = st.row(row_taken).last_error.unwrap();
+    assert_eq!(
+        msg.matches("X.509 client certificate thumbprint").count(),
+        2,
+        "both thumbprints are named: {msg}"
+    );
 }

@@ -104,6 +104,9 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
                 let what = if f.conflict { "conflict" } else { "failed" };
                 println!("  #{} {} {what}: {}", f.id, f.item_key, f.error);
             }
+            if report.remaining > 0 {
+                println!("see `station upload --status` for every undelivered row");
+            }
         }
         return Ok(if report.remaining == 0 {
             ExitCode::SUCCESS

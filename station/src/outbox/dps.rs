@@ -123,6 +123,15 @@ pub(super) async fn deliver_individuals(
             };
             return (vec![o; items.len()], Some(err.message.clone()));
         }
+        // A 400 refuses the whole call for one bad item; any other refusal (401, 403)
+        // concerns the call itself and would refuse each item alike.
+        if err.code != Some(400) {
+            let o = Outcome::Retry {
+                error: format!("DPS target {target}: bulk create refused: {}", err.message),
+                retry_after: None,
+            };
+            return (vec![o; items.len()], Some(err.message.clone()));
+        }
         if items.len() > 1 {
             // The service refuses a whole bulk call for one bad item: send each alone so the
             // good ones go through and the bad one is named.
@@ -280,7 +289,7 @@ fn conflict(target: &str, rid: &str, held: &IndividualEnrollment, d: &Difference
         message: format!(
             "DPS target {target} already holds enrollment {rid} with {}, but the station holds {}: \
              the station did not make it; a supervisor must resolve it (remove or correct the \
-             enrollment in DPS, then requeue the row with `station upload --requeue ID`)",
+             enrollment in DPS",
             d.dps, d.station
         ),
         details: serde_json::json!({

@@ -273,11 +273,16 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<Item>, StoreError> {
         .map_err(sql("read outbox row"))
 }
 
-/// The earliest `next_attempt_at` of a pending row, if any.
-pub fn next_due(conn: &Connection) -> Result<Option<String>, StoreError> {
+/// The earliest `next_attempt_at` of a pending row of these kinds, if any.
+pub fn next_due(conn: &Connection, kinds: &[&str]) -> Result<Option<String>, StoreError> {
+    let marks = vec!["?"; kinds.len()].join(", ");
+    let args: Vec<&dyn rusqlite::ToSql> = kinds.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
     conn.query_row(
-        "SELECT min(coalesce(next_attempt_at, created_at)) FROM outbox WHERE state = 'pending'",
-        [],
+        &format!(
+            "SELECT min(coalesce(next_attempt_at, created_at)) FROM outbox
+             WHERE state = 'pending' AND kind IN ({marks})"
+        ),
+        args.as_slice(),
         |r| r.get(0),
     )
     .map_err(sql("read next due outbox row"))
@@ -406,7 +411,7 @@ pub struct QueueStatus {
     pub oldest_age_s: Option<i64>,
     /// Most failed deliveries of a waiting row.
     pub max_attempts: u32,
-    /// The newest delivery error of a waiting or conflict row.
+    /// The newest delivery error of a waiting row (conflicts are listed on their own).
     pub last_error: Option<String>,
 }
 
@@ -457,7 +462,7 @@ pub fn status(conn: &Connection) -> Result<Status, StoreError> {
                 min(CASE WHEN state = 'pending' THEN created_at END),
                 coalesce(max(CASE WHEN state = 'pending' THEN attempts END), 0),
                 (SELECT o2.last_error FROM outbox o2 WHERE o2.destination = o.destination
-                    AND o2.kind = o.kind AND o2.state != 'done' AND o2.last_error IS NOT NULL
+                    AND o2.kind = o.kind AND o2.state = 'pending' AND o2.last_error IS NOT NULL
                     ORDER BY o2.last_attempt_at DESC, o2.id DESC LIMIT 1)
              FROM outbox o GROUP BY destination, kind ORDER BY destination, kind",
         )
@@ -575,7 +580,7 @@ mod tests {
         let q = &st.queues[0];
         assert_eq!((q.pending, q.failing, q.conflicts, q.done), (1, 1, 1, 1));
         assert_eq!(q.max_attempts, 1);
-        assert!(q.last_error.is_some());
+        assert_eq!(q.last_error.as_deref(), Some("DPS down"));
         assert_eq!(st.conflicts.len(), 1);
         assert_eq!(st.conflicts[0].message, "not ours");
         assert_eq!(st.undelivered(), 2);

@@ -490,6 +490,10 @@ impl<'c> Uploader<'c> {
                     });
                 }
                 Outcome::Conflict { message, details } => {
+                    let message = format!(
+                        "{message}, then run `station upload --requeue {}`)",
+                        item.id
+                    );
                     super::mark_conflict(&tx, item.id, &message)?;
                     let mut details = details;
                     if let Some(o) = details.as_object_mut() {
@@ -562,7 +566,7 @@ impl<'c> Uploader<'c> {
     }
 
     fn until_next_due(&self) -> Option<Duration> {
-        let next = super::next_due(self.store.conn()).ok()??;
+        let next = super::next_due(self.store.conn(), &KINDS).ok()??;
         let at = chrono::DateTime::parse_from_rfc3339(&next).ok()?;
         let d = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
         Some(d.to_std().unwrap_or(Duration::ZERO))

@@ -298,3 +298,34 @@ fn a_sealed_row_waits_for_the_cipher_and_is_never_sent_sealed() {
     assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
     assert!(st.row(row).payload.is_none());
 }
+
+#[test]
+fn a_malformed_payload_waits_with_a_reason_that_quotes_none_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let mut store = st.store();
+    let tx = store.conn_mut().transaction().unwrap();
+    let id = station::outbox::enqueue(
+        &tx,
+        &station::outbox::NewItem {
+            destination: "dps:local",
+            kind: station::outbox::dps::KIND_INDIVIDUAL,
+            item_key: "broken",
+            unit_id: None,
+            payload: br#"{"target":"local","enrollment":"c2VjcmV0LWtleQ=="}"#,
+        },
+        None,
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let mut up = Uploader::new(&st.home, &st.config, None).unwrap();
+    let report = up.drain_once().unwrap();
+    assert_eq!(report.retrying, 1, "{report:?}");
+    let err = st.row(id).last_error.unwrap();
+    assert!(err.contains("payload is not a valid"), "{err}");
+    assert!(
+        !err.contains("c2VjcmV0"),
+        "the error quotes the payload: {err}"
+    );
+}

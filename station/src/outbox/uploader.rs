@@ -332,8 +332,17 @@ impl<'c> Uploader<'c> {
                 return Err(Box::new((item, msg)));
             }
         };
-        let bad =
-            |e: serde_json::Error| format!("outbox row #{}: payload is not valid: {e}", item.id);
+        // Position only: serde's message may quote a value, and the payload may hold keys.
+        let bad = |e: serde_json::Error| {
+            format!(
+                "outbox row #{}: payload is not a valid {} ({:?} error at line {}, column {})",
+                item.id,
+                item.kind,
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        };
         if item.kind == KIND_INDIVIDUAL {
             match serde_json::from_slice::<IndividualPayload>(&plain) {
                 Ok(p) => Ok((p.target.clone(), Work::Individual(item, Box::new(p)))),

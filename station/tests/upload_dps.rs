@@ -329,3 +329,32 @@ fn a_malformed_payload_waits_with_a_reason_that_quotes_none_of_it() {
         "the error quotes the payload: {err}"
     );
 }
+
+#[test]
+fn stop_abandons_a_long_wait_and_the_row_stays_queued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let (unit, row) = st.queue_unit(&tpm("tpm-stop", b"ek-stop"), None);
+    // The service asks for a 30 s pause: stopping must not wait for it.
+    dps.faults.throttle_next(100, 30);
+    let signal = station::outbox::UploadSignal::new();
+    let (home, config, sig) = (st.home.clone(), st.config.clone(), signal.clone());
+    let worker = std::thread::spawn(move || {
+        Uploader::new(&home, &config, None).unwrap().run(&sig);
+    });
+    while dps.faults.left().0 == 100 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t0 = Instant::now();
+    signal.stop();
+    worker.join().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "stop waited {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st.row(row).state, RowState::Pending);
+    assert!(st.row(row).payload.is_some());
+    assert!(matches!(st.unit_state(unit), UnitState::Queued { .. }));
+}

@@ -17,6 +17,7 @@ async fn bind_serve_and_shut_down_in_process() {
         ops_per_min: None,
         fail_rate: 0.0,
         latency: Duration::ZERO,
+        faults: Default::default(),
     })
     .await
     .unwrap();

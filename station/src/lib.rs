@@ -17,6 +17,7 @@ pub mod line;
 pub mod link;
 pub mod logging;
 pub mod operators;
+pub mod outbox;
 pub mod store;
 pub mod tpm;
 pub mod trigger;

@@ -135,6 +135,7 @@ fn groups_are_created_kept_updated_and_their_keys_live_only_in_the_hsm() {
             ops_per_min: None,
             fail_rate: 0.0,
             latency: Duration::ZERO,
+            faults: Default::default(),
         }))
         .unwrap();
     let files = server.data_dir().clone();

@@ -120,6 +120,10 @@ pub async fn serve(a: ServeArgs) -> Result<(), CliError> {
         .iter()
         .map(|s| parse_hub(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let faults = crate::server::gate::Faults::default();
+    faults.throttle_next(a.throttle_next, a.throttle_retry_after);
+    faults.fail_next(a.fail_next);
+    faults.stale_if_match_next(a.stale_if_match_next);
     crate::server::serve(ServeOptions {
         data: a.data,
         listen: a.listen,
@@ -127,6 +131,7 @@ pub async fn serve(a: ServeArgs) -> Result<(), CliError> {
         ops_per_min: a.ops_per_min,
         fail_rate: a.fail_rate,
         latency: Duration::from_millis(a.latency_ms),
+        faults: std::sync::Arc::new(faults),
     })
     .await?;
     Ok(())

@@ -89,6 +89,18 @@ pub struct ServeArgs {
     /// Test option: delay every answer by this many milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Test option: answer the first N requests 429 (with `--throttle-retry-after`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub throttle_next: u32,
+    /// Test option: the `Retry-After` seconds of `--throttle-next` answers.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1)]
+    pub throttle_retry_after: u64,
+    /// Test option: answer the first N requests 503.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fail_next: u32,
+    /// Test option: answer the first N requests carrying If-Match 412 (a concurrent change).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub stale_if_match_next: u32,
 }
 
 /// Why a command failed.

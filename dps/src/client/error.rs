@@ -80,6 +80,16 @@ impl ClientError {
         }
     }
 
+    /// The `Retry-After` of a throttled answer (also through exhausted retries).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Service { retry_after, .. } => *retry_after,
+            Self::Exhausted { last, .. } => last.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The HTTP status of a service error.
     #[must_use]
     pub fn status(&self) -> Option<u16> {

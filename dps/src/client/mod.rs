@@ -127,6 +127,8 @@ pub struct BulkItemError {
     pub message: String,
     /// Whether sending the item again may succeed.
     pub retryable: bool,
+    /// The service's `Retry-After` when the whole call was throttled.
+    pub retry_after: Option<Duration>,
 }
 
 struct Inner {
@@ -618,6 +620,7 @@ fn merge(
                             code: Some(*code),
                             message: status.clone(),
                             retryable: *code / 1000 == 429 || *code / 1000 >= 500,
+                            retry_after: None,
                         }),
                     },
                     id,
@@ -626,7 +629,15 @@ fn merge(
         }
         Err(e) => {
             let retryable = e.is_retryable();
-            let message = e.to_string();
+            let retry_after = e.retry_after();
+            // The whole chain: "gave up after 3 attempts" alone does not say what failed.
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                message.push_str(": ");
+                message.push_str(&c.to_string());
+                cause = c.source();
+            }
             let code = e.status().map(i64::from);
             for id in ids {
                 out.push(BulkItemResult {
@@ -635,6 +646,7 @@ fn merge(
                         code,
                         message: message.clone(),
                         retryable,
+                        retry_after,
                     }),
                 });
             }

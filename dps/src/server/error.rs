@@ -48,6 +48,8 @@ pub mod code {
     pub const THROTTLED: i64 = 429_001;
     /// Internal failure.
     pub const INTERNAL: i64 = 500_000;
+    /// The service is unavailable for a while.
+    pub const UNAVAILABLE: i64 = 503_000;
 }
 
 impl ServiceError {

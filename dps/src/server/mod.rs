@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub fail_rate: f64,
     /// Test option: delay before every answer.
     pub latency: Duration,
+    /// Test options: faults forced on the first requests (more can be armed while serving
+    /// through [`Server::faults`]).
+    pub faults: Arc<gate::Faults>,
 }
 
 /// Why the service failed.
@@ -215,6 +218,7 @@ impl Server {
                 .map(|n| Mutex::new(TokenBucket::per_minute(n))),
             fail_rate: opts.fail_rate,
             latency: opts.latency,
+            faults: opts.faults,
             ops_pending: Default::default(),
         });
         Ok(Self {
@@ -236,6 +240,12 @@ impl Server {
     #[must_use]
     pub fn id_scope(&self) -> &str {
         &self.state.id_scope
+    }
+
+    /// The forced-fault controls (a test option), usable while the service runs.
+    #[must_use]
+    pub fn faults(&self) -> Arc<gate::Faults> {
+        self.state.faults.clone()
     }
 
     /// The data directory's files (`ca.pem`, `connection-string`, `id-scope`).

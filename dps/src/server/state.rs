@@ -1,7 +1,7 @@
 //! Shared state of the running service.
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::store::Store;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub fail_rate: f64,
     /// Test option `--latency-ms`.
     pub latency: Duration,
+    /// Test options: faults forced on the next requests.
+    pub faults: Arc<super::gate::Faults>,
     /// Completed operations not yet added to `operations_daily`.
     pub ops_pending: AtomicU64,
 }

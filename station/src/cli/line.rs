@@ -18,6 +18,9 @@ pub struct ServeArgs {
     /// Run only these fixtures (repeatable); default: every configured fixture.
     #[arg(long = "fixture")]
     pub fixtures: Vec<String>,
+    /// Do not run the uploader (units stay queued; `station upload --now` sends them).
+    #[arg(long)]
+    pub no_upload: bool,
 }
 
 /// Arguments of `station provision`.
@@ -119,8 +122,20 @@ pub fn serve(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let running = serve::start_fixtures(&setup, &station_hsm, &names, rt.handle())
-        .map_err(LineCliError::from)?;
+    let signal = crate::outbox::UploadSignal::new();
+    let uploader = if args.no_upload {
+        None
+    } else {
+        Some(serve::start_uploader(&setup, &station_hsm, &signal).map_err(LineCliError::from)?)
+    };
+    let running = serve::start_fixtures(
+        &setup,
+        &station_hsm,
+        uploader.as_ref().map(|_| &signal),
+        &names,
+        rt.handle(),
+    )
+    .map_err(LineCliError::from)?;
     tracing::info!(
         fixtures = running.len(),
         station = %setup.station,
@@ -149,6 +164,10 @@ pub fn serve(
     tracing::info!("stopping: finishing the running units");
     for f in running {
         serve::stop_fixture(f);
+    }
+    signal.stop();
+    if let Some(u) = uploader {
+        let _ = u.join();
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("station stopped");

@@ -11,6 +11,7 @@ pub mod link;
 mod lot;
 mod pkcs11;
 pub mod tpm;
+mod upload;
 mod user;
 
 use std::path::PathBuf;
@@ -83,6 +84,8 @@ pub enum Command {
     /// Enrollment groups in DPS and their keys in the HSM.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// The outbox: queue status, drain now, requeue a resolved conflict.
+    Upload(upload::UploadArgs),
 }
 
 impl Command {
@@ -175,6 +178,9 @@ pub enum CliError {
     /// An enrollment-group command failed.
     #[error(transparent)]
     Group(Box<group::GroupCliError>),
+    /// An upload command failed.
+    #[error(transparent)]
+    Upload(#[from] upload::UploadCliError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -253,5 +259,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Provision(args) => line::provision(&ctx, &args),
         Command::Unit(cmd) => line::unit(&ctx, &cmd),
         Command::Group(cmd) => group::run(&ctx, cmd),
+        Command::Upload(args) => upload::run(&ctx, &args),
     }
 }

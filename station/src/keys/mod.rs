@@ -9,6 +9,7 @@ mod device;
 mod error;
 mod group_key;
 mod outbox;
+mod outbox_cipher;
 
 pub use device::{DeviceKey, derive_device_key, random_device_key};
 pub use error::KeyError;

@@ -1,5 +1,4 @@
-//! `OutboxCipher` as the outbox's `PayloadCipher`. Not compiled until the outbox module
-//! (helper B's branch) is merged: then add `mod outbox_cipher;` to `keys/mod.rs`.
+//! `OutboxCipher` as the outbox's `PayloadCipher`.
 
 use zeroize::Zeroizing;
 

@@ -14,6 +14,7 @@ use super::state::{Recovery, Step};
 use super::units::{self, UnitRow};
 use super::worker::{UnitOutcome, Worker, WorkerHsm, error_text};
 use crate::operators::BadgeKey;
+use crate::outbox::{UploadSignal, Uploader};
 use crate::store::Store;
 use crate::trigger::parse::{Scan, ScanParser};
 use crate::trigger::scanner::{Scanner, ScannerEvent, ScannerSettings};
@@ -115,17 +116,32 @@ pub fn selected(setup: &LineSetup, only: &[String]) -> Result<Vec<String>, Serve
     Ok(only.to_vec())
 }
 
+/// What every fixture thread shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// Products, fixtures, configuration.
+    pub setup: Arc<LineSetup>,
+    /// The station's HSM module (each thread opens its own session on it).
+    pub station_hsm: crate::hsm::Hsm,
+    /// The key badges are checked with.
+    pub badge_key: Option<Arc<BadgeKey>>,
+    /// Woken when a unit was queued.
+    pub upload: Option<UploadSignal>,
+}
+
 /// Runs a fixture's hardware thread: opens its HSM session and database, recovers its
 /// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs.
 pub fn fixture_thread(
-    setup: &LineSetup,
-    station_hsm: &crate::hsm::Hsm,
+    shared: &Shared,
     name: &str,
     abort: Arc<AtomicBool>,
-    badge_key: Option<&BadgeKey>,
     jobs: &mpsc::Receiver<FixtureJob>,
     ready: &mpsc::Sender<Result<(), String>>,
 ) {
+    let setup = &*shared.setup;
+    let station_hsm = &shared.station_hsm;
+    let badge_key = shared.badge_key.as_deref();
+    let upload = shared.upload.as_ref();
     let _lock = match super::lock::FixtureLock::take(&setup.home, name) {
         Ok(l) => l,
         Err(e) => {
@@ -159,6 +175,11 @@ pub fn fixture_thread(
     }
     let _ = ready.send(Ok(()));
     tracing::info!(fixture = name, product = %worker.product().name, "fixture ready");
+    let wake = |o: &UnitOutcome| {
+        if let (UnitOutcome::Passed { .. }, Some(u)) = (o, upload) {
+            u.wake();
+        }
+    };
     while let Ok(job) = jobs.recv() {
         match job {
             FixtureJob::Stop => break,
@@ -168,9 +189,14 @@ pub fn fixture_thread(
                 reply,
             } => {
                 let o = worker.run_serial(&serial, operator.as_deref());
+                wake(&o);
                 let _ = reply.send(o);
             }
-            FixtureJob::Scan(scan) => handle_scan(&mut worker, badge_key, scan),
+            FixtureJob::Scan(scan) => {
+                if let Some(o) = handle_scan(&mut worker, badge_key, scan) {
+                    wake(&o);
+                }
+            }
         }
     }
     tracing::info!(fixture = name, "fixture stopped");
@@ -187,11 +213,16 @@ fn report(worker: &Worker<'_>, o: &UnitOutcome) {
     }
 }
 
-fn handle_scan(worker: &mut Worker<'_>, badge_key: Option<&BadgeKey>, scan: Scan) {
+fn handle_scan(
+    worker: &mut Worker<'_>,
+    badge_key: Option<&BadgeKey>,
+    scan: Scan,
+) -> Option<UnitOutcome> {
     match scan {
         Scan::Serial(serial) => {
             let o = worker.run_serial(serial.as_str(), None);
             report(worker, &o);
+            return Some(o);
         }
         Scan::Operator(badge) => match badge_key {
             Some(key) => match worker.badge(key, &badge) {
@@ -208,6 +239,7 @@ fn handle_scan(worker: &mut Worker<'_>, badge_key: Option<&BadgeKey>, scan: Scan
             Some(serial) => {
                 let o = worker.run_serial(&serial, None);
                 report(worker, &o);
+                return Some(o);
             }
             None => {
                 tracing::warn!(fixture = %worker.fixture(), "CMD:RETRY: no failed unit on this fixture to retry")
@@ -219,6 +251,44 @@ fn handle_scan(worker: &mut Worker<'_>, badge_key: Option<&BadgeKey>, scan: Scan
             tracing::info!(fixture = %worker.fixture(), "CMD:ABORT: no unit running");
         }
     }
+    None
+}
+
+/// Starts the uploader on its own thread, with its own HSM session for the outbox cipher.
+pub fn start_uploader(
+    setup: &Arc<LineSetup>,
+    station_hsm: &crate::hsm::Hsm,
+    signal: &UploadSignal,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let setup = Arc::clone(setup);
+    let hsm = station_hsm.clone();
+    let signal = signal.clone();
+    std::thread::Builder::new()
+        .name("uploader".into())
+        .spawn(move || {
+            let session =
+                crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg).map_err(|e| error_text(&e));
+            let cipher = session
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|s| crate::keys::OutboxCipher::new(s).map_err(|e| error_text(&e)));
+            if let Err(e) = &cipher {
+                tracing::error!(error = %e, "uploader: no outbox cipher; sealed rows (symmetric keys) stay queued");
+            }
+            let cipher_ref = cipher
+                .as_ref()
+                .ok()
+                .map(|c| c as &dyn crate::outbox::PayloadCipher);
+            match Uploader::new(&setup.home, &setup.cfg, cipher_ref) {
+                Ok(up) => {
+                    tracing::info!("uploader running");
+                    up.run(&signal);
+                    tracing::info!("uploader stopped");
+                }
+                Err(e) => tracing::error!(error = %error_text(&e), "uploader could not start; units stay queued"),
+            }
+        })
+        .map_err(ServeError::Runtime)
 }
 
 /// A started fixture: its job queue and abort flag.
@@ -238,6 +308,7 @@ pub struct RunningFixture {
 pub fn start_fixtures(
     setup: &Arc<LineSetup>,
     station_hsm: &crate::hsm::Hsm,
+    upload: Option<&UploadSignal>,
     names: &[String],
     rt: &tokio::runtime::Handle,
 ) -> Result<Vec<RunningFixture>, ServeError> {
@@ -255,18 +326,17 @@ pub fn start_fixtures(
             let abort = Arc::clone(&abort);
             let badge_key = badge_key.clone();
             let station_hsm = station_hsm.clone();
+            let upload = upload.cloned();
             std::thread::Builder::new()
                 .name(format!("fixture-{name}"))
                 .spawn(move || {
-                    fixture_thread(
-                        &setup,
-                        &station_hsm,
-                        &name,
-                        abort,
-                        badge_key.as_deref(),
-                        &jobs_rx,
-                        &ready_tx,
-                    );
+                    let shared = Shared {
+                        setup,
+                        station_hsm,
+                        badge_key,
+                        upload,
+                    };
+                    fixture_thread(&shared, &name, abort, &jobs_rx, &ready_tx);
                 })
                 .map_err(ServeError::Runtime)?
         };

@@ -24,12 +24,8 @@ use crate::hsm::config::PinSource;
 use crate::hsm::{Hsm, TokenSession};
 use crate::ids::FixtureName;
 use crate::link::{LinkSettings, SerialLink, Transport, UnitClient};
+use crate::outbox::dps as outbox_dps;
 use crate::store::{Store, StoreError, audit, now_utc, sql};
-
-/// The outbox row kind of a unit's individual enrollment.
-pub const KIND_INDIVIDUAL: &str = "dps.individual-enrollment";
-/// The outbox row kind of a unit covered by its product's enrollment group.
-pub const KIND_GROUP_MEMBER: &str = "dps.group-member";
 
 /// How a scanned unit ended, as shown to the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -938,12 +934,24 @@ impl<'s> Worker<'s> {
         };
         symkey::inject(&mut unit, &identity)
             .map_err(|e| Stop::Unit(Step::Inject, error_text(&e)))?;
-        self.advance(unit_id, actor, Step::Inject, UnitState::KeyInjected, &Facts::default())?;
+        self.advance(
+            unit_id,
+            actor,
+            Step::Inject,
+            UnitState::KeyInjected,
+            &Facts::default(),
+        )?;
         symkey::prove(&mut unit, &identity)
             .map_err(|e| Stop::Unit(Step::Verify, error_text(&e)))?;
         unit.lock()
             .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
-        self.advance(unit_id, actor, Step::Verify, UnitState::Verified, &Facts::default())?;
+        self.advance(
+            unit_id,
+            actor,
+            Step::Verify,
+            UnitState::Verified,
+            &Facts::default(),
+        )?;
         let primary = dps::wire::KeyText::new(key.to_base64().expose_secret());
         let secondary = crate::keys::random_device_key(self.session)
             .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
@@ -1149,7 +1157,10 @@ impl<'s> Worker<'s> {
     ) -> Result<(), Stop> {
         let product = Arc::clone(&self.product);
         let target = product.profile.dps_target.clone();
-        let (kind, payload) = match &product.profile.enrollment {
+        // Symmetric keys travel in the payload: it is sealed under the HSM's outbox key and
+        // erased once DPS holds the enrollment; the recorded body never carries them.
+        let secret = matches!(identity, Identity::Symmetric { .. });
+        let (kind, enrollment, payload) = match &product.profile.enrollment {
             Enrollment::Individual => {
                 let e = build::individual_enrollment(
                     &product,
@@ -1158,20 +1169,32 @@ impl<'s> Worker<'s> {
                     device_id,
                     identity,
                 );
-                let payload = serde_json::json!({"target": target, "enrollment": e});
-                (KIND_INDIVIDUAL, (Some(e), payload))
+                let payload = serde_json::to_vec(&outbox_dps::IndividualPayload {
+                    target: target.clone(),
+                    enrollment: e.clone(),
+                });
+                (outbox_dps::KIND_INDIVIDUAL, Some(e), payload)
             }
             Enrollment::Group { group_id } => (
-                KIND_GROUP_MEMBER,
-                (
-                    None,
-                    serde_json::json!({"target": target, "group_id": group_id}),
-                ),
+                outbox_dps::KIND_GROUP_MEMBER,
+                None,
+                serde_json::to_vec(&outbox_dps::GroupMemberPayload {
+                    target: target.clone(),
+                    group_id: group_id.clone(),
+                }),
             ),
         };
-        let (enrollment, payload) = payload;
-        let payload = serde_json::to_vec(&payload)
-            .map_err(|e| Stop::Station(format!("encoding the enrollment: {e}")))?;
+        let payload = zeroize::Zeroizing::new(
+            payload.map_err(|e| Stop::Station(format!("encoding the enrollment: {e}")))?,
+        );
+        let cipher = if secret && enrollment.is_some() {
+            Some(
+                crate::keys::OutboxCipher::new(self.session)
+                    .map_err(|e| Stop::Station(format!("the outbox key: {}", error_text(&e))))?,
+            )
+        } else {
+            None
+        };
         self.persist(unit_id, actor, |tx, st| {
             if let Some(e) = &enrollment {
                 tx.execute(
@@ -1200,7 +1223,17 @@ impl<'s> Worker<'s> {
                 })?;
             }
             units::transition(tx, st, actor, unit_id, UnitState::Recorded, &Facts::default())?;
-            let outbox_id = enqueue(tx, &target, kind, rid.as_str(), unit_id, &payload)?;
+            let outbox_id = crate::outbox::enqueue(
+                tx,
+                &crate::outbox::NewItem {
+                    destination: &outbox_dps::destination(&target),
+                    kind,
+                    item_key: rid.as_str(),
+                    unit_id: Some(unit_id),
+                    payload: &payload,
+                },
+                cipher.as_ref().map(|c| c as &dyn crate::outbox::PayloadCipher),
+            )?;
             units::transition(
                 tx,
                 st,
@@ -1212,24 +1245,6 @@ impl<'s> Worker<'s> {
             Ok(())
         })
     }
-}
-
-/// Puts a delivery in the outbox, in the caller's transaction.
-fn enqueue(
-    tx: &rusqlite::Transaction<'_>,
-    destination: &str,
-    kind: &str,
-    item_key: &str,
-    unit_id: i64,
-    payload: &[u8],
-) -> Result<i64, Stop> {
-    let _ = unit_id;
-    tx.execute(
-        "INSERT INTO outbox (destination, kind, item_key, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![destination, kind, item_key, payload, now_utc()],
-    )
-    .map_err(sql("queue enrollment"))?;
-    Ok(tx.last_insert_rowid())
 }
 
 fn stop_text(s: &Stop) -> String {

@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tpm_endorsement_keys",
         sql: include_str!("migrations/0003_tpm_endorsement_keys.sql"),
     },
+    Migration {
+        version: 4,
+        name: "outbox_delivery",
+        sql: include_str!("migrations/0004_outbox_delivery.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

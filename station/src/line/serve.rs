@@ -279,8 +279,18 @@ pub fn start_uploader(
                 .as_ref()
                 .ok()
                 .map(|c| c as &dyn crate::outbox::PayloadCipher);
+            let audit_key = session.as_ref().ok().and_then(|s| {
+                crate::ca::service::AuditKey::find(s, &setup.cfg.ca.audit_key_label).ok()
+            });
+            let seal = |tx: &rusqlite::Transaction<'_>| -> Result<(), String> {
+                match &audit_key {
+                    Some(k) => k.seal(tx).map_err(|e| error_text(&e)),
+                    None => Err("the audit key is not reachable".into()),
+                }
+            };
             match Uploader::new(&setup.home, &setup.cfg, cipher_ref) {
                 Ok(up) => {
+                    let up = up.with_audit_sealer(&seal);
                     tracing::info!("uploader running");
                     up.run(&signal);
                     tracing::info!("uploader stopped");

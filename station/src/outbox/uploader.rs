@@ -168,7 +168,11 @@ pub struct Uploader<'c> {
     station: StationId,
     backoff: Backoff,
     signal: Option<UploadSignal>,
+    sealer: Option<&'c AuditSealer<'c>>,
 }
+
+/// Seals the audit checkpoint with the HSM key inside a delivery's transaction.
+pub type AuditSealer<'c> = dyn Fn(&rusqlite::Transaction<'_>) -> Result<(), String> + 'c;
 
 impl std::fmt::Debug for Uploader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,7 +260,17 @@ impl<'c> Uploader<'c> {
             station: cfg.station_id(),
             backoff: Backoff::from_config(&cfg.upload),
             signal: None,
+            sealer: None,
         })
+    }
+
+    /// Seals the audit checkpoint of every delivery transaction with `sealer` (the HSM audit
+    /// key). Best effort: if sealing fails the delivery is still recorded, covered by the hash
+    /// chain, and the next sealed write covers it.
+    #[must_use]
+    pub fn with_audit_sealer(mut self, sealer: &'c AuditSealer<'c>) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// Runs `f` to completion, or until a stop signal (then `None`).
@@ -474,6 +488,7 @@ impl<'c> Uploader<'c> {
         }
         let station = self.station.clone();
         let backoff = self.backoff;
+        let sealer = self.sealer;
         let tx = self
             .store
             .conn_mut()
@@ -529,6 +544,11 @@ impl<'c> Uploader<'c> {
                     });
                 }
             }
+        }
+        if let Some(seal) = sealer
+            && let Err(e) = seal(&tx)
+        {
+            tracing::warn!(error = %e, "uploader: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
         }
         tx.commit().map_err(sql("commit outbox delivery"))?;
         report.delivered += counts.delivered;

@@ -194,6 +194,46 @@ impl LineRig {
         self.home.join("hsm/softhsm2.conf")
     }
 
+    /// `station upload --now`, which must deliver everything.
+    pub fn upload_now(&self) {
+        let out = self.station(&["upload", "--now"]);
+        assert!(
+            out.status.success(),
+            "upload --now: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a DPS client call against the rig's service.
+    pub fn dps<T, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(dps::client::ServiceClient) -> F,
+    ) -> T {
+        let client = self.dps.as_ref().expect("dps running").client();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f(client))
+    }
+
+    /// The enrollment DPS holds for `rid`, and its attestation mechanism (with keys/certs).
+    pub fn dps_enrollment(
+        &self,
+        rid: &str,
+    ) -> (
+        dps::wire::IndividualEnrollment,
+        dps::wire::AttestationMechanism,
+    ) {
+        let rid = dps::RegistrationId::new(rid.to_owned()).expect("rid");
+        self.dps(|c| async move {
+            let e = c.get_enrollment(&rid).await.expect("get enrollment");
+            let a = c.enrollment_attestation(&rid).await.expect("attestation");
+            (e, a)
+        })
+    }
+
     /// One unit's state tag.
     pub fn state(&self, serial: &str) -> Option<String> {
         self.db()
@@ -207,5 +247,86 @@ impl LineRig {
 impl Default for LineRig {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A port P with P+1 free too (the swtpm TCTI's control channel is P+1).
+pub fn free_port_pair() -> u16 {
+    for _ in 0..200 {
+        let a = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let p = a.local_addr().expect("addr").port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair");
+}
+
+impl LineRig {
+    /// The demo's line: four fixtures (TPM, X.509 over the link, symmetric group over the
+    /// link, X.509 in unit tokens reached through their own SoftHSM module copy), an operator
+    /// with the badge `badge`, a lot per product, the group synced, the TPM vendor trusted.
+    /// Unit tokens take their PIN from UNIT_SE_PIN (the product's `pin_env`).
+    pub fn demo_line(&self, badge: &str) {
+        let dev = self.home.join("dev");
+        std::fs::create_dir_all(&dev).expect("dev dir");
+        std::fs::copy(
+            "/usr/lib/softhsm/libsofthsm2.so",
+            dev.join("unit-element-softhsm2.so"),
+        )
+        .expect("copy SoftHSM (install softhsm2)");
+        let port = free_port_pair();
+        self.config(
+            "40-line.toml",
+            &format!(
+                "[tpm]\nallow_software_tpm = true\n\
+                 [fixtures.tpm-1]\nproduct = \"sensor-tpm\"\nscanner = \"dev/scanner-tpm-1\"\ntcti = \"swtpm:host=127.0.0.1,port={port}\"\n\
+                 [fixtures.link-1]\nproduct = \"sensor-x509\"\nscanner = \"dev/scanner-link-1\"\nserial_port = \"dev/unit-link-1\"\n\
+                 [fixtures.sym-1]\nproduct = \"sensor-sym\"\nscanner = \"dev/scanner-sym-1\"\nserial_port = \"dev/unit-sym-1\"\n\
+                 [fixtures.se-1]\nproduct = \"gateway-se\"\nscanner = \"dev/scanner-se-1\"\npkcs11_module = \"dev/unit-element-softhsm2.so\"\n"
+            ),
+        );
+        let vendor = self.dir.path().join("tpm-vendor");
+        let out = Command::new(bin("line-sim"))
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--vendor-only")
+            .arg("--tpm-vendor")
+            .arg(&vendor)
+            .output()
+            .expect("line-sim --vendor-only");
+        assert!(
+            out.status.success(),
+            "vendor: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self.station_env(
+            &[
+                "user",
+                "add",
+                "alice",
+                "--role",
+                "supervisor",
+                "--badge-env",
+                "T_BADGE",
+                "--actor",
+                "sup",
+            ],
+            &[("T_BADGE", badge)],
+        );
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for p in ["sensor-tpm", "sensor-x509", "sensor-sym", "gateway-se"] {
+            self.open_lot(p);
+        }
+        let out = self.station(&["group", "sync", "--actor", "sup"]);
+        assert!(
+            out.status.success(),
+            "group sync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -216,7 +216,38 @@ fn x509_link_unit_gets_a_live_certificate_and_a_queued_enrollment() {
     ] {
         assert!(shown.contains(want), "{want} missing: {shown}");
     }
+    // Uploaded: DPS holds the unit's certificate and its initial twin.
+    rig.upload_now();
+    assert_eq!(rig.state("SX-000001").as_deref(), Some("uploaded"));
+    let (e, a) = rig.dps_enrollment("SX-000001");
+    assert_eq!(e.device_id.unwrap().as_str(), "SX-000001");
+    let twin = serde_json::to_value(e.initial_twin.unwrap()).unwrap();
+    assert_eq!(twin["tags"]["hw_rev"], "B2");
+    assert_eq!(twin["properties"]["desired"]["reporting"]["enabled"], true);
+    let held = a
+        .x509
+        .unwrap()
+        .client_certificates
+        .unwrap()
+        .primary
+        .unwrap()
+        .certificate
+        .unwrap();
+    assert_eq!(held.trim(), pem.trim());
+    assert_outbox_drained(&rig);
     assert_audit_verifies(&rig);
+}
+
+fn assert_outbox_drained(rig: &LineRig) {
+    let left: i64 = rig
+        .db()
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE state != 'done' OR payload IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "outbox rows left undelivered or unerased");
 }
 
 #[test]
@@ -437,5 +468,22 @@ fn pkcs11_unit_gets_its_key_made_in_its_token_and_a_live_certificate() {
         "GW-000001",
     );
     assert_eq!(runs, 2);
+    rig.upload_now();
+    let (e, a) = rig.dps_enrollment("GW-000001");
+    assert!(e.capabilities.unwrap().iot_edge);
+    assert_eq!(e.iot_hubs.unwrap(), vec!["hub-a.local".to_owned()]);
+    assert!(
+        a.x509
+            .unwrap()
+            .client_certificates
+            .unwrap()
+            .primary
+            .unwrap()
+            .certificate
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert_eq!(rig.state("GW-000001").as_deref(), Some("uploaded"));
+    assert_outbox_drained(&rig);
     assert_audit_verifies(&rig);
 }

@@ -542,7 +542,13 @@ mod examples {
             .collect();
         assert_eq!(
             kinds,
-            vec!["x509-pkcs11", "symmetric-group", "tpm", "x509-link"]
+            vec![
+                "x509-pkcs11",
+                "symmetric-individual",
+                "symmetric-group",
+                "tpm",
+                "x509-link"
+            ]
         );
     }
 }

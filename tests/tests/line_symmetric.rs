@@ -1,0 +1,182 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Symmetric-key units through the line with real parts: the group key goes from DPS into the
+//! HSM once (`station group sync`), each unit's key is derived from it inside the HSM (or drawn
+//! from the HSM's RNG for individual enrollments), written to the unit over the serial link and
+//! proven; individual keys wait in the outbox sealed under the HSM's outbox key and are erased
+//! once DPS holds them. No key is ever in the database in the clear.
+
+use base64::Engine as _;
+use hmac::Mac as _;
+
+use station_e2e::UnitSim;
+use station_e2e::line::LineRig;
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn unit_key(sim: &UnitSim) -> (Vec<u8>, serde_json::Value) {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sim.state_dir.join("unit.json")).unwrap()).unwrap();
+    (
+        hex::decode(state["symkey_hex"].as_str().expect("unit holds a key")).unwrap(),
+        state,
+    )
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Neither the raw key nor its base64 is in the database or its WAL.
+fn assert_key_not_stored(rig: &LineRig, key: &[u8]) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    for f in ["station.db", "station.db-wal"] {
+        let Ok(bytes) = std::fs::read(rig.home.join(f)) else {
+            continue;
+        };
+        assert!(!contains(&bytes, key), "raw key in {f}");
+        assert!(!contains(&bytes, b64.as_bytes()), "base64 key in {f}");
+    }
+}
+
+#[test]
+fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
+    let rig = LineRig::new();
+    let sim = UnitSim::start(
+        &rig.dir.path().join("sy1"),
+        &["--serial", "SY-000001", "--model", "SY-10"],
+    );
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.sym1]\nproduct = \"sensor-sym\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    rig.open_lot("sensor-sym");
+    // Without the group key in the HSM the unit fails with what to do.
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "sym1",
+        "--serial",
+        "SY-000001",
+        "--actor",
+        "alice",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("station group sync"), "{}", text(&out));
+    let out = rig.station(&["group", "sync", "--actor", "sup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "sym1",
+        "--serial",
+        "SY-000001",
+        "--actor",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (key, state) = unit_key(&sim);
+    assert_eq!(state["locked"], true);
+    let meta = state["symkey_meta"].as_array().unwrap();
+    assert_eq!(meta[0], "sy-SY-000001");
+    let scope = std::fs::read_to_string(rig.dir.path().join("dps/id-scope")).unwrap();
+    assert_eq!(meta[1], scope.trim());
+    // The unit's key is DPS's rule over the group key DPS holds.
+    let group = dps::EnrollmentGroupId::new("sy-10-fleet".to_owned()).unwrap();
+    let a = rig.dps(|c| async move { c.group_attestation(&group).await.unwrap() });
+    let group_key = base64::engine::general_purpose::STANDARD
+        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&group_key).unwrap();
+    mac.update(b"sy-SY-000001");
+    assert_eq!(mac.finalize().into_bytes().to_vec(), key);
+    // The group covers the unit: its row is delivered once the group is confirmed.
+    rig.upload_now();
+    assert_eq!(rig.state("SY-000001").as_deref(), Some("uploaded"));
+    assert_key_not_stored(&rig, &key);
+    assert_key_not_stored(&rig, &group_key);
+}
+
+#[test]
+fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
+    let rig = LineRig::new();
+    let sim = UnitSim::start(
+        &rig.dir.path().join("sk1"),
+        &["--serial", "SK-000001", "--model", "SK-20"],
+    );
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    rig.open_lot("sensor-key");
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "key1",
+        "--serial",
+        "SK-000001",
+        "--actor",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (key, _) = unit_key(&sim);
+    assert_eq!(key.len(), 64);
+    let sealed: i64 = rig
+        .db()
+        .query_row(
+            "SELECT sealed FROM outbox WHERE item_key = 'SK-000001'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sealed, 1);
+    assert_key_not_stored(&rig, &key);
+    // The recorded enrollment body carries no keys.
+    let body: String = rig
+        .db()
+        .query_row(
+            "SELECT body FROM enrollments WHERE enrollment_id = 'SK-000001'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!body.contains("primaryKey"), "{body}");
+
+    rig.upload_now();
+    assert_eq!(rig.state("SK-000001").as_deref(), Some("uploaded"));
+    let (e, a) = rig.dps_enrollment("SK-000001");
+    assert_eq!(
+        serde_json::to_value(e.initial_twin.unwrap()).unwrap()["tags"]["operator"],
+        "alice"
+    );
+    let held = base64::engine::general_purpose::STANDARD
+        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
+        .unwrap();
+    assert_eq!(held, key);
+    let payload: Option<Vec<u8>> = rig
+        .db()
+        .query_row(
+            "SELECT payload FROM outbox WHERE item_key = 'SK-000001'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        payload.is_none(),
+        "the sealed payload is erased after upload"
+    );
+    assert_key_not_stored(&rig, &key);
+    let out = rig.station(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -19,5 +19,6 @@ pub mod logging;
 pub mod operators;
 pub mod outbox;
 pub mod store;
+pub mod timing;
 pub mod tpm;
 pub mod trigger;

@@ -487,3 +487,58 @@ fn pkcs11_unit_gets_its_key_made_in_its_token_and_a_live_certificate() {
     assert_outbox_drained(&rig);
     assert_audit_verifies(&rig);
 }
+
+#[test]
+fn a_registration_id_already_used_by_another_unit_is_refused_and_nothing_is_issued() {
+    let rig = LineRig::new();
+    // A product whose template gives every unit the same registration ID (a typo'd template).
+    std::fs::write(
+        rig.home.join("products/sensor-x509.toml"),
+        "model = \"SX-100\"\nserial_pattern = \"SX-[0-9]{6}\"\ndps_target = \"local\"\nattestation = { kind = \"x509-link\" }\nregistration_id = \"{product}\"\n",
+    )
+    .unwrap();
+    let a = UnitSim::start(&rig.dir.path().join("a"), &["--serial", "SX-000011"]);
+    let b = UnitSim::start(&rig.dir.path().join("b"), &["--serial", "SX-000012"]);
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.fx1]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n[fixtures.fx2]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
+            a.pty.display(),
+            b.pty.display()
+        ),
+    );
+    rig.open_lot("sensor-x509");
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "fx1",
+        "--serial",
+        "SX-000011",
+        "--actor",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "fx2",
+        "--serial",
+        "SX-000012",
+        "--actor",
+        "alice",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("FAIL SX-000012 at attest")
+            && text(&out).contains("already belongs to another unit"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        count(&rig, "SELECT count(*) FROM certificates WHERE ?1 = ?1", ""),
+        1,
+        "no certificate for the second unit"
+    );
+    assert_eq!(rig.state("SX-000011").as_deref(), Some("queued"));
+    assert_audit_verifies(&rig);
+}

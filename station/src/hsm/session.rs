@@ -413,8 +413,7 @@ impl TokenSession {
     /// Raw ECDSA over a SHA-256 digest computed by the caller (SoftHSM has only CKM_ECDSA);
     /// returns the token's `r || s`.
     pub fn sign_digest(&self, key: &EcKey, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
-        self.session
-            .sign(&Mechanism::Ecdsa, key.private, digest)
+        crate::timing::hardware(|| self.session.sign(&Mechanism::Ecdsa, key.private, digest))
             .map_err(|source| HsmError::Sign {
                 label: key.label.clone(),
                 source,
@@ -473,12 +472,12 @@ impl TokenSession {
         label: &str,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        self.session
-            .sign(&Mechanism::Sha256Hmac, key, data)
-            .map_err(|source| HsmError::Sign {
+        crate::timing::hardware(|| self.session.sign(&Mechanism::Sha256Hmac, key, data)).map_err(
+            |source| HsmError::Sign {
                 label: label.to_owned(),
                 source,
-            })
+            },
+        )
     }
 }
 
@@ -503,12 +502,12 @@ impl TokenSession {
     /// `len` bytes from the token's RNG (C_GenerateRandom), into a buffer wiped on drop.
     pub fn random_bytes(&self, len: usize) -> Result<zeroize::Zeroizing<Vec<u8>>, HsmError> {
         let mut buf = zeroize::Zeroizing::new(vec![0u8; len]);
-        self.session
-            .generate_random_slice(&mut buf)
-            .map_err(|source| HsmError::Random {
+        crate::timing::hardware(|| self.session.generate_random_slice(&mut buf)).map_err(
+            |source| HsmError::Random {
                 token: self.token.clone(),
                 source,
-            })?;
+            },
+        )?;
         Ok(buf)
     }
 
@@ -605,7 +604,7 @@ impl TokenSession {
         // GcmParams wants a mutable IV (some modules write a generated IV back).
         let mut iv = iv.to_vec();
         let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
-        self.session.encrypt(&Mechanism::AesGcm(params), key, plain)
+        crate::timing::hardware(|| self.session.encrypt(&Mechanism::AesGcm(params), key, plain))
     }
 
     /// AES-GCM decryption inside the token; fails when the tag does not authenticate the

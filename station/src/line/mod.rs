@@ -1,5 +1,6 @@
 //! The line: lots (work orders), the unit state machine, and (later) fixtures.
 
+pub mod crash;
 pub mod lock;
 pub mod lots;
 pub mod serve;

@@ -419,6 +419,24 @@ pub struct Facts<'a> {
     pub fw_version: Option<&'a str>,
 }
 
+thread_local! {
+    /// States entered by transitions on this thread since the last `take_entered` (for the
+    /// crash-test points that fire after the commit).
+    static ENTERED: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The states this thread's transitions entered since the last call.
+pub fn take_entered() -> Vec<&'static str> {
+    ENTERED.with(|e| std::mem::take(&mut *e.borrow_mut()))
+}
+
+/// After a commit: passes the crash-test point of every state the transaction entered.
+pub fn committed() {
+    for state in take_entered() {
+        super::crash::point(state);
+    }
+}
+
 /// Moves a unit to `next`, in the caller's transaction: checks the edge against the stored
 /// state, writes the unit row, a transition row on its newest run and an audit entry. Moving to
 /// an early state again (a resumed run, see `UnitState::resumes_to`) is allowed.
@@ -476,6 +494,8 @@ pub fn transition(
             _ => {}
         }
     }
+    ENTERED.with(|e| e.borrow_mut().push(next.name()));
+    super::crash::point(&format!("before:{}", next.name()));
     let mut details = serde_json::to_value(&next).unwrap_or(serde_json::Value::Null);
     if let Some(o) = details.as_object_mut() {
         o.insert("from".into(), unit.state.name().into());

@@ -144,6 +144,8 @@ pub struct Worker<'s> {
     abort: Arc<AtomicBool>,
     operator: Option<String>,
     last_failed: Option<String>,
+    /// Bytes over the device link and its baud, for the unit just run.
+    wire: Option<(u64, u32)>,
 }
 
 /// Loads the station's HSM module. Call it once, before starting threads: SoftHSM's
@@ -206,6 +208,7 @@ impl<'s> Worker<'s> {
             abort,
             operator: None,
             last_failed: None,
+            wire: None,
         })
     }
 
@@ -592,7 +595,25 @@ impl<'s> Worker<'s> {
         step: impl FnOnce(&mut Self, &mut UnitValues) -> Result<(), Stop>,
     ) -> UnitOutcome {
         let serial = values.serial.clone();
+        crate::timing::take();
+        self.wire = None;
+        let started = std::time::Instant::now();
         let result = step(self, &mut values);
+        let total = started.elapsed();
+        let hardware = crate::timing::take();
+        let (wire_bytes, baud) = self.wire.unwrap_or((0, 0));
+        tracing::info!(
+            target: "station::timing",
+            fixture = %self.fixture,
+            %serial,
+            total_us = total.as_micros() as u64,
+            hardware_us = hardware.as_micros() as u64,
+            overhead_us = total.saturating_sub(hardware).as_micros() as u64,
+            wire_bytes,
+            baud,
+            passed = result.is_ok(),
+            "unit timing"
+        );
         match result {
             Ok(()) => {
                 self.last_failed = None;
@@ -653,6 +674,7 @@ impl<'s> Worker<'s> {
             .seal(&tx)
             .map_err(|e| Stop::Station(format!("sealing the audit log: {}", error_text(&e))))?;
         tx.commit().map_err(sql("commit unit transaction"))?;
+        units::committed();
         Ok(out)
     }
 
@@ -681,22 +703,28 @@ impl<'s> Worker<'s> {
         Ok(())
     }
 
+    fn note_wire(&mut self, unit: &UnitClient<SerialLink>) {
+        let st = unit.transport().stats();
+        self.wire = Some((st.bytes_out + st.bytes_in, self.fcfg.baud));
+    }
+
     fn open_link(&self) -> Result<UnitClient<SerialLink>, Stop> {
         let port =
             self.fcfg.serial_port.as_ref().ok_or_else(|| {
                 Stop::Unit(Step::Identify, "the fixture has no serial_port".into())
             })?;
         let port = self.setup.home.resolve(port);
-        let link = SerialLink::open(&port, self.fcfg.baud).map_err(|e| {
-            Stop::Unit(
-                Step::Identify,
-                format!(
-                    "cannot open the device link {}: {}",
-                    port.display(),
-                    error_text(&e)
-                ),
-            )
-        })?;
+        let link =
+            crate::timing::hardware(|| SerialLink::open(&port, self.fcfg.baud)).map_err(|e| {
+                Stop::Unit(
+                    Step::Identify,
+                    format!(
+                        "cannot open the device link {}: {}",
+                        port.display(),
+                        error_text(&e)
+                    ),
+                )
+            })?;
         Ok(UnitClient::new(Transport::new(
             link,
             LinkSettings {
@@ -849,6 +877,7 @@ impl<'s> Worker<'s> {
         })?;
         unit.lock()
             .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
+        self.note_wire(&unit);
         self.certificate_confirmed(unit_id, actor)?;
         let leaf_pem = crate::ca::verify::to_pem(&[&cert.der]);
         self.record(
@@ -945,6 +974,7 @@ impl<'s> Worker<'s> {
             .map_err(|e| Stop::Unit(Step::Verify, error_text(&e)))?;
         unit.lock()
             .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
+        self.note_wire(&unit);
         self.advance(
             unit_id,
             actor,
@@ -1008,39 +1038,48 @@ impl<'s> Worker<'s> {
         };
         let mut issued = false;
         let mut failure: Option<Stop> = None;
-        let result = element::provision(
-            &element_hsm,
-            &target,
-            |p| home.resolve(p),
-            |spki| {
-                let mut go = || -> Result<Vec<u8>, Stop> {
-                    self.advance(
-                        unit_id,
-                        actor,
-                        Step::Attest,
-                        UnitState::KeyReady {
-                            registration_id: rid.to_string(),
-                            material: format!("spki-sha256:{}", hex::encode(Sha256::digest(spki))),
-                        },
-                        &Facts {
-                            registration_id: Some(rid.as_str()),
-                            device_id: Some(device_id.as_str()),
-                            ..Facts::default()
-                        },
-                    )?;
-                    let key = SubjectKey::from_spki(spki)
-                        .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
-                    let cert = self.issue_for_unit(unit_id, actor, &key, rid.as_str())?;
-                    issued = true;
-                    Ok(cert.der)
-                };
-                go().map_err(|stop| {
-                    let text = stop_text(&stop);
-                    failure = Some(stop);
-                    text
-                })
-            },
-        );
+        // The unit token's calls are the element's time; the CA's work called back from inside
+        // is the station's.
+        let result = crate::timing::hardware(|| {
+            element::provision(
+                &element_hsm,
+                &target,
+                |p| home.resolve(p),
+                |spki| {
+                    crate::timing::station(|| {
+                        let mut go = || -> Result<Vec<u8>, Stop> {
+                            self.advance(
+                                unit_id,
+                                actor,
+                                Step::Attest,
+                                UnitState::KeyReady {
+                                    registration_id: rid.to_string(),
+                                    material: format!(
+                                        "spki-sha256:{}",
+                                        hex::encode(Sha256::digest(spki))
+                                    ),
+                                },
+                                &Facts {
+                                    registration_id: Some(rid.as_str()),
+                                    device_id: Some(device_id.as_str()),
+                                    ..Facts::default()
+                                },
+                            )?;
+                            let key = SubjectKey::from_spki(spki)
+                                .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+                            let cert = self.issue_for_unit(unit_id, actor, &key, rid.as_str())?;
+                            issued = true;
+                            Ok(cert.der)
+                        };
+                        go().map_err(|stop| {
+                            let text = stop_text(&stop);
+                            failure = Some(stop);
+                            text
+                        })
+                    })
+                },
+            )
+        });
         match result {
             Ok(p) => {
                 self.certificate_confirmed(unit_id, actor)?;
@@ -1078,9 +1117,9 @@ impl<'s> Worker<'s> {
             .ok_or_else(|| Stop::Unit(Step::Attest, "the fixture has no TCTI".into()))?;
         let trust = crate::tpm::load_trust(Some(self.setup.home.root()), &cfg.tpm.trust_dir)
             .map_err(|e| Stop::Station(format!("TPM trust directory: {}", error_text(&e))))?;
-        let (read, assessment) =
-            crate::tpm::read_and_assess(&tcti, &cfg.tpm.read_options(), cfg.tpm.policy(), &trust)
-                .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        let read = crate::timing::hardware(|| crate::tpm::read(&tcti, &cfg.tpm.read_options()))
+            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        let assessment = crate::tpm::assess(&read, cfg.tpm.policy(), &trust);
         for w in &assessment.warnings {
             tracing::warn!(fixture = %self.fixture, serial = %values.serial, "{w}");
         }

@@ -155,6 +155,10 @@ impl<P: Port> UnitClient<P> {
     /// `window` requests in flight. The unit answers each chunk with the next offset it expects;
     /// a lost chunk shows as an offset that did not advance, and sending resumes from there.
     pub fn put_cert(&mut self, blob: &[u8]) -> Result<(), LinkError> {
+        crate::timing::hardware(|| self.put_cert_windowed(blob))
+    }
+
+    fn put_cert_windowed(&mut self, blob: &[u8]) -> Result<(), LinkError> {
         let cmd = proto::PUT_CERT;
         let total = u32::try_from(blob.len()).map_err(|_| LinkError::TooLarge {
             step: cmd.name,

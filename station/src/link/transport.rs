@@ -334,6 +334,11 @@ impl<P: Port> Transport<P> {
 
     /// Sends `payload` and waits for its answer, retrying transient faults.
     pub fn call_raw(&mut self, cmd: &Command, payload: &[u8]) -> Result<Vec<u8>, LinkError> {
+        // The whole exchange is the link's time (wire and unit), not the station's.
+        crate::timing::hardware(|| self.call_raw_timed(cmd, payload))
+    }
+
+    fn call_raw_timed(&mut self, cmd: &Command, payload: &[u8]) -> Result<Vec<u8>, LinkError> {
         let attempts = self.settings.retries + 1;
         let timeout = self.settings.timeout_for(cmd, HEADER_LEN + payload.len());
         for attempt in 1..=attempts {

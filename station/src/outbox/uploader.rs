@@ -489,6 +489,7 @@ impl<'c> Uploader<'c> {
         let station = self.station.clone();
         let backoff = self.backoff;
         let sealer = self.sealer;
+        crate::line::crash::point("upload:accepted");
         let tx = self
             .store
             .conn_mut()
@@ -551,6 +552,7 @@ impl<'c> Uploader<'c> {
             tracing::warn!(error = %e, "uploader: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
         }
         tx.commit().map_err(sql("commit outbox delivery"))?;
+        crate::line::units::committed();
         report.delivered += counts.delivered;
         report.recovered += counts.recovered;
         report.retrying += counts.retrying;

@@ -6,8 +6,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
     PublicKeyData,
 };
-use x509_parser::prelude::FromDer;
-use x509_parser::x509::SubjectPublicKeyInfo;
 
 use super::error::CaError;
 use super::profile::{ExtendedKeyUsage, KeyUsage, Profile, ProfileKind};
@@ -159,7 +157,7 @@ pub fn create_root(
 pub struct Authority<'s> {
     issuer: rcgen::Issuer<'static, HsmSigner<'s>>,
     cert_der: Vec<u8>,
-    ca_spki_der: Vec<u8>,
+    verifier: verify::CaVerifier,
     issuer_key_id: String,
     protection: KeyProtection,
 }
@@ -201,11 +199,14 @@ impl<'s> Authority<'s> {
         what: &str,
     ) -> Result<Self, CaError> {
         let cert = verify::parse(&cert_der, what)?;
-        let ca_spki_der = cert.public_key().raw.to_vec();
         let issuer_key_id = {
             use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&ca_spki_der))
+            hex::encode(sha2::Sha256::digest(cert.public_key().raw))
         };
+        // Prepared once: every issuance checks its signature against this key.
+        let verifier = verify::CaVerifier::new(&cert).ok_or_else(|| CaError::CaCertParse {
+            what: what.to_owned(),
+        })?;
         let signer = HsmSigner::new(session, key);
         let issuer =
             rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), signer).map_err(|_| {
@@ -216,7 +217,7 @@ impl<'s> Authority<'s> {
         Ok(Self {
             issuer,
             cert_der,
-            ca_spki_der,
+            verifier,
             issuer_key_id,
             protection,
         })
@@ -267,12 +268,14 @@ impl<'s> Authority<'s> {
 
     /// Every certificate is checked against the CA certificate's public key before it
     /// leaves: a key/certificate mix-up or a faulty HSM never yields a bad certificate.
+    /// The check reads the signed bytes as they will be released (TBS, algorithm, signature)
+    /// rather than re-parsing the whole certificate, which the station itself just built.
     fn check_signature(&self, der: &[u8]) -> Result<(), CaError> {
-        let (_, spki) = SubjectPublicKeyInfo::from_der(&self.ca_spki_der)
-            .map_err(|_| CaError::SignatureCheck)?;
-        let cert = verify::parse(der, "issued").map_err(|_| CaError::SignatureCheck)?;
-        cert.verify_signature(Some(&spki))
-            .map_err(|_| CaError::SignatureCheck)
+        if self.verifier.verifies(der) {
+            Ok(())
+        } else {
+            Err(CaError::SignatureCheck)
+        }
     }
 
     /// Issues a leaf for `key` under `profile`, with CN `cn` (validated by the caller).

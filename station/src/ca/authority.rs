@@ -9,7 +9,7 @@ use rcgen::{
 
 use super::error::CaError;
 use super::profile::{ExtendedKeyUsage, KeyUsage, Profile, ProfileKind};
-use super::request::{SubjectKey, UnitSubject};
+use super::request::{KeyKind, SubjectKey, UnitSubject};
 use super::verify;
 use crate::hsm::{EcKey, HsmError, HsmSigner, KeyProtection, TokenSession};
 
@@ -153,6 +153,37 @@ pub fn create_root(
     Ok(der)
 }
 
+/// An EC subject key as rcgen writes it: the point and the algorithm its SubjectPublicKeyInfo
+/// names. `SubjectKey` has already classified the key, so rcgen's own reading (a parse plus a
+/// search over every algorithm it knows, per certificate) is skipped for the common case.
+struct EcSubjectKey<'k> {
+    point: &'k [u8],
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl<'k> EcSubjectKey<'k> {
+    /// `None` for RSA, which keeps rcgen's reading (its NULL parameters are rcgen's choice).
+    fn from_key(key: &'k SubjectKey) -> Option<Self> {
+        let alg = match key.kind {
+            KeyKind::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyKind::Rsa(_) => return None,
+        };
+        let point = verify::spki_public_key(&key.spki_der)?;
+        Some(Self { point, alg })
+    }
+}
+
+impl rcgen::PublicKeyData for EcSubjectKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.point
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
 /// A CA whose key is in the HSM and whose certificate matches that key.
 pub struct Authority<'s> {
     issuer: rcgen::Issuer<'static, HsmSigner<'s>>,
@@ -294,8 +325,14 @@ impl<'s> Authority<'s> {
         }
         key.check_allowed(profile)?;
         unit.check_allowed(profile)?;
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(&key.spki_der).map_err(CaError::Build)?;
-        self.sign(profile, &spki, cn, unit)
+        match EcSubjectKey::from_key(key) {
+            Some(ec) => self.sign(profile, &ec, cn, unit),
+            None => {
+                let spki =
+                    rcgen::SubjectPublicKeyInfo::from_der(&key.spki_der).map_err(CaError::Build)?;
+                self.sign(profile, &spki, cn, unit)
+            }
+        }
     }
 
     /// Signs a subordinate CA certificate for `subject` (the intermediate, signed by the root).

@@ -388,8 +388,10 @@ fn the_release_check_reads_exactly_the_signed_bytes() {
         )
         .expect("issue");
 
-    // The split agrees with x509-parser's reading of the same certificate.
+    // The split agrees with x509-parser's reading of the same certificate, and the leaf
+    // carries the subject key exactly as it was given.
     let parsed = verify::parse(&leaf.der, "leaf").expect("parse");
+    assert_eq!(parsed.public_key().raw, key.spki_der.as_slice());
     let (tbs, alg, sig) = verify::split_signed(&leaf.der).expect("split");
     assert_eq!(tbs, parsed.tbs_certificate.as_ref());
     assert_eq!(sig, parsed.signature_value.data.as_ref());
@@ -424,4 +426,23 @@ fn the_release_check_reads_exactly_the_signed_bytes() {
     assert!(!by_int.verifies(&trailing));
     assert!(verify::split_signed(&trailing).is_none());
     assert!(verify::split_signed(&leaf.der[..leaf.der.len() - 1]).is_none());
+
+    // P-384 and RSA subject keys also go into the certificate exactly as given.
+    let device = profiles.get("device").expect("p");
+    for (name, opts) in [
+        (
+            "p384",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"][..],
+        ),
+        ("rsa", &["-newkey", "rsa:2048"][..]),
+    ] {
+        let key = SubjectKey::from_csr(&make_csr(dir.path(), name, opts, &[]), device)
+            .expect("allowed key");
+        let leaf = ca
+            .issue(device, &key, "unit-2", &UnitSubject::default())
+            .expect("issue");
+        let parsed = verify::parse(&leaf.der, name).expect("parse");
+        assert_eq!(parsed.public_key().raw, key.spki_der.as_slice(), "{name}");
+        assert!(by_int.verifies(&leaf.der), "{name}");
+    }
 }

@@ -89,6 +89,23 @@ pub fn split_signed(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     Some((tbs, alg, sig))
 }
 
+/// The subject public key bits of a DER `SubjectPublicKeyInfo ::= SEQUENCE { algorithm,
+/// subjectPublicKey BIT STRING }`; `None` for anything else.
+pub fn spki_public_key(spki_der: &[u8]) -> Option<&[u8]> {
+    let mut outer = SliceReader::new(spki_der).ok()?;
+    let header = Header::decode(&mut outer).ok()?;
+    if header.tag != Tag::Sequence {
+        return None;
+    }
+    let body = outer.read_slice(header.length).ok()?;
+    outer.finish(()).ok()?;
+    let mut r = SliceReader::new(body).ok()?;
+    AnyRef::decode(&mut r).ok()?;
+    let bits = BitStringRef::decode(&mut r).ok()?.as_bytes()?;
+    r.finish(()).ok()?;
+    Some(bits)
+}
+
 /// Verifies `cert` up a chain (`chain[0]` signs `cert`, each signs the previous, the last is
 /// a self-signed root), that every issuer is a CA and that all are valid now.
 pub fn chain(cert_der: &[u8], chain_der: &[Vec<u8>]) -> Result<(), CaError> {

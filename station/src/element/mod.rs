@@ -10,6 +10,7 @@
 use std::fmt;
 use std::path::Path;
 
+use cryptoki::object::ObjectHandle;
 use p256::pkcs8::EncodePublicKey;
 use regex::Regex;
 use sha2::{Digest, Sha256};
@@ -19,7 +20,6 @@ use crate::hsm::error::HsmError;
 use crate::hsm::module::Hsm;
 use crate::hsm::pin::Pin;
 use crate::hsm::{EcKey, KeyProtection, TokenSession};
-use cryptoki::object::ObjectHandle;
 
 /// CKA_LABEL of the unit's provisioning key pair and of its certificate.
 pub const KEY_LABEL: &str = "device-identity";

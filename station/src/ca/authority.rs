@@ -6,12 +6,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
     PublicKeyData,
 };
-use x509_parser::prelude::FromDer;
-use x509_parser::x509::SubjectPublicKeyInfo;
 
 use super::error::CaError;
 use super::profile::{ExtendedKeyUsage, KeyUsage, Profile, ProfileKind};
-use super::request::{SubjectKey, UnitSubject};
+use super::request::{KeyKind, SubjectKey, UnitSubject};
 use super::verify;
 use crate::hsm::{EcKey, HsmError, HsmSigner, KeyProtection, TokenSession};
 
@@ -155,11 +153,42 @@ pub fn create_root(
     Ok(der)
 }
 
+/// An EC subject key as rcgen writes it: the point and the algorithm its SubjectPublicKeyInfo
+/// names. `SubjectKey` has already classified the key, so rcgen's own reading (a parse plus a
+/// search over every algorithm it knows, per certificate) is skipped for the common case.
+struct EcSubjectKey<'k> {
+    point: &'k [u8],
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl<'k> EcSubjectKey<'k> {
+    /// `None` for RSA, which keeps rcgen's reading (its NULL parameters are rcgen's choice).
+    fn from_key(key: &'k SubjectKey) -> Option<Self> {
+        let alg = match key.kind {
+            KeyKind::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyKind::Rsa(_) => return None,
+        };
+        let point = verify::spki_public_key(&key.spki_der)?;
+        Some(Self { point, alg })
+    }
+}
+
+impl rcgen::PublicKeyData for EcSubjectKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.point
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
+
 /// A CA whose key is in the HSM and whose certificate matches that key.
 pub struct Authority<'s> {
     issuer: rcgen::Issuer<'static, HsmSigner<'s>>,
     cert_der: Vec<u8>,
-    ca_spki_der: Vec<u8>,
+    verifier: verify::CaVerifier,
     issuer_key_id: String,
     protection: KeyProtection,
 }
@@ -201,11 +230,14 @@ impl<'s> Authority<'s> {
         what: &str,
     ) -> Result<Self, CaError> {
         let cert = verify::parse(&cert_der, what)?;
-        let ca_spki_der = cert.public_key().raw.to_vec();
         let issuer_key_id = {
             use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&ca_spki_der))
+            hex::encode(sha2::Sha256::digest(cert.public_key().raw))
         };
+        // Prepared once: every issuance checks its signature against this key.
+        let verifier = verify::CaVerifier::new(&cert).ok_or_else(|| CaError::CaCertParse {
+            what: what.to_owned(),
+        })?;
         let signer = HsmSigner::new(session, key);
         let issuer =
             rcgen::Issuer::from_ca_cert_der(&cert_der.as_slice().into(), signer).map_err(|_| {
@@ -216,7 +248,7 @@ impl<'s> Authority<'s> {
         Ok(Self {
             issuer,
             cert_der,
-            ca_spki_der,
+            verifier,
             issuer_key_id,
             protection,
         })
@@ -267,12 +299,14 @@ impl<'s> Authority<'s> {
 
     /// Every certificate is checked against the CA certificate's public key before it
     /// leaves: a key/certificate mix-up or a faulty HSM never yields a bad certificate.
+    /// The check reads the signed bytes as they will be released (TBS, algorithm, signature)
+    /// rather than re-parsing the whole certificate, which the station itself just built.
     fn check_signature(&self, der: &[u8]) -> Result<(), CaError> {
-        let (_, spki) = SubjectPublicKeyInfo::from_der(&self.ca_spki_der)
-            .map_err(|_| CaError::SignatureCheck)?;
-        let cert = verify::parse(der, "issued").map_err(|_| CaError::SignatureCheck)?;
-        cert.verify_signature(Some(&spki))
-            .map_err(|_| CaError::SignatureCheck)
+        if self.verifier.verifies(der) {
+            Ok(())
+        } else {
+            Err(CaError::SignatureCheck)
+        }
     }
 
     /// Issues a leaf for `key` under `profile`, with CN `cn` (validated by the caller).
@@ -291,8 +325,14 @@ impl<'s> Authority<'s> {
         }
         key.check_allowed(profile)?;
         unit.check_allowed(profile)?;
-        let spki = rcgen::SubjectPublicKeyInfo::from_der(&key.spki_der).map_err(CaError::Build)?;
-        self.sign(profile, &spki, cn, unit)
+        match EcSubjectKey::from_key(key) {
+            Some(ec) => self.sign(profile, &ec, cn, unit),
+            None => {
+                let spki =
+                    rcgen::SubjectPublicKeyInfo::from_der(&key.spki_der).map_err(CaError::Build)?;
+                self.sign(profile, &spki, cn, unit)
+            }
+        }
     }
 
     /// Signs a subordinate CA certificate for `subject` (the intermediate, signed by the root).

@@ -366,3 +366,83 @@ fn the_database_refuses_a_second_certificate_with_the_same_serial_from_one_issue
     // Another issuer may use the same serial.
     record_issued(&tx, "another-issuer", &cert, &rec).expect("other issuer");
 }
+
+#[test]
+fn the_release_check_reads_exactly_the_signed_bytes() {
+    let t = two_tier();
+    let profiles = Profiles::embedded().expect("profiles");
+    let ca =
+        Authority::load(&t.ca_session, "ca-key", t.int_der.clone(), "intermediate").expect("load");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SubjectKey::from_csr(
+        &make_csr(dir.path(), "u", &P256, &[]),
+        profiles.get("device").expect("p"),
+    )
+    .expect("csr");
+    let leaf = ca
+        .issue(
+            profiles.get("device").expect("p"),
+            &key,
+            "unit-1",
+            &UnitSubject::default(),
+        )
+        .expect("issue");
+
+    // The split agrees with x509-parser's reading of the same certificate, and the leaf
+    // carries the subject key exactly as it was given.
+    let parsed = verify::parse(&leaf.der, "leaf").expect("parse");
+    assert_eq!(parsed.public_key().raw, key.spki_der.as_slice());
+    let (tbs, alg, sig) = verify::split_signed(&leaf.der).expect("split");
+    assert_eq!(tbs, parsed.tbs_certificate.as_ref());
+    assert_eq!(sig, parsed.signature_value.data.as_ref());
+    assert_eq!(
+        alg,
+        [
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02
+        ]
+    );
+
+    let int = verify::parse(&t.int_der, "intermediate").expect("parse");
+    let root = verify::parse(&t.root_der, "root").expect("parse");
+    let by_int = verify::CaVerifier::new(&int).expect("P-256 key");
+    let by_root = verify::CaVerifier::new(&root).expect("P-256 key");
+    assert!(by_int.verifies(&leaf.der));
+    // Another CA's key, a changed TBS byte, a changed signature byte, trailing bytes: refused.
+    assert!(!by_root.verifies(&leaf.der));
+    let tbs_at = leaf
+        .der
+        .windows(tbs.len())
+        .position(|w| w == tbs)
+        .expect("tbs inside");
+    let mut changed = leaf.der.clone();
+    changed[tbs_at + tbs.len() - 1] ^= 0x01;
+    assert!(!by_int.verifies(&changed));
+    let mut changed = leaf.der.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01;
+    assert!(!by_int.verifies(&changed));
+    let mut trailing = leaf.der.clone();
+    trailing.push(0);
+    assert!(!by_int.verifies(&trailing));
+    assert!(verify::split_signed(&trailing).is_none());
+    assert!(verify::split_signed(&leaf.der[..leaf.der.len() - 1]).is_none());
+
+    // P-384 and RSA subject keys also go into the certificate exactly as given.
+    let device = profiles.get("device").expect("p");
+    for (name, opts) in [
+        (
+            "p384",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"][..],
+        ),
+        ("rsa", &["-newkey", "rsa:2048"][..]),
+    ] {
+        let key = SubjectKey::from_csr(&make_csr(dir.path(), name, opts, &[]), device)
+            .expect("allowed key");
+        let leaf = ca
+            .issue(device, &key, "unit-2", &UnitSubject::default())
+            .expect("issue");
+        let parsed = verify::parse(&leaf.der, name).expect("parse");
+        assert_eq!(parsed.public_key().raw, key.spki_der.as_slice(), "{name}");
+        assert!(by_int.verifies(&leaf.der), "{name}");
+    }
+}

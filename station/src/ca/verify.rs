@@ -1,5 +1,9 @@
-//! Signature and chain checks on certificates, with x509-parser.
+//! Signature and chain checks on certificates: x509-parser for whole certificates, and a
+//! prepared aws-lc-rs key for the check every issued certificate passes before release.
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
+use der::asn1::{AnyRef, BitStringRef};
+use der::{Decode, Header, Reader, SliceReader, Tag};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
@@ -18,6 +22,88 @@ pub fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, CaErr
 /// Whether `cert` is signed by the key in `issuer`.
 pub fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// DER of the AlgorithmIdentifier ecdsa-with-SHA256 (1.2.840.10045.4.3.2, no parameters),
+/// the only algorithm an HSM P-256 CA key signs with.
+const ECDSA_WITH_SHA256: [u8; 12] = [
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+];
+
+/// A CA's P-256 public key, prepared once, that checks the certificates the CA signs. It
+/// reads only the outer SEQUENCE of each certificate (TBS bytes, algorithm, signature), since
+/// what matters before release is that these exact bytes carry a valid signature.
+pub struct CaVerifier {
+    key: ParsedPublicKey,
+}
+
+impl std::fmt::Debug for CaVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaVerifier").finish_non_exhaustive()
+    }
+}
+
+impl CaVerifier {
+    /// The verifier for the public key of this CA certificate; `None` unless it is a valid
+    /// P-256 point (the only kind of key the station's HSM CAs have).
+    pub fn new(ca_cert: &X509Certificate<'_>) -> Option<Self> {
+        let point = &ca_cert.public_key().subject_public_key.data;
+        ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point.as_ref())
+            .ok()
+            .map(|key| Self { key })
+    }
+
+    /// Whether `cert_der` is one DER certificate signed with ECDSA-SHA256 by this key.
+    pub fn verifies(&self, cert_der: &[u8]) -> bool {
+        match split_signed(cert_der) {
+            Some((tbs, alg, sig)) => {
+                alg == ECDSA_WITH_SHA256.as_slice() && self.key.verify_sig(tbs, sig).is_ok()
+            }
+            None => false,
+        }
+    }
+}
+
+/// Splits `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }`
+/// into the TBS and algorithm as encoded (header included) and the signature bits. `None`
+/// for anything but exactly one such SEQUENCE.
+pub fn split_signed(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let mut outer = SliceReader::new(der).ok()?;
+    let header = Header::decode(&mut outer).ok()?;
+    if header.tag != Tag::Sequence {
+        return None;
+    }
+    let body = outer.read_slice(header.length).ok()?;
+    outer.finish(()).ok()?;
+    let mut r = SliceReader::new(body).ok()?;
+    let element = |r: &mut SliceReader<'_>| -> Option<&[u8]> {
+        let start = usize::try_from(r.position()).ok()?;
+        AnyRef::decode(r).ok()?;
+        let end = usize::try_from(r.position()).ok()?;
+        body.get(start..end)
+    };
+    let tbs = element(&mut r).filter(|t| t.first() == Some(&0x30))?;
+    let alg = element(&mut r)?;
+    let sig = BitStringRef::decode(&mut r).ok()?.as_bytes()?;
+    r.finish(()).ok()?;
+    Some((tbs, alg, sig))
+}
+
+/// The subject public key bits of a DER `SubjectPublicKeyInfo ::= SEQUENCE { algorithm,
+/// subjectPublicKey BIT STRING }`; `None` for anything else.
+pub fn spki_public_key(spki_der: &[u8]) -> Option<&[u8]> {
+    let mut outer = SliceReader::new(spki_der).ok()?;
+    let header = Header::decode(&mut outer).ok()?;
+    if header.tag != Tag::Sequence {
+        return None;
+    }
+    let body = outer.read_slice(header.length).ok()?;
+    outer.finish(()).ok()?;
+    let mut r = SliceReader::new(body).ok()?;
+    AnyRef::decode(&mut r).ok()?;
+    let bits = BitStringRef::decode(&mut r).ok()?.as_bytes()?;
+    r.finish(()).ok()?;
+    Some(bits)
 }
 
 /// Verifies `cert` up a chain (`chain[0]` signs `cert`, each signs the previous, the last is

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::path::Path;
 
+use cryptoki::object::ObjectHandle;
 use p256::pkcs8::EncodePublicKey;
 use regex::Regex;
 use sha2::{Digest, Sha256};
@@ -18,6 +19,7 @@ use crate::hsm::config::{PinSource, TokenSelector};
 use crate::hsm::error::HsmError;
 use crate::hsm::module::Hsm;
 use crate::hsm::pin::Pin;
+use crate::hsm::{EcKey, KeyProtection, TokenSession};
 
 /// CKA_LABEL of the unit's provisioning key pair and of its certificate.
 pub const KEY_LABEL: &str = "device-identity";
@@ -180,6 +182,60 @@ pub fn choose_token(labels: &[String], pattern: Option<&str>) -> Result<String, 
     }
 }
 
+/// The token operations one element provisioning needs. The seam exists because a real
+/// SoftHSM token cannot be made to misbehave (ignore CKA_EXTRACTABLE, fail a write, store
+/// other bytes than it was given), and the station must still handle elements that do.
+pub trait ElementToken {
+    /// Every object (any class) with this label.
+    fn objects_labelled(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError>;
+    /// Deletes every object with this label; returns how many there were.
+    fn destroy_labelled(&self, label: &str) -> Result<usize, HsmError>;
+    /// Generates a P-256 key pair asking for sensitive, never-extractable, sign-only.
+    fn generate_p256(&self, label: &str) -> Result<EcKey, HsmError>;
+    /// The private key's protection attributes as the element reports them.
+    fn key_protection(&self, key: &EcKey) -> Result<KeyProtection, HsmError>;
+    /// Stores an X.509 certificate under the key's CKA_ID and label.
+    fn store_certificate(
+        &self,
+        key: &EcKey,
+        der: &[u8],
+        subject_der: &[u8],
+    ) -> Result<(), HsmError>;
+    /// The DER of every certificate object stored under this CKA_ID.
+    fn certificates_with_id(&self, id: &[u8]) -> Result<Vec<Vec<u8>>, HsmError>;
+}
+
+impl ElementToken for TokenSession {
+    fn objects_labelled(&self, label: &str) -> Result<Vec<ObjectHandle>, HsmError> {
+        TokenSession::objects_labelled(self, label)
+    }
+
+    fn destroy_labelled(&self, label: &str) -> Result<usize, HsmError> {
+        TokenSession::destroy_labelled(self, label)
+    }
+
+    fn generate_p256(&self, label: &str) -> Result<EcKey, HsmError> {
+        TokenSession::generate_p256(self, label)
+    }
+
+    fn key_protection(&self, key: &EcKey) -> Result<KeyProtection, HsmError> {
+        TokenSession::key_protection(self, key)
+    }
+
+    fn store_certificate(
+        &self,
+        key: &EcKey,
+        der: &[u8],
+        subject_der: &[u8],
+    ) -> Result<(), HsmError> {
+        TokenSession::store_certificate(self, key, der, subject_der).map(|_| ())
+    }
+
+    fn certificates_with_id(&self, id: &[u8]) -> Result<Vec<Vec<u8>>, HsmError> {
+        TokenSession::certificates_with_id(self, id)
+    }
+}
+
 /// Provisions one element. `issue` gets the key's SubjectPublicKeyInfo (DER) and returns the
 /// certificate (DER) once the CA has recorded it; a certificate is released only after that.
 pub fn provision(
@@ -194,43 +250,61 @@ pub fn provision(
         source,
     })?;
     let token = choose_token(&labels, target.token.as_deref())?;
-    let step = |step: Step| {
-        let token = token.clone();
-        move |source: HsmError| ElementError::Hsm {
-            token,
-            step,
-            source,
-        }
-    };
     let slot = module
         .find_token(&TokenSelector::Label(token.clone()))
-        .map_err(step(Step::FindToken))?;
-    let pin = Pin::load(&target.pin, &token, resolve).map_err(step(Step::Login))?;
+        .map_err(at(&token, Step::FindToken))?;
+    let pin = Pin::load(&target.pin, &token, resolve).map_err(at(&token, Step::Login))?;
     let session = module
         .open_slot(slot, &token, &pin)
-        .map_err(step(Step::Login))?;
+        .map_err(at(&token, Step::Login))?;
+    provision_on(&session, &token, target.rework, issue)
+}
 
-    let existing = session
+/// Maps a module error to the element error naming `token` and `step`.
+fn at(token: &str, step: Step) -> impl Fn(HsmError) -> ElementError {
+    let token = token.to_owned();
+    move |source| ElementError::Hsm {
+        token: token.clone(),
+        step,
+        source,
+    }
+}
+
+/// The steps after login, on an open element: check for an earlier key, generate, check its
+/// protection, have it certified, write the certificate and read it back. `token` names the
+/// element in every error.
+pub fn provision_on(
+    element: &impl ElementToken,
+    token: &str,
+    rework: bool,
+    issue: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Provisioned, ElementError> {
+    let token = token.to_owned();
+    let step = |step: Step| at(&token, step);
+
+    let existing = element
         .objects_labelled(KEY_LABEL)
         .map_err(step(Step::CheckExisting))?;
     if !existing.is_empty() {
-        if !target.rework {
+        if !rework {
             return Err(ElementError::AlreadyProvisioned { token });
         }
-        let n = session
+        let n = element
             .destroy_labelled(KEY_LABEL)
             .map_err(step(Step::CheckExisting))?;
         tracing::warn!(%token, objects = n, "rework: deleted the earlier provisioning key and certificate");
     }
 
-    let key = session
+    let key = element
         .generate_p256(KEY_LABEL)
         .map_err(step(Step::GenerateKey))?;
-    let protection = session.key_protection(&key).map_err(step(Step::CheckKey))?;
+    let protection = element.key_protection(&key).map_err(step(Step::CheckKey))?;
     let problems = protection.problems();
     if !problems.is_empty() {
         // An element that cannot keep the key inside is refused, and the weak key removed.
-        let _ = session.destroy_labelled(KEY_LABEL);
+        if let Err(e) = element.destroy_labelled(KEY_LABEL) {
+            tracing::error!(%token, error = %e, "could not delete the refused key");
+        }
         return Err(ElementError::NotProtected {
             token,
             step: Step::CheckKey,
@@ -257,10 +331,10 @@ pub fn provision(
             step: Step::Issue,
             message: "the CA returned a certificate that does not parse".to_owned(),
         })?;
-    session
+    element
         .store_certificate(&key, &der, &subject)
         .map_err(step(Step::WriteCertificate))?;
-    let back = session
+    let back = element
         .certificates_with_id(&key.id)
         .map_err(step(Step::ReadBack))?;
     match back.as_slice() {
@@ -298,6 +372,10 @@ pub fn provision(
         certificate: der,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod fault_tests;
 
 #[cfg(test)]
 mod tests {

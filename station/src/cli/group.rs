@@ -170,7 +170,11 @@ pub(super) fn run(ctx: &Context, cmd: GroupCommand) -> Result<ExitCode, CliError
     }
 }
 
-fn sync(ctx: &Context, only: Option<&ProductName>, actor: &ActorArg) -> Result<ExitCode, CliError> {
+pub(super) fn sync(
+    ctx: &Context,
+    only: Option<&ProductName>,
+    actor: &ActorArg,
+) -> Result<ExitCode, CliError> {
     let actor = actor.resolve()?;
     let cfg = ctx.config()?.config;
     let station = cfg.station_id();

@@ -102,6 +102,7 @@ pub fn serve(
     let log_file = ctx.home.resolve(&setup.cfg.log.dir).join("station.log");
     crate::logging::init_daemon(format, &log_file)?;
     let names = serve::selected(&setup, &args.fixtures).map_err(LineCliError::from)?;
+    sync_groups(ctx, &setup, &names);
     {
         let mut store = ctx.open_store(&setup.cfg)?;
         let n = serve::fail_orphans(&setup, &mut store).map_err(LineCliError::from)?;
@@ -172,6 +173,34 @@ pub fn serve(
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("station stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates or updates the enrollment group of every group-enrolled product the fixtures make
+/// (as `station group sync` does), so that group members can be confirmed and symmetric group
+/// keys are in the HSM. A DPS that cannot be reached is not fatal: the line runs, members wait
+/// in the outbox, and symmetric group units say to run `station group sync`.
+fn sync_groups(ctx: &Context, setup: &LineSetup, fixtures: &[String]) {
+    let mut products: Vec<&crate::ids::ProductName> = fixtures
+        .iter()
+        .filter_map(|f| setup.fixture(f).ok())
+        .filter(|(_, _, p)| {
+            matches!(
+                p.profile.enrollment,
+                crate::enroll::profile::Enrollment::Group { .. }
+            )
+        })
+        .filter_map(|(_, _, p)| setup.products.get(p.name.as_str()).map(|p| &p.name))
+        .collect();
+    products.sort();
+    products.dedup();
+    let actor = ActorArg {
+        actor: Some("station".into()),
+    };
+    for p in products {
+        if let Err(e) = super::group::sync(ctx, Some(p), &actor) {
+            tracing::warn!(product = %p, error = %crate::line::worker::error_text(&e), "enrollment group not synchronised; its units wait in the outbox (symmetric units need `station group sync`)");
+        }
+    }
 }
 
 /// `station provision`: one unit on one fixture, from the command line.

@@ -127,10 +127,64 @@ pub struct Shared {
     pub badge_key: Option<Arc<BadgeKey>>,
     /// Woken when a unit was queued.
     pub upload: Option<UploadSignal>,
+    /// How often the HSM module was restarted after it went away (see [`HsmEpoch`]).
+    pub hsm_epoch: HsmEpoch,
+}
+
+/// Counts restarts of the station's PKCS#11 module, so that of several fixture threads that
+/// lost the HSM together only one restarts the module per outage, and none restarts it under
+/// sessions another thread opened after the restart.
+#[derive(Clone, Default)]
+pub struct HsmEpoch(Arc<std::sync::Mutex<u64>>);
+
+impl HsmEpoch {
+    /// The current epoch (a thread notes it when its session opens).
+    #[must_use]
+    pub fn current(&self) -> u64 {
+        self.0.lock().map(|e| *e).unwrap_or_default()
+    }
+
+    /// Restarts the module (C_Finalize, C_Initialize) unless another thread already did since
+    /// epoch `seen`; `seen` becomes the epoch the caller's next session belongs to.
+    fn restart(&self, hsm: &crate::hsm::Hsm, seen: &mut u64) {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags};
+        use cryptoki::error::{Error as P11Error, RvError};
+        let Ok(mut epoch) = self.0.lock() else {
+            return;
+        };
+        if *epoch == *seen {
+            // A module whose connection or device went away keeps failing every call until it
+            // is finalized and initialized again (p11-kit's client reconnects on C_Initialize).
+            let _ = hsm.context().clone().finalize();
+            match hsm
+                .context()
+                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            {
+                Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                    *epoch += 1;
+                }
+                Err(_) => {}
+            }
+        }
+        *seen = *epoch;
+    }
+}
+
+/// How a fixture's stretch of work on one HSM session ended.
+enum EpochEnd {
+    /// Told to stop (or the daemon went away).
+    Stopped,
+    /// The HSM stopped answering; the text says how.
+    HsmLost(String),
+    /// The worker could not start at all (first start only).
+    CouldNotStart,
 }
 
 /// Runs a fixture's hardware thread: opens its HSM session and database, recovers its
-/// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs.
+/// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs. When
+/// the HSM goes away the thread says so once, refuses scans while it waits, re-opens its
+/// session (and the CA and audit keys) when the HSM is back, and resumes or fails the unit it
+/// was running, without a restart of the daemon.
 pub fn fixture_thread(
     shared: &Shared,
     name: &str,
@@ -139,9 +193,6 @@ pub fn fixture_thread(
     ready: &mpsc::Sender<Result<(), String>>,
 ) {
     let setup = &*shared.setup;
-    let station_hsm = &shared.station_hsm;
-    let badge_key = shared.badge_key.as_deref();
-    let upload = shared.upload.as_ref();
     let _lock = match super::lock::FixtureLock::take(&setup.home, name) {
         Ok(l) => l,
         Err(e) => {
@@ -149,40 +200,132 @@ pub fn fixture_thread(
             return;
         }
     };
-    let hsm = match WorkerHsm::open(setup, station_hsm) {
+    let mut seen = shared.hsm_epoch.current();
+    let mut hsm = match WorkerHsm::open(setup, &shared.station_hsm) {
         Ok(h) => h,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let mut worker = match Worker::new(setup, name, &hsm, abort) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
+    let mut ready = Some(ready);
+    loop {
+        match run_epoch(shared, name, &abort, jobs, &hsm, ready.take()) {
+            EpochEnd::Stopped | EpochEnd::CouldNotStart => break,
+            EpochEnd::HsmLost(reason) => {
+                tracing::error!(
+                    fixture = name,
+                    "fixture {name}: HSM unavailable: {reason}; retrying"
+                );
+                // The old session's handle may, once the module restarts, number a session
+                // another thread opened: closing it could close that one, so it is left.
+                let WorkerHsm { hsm: _, session } = hsm;
+                std::mem::forget(session);
+                match wait_for_hsm(shared, name, jobs, &mut seen) {
+                    Some(h) => {
+                        tracing::info!(fixture = name, "fixture {name}: HSM back");
+                        hsm = h;
+                    }
+                    None => break,
+                }
+            }
         }
+    }
+    tracing::info!(fixture = name, "fixture stopped");
+}
+
+/// Waits for the HSM to answer again, refusing the jobs that arrive meanwhile; `None` when the
+/// fixture is told to stop.
+fn wait_for_hsm(
+    shared: &Shared,
+    name: &str,
+    jobs: &mpsc::Receiver<FixtureJob>,
+    seen: &mut u64,
+) -> Option<WorkerHsm> {
+    let refusal = |serial: &str| {
+        format!(
+            "fixture {name}: unit {serial} refused: the HSM is unavailable; scan it again when the HSM is back"
+        )
+    };
+    loop {
+        shared.hsm_epoch.restart(&shared.station_hsm, seen);
+        if let Ok(h) = WorkerHsm::open(&shared.setup, &shared.station_hsm) {
+            return Some(h);
+        }
+        match jobs.recv_timeout(Duration::from_secs(1)) {
+            Ok(FixtureJob::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Ok(FixtureJob::Provision { serial, reply, .. }) => {
+                let _ = reply.send(UnitOutcome::Refused {
+                    reason: refusal(&serial),
+                });
+            }
+            Ok(FixtureJob::Scan(Scan::Serial(serial))) => {
+                tracing::warn!(fixture = name, "{}", refusal(serial.as_str()));
+            }
+            Ok(FixtureJob::Scan(other)) => {
+                tracing::warn!(
+                    fixture = name,
+                    "fixture {name}: {} ignored: the HSM is unavailable",
+                    other.describe()
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// One stretch of a fixture's work on one HSM session: builds the worker, resumes or fails
+/// the units left unfinished here, then serves jobs.
+fn run_epoch(
+    shared: &Shared,
+    name: &str,
+    abort: &Arc<AtomicBool>,
+    jobs: &mpsc::Receiver<FixtureJob>,
+    hsm: &WorkerHsm,
+    ready: Option<&mpsc::Sender<Result<(), String>>>,
+) -> EpochEnd {
+    let setup = &*shared.setup;
+    let badge_key = shared.badge_key.as_deref();
+    let upload = shared.upload.as_ref();
+    let fail = |e: String| match ready {
+        Some(r) => {
+            let _ = r.send(Err(e));
+            EpochEnd::CouldNotStart
+        }
+        None => EpochEnd::HsmLost(e),
+    };
+    let mut worker = match Worker::new(setup, name, hsm, Arc::clone(abort)) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
     };
     let mine: Vec<UnitRow> = match worker.unfinished_here() {
         Ok(u) => u,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
+        Err(e) => return fail(e),
     };
-    for o in recover_fixture(&mut worker, &mine) {
-        tracing::info!(fixture = name, "recovered: {o}");
-    }
-    let _ = ready.send(Ok(()));
-    tracing::info!(fixture = name, product = %worker.product().name, "fixture ready");
     let wake = |o: &UnitOutcome| {
         if let (UnitOutcome::Passed { .. }, Some(u)) = (o, upload) {
             u.wake();
         }
     };
+    for o in recover_fixture(&mut worker, &mine) {
+        tracing::info!(fixture = name, "recovered: {o}");
+        wake(&o);
+    }
+    if let Some(r) = ready {
+        let _ = r.send(Ok(()));
+        tracing::info!(fixture = name, product = %worker.product().name, "fixture ready");
+    }
+    // After an outcome that is not a pass the HSM is asked whether it still answers: a unit
+    // stopped by a vanished HSM must not leave the fixture taking units it cannot finish.
+    let lost = |worker: &Worker<'_>, o: &UnitOutcome| -> Option<String> {
+        match o {
+            UnitOutcome::Passed { .. } | UnitOutcome::AlreadyPassed { .. } => None,
+            _ => worker.hsm_unavailable(),
+        }
+    };
     while let Ok(job) = jobs.recv() {
         match job {
-            FixtureJob::Stop => break,
+            FixtureJob::Stop => return EpochEnd::Stopped,
             FixtureJob::Provision {
                 serial,
                 operator,
@@ -190,16 +333,23 @@ pub fn fixture_thread(
             } => {
                 let o = worker.run_serial(&serial, operator.as_deref());
                 wake(&o);
+                let gone = lost(&worker, &o);
                 let _ = reply.send(o);
+                if let Some(why) = gone {
+                    return EpochEnd::HsmLost(why);
+                }
             }
             FixtureJob::Scan(scan) => {
                 if let Some(o) = handle_scan(&mut worker, badge_key, scan) {
                     wake(&o);
+                    if let Some(why) = lost(&worker, &o) {
+                        return EpochEnd::HsmLost(why);
+                    }
                 }
             }
         }
     }
-    tracing::info!(fixture = name, "fixture stopped");
+    EpochEnd::Stopped
 }
 
 fn report(worker: &Worker<'_>, o: &UnitOutcome) {
@@ -326,6 +476,7 @@ pub fn start_fixtures(
         .ok()
         .map(Arc::new);
     let mut running = Vec::new();
+    let hsm_epoch = HsmEpoch::default();
     for name in names {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -337,6 +488,7 @@ pub fn start_fixtures(
             let badge_key = badge_key.clone();
             let station_hsm = station_hsm.clone();
             let upload = upload.cloned();
+            let hsm_epoch = hsm_epoch.clone();
             std::thread::Builder::new()
                 .name(format!("fixture-{name}"))
                 .spawn(move || {
@@ -345,6 +497,7 @@ pub fn start_fixtures(
                         station_hsm,
                         badge_key,
                         upload,
+                        hsm_epoch,
                     };
                     fixture_thread(&shared, &name, abort, &jobs_rx, &ready_tx);
                 })

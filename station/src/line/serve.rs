@@ -12,7 +12,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use super::setup::LineSetup;
 use super::state::{Recovery, Step};
 use super::units::{self, UnitRow};
-use super::worker::{UnitOutcome, Worker, WorkerHsm, error_text};
+use super::worker::{Carry, UnitOutcome, Worker, WorkerHsm, error_text};
 use crate::operators::BadgeKey;
 use crate::outbox::{UploadSignal, Uploader};
 use crate::store::Store;
@@ -127,55 +127,50 @@ pub struct Shared {
     pub badge_key: Option<Arc<BadgeKey>>,
     /// Woken when a unit was queued.
     pub upload: Option<UploadSignal>,
-    /// How often the HSM module was restarted after it went away (see [`HsmEpoch`]).
-    pub hsm_epoch: HsmEpoch,
 }
 
-/// Counts restarts of the station's PKCS#11 module, so that of several fixture threads that
-/// lost the HSM together only one restarts the module per outage, and none restarts it under
-/// sessions another thread opened after the restart.
-#[derive(Clone, Default)]
-pub struct HsmEpoch(Arc<std::sync::Mutex<u64>>);
+/// Counts restarts of the station's PKCS#11 module (one module per process), so that of the
+/// threads that lost the HSM together only one restarts the module per outage, and none
+/// restarts it under sessions another thread opened after the restart.
+static HSM_EPOCH: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
 
-impl HsmEpoch {
-    /// The current epoch (a thread notes it when its session opens).
-    #[must_use]
-    pub fn current(&self) -> u64 {
-        self.0.lock().map(|e| *e).unwrap_or_default()
-    }
+/// The current HSM epoch (a thread notes it when its session opens).
+#[must_use]
+pub fn hsm_epoch() -> u64 {
+    HSM_EPOCH.lock().map(|e| *e).unwrap_or_default()
+}
 
-    /// Restarts the module (C_Finalize, C_Initialize) unless another thread already did since
-    /// epoch `seen`; `seen` becomes the epoch the caller's next session belongs to.
-    fn restart(&self, hsm: &crate::hsm::Hsm, seen: &mut u64) {
-        use cryptoki::context::{CInitializeArgs, CInitializeFlags};
-        use cryptoki::error::{Error as P11Error, RvError};
-        let Ok(mut epoch) = self.0.lock() else {
-            return;
-        };
-        if *epoch == *seen {
-            // A module whose connection or device went away keeps failing every call until it
-            // is finalized and initialized again (p11-kit's client reconnects on C_Initialize).
-            let _ = hsm.context().clone().finalize();
-            match hsm
-                .context()
-                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            {
-                Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-                    *epoch += 1;
-                }
-                Err(_) => {}
+/// Restarts the module (C_Finalize, C_Initialize) unless another thread already did since
+/// epoch `seen`; `seen` becomes the epoch the caller's next session belongs to.
+pub fn restart_hsm(hsm: &crate::hsm::Hsm, seen: &mut u64) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags};
+    use cryptoki::error::{Error as P11Error, RvError};
+    let Ok(mut epoch) = HSM_EPOCH.lock() else {
+        return;
+    };
+    if *epoch == *seen {
+        // A module whose connection or device went away keeps failing every call until it is
+        // finalized and initialized again (p11-kit's client reconnects on C_Initialize).
+        let _ = hsm.context().clone().finalize();
+        match hsm
+            .context()
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                *epoch += 1;
             }
+            Err(_) => {}
         }
-        *seen = *epoch;
     }
+    *seen = *epoch;
 }
 
 /// How a fixture's stretch of work on one HSM session ended.
 enum EpochEnd {
     /// Told to stop (or the daemon went away).
     Stopped,
-    /// The HSM stopped answering; the text says how.
-    HsmLost(String),
+    /// The HSM stopped answering; the text says how, and what the fixture keeps.
+    HsmLost(String, Carry),
     /// The worker could not start at all (first start only).
     CouldNotStart,
 }
@@ -200,7 +195,7 @@ pub fn fixture_thread(
             return;
         }
     };
-    let mut seen = shared.hsm_epoch.current();
+    let mut seen = hsm_epoch();
     let mut hsm = match WorkerHsm::open(setup, &shared.station_hsm) {
         Ok(h) => h,
         Err(e) => {
@@ -209,10 +204,12 @@ pub fn fixture_thread(
         }
     };
     let mut ready = Some(ready);
+    let mut carry = Carry::default();
     loop {
-        match run_epoch(shared, name, &abort, jobs, &hsm, ready.take()) {
+        match run_epoch(shared, name, &abort, jobs, &hsm, ready.take(), carry) {
             EpochEnd::Stopped | EpochEnd::CouldNotStart => break,
-            EpochEnd::HsmLost(reason) => {
+            EpochEnd::HsmLost(reason, kept) => {
+                carry = kept;
                 tracing::error!(
                     fixture = name,
                     "fixture {name}: HSM unavailable: {reason}; retrying"
@@ -248,7 +245,7 @@ fn wait_for_hsm(
         )
     };
     loop {
-        shared.hsm_epoch.restart(&shared.station_hsm, seen);
+        restart_hsm(&shared.station_hsm, seen);
         if let Ok(h) = WorkerHsm::open(&shared.setup, &shared.station_hsm) {
             return Some(h);
         }
@@ -283,6 +280,7 @@ fn run_epoch(
     jobs: &mpsc::Receiver<FixtureJob>,
     hsm: &WorkerHsm,
     ready: Option<&mpsc::Sender<Result<(), String>>>,
+    carry: Carry,
 ) -> EpochEnd {
     let setup = &*shared.setup;
     let badge_key = shared.badge_key.as_deref();
@@ -292,12 +290,13 @@ fn run_epoch(
             let _ = r.send(Err(e));
             EpochEnd::CouldNotStart
         }
-        None => EpochEnd::HsmLost(e),
+        None => EpochEnd::HsmLost(e, carry.clone()),
     };
     let mut worker = match Worker::new(setup, name, hsm, Arc::clone(abort)) {
         Ok(w) => w,
         Err(e) => return fail(e),
     };
+    worker.restore(carry.clone());
     let mine: Vec<UnitRow> = match worker.unfinished_here() {
         Ok(u) => u,
         Err(e) => return fail(e),
@@ -336,14 +335,14 @@ fn run_epoch(
                 let gone = lost(&worker, &o);
                 let _ = reply.send(o);
                 if let Some(why) = gone {
-                    return EpochEnd::HsmLost(why);
+                    return EpochEnd::HsmLost(why, worker.carry());
                 }
             }
             FixtureJob::Scan(scan) => {
                 if let Some(o) = handle_scan(&mut worker, badge_key, scan) {
                     wake(&o);
                     if let Some(why) = lost(&worker, &o) {
-                        return EpochEnd::HsmLost(why);
+                        return EpochEnd::HsmLost(why, worker.carry());
                     }
                 }
             }
@@ -429,14 +428,46 @@ pub fn start_uploader(
                 .as_ref()
                 .ok()
                 .map(|c| c as &dyn crate::outbox::PayloadCipher);
-            let audit_key = session.as_ref().ok().and_then(|s| {
-                crate::ca::service::AuditKey::find(s, &setup.cfg.ca.audit_key_label).ok()
-            });
+            // The audit seal has a session of its own, reopened after the HSM came back (the
+            // module restarted: an older session's handle may number another thread's).
+            let label = setup.cfg.ca.audit_key_label.clone();
+            let sealer = std::cell::RefCell::new((hsm_epoch(), None::<crate::hsm::TokenSession>));
             let seal = |tx: &rusqlite::Transaction<'_>| -> Result<(), String> {
-                match &audit_key {
-                    Some(k) => k.seal(tx).map_err(|e| error_text(&e)),
-                    None => Err("the audit key is not reachable".into()),
+                let mut st = sealer.borrow_mut();
+                let now = hsm_epoch();
+                if st.0 != now {
+                    if let Some(old) = st.1.take() {
+                        std::mem::forget(old);
+                    }
+                    st.0 = now;
                 }
+                if st.1.is_none() {
+                    st.1 = Some(
+                        crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg)
+                            .map_err(|e| error_text(&e))?,
+                    );
+                }
+                let Some(s) = st.1.as_ref() else {
+                    return Err("the audit key is not reachable".into());
+                };
+                let sealed = crate::ca::service::AuditKey::find(s, &label)
+                    .map_err(|e| error_text(&e))
+                    .and_then(|k| k.seal(tx).map_err(|e| error_text(&e)));
+                if sealed.is_err()
+                    && s
+                        .has_key(&label, cryptoki::object::ObjectClass::SECRET_KEY)
+                        .is_err()
+                {
+                    // The HSM itself is gone: restart the module (unless a fixture did) so
+                    // the next delivery opens a fresh session.
+                    if let Some(old) = st.1.take() {
+                        std::mem::forget(old);
+                    }
+                    let mut seen = st.0;
+                    restart_hsm(&hsm, &mut seen);
+                    st.0 = seen;
+                }
+                sealed
             };
             match Uploader::new(&setup.home, &setup.cfg, cipher_ref) {
                 Ok(up) => {
@@ -476,7 +507,6 @@ pub fn start_fixtures(
         .ok()
         .map(Arc::new);
     let mut running = Vec::new();
-    let hsm_epoch = HsmEpoch::default();
     for name in names {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -488,7 +518,6 @@ pub fn start_fixtures(
             let badge_key = badge_key.clone();
             let station_hsm = station_hsm.clone();
             let upload = upload.cloned();
-            let hsm_epoch = hsm_epoch.clone();
             std::thread::Builder::new()
                 .name(format!("fixture-{name}"))
                 .spawn(move || {
@@ -497,7 +526,6 @@ pub fn start_fixtures(
                         station_hsm,
                         badge_key,
                         upload,
-                        hsm_epoch,
                     };
                     fixture_thread(&shared, &name, abort, &jobs_rx, &ready_tx);
                 })

@@ -148,6 +148,14 @@ pub struct Worker<'s> {
     wire: Option<(u64, u32)>,
 }
 
+/// What a fixture keeps when its worker is rebuilt (after the HSM came back): who is logged
+/// on and which unit `CMD:RETRY` retries.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    operator: Option<String>,
+    last_failed: Option<String>,
+}
+
 /// Loads the station's HSM module. Call it once, before starting threads: SoftHSM's
 /// configuration is passed through the environment.
 pub fn open_station_hsm(setup: &LineSetup) -> Result<Hsm, String> {
@@ -262,6 +270,25 @@ impl<'s> Worker<'s> {
         })
         .err()
         .map(|e| error_text(&e))
+    }
+
+    /// What a rebuilt worker for this fixture takes over.
+    #[must_use]
+    pub fn carry(&self) -> Carry {
+        Carry {
+            operator: self.operator.clone(),
+            last_failed: self.last_failed.clone(),
+        }
+    }
+
+    /// Takes over what the fixture's previous worker kept (the logon was audited then).
+    pub fn restore(&mut self, carry: Carry) {
+        if self.operator.is_none() {
+            self.operator = carry.operator;
+        }
+        if self.last_failed.is_none() {
+            self.last_failed = carry.last_failed;
+        }
     }
 
     /// The fixture's name.

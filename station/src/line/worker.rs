@@ -715,7 +715,7 @@ impl<'s> Worker<'s> {
                 tracing::error!(fixture = %self.fixture, %serial, %reason, "station failure during a unit");
                 UnitOutcome::Refused {
                     reason: format!(
-                        "fixture {}: the station failed during unit {serial}: {reason}; the unit keeps its recorded state and is resumed or failed at the next start",
+                        "fixture {}: the station failed during unit {serial}: {reason}; the unit keeps its recorded state and is resumed or failed when the fixture starts again (or its HSM is back)",
                         self.fixture
                     ),
                 }

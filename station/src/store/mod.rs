@@ -366,6 +366,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_size_limit_refuses_new_units_before_sqlite_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let cfg = StoreConfig {
+            max_size_mb: 1,
+            ..StoreConfig::default()
+        };
+        let store = Store::create(&path, &cfg).unwrap();
+        assert_eq!(store.full_for_new_units().unwrap(), None);
+        store
+            .conn()
+            .execute_batch("CREATE TABLE filler (b BLOB)")
+            .unwrap();
+        let mut refused_first = false;
+        let err = loop {
+            match store
+                .conn()
+                .execute("INSERT INTO filler VALUES (zeroblob(8192))", [])
+            {
+                Ok(_) => {
+                    refused_first |= store.full_for_new_units().unwrap().is_some();
+                }
+                Err(e) => break e,
+            }
+        };
+        // New units were refused while there was still room for running ones to finish.
+        assert!(refused_first);
+        assert!(is_full(&err), "{err}");
+        let why = store.full_for_new_units().unwrap().unwrap();
+        assert!(why.starts_with("database full: "), "{why}");
+        assert!(
+            why.contains("1024 KiB limit ([store] max_size_mb)"),
+            "{why}"
+        );
+        // Without a limit nothing is refused.
+        let open = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(open.full_for_new_units().unwrap(), None);
+    }
+
+    #[test]
     fn create_migrates_and_sets_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");

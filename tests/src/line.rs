@@ -19,12 +19,18 @@ pub struct DpsService {
 impl DpsService {
     /// Starts `dps serve` on `dir` with two linked hubs and the given extra options.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `dps serve` on `dir` listening on `listen` (to bring a stopped service back on
+    /// its old port, its data kept).
+    pub fn start_at(dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(bin("dps"))
             .args(["serve", "--data"])
             .arg(dir)
             .args([
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--link-hub",
                 "hub-a.local",
                 "--link-hub",
@@ -326,6 +332,141 @@ impl LineRig {
         assert!(
             out.status.success(),
             "group sync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A running `station serve`, killed on drop.
+pub struct StationServe {
+    child: Child,
+    /// Its log file (H/logs/station.log).
+    pub log: PathBuf,
+}
+
+impl StationServe {
+    /// Starts `station --home H serve` with extra environment.
+    pub fn start(rig: &LineRig, env: &[(&str, &str)]) -> Self {
+        let mut c = Command::new(bin("station"));
+        c.arg("--home")
+            .arg(&rig.home)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Self {
+            child: c.spawn().expect("spawn station serve"),
+            log: rig.home.join("logs/station.log"),
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the log holds `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log_text().contains(needle)
+    }
+
+    /// How often the log holds `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    /// Waits until the log holds `needle`, failing with the log's tail after `secs`.
+    pub fn wait_logged(&self, needle: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !self.logged(needle) {
+            if std::time::Instant::now() > deadline {
+                let t = self.log_text();
+                let tail: String = t
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                panic!("timed out waiting for {needle:?} in the station log; its end:\n{tail}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until unit `serial` is in one of `states` ("queued|uploaded"), failing with the
+    /// log after `secs`.
+    pub fn wait_state(&self, rig: &LineRig, serial: &str, states: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !rig
+            .state(serial)
+            .is_some_and(|s| states.split('|').any(|w| w == s))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {serial} to be {states} (it is {:?}); the station log:\n{}",
+                rig.state(serial),
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the daemon still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for StationServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `f` holds, failing with `what` after `secs`.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Points the symlink `link` at `target` (a fixture's stable port name, as /dev/serial/by-id,
+/// re-pointed when a device is plugged in).
+pub fn plug(link: &Path, target: &Path) {
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(target, link).expect("symlink port");
+}
+
+impl LineRig {
+    /// Live certificates of unit `serial`.
+    pub fn live_certs(&self, serial: &str) -> i64 {
+        self.db()
+            .query_row(
+                "SELECT count(*) FROM certificates c JOIN units u ON u.id = c.unit_id WHERE u.serial = ?1 AND c.status = 'live'",
+                [serial],
+                |r| r.get(0),
+            )
+            .expect("count live certificates")
+    }
+
+    /// `station audit verify` must pass.
+    pub fn audit_verify(&self) {
+        let out = self.station(&["audit", "verify"]);
+        assert!(
+            out.status.success(),
+            "audit verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -124,6 +124,9 @@ pub struct StoreConfig {
     /// Writer wait, in milliseconds.
     #[serde(default = "default_busy_timeout")]
     pub busy_timeout_ms: u32,
+    /// Largest size the database may grow to, in MiB (0: no limit but the disk's).
+    #[serde(default)]
+    pub max_size_mb: u32,
 }
 
 impl Default for StoreConfig {
@@ -132,6 +135,7 @@ impl Default for StoreConfig {
             path: default_db_path(),
             synchronous: Synchronous::default(),
             busy_timeout_ms: default_busy_timeout(),
+            max_size_mb: 0,
         }
     }
 }

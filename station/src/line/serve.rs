@@ -12,7 +12,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use super::setup::LineSetup;
 use super::state::{Recovery, Step};
 use super::units::{self, UnitRow};
-use super::worker::{UnitOutcome, Worker, WorkerHsm, error_text};
+use super::worker::{Carry, UnitOutcome, Worker, WorkerHsm, error_text};
 use crate::operators::BadgeKey;
 use crate::outbox::{UploadSignal, Uploader};
 use crate::store::Store;
@@ -129,8 +129,57 @@ pub struct Shared {
     pub upload: Option<UploadSignal>,
 }
 
+/// Counts restarts of the station's PKCS#11 module (one module per process), so that of the
+/// threads that lost the HSM together only one restarts the module per outage, and none
+/// restarts it under sessions another thread opened after the restart.
+static HSM_EPOCH: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+/// The current HSM epoch (a thread notes it when its session opens).
+#[must_use]
+pub fn hsm_epoch() -> u64 {
+    HSM_EPOCH.lock().map(|e| *e).unwrap_or_default()
+}
+
+/// Restarts the module (C_Finalize, C_Initialize) unless another thread already did since
+/// epoch `seen`; `seen` becomes the epoch the caller's next session belongs to.
+pub fn restart_hsm(hsm: &crate::hsm::Hsm, seen: &mut u64) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags};
+    use cryptoki::error::{Error as P11Error, RvError};
+    let Ok(mut epoch) = HSM_EPOCH.lock() else {
+        return;
+    };
+    if *epoch == *seen {
+        // A module whose connection or device went away keeps failing every call until it is
+        // finalized and initialized again (p11-kit's client reconnects on C_Initialize).
+        let _ = hsm.context().clone().finalize();
+        match hsm
+            .context()
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                *epoch += 1;
+            }
+            Err(_) => {}
+        }
+    }
+    *seen = *epoch;
+}
+
+/// How a fixture's stretch of work on one HSM session ended.
+enum EpochEnd {
+    /// Told to stop (or the daemon went away).
+    Stopped,
+    /// The HSM stopped answering; the text says how, and what the fixture keeps.
+    HsmLost(String, Carry),
+    /// The worker could not start at all (first start only).
+    CouldNotStart,
+}
+
 /// Runs a fixture's hardware thread: opens its HSM session and database, recovers its
-/// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs.
+/// unfinished units, then takes jobs until told to stop. `ready` gets `Ok` once it runs. When
+/// the HSM goes away the thread says so once, refuses scans while it waits, re-opens its
+/// session (and the CA and audit keys) when the HSM is back, and resumes or fails the unit it
+/// was running, without a restart of the daemon.
 pub fn fixture_thread(
     shared: &Shared,
     name: &str,
@@ -139,9 +188,6 @@ pub fn fixture_thread(
     ready: &mpsc::Sender<Result<(), String>>,
 ) {
     let setup = &*shared.setup;
-    let station_hsm = &shared.station_hsm;
-    let badge_key = shared.badge_key.as_deref();
-    let upload = shared.upload.as_ref();
     let _lock = match super::lock::FixtureLock::take(&setup.home, name) {
         Ok(l) => l,
         Err(e) => {
@@ -149,40 +195,136 @@ pub fn fixture_thread(
             return;
         }
     };
-    let hsm = match WorkerHsm::open(setup, station_hsm) {
+    let mut seen = hsm_epoch();
+    let mut hsm = match WorkerHsm::open(setup, &shared.station_hsm) {
         Ok(h) => h,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let mut worker = match Worker::new(setup, name, &hsm, abort) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
+    let mut ready = Some(ready);
+    let mut carry = Carry::default();
+    loop {
+        match run_epoch(shared, name, &abort, jobs, &hsm, ready.take(), carry) {
+            EpochEnd::Stopped | EpochEnd::CouldNotStart => break,
+            EpochEnd::HsmLost(reason, kept) => {
+                carry = kept;
+                tracing::error!(
+                    fixture = name,
+                    "fixture {name}: HSM unavailable: {reason}; retrying"
+                );
+                // The old session's handle may, once the module restarts, number a session
+                // another thread opened: closing it could close that one, so it is left.
+                let WorkerHsm { hsm: _, session } = hsm;
+                std::mem::forget(session);
+                match wait_for_hsm(shared, name, jobs, &mut seen) {
+                    Some(h) => {
+                        tracing::info!(fixture = name, "fixture {name}: HSM back");
+                        hsm = h;
+                    }
+                    None => break,
+                }
+            }
         }
+    }
+    tracing::info!(fixture = name, "fixture stopped");
+}
+
+/// Waits for the HSM to answer again, refusing the jobs that arrive meanwhile; `None` when the
+/// fixture is told to stop.
+fn wait_for_hsm(
+    shared: &Shared,
+    name: &str,
+    jobs: &mpsc::Receiver<FixtureJob>,
+    seen: &mut u64,
+) -> Option<WorkerHsm> {
+    let refusal = |serial: &str| {
+        format!(
+            "fixture {name}: unit {serial} refused: the HSM is unavailable; scan it again when the HSM is back"
+        )
     };
+    loop {
+        restart_hsm(&shared.station_hsm, seen);
+        if let Ok(h) = WorkerHsm::open(&shared.setup, &shared.station_hsm) {
+            return Some(h);
+        }
+        match jobs.recv_timeout(Duration::from_secs(1)) {
+            Ok(FixtureJob::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Ok(FixtureJob::Provision { serial, reply, .. }) => {
+                let _ = reply.send(UnitOutcome::Refused {
+                    reason: refusal(&serial),
+                });
+            }
+            Ok(FixtureJob::Scan(Scan::Serial(serial))) => {
+                tracing::warn!(fixture = name, "{}", refusal(serial.as_str()));
+            }
+            Ok(FixtureJob::Scan(other)) => {
+                tracing::warn!(
+                    fixture = name,
+                    "fixture {name}: {} ignored: the HSM is unavailable",
+                    other.describe()
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// One stretch of a fixture's work on one HSM session: builds the worker, resumes or fails
+/// the units left unfinished here, then serves jobs.
+fn run_epoch(
+    shared: &Shared,
+    name: &str,
+    abort: &Arc<AtomicBool>,
+    jobs: &mpsc::Receiver<FixtureJob>,
+    hsm: &WorkerHsm,
+    ready: Option<&mpsc::Sender<Result<(), String>>>,
+    carry: Carry,
+) -> EpochEnd {
+    let setup = &*shared.setup;
+    let badge_key = shared.badge_key.as_deref();
+    let upload = shared.upload.as_ref();
+    let fail = |e: String| match ready {
+        Some(r) => {
+            let _ = r.send(Err(e));
+            EpochEnd::CouldNotStart
+        }
+        None => EpochEnd::HsmLost(e, carry.clone()),
+    };
+    let mut worker = match Worker::new(setup, name, hsm, Arc::clone(abort)) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    worker.restore(carry.clone());
     let mine: Vec<UnitRow> = match worker.unfinished_here() {
         Ok(u) => u,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
+        Err(e) => return fail(e),
     };
-    for o in recover_fixture(&mut worker, &mine) {
-        tracing::info!(fixture = name, "recovered: {o}");
-    }
-    let _ = ready.send(Ok(()));
-    tracing::info!(fixture = name, product = %worker.product().name, "fixture ready");
     let wake = |o: &UnitOutcome| {
         if let (UnitOutcome::Passed { .. }, Some(u)) = (o, upload) {
             u.wake();
         }
     };
+    for o in recover_fixture(&mut worker, &mine) {
+        tracing::info!(fixture = name, "recovered: {o}");
+        wake(&o);
+    }
+    if let Some(r) = ready {
+        let _ = r.send(Ok(()));
+        tracing::info!(fixture = name, product = %worker.product().name, "fixture ready");
+    }
+    // After an outcome that is not a pass the HSM is asked whether it still answers: a unit
+    // stopped by a vanished HSM must not leave the fixture taking units it cannot finish.
+    let lost = |worker: &Worker<'_>, o: &UnitOutcome| -> Option<String> {
+        match o {
+            UnitOutcome::Passed { .. } | UnitOutcome::AlreadyPassed { .. } => None,
+            _ => worker.hsm_unavailable(),
+        }
+    };
     while let Ok(job) = jobs.recv() {
         match job {
-            FixtureJob::Stop => break,
+            FixtureJob::Stop => return EpochEnd::Stopped,
             FixtureJob::Provision {
                 serial,
                 operator,
@@ -190,16 +332,23 @@ pub fn fixture_thread(
             } => {
                 let o = worker.run_serial(&serial, operator.as_deref());
                 wake(&o);
+                let gone = lost(&worker, &o);
                 let _ = reply.send(o);
+                if let Some(why) = gone {
+                    return EpochEnd::HsmLost(why, worker.carry());
+                }
             }
             FixtureJob::Scan(scan) => {
                 if let Some(o) = handle_scan(&mut worker, badge_key, scan) {
                     wake(&o);
+                    if let Some(why) = lost(&worker, &o) {
+                        return EpochEnd::HsmLost(why, worker.carry());
+                    }
                 }
             }
         }
     }
-    tracing::info!(fixture = name, "fixture stopped");
+    EpochEnd::Stopped
 }
 
 fn report(worker: &Worker<'_>, o: &UnitOutcome) {
@@ -279,14 +428,46 @@ pub fn start_uploader(
                 .as_ref()
                 .ok()
                 .map(|c| c as &dyn crate::outbox::PayloadCipher);
-            let audit_key = session.as_ref().ok().and_then(|s| {
-                crate::ca::service::AuditKey::find(s, &setup.cfg.ca.audit_key_label).ok()
-            });
+            // The audit seal has a session of its own, reopened after the HSM came back (the
+            // module restarted: an older session's handle may number another thread's).
+            let label = setup.cfg.ca.audit_key_label.clone();
+            let sealer = std::cell::RefCell::new((hsm_epoch(), None::<crate::hsm::TokenSession>));
             let seal = |tx: &rusqlite::Transaction<'_>| -> Result<(), String> {
-                match &audit_key {
-                    Some(k) => k.seal(tx).map_err(|e| error_text(&e)),
-                    None => Err("the audit key is not reachable".into()),
+                let mut st = sealer.borrow_mut();
+                let now = hsm_epoch();
+                if st.0 != now {
+                    if let Some(old) = st.1.take() {
+                        std::mem::forget(old);
+                    }
+                    st.0 = now;
                 }
+                if st.1.is_none() {
+                    st.1 = Some(
+                        crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg)
+                            .map_err(|e| error_text(&e))?,
+                    );
+                }
+                let Some(s) = st.1.as_ref() else {
+                    return Err("the audit key is not reachable".into());
+                };
+                let sealed = crate::ca::service::AuditKey::find(s, &label)
+                    .map_err(|e| error_text(&e))
+                    .and_then(|k| k.seal(tx).map_err(|e| error_text(&e)));
+                if sealed.is_err()
+                    && s
+                        .has_key(&label, cryptoki::object::ObjectClass::SECRET_KEY)
+                        .is_err()
+                {
+                    // The HSM itself is gone: restart the module (unless a fixture did) so
+                    // the next delivery opens a fresh session.
+                    if let Some(old) = st.1.take() {
+                        std::mem::forget(old);
+                    }
+                    let mut seen = st.0;
+                    restart_hsm(&hsm, &mut seen);
+                    st.0 = seen;
+                }
+                sealed
             };
             match Uploader::new(&setup.home, &setup.cfg, cipher_ref) {
                 Ok(up) => {

@@ -148,6 +148,14 @@ pub struct Worker<'s> {
     wire: Option<(u64, u32)>,
 }
 
+/// What a fixture keeps when its worker is rebuilt (after the HSM came back): who is logged
+/// on and which unit `CMD:RETRY` retries.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    operator: Option<String>,
+    last_failed: Option<String>,
+}
+
 /// Loads the station's HSM module. Call it once, before starting threads: SoftHSM's
 /// configuration is passed through the environment.
 pub fn open_station_hsm(setup: &LineSetup) -> Result<Hsm, String> {
@@ -247,6 +255,39 @@ impl<'s> Worker<'s> {
                     stop_text(&e)
                 ),
             },
+        }
+    }
+
+    /// Why the HSM does not answer this worker's session, or `None` when it does (a cheap
+    /// object search for the audit key).
+    #[must_use]
+    pub fn hsm_unavailable(&self) -> Option<String> {
+        crate::timing::hardware(|| {
+            self.session.has_key(
+                &self.setup.cfg.ca.audit_key_label,
+                cryptoki::object::ObjectClass::SECRET_KEY,
+            )
+        })
+        .err()
+        .map(|e| error_text(&e))
+    }
+
+    /// What a rebuilt worker for this fixture takes over.
+    #[must_use]
+    pub fn carry(&self) -> Carry {
+        Carry {
+            operator: self.operator.clone(),
+            last_failed: self.last_failed.clone(),
+        }
+    }
+
+    /// Takes over what the fixture's previous worker kept (the logon was audited then).
+    pub fn restore(&mut self, carry: Carry) {
+        if self.operator.is_none() {
+            self.operator = carry.operator;
+        }
+        if self.last_failed.is_none() {
+            self.last_failed = carry.last_failed;
         }
     }
 
@@ -358,6 +399,22 @@ impl<'s> Worker<'s> {
                 ),
             };
         }
+        // A full database refuses the unit before anything about it is written, so the room
+        // left stays for the units already running.
+        match self.store.full_for_new_units() {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                tracing::error!(fixture = %self.fixture, serial, "{why}");
+                return UnitOutcome::Refused {
+                    reason: format!("fixture {}: unit {serial} refused: {why}", self.fixture),
+                };
+            }
+            Err(e) => {
+                return UnitOutcome::Refused {
+                    reason: format!("fixture {}: {}", self.fixture, error_text(&e)),
+                };
+            }
+        }
         let lot = match lots::open_for(self.store.conn(), &product.name) {
             Ok(Some(l)) => l,
             Ok(None) => {
@@ -423,6 +480,15 @@ impl<'s> Worker<'s> {
                     reason: format!(
                         "fixture {}: unit {serial} was made as product {other}, not {}",
                         self.fixture, product.name
+                    ),
+                };
+            }
+            Err(e) if crate::store::is_full(&e) => {
+                return UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: unit {serial} refused: database full (the disk or [store] max_size_mb): {}; nothing was recorded for it",
+                        self.fixture,
+                        error_text(&e)
                     ),
                 };
             }
@@ -649,7 +715,7 @@ impl<'s> Worker<'s> {
                 tracing::error!(fixture = %self.fixture, %serial, %reason, "station failure during a unit");
                 UnitOutcome::Refused {
                     reason: format!(
-                        "fixture {}: the station failed during unit {serial}: {reason}; the unit keeps its recorded state and is resumed or failed at the next start",
+                        "fixture {}: the station failed during unit {serial}: {reason}; the unit keeps its recorded state and is resumed or failed when the fixture starts again (or its HSM is back)",
                         self.fixture
                     ),
                 }
@@ -706,6 +772,25 @@ impl<'s> Worker<'s> {
     fn note_wire(&mut self, unit: &UnitClient<SerialLink>) {
         let st = unit.transport().stats();
         self.wire = Some((st.bytes_out + st.bytes_in, self.fcfg.baud));
+    }
+
+    /// A unit failure over the device link, naming the fixture and its port (what the
+    /// operator checks when a cable came loose).
+    fn link_fail(&self, step: Step, e: &(dyn std::error::Error + 'static)) -> Stop {
+        let port = self
+            .fcfg
+            .serial_port
+            .as_ref()
+            .map(|p| self.setup.home.resolve(p).display().to_string())
+            .unwrap_or_default();
+        Stop::Unit(
+            step,
+            format!(
+                "fixture {}, device link {port}: {}",
+                self.fixture,
+                error_text(e)
+            ),
+        )
     }
 
     fn open_link(&self) -> Result<UnitClient<SerialLink>, Stop> {
@@ -815,7 +900,7 @@ impl<'s> Worker<'s> {
         use crate::link::x509;
         let mut unit = self.open_link()?;
         let id = x509::identify_for_x509(&mut unit, Some(&values.serial))
-            .map_err(|e| Stop::Unit(Step::Identify, error_text(&e)))?;
+            .map_err(|e| self.link_fail(Step::Identify, &e))?;
         values.model = id.model.clone();
         values.hw_rev = id.hw.clone();
         values.fw_version = id.fw.clone();
@@ -837,8 +922,8 @@ impl<'s> Worker<'s> {
         )?;
         self.check_abort(Step::Attest)?;
         let (rid, device_id) = self.ids(values)?;
-        let csr = x509::keygen_checked(&mut unit, &rid)
-            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+        let csr =
+            x509::keygen_checked(&mut unit, &rid).map_err(|e| self.link_fail(Step::Attest, &e))?;
         self.advance(
             unit_id,
             actor,
@@ -873,10 +958,9 @@ impl<'s> Worker<'s> {
             } else {
                 Step::Inject
             };
-            Stop::Unit(step, error_text(&e))
+            self.link_fail(step, &e)
         })?;
-        unit.lock()
-            .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
+        unit.lock().map_err(|e| self.link_fail(Step::Verify, &e))?;
         self.note_wire(&unit);
         self.certificate_confirmed(unit_id, actor)?;
         let leaf_pem = crate::ca::verify::to_pem(&[&cert.der]);
@@ -904,7 +988,7 @@ impl<'s> Worker<'s> {
             .clone();
         let mut unit = self.open_link()?;
         let id = symkey::identify_for_symkey(&mut unit, Some(&values.serial))
-            .map_err(|e| Stop::Unit(Step::Identify, error_text(&e)))?;
+            .map_err(|e| self.link_fail(Step::Identify, &e))?;
         values.model = id.model.clone();
         values.hw_rev = id.hw.clone();
         values.fw_version = id.fw.clone();
@@ -961,8 +1045,7 @@ impl<'s> Worker<'s> {
             id_scope: target.id_scope.clone(),
             global_endpoint: target.global_endpoint.clone(),
         };
-        symkey::inject(&mut unit, &identity)
-            .map_err(|e| Stop::Unit(Step::Inject, error_text(&e)))?;
+        symkey::inject(&mut unit, &identity).map_err(|e| self.link_fail(Step::Inject, &e))?;
         self.advance(
             unit_id,
             actor,
@@ -970,10 +1053,8 @@ impl<'s> Worker<'s> {
             UnitState::KeyInjected,
             &Facts::default(),
         )?;
-        symkey::prove(&mut unit, &identity)
-            .map_err(|e| Stop::Unit(Step::Verify, error_text(&e)))?;
-        unit.lock()
-            .map_err(|e| Stop::Unit(Step::Verify, format!("lock: {}", error_text(&e))))?;
+        symkey::prove(&mut unit, &identity).map_err(|e| self.link_fail(Step::Verify, &e))?;
+        unit.lock().map_err(|e| self.link_fail(Step::Verify, &e))?;
         self.note_wire(&unit);
         self.advance(
             unit_id,

@@ -88,6 +88,21 @@ pub enum StoreError {
 }
 
 /// Maps a SQLite error of an operation into a [`StoreError`].
+/// Whether SQLite refused a write because the database or its disk is full.
+#[must_use]
+pub fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = c.downcast_ref::<rusqlite::Error>()
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 pub(crate) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sql { op, source }
 }
@@ -102,6 +117,8 @@ pub fn now_utc() -> String {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// SQLite's max_page_count when `[store] max_size_mb` is set.
+    max_pages: Option<i64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -178,10 +195,49 @@ impl Store {
             cfg.busy_timeout_ms,
         )))
         .map_err(sql("set busy timeout"))?;
+        let max_pages = if cfg.max_size_mb > 0 {
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(sql("read page_size"))?;
+            let pages = i64::from(cfg.max_size_mb) * 1024 * 1024 / page_size.max(512);
+            // SQLite answers SQLITE_FULL once a write would grow the file past this; it never
+            // shrinks an existing file, so a limit below the current size means "no growth".
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(sql("set max_page_count"))?;
+            Some(pages)
+        } else {
+            None
+        };
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            max_pages,
         })
+    }
+
+    /// When `[store] max_size_mb` is set and less room is left than a few units need: why new
+    /// units are refused. Pages on SQLite's free list count as room.
+    pub fn full_for_new_units(&self) -> Result<Option<String>, StoreError> {
+        let Some(max) = self.max_pages else {
+            return Ok(None);
+        };
+        let count = |pragma: &str| -> Result<i64, StoreError> {
+            self.conn
+                .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                .map_err(sql("read the database size"))
+        };
+        let used = count("page_count")?.saturating_sub(count("freelist_count")?);
+        let page_size = count("page_size")?.max(512);
+        let reserve = (max / 32).max(256 * 1024 / page_size);
+        if used + reserve < max {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "database full: {} uses {} of its {} KiB limit ([store] max_size_mb); new units are refused until it is raised or space is freed, units already recorded are kept",
+            self.path.display(),
+            used * page_size / 1024,
+            max * page_size / 1024
+        )))
     }
 
     /// The database file.
@@ -308,6 +364,46 @@ fn read_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_limit_refuses_new_units_before_sqlite_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let cfg = StoreConfig {
+            max_size_mb: 1,
+            ..StoreConfig::default()
+        };
+        let store = Store::create(&path, &cfg).unwrap();
+        assert_eq!(store.full_for_new_units().unwrap(), None);
+        store
+            .conn()
+            .execute_batch("CREATE TABLE filler (b BLOB)")
+            .unwrap();
+        let mut refused_first = false;
+        let err = loop {
+            match store
+                .conn()
+                .execute("INSERT INTO filler VALUES (zeroblob(8192))", [])
+            {
+                Ok(_) => {
+                    refused_first |= store.full_for_new_units().unwrap().is_some();
+                }
+                Err(e) => break e,
+            }
+        };
+        // New units were refused while there was still room for running ones to finish.
+        assert!(refused_first);
+        assert!(is_full(&err), "{err}");
+        let why = store.full_for_new_units().unwrap().unwrap();
+        assert!(why.starts_with("database full: "), "{why}");
+        assert!(
+            why.contains("1024 KiB limit ([store] max_size_mb)"),
+            "{why}"
+        );
+        // Without a limit nothing is refused.
+        let open = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(open.full_for_new_units().unwrap(), None);
+    }
 
     #[test]
     fn create_migrates_and_sets_mode() {

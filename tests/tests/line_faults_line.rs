@@ -218,7 +218,7 @@ fn a_device_link_unplugged_mid_unit_fails_naming_fixture_step_and_port_and_retry
     eprintln!("the operator sees: {line}");
     assert!(line.contains("fx1"), "{line}");
     assert!(
-        line.contains(&format!("fixture fx1, device link {}", port.display())),
+        line.contains(&format!("fixture fx1: device link {}", port.display())),
         "{line}"
     );
     let reason: String = rig

@@ -427,7 +427,8 @@ fn pkcs11_unit_gets_its_key_made_in_its_token_and_a_live_certificate() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("FAIL GW-000001 at attest") && text(&out).contains("unit-GW-000001"),
+        text(&out).contains("FAIL GW-000001 at attest, fixture se1")
+            && text(&out).contains("unit-GW-000001"),
         "{}",
         text(&out)
     );

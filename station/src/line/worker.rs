@@ -50,6 +50,8 @@ pub enum UnitOutcome {
     Failed {
         /// Serial.
         serial: String,
+        /// The fixture it ran on.
+        fixture: String,
         /// Step.
         step: Step,
         /// Why.
@@ -82,9 +84,14 @@ impl std::fmt::Display for UnitOutcome {
             ),
             UnitOutcome::Failed {
                 serial,
+                fixture,
                 step,
                 reason,
-            } => write!(f, "FAIL {serial} at {}: {reason}", step.as_str()),
+            } => write!(
+                f,
+                "FAIL {serial} at {}, fixture {fixture}: {reason}",
+                step.as_str()
+            ),
             UnitOutcome::Refused { reason } => write!(f, "REFUSED: {reason}"),
         }
     }
@@ -243,6 +250,7 @@ impl<'s> Worker<'s> {
                 self.last_failed = Some(unit.serial.clone());
                 UnitOutcome::Failed {
                     serial: unit.serial.clone(),
+                    fixture: self.fixture.to_string(),
                     step,
                     reason: reason.to_owned(),
                 }
@@ -707,6 +715,7 @@ impl<'s> Worker<'s> {
                 }
                 UnitOutcome::Failed {
                     serial,
+                    fixture: self.fixture.to_string(),
                     step,
                     reason,
                 }
@@ -783,14 +792,7 @@ impl<'s> Worker<'s> {
             .as_ref()
             .map(|p| self.setup.home.resolve(p).display().to_string())
             .unwrap_or_default();
-        Stop::Unit(
-            step,
-            format!(
-                "fixture {}, device link {port}: {}",
-                self.fixture,
-                error_text(e)
-            ),
-        )
+        Stop::Unit(step, format!("device link {port}: {}", error_text(e)))
     }
 
     fn open_link(&self) -> Result<UnitClient<SerialLink>, Stop> {

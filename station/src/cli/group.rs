@@ -175,6 +175,17 @@ pub(super) fn sync(
     only: Option<&ProductName>,
     actor: &ActorArg,
 ) -> Result<ExitCode, CliError> {
+    sync_with(ctx, only, actor, false)
+}
+
+/// `sync`; `quick`: one attempt per DPS call with a short timeout (for `station serve`'s start,
+/// which must not wait minutes on a DPS that is down).
+pub(super) fn sync_with(
+    ctx: &Context,
+    only: Option<&ProductName>,
+    actor: &ActorArg,
+    quick: bool,
+) -> Result<ExitCode, CliError> {
     let actor = actor.resolve()?;
     let cfg = ctx.config()?.config;
     let station = cfg.station_id();
@@ -193,8 +204,13 @@ pub(super) fn sync(
         };
         let desired = group::desired_group(p, &station, pem.as_deref()).map_err(gerr)?;
         let target = &p.profile.dps_target;
-        let client =
-            crate::dps_target::client(&ctx.home, &cfg, target).map_err(GroupCliError::Target)?;
+        let client = crate::dps_target::client_with(&ctx.home, &cfg, target, |o| {
+            if quick {
+                o.retry.max_attempts = 1;
+                o.request_timeout = std::time::Duration::from_secs(5);
+            }
+        })
+        .map_err(GroupCliError::Target)?;
         let mut outcome = rt
             .block_on(group::sync_group(&client, &desired))
             .map_err(gerr)?;

@@ -197,7 +197,7 @@ fn sync_groups(ctx: &Context, setup: &LineSetup, fixtures: &[String]) {
         actor: Some("station".into()),
     };
     for p in products {
-        if let Err(e) = super::group::sync(ctx, Some(p), &actor) {
+        if let Err(e) = super::group::sync_with(ctx, Some(p), &actor, true) {
             tracing::warn!(product = %p, error = %crate::line::worker::error_text(&e), "enrollment group not synchronised; its units wait in the outbox (symmetric units need `station group sync`)");
         }
     }

@@ -76,6 +76,17 @@ pub fn target<'c>(cfg: &'c Config, name: &str) -> Result<&'c DpsTarget, TargetEr
 
 /// A service client for the target called `name`.
 pub fn client(home: &Home, cfg: &Config, name: &str) -> Result<ServiceClient, TargetError> {
+    client_with(home, cfg, name, |_| {})
+}
+
+/// A service client for the target called `name`, with its options adjusted by `tweak` (e.g.
+/// one quick attempt where waiting for DPS would hold up something more important).
+pub fn client_with(
+    home: &Home,
+    cfg: &Config,
+    name: &str,
+    tweak: impl FnOnce(&mut ClientOptions),
+) -> Result<ServiceClient, TargetError> {
     let t = target(cfg, name)?;
     let path = home.resolve(&t.connection_string_file);
     let text =
@@ -92,12 +103,13 @@ pub fn client(home: &Home, cfg: &Config, name: &str) -> Result<ServiceClient, Ta
                 path: path.clone(),
                 source,
             })?;
-    let opts = ClientOptions {
+    let mut opts = ClientOptions {
         extra_ca_file: t.ca_file.as_ref().map(|p| home.resolve(p)),
         ops_per_min: (t.ops_per_min > 0).then_some(t.ops_per_min),
         request_timeout: Duration::from_secs(30),
         ..ClientOptions::default()
     };
+    tweak(&mut opts);
     ServiceClient::new(cs, opts).map_err(|source| TargetError::Client {
         name: name.to_owned(),
         source,

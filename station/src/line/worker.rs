@@ -97,6 +97,18 @@ impl std::fmt::Display for UnitOutcome {
     }
 }
 
+/// Whether a unit transaction also seals the audit checkpoint with the HSM key. Every entry is
+/// in the hash chain at once; the keyed seal is taken where it matters (a certificate signed,
+/// a unit recorded or failed), which keeps HSM calls inside the write lock to about three per
+/// unit instead of one per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seal {
+    /// Seal in this transaction.
+    Yes,
+    /// The chain covers it; the unit's next sealed transaction authenticates it.
+    No,
+}
+
 /// Why a step did not complete.
 #[derive(Debug)]
 enum Stop {
@@ -242,7 +254,7 @@ impl<'s> Worker<'s> {
             .operator
             .clone()
             .unwrap_or_else(|| "station".to_owned());
-        match self.persist(unit.id, &actor, |tx, st| {
+        match self.persist(Seal::Yes, |tx, st| {
             units::fail(tx, st, &actor, unit.id, step, reason)?;
             Ok(())
         }) {
@@ -364,6 +376,7 @@ impl<'s> Worker<'s> {
         if let Some(o) = details.as_object_mut() {
             o.insert("fixture".into(), self.fixture.as_str().into());
         }
+        let _writer = crate::store::write_lock();
         let tx = self
             .store
             .conn_mut()
@@ -440,6 +453,7 @@ impl<'s> Worker<'s> {
             }
         };
         let begun = (|| -> Result<Begin, UnitStoreError> {
+            let _writer = crate::store::write_lock();
             let tx = self
                 .store
                 .conn_mut()
@@ -457,11 +471,8 @@ impl<'s> Worker<'s> {
                     attestation: product.profile.attestation.kind(),
                 },
             )?;
+            // The scan's entries are sealed with the unit's next sealed transaction.
             if matches!(b, Begin::Started { .. }) {
-                self.audit_key.seal(&tx).map_err(|e| StoreError::Sql {
-                    op: "seal audit",
-                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-                })?;
                 tx.commit().map_err(sql("commit scan"))?;
             }
             Ok(b)
@@ -700,7 +711,7 @@ impl<'s> Worker<'s> {
             Err(Stop::Unit(step, reason)) => {
                 self.last_failed = Some(serial.clone());
                 tracing::warn!(fixture = %self.fixture, %serial, step = step.as_str(), %reason, "unit failed");
-                if let Err(e) = self.persist(unit_id, actor, |tx, st| {
+                if let Err(e) = self.persist(Seal::Yes, |tx, st| {
                     units::fail(tx, st, actor, unit_id, step, &reason)?;
                     Ok(())
                 }) {
@@ -735,19 +746,22 @@ impl<'s> Worker<'s> {
     /// One transaction: `f`, then the HSM-keyed audit seal, then commit.
     fn persist<T>(
         &mut self,
-        _unit_id: i64,
-        _actor: &str,
+        seal: Seal,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
+        // Writers of this process queue here, not in SQLite's busy handler (see write_lock).
+        let _writer = crate::store::write_lock();
         let tx = self
             .store
             .conn_mut()
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin unit transaction"))?;
         let out = f(&tx, &self.setup.station)?;
-        self.audit_key
-            .seal(&tx)
-            .map_err(|e| Stop::Station(format!("sealing the audit log: {}", error_text(&e))))?;
+        if seal == Seal::Yes {
+            self.audit_key
+                .seal(&tx)
+                .map_err(|e| Stop::Station(format!("sealing the audit log: {}", error_text(&e))))?;
+        }
         tx.commit().map_err(sql("commit unit transaction"))?;
         units::committed();
         Ok(out)
@@ -761,7 +775,7 @@ impl<'s> Worker<'s> {
         next: UnitState,
         facts: &Facts<'_>,
     ) -> Result<(), Stop> {
-        self.persist(unit_id, actor, |tx, st| {
+        self.persist(Seal::No, |tx, st| {
             units::transition(tx, st, actor, unit_id, next, facts)
                 .map_err(|e| unique_clash(e, step))?;
             Ok(())
@@ -842,9 +856,17 @@ impl<'s> Worker<'s> {
                 cn.as_str(),
                 &UnitSubject::default(),
             )
-            .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
+            .map_err(|e| match e {
+                // The HSM failing to sign is the station's failure, not the unit's: the unit
+                // keeps its state and is resumed once the HSM is back.
+                crate::ca::CaError::Hsm(_)
+                | crate::ca::CaError::Build(rcgen::Error::RemoteKeyError) => {
+                    Stop::Station(format!("the HSM did not sign: {}", error_text(&e)))
+                }
+                e => Stop::Unit(Step::Issue, error_text(&e)),
+            })?;
         let issuer = self.ca.issuer_key_id().to_owned();
-        self.persist(unit_id, actor, |tx, st| {
+        self.persist(Seal::Yes, |tx, st| {
             let rec = RecordContext {
                 station: st,
                 actor,
@@ -875,7 +897,7 @@ impl<'s> Worker<'s> {
 
     /// The certificate reached the unit and was read back: it becomes the unit's live one.
     fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) -> Result<(), Stop> {
-        self.persist(unit_id, actor, |tx, st| {
+        self.persist(Seal::No, |tx, st| {
             tx.execute(
                 "UPDATE certificates SET status = 'live' WHERE unit_id = ?1 AND status = 'issued'",
                 [unit_id],
@@ -1211,7 +1233,7 @@ impl<'s> Worker<'s> {
         let device_id = build::device_id(&self.product, values)
             .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
         let ek = read.endorsement_key.clone();
-        self.persist(unit_id, actor, |tx, st| {
+        self.persist(Seal::No, |tx, st| {
             crate::tpm::record_endorsement_key(tx, unit_id, &ek)
                 .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
             units::transition(
@@ -1317,7 +1339,7 @@ impl<'s> Worker<'s> {
         } else {
             None
         };
-        self.persist(unit_id, actor, |tx, st| {
+        self.persist(Seal::Yes, |tx, st| {
             if let Some(e) = &enrollment {
                 tx.execute(
                     "INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at)

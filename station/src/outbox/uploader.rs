@@ -490,6 +490,7 @@ impl<'c> Uploader<'c> {
         let backoff = self.backoff;
         let sealer = self.sealer;
         crate::line::crash::point("upload:accepted");
+        let _writer = crate::store::write_lock();
         let tx = self
             .store
             .conn_mut()

@@ -113,6 +113,17 @@ pub fn now_utc() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// Takes this process's write turn. The fixtures and the uploader each hold a connection and
+/// write often; left to SQLite's busy handler, a writer waiting on `BEGIN IMMEDIATE` sleeps with
+/// a growing back-off (1, 2, 5, 10 ms...) and an unlucky one waits hundreds of ms while others
+/// keep winning. Queueing on this lock first hands the turn over as soon as it is free. Other
+/// processes (the CLI) still meet `busy_timeout_ms`.
+pub fn write_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// An open station database.
 pub struct Store {
     conn: Connection,

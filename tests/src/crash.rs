@@ -98,6 +98,9 @@ pub struct CrashConfig {
     pub max_delay_ms: u64,
     /// Print each kill as it happens.
     pub verbose: bool,
+    /// Run every chain of crash points at least once (and count a point that never fired as a
+    /// violation), however few kills were asked for.
+    pub cover_all: bool,
 }
 
 impl CrashConfig {
@@ -117,6 +120,7 @@ impl CrashConfig {
             kills,
             max_delay_ms: 1500,
             verbose: true,
+            cover_all: true,
         }
     }
 }
@@ -344,6 +348,18 @@ impl Line {
         self.rig.state(serial)
     }
 
+    /// Why a failed unit failed (its state data).
+    fn failure(&self, serial: &str) -> String {
+        self.rig
+            .db()
+            .query_row(
+                "SELECT state_data FROM units WHERE serial = ?1",
+                [serial],
+                |r| r.get(0),
+            )
+            .unwrap_or_default()
+    }
+
     fn place_round(&mut self) -> Vec<OnFixture> {
         let n = self.next_serial;
         self.next_serial += 1;
@@ -409,11 +425,15 @@ impl Line {
                     ])
                     .output()
                     .expect("softhsm2-util");
-                assert!(
-                    out.status.success(),
-                    "delete token: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                // A token whose files a kill left half-written is not listed by SoftHSM at all
+                // (nor by the station): the bench fits a fresh element beside it.
+                if !out.status.success() {
+                    println!(
+                        "rework {}: the old token is unreadable ({}); fitting a new one",
+                        unit.serial,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
                 unit.placed = Some(
                     f.kind
                         .place(&f.dir, &unit.serial, false, &|| false)
@@ -453,6 +473,12 @@ struct Operator {
 
 /// Runs the crash loop and checks the invariants.
 pub fn run(cfg: &CrashConfig) -> CrashReport {
+    run_with(cfg, &|_| {})
+}
+
+/// Runs the crash loop, then `before_check` on the rig (the harness's own test breaks an
+/// invariant there on purpose), then checks the invariants.
+pub fn run_with(cfg: &CrashConfig, before_check: &dyn Fn(&LineRig)) -> CrashReport {
     let started = Instant::now();
     let mut rng = Rng::new(cfg.seed);
     let mut report = CrashReport {
@@ -472,7 +498,7 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
     // Rounds alternate: a chain of three crash points in flow order, then two SIGKILLs at
     // random moments (the second lands on the restart's recovery or the resumed units). Every
     // chain runs at least once, with each point's first pass; later passes draw `:n` (1 or 2).
-    while report.kills < cfg.kills || chains_run < CHAINS.len() {
+    while report.kills < cfg.kills || (cfg.cover_all && chains_run < CHAINS.len()) {
         round += 1;
         let mut units = line.place_round();
         report.units += units.len();
@@ -508,6 +534,7 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
                 &mut op,
                 &mut report,
                 &mut seen,
+                cfg.verbose,
             );
             match ended {
                 Ok(Ended::Killed(what)) => {
@@ -553,13 +580,14 @@ pub fn run(cfg: &CrashConfig) -> CrashReport {
         }
     }
     for p in crash_points() {
-        if !report.points_hit.contains_key(&p) {
+        if cfg.cover_all && !report.points_hit.contains_key(&p) {
             report.violations.push(format!(
                 "crash point {p} never fired: the kills do not cover its state"
             ));
             report.points_missed.insert(p);
         }
     }
+    before_check(&line.rig);
     check_invariants(&line, &all_units, &seen, &mut report);
     report.elapsed = started.elapsed();
     report
@@ -575,6 +603,7 @@ fn life(
     op: &mut Operator,
     report: &mut CrashReport,
     seen: &mut BTreeMap<String, u8>,
+    verbose: bool,
 ) -> Result<Ended, String> {
     let point = match plan {
         Plan::Point(p) => Some(p.as_str()),
@@ -622,6 +651,9 @@ fn life(
                     }
                     *n += 1;
                     report.retries += 1;
+                    if verbose {
+                        println!("retry {serial}: {}", line.failure(&serial));
+                    }
                     line.rework(unit);
                     line.scan(unit.fixture, &serial);
                     op.scanned_at.insert(serial, Instant::now());

@@ -318,7 +318,7 @@ impl Line {
                 Kind::Token {
                     softhsm_conf: rig.softhsm_conf(),
                     pin: SecretString::from(UNIT_PIN.to_owned()),
-                    keep: true,
+                    keep: false,
                 },
                 None,
             ),
@@ -399,41 +399,28 @@ impl Line {
         let f = &mut self.fixtures[unit.fixture];
         match (&mut unit.placed, &f.kind) {
             (Some(Placed::Link(sim)), _) => {
-                let port = station::link::SerialLink::open(&sim.pty, f.link_baud.unwrap_or(0))
-                    .expect("open the unit's link");
-                let mut client = station::link::UnitClient::new(station::link::Transport::new(
-                    port,
-                    station::link::LinkSettings {
-                        baud: f.link_baud.unwrap_or(115_200),
-                        ..station::link::LinkSettings::default()
-                    },
-                ));
-                client
-                    .factory_reset(&unit.serial)
-                    .expect("factory reset over the link");
-            }
-            (Some(Placed::Token(_)), Kind::Token { softhsm_conf, .. }) => {
-                let conf = softhsm_conf.clone();
-                // Dropping a kept token leaves it; delete it, then make a fresh one.
-                unit.placed = None;
-                let out = Command::new("softhsm2-util")
-                    .env("SOFTHSM2_CONF", &conf)
-                    .args([
-                        "--delete-token",
-                        "--token",
-                        &format!("unit-{}", unit.serial),
-                    ])
-                    .output()
-                    .expect("softhsm2-util");
-                // A token whose files a kill left half-written is not listed by SoftHSM at all
-                // (nor by the station): the bench fits a fresh element beside it.
-                if !out.status.success() {
-                    println!(
-                        "rework {}: the old token is unreadable ({}); fitting a new one",
-                        unit.serial,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
+                // A failed reset is seen again: the retry fails and is reworked once more.
+                let reset = station::link::SerialLink::open(&sim.pty, f.link_baud.unwrap_or(0))
+                    .map_err(|e| e.to_string())
+                    .and_then(|port| {
+                        station::link::UnitClient::new(station::link::Transport::new(
+                            port,
+                            station::link::LinkSettings {
+                                baud: f.link_baud.unwrap_or(115_200),
+                                ..station::link::LinkSettings::default()
+                            },
+                        ))
+                        .factory_reset(&unit.serial)
+                        .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = reset {
+                    println!("rework {}: factory reset failed: {e}", unit.serial);
                 }
+            }
+            (Some(Placed::Token(_)), Kind::Token { .. }) => {
+                // Taking the element off deletes its token (a token a kill left half-written
+                // may not even be listed any more); a fresh one is fitted in its place.
+                unit.placed = None;
                 unit.placed = Some(
                     f.kind
                         .place(&f.dir, &unit.serial, false, &|| false)

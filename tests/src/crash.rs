@@ -182,7 +182,12 @@ impl Serve {
 
     /// Whether it ended by itself (a crash point aborted it).
     fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        self.status().is_some()
+    }
+
+    /// How it ended, once it has.
+    fn status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     fn kill9(&mut self) {
@@ -485,7 +490,7 @@ pub fn run_with(cfg: &CrashConfig, before_check: &dyn Fn(&LineRig)) -> CrashRepo
     // Rounds alternate: a chain of three crash points in flow order, then two SIGKILLs at
     // random moments (the second lands on the restart's recovery or the resumed units). Every
     // chain runs at least once, with each point's first pass; later passes draw `:n` (1 or 2).
-    while report.kills < cfg.kills || (cfg.cover_all && chains_run < CHAINS.len()) {
+    'rounds: while report.kills < cfg.kills || (cfg.cover_all && chains_run < CHAINS.len()) {
         round += 1;
         let mut units = line.place_round();
         report.units += units.len();
@@ -556,9 +561,16 @@ pub fn run_with(cfg: &CrashConfig, before_check: &dyn Fn(&LineRig)) -> CrashRepo
                         println!("round {round}: {plan:?} not reached before the units were done");
                     }
                 }
-                Err(v) => report
-                    .violations
-                    .push(format!("round {round} ({plan:?}; seed {}): {v}", cfg.seed)),
+                Err(v) => {
+                    let fatal = v.starts_with("FATAL");
+                    let v = format!("round {round} ({plan:?}; seed {}): {v}", cfg.seed);
+                    println!("VIOLATION: {v}");
+                    report.violations.push(v);
+                    if fatal {
+                        // The station cannot run any more: the rest would only repeat it.
+                        break 'rounds;
+                    }
+                }
             }
         }
         observe(&line, &units, &mut seen, &mut report, round);
@@ -600,11 +612,18 @@ fn life(
     line.badge_all();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if serve.exited() {
+        if let Some(status) = serve.status() {
+            use std::os::unix::process::ExitStatusExt as _;
             let at = serve.started.elapsed().as_millis();
+            // A crash point aborts (SIGABRT); anything else is the station failing.
             return match point {
-                Some(p) => Ok(Ended::Killed(format!("crash point {p} after {at} ms"))),
-                None => Err(format!("the station exited by itself after {at} ms")),
+                Some(p) if status.signal() == Some(6) => {
+                    Ok(Ended::Killed(format!("crash point {p} after {at} ms")))
+                }
+                _ => Err(format!(
+                    "FATAL: the station exited by itself ({status}) after {at} ms: {}",
+                    log_tail(&line.log)
+                )),
             };
         }
         if let Plan::Random(d) = plan
@@ -690,6 +709,13 @@ fn life(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The last lines of the station's log.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
 /// Records what the round's units ended as; a unit never seen passed is checked later.

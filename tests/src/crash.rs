@@ -567,6 +567,7 @@ pub fn run_with(cfg: &CrashConfig, before_check: &dyn Fn(&LineRig)) -> CrashRepo
                     println!("VIOLATION: {v}");
                     report.violations.push(v);
                     if fatal {
+                        keep_evidence(&line, cfg.seed);
                         // The station cannot run any more: the rest would only repeat it.
                         break 'rounds;
                     }
@@ -709,6 +710,20 @@ fn life(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Copies the station's SoftHSM token directory and log to `$TMPDIR/crash-evidence-<seed>`
+/// (the run's own directory is removed at its end), for the post-mortem of a fatal stop.
+fn keep_evidence(line: &Line, seed: u64) {
+    let to = std::env::temp_dir().join(format!("crash-evidence-{seed}"));
+    let _ = std::fs::create_dir_all(&to);
+    let _ = Command::new("cp")
+        .arg("-a")
+        .arg(line.rig.home.join("hsm/tokens"))
+        .arg(&line.log)
+        .arg(&to)
+        .status();
+    println!("evidence kept in {}", to.display());
 }
 
 /// The last lines of the station's log.

@@ -144,6 +144,11 @@ pub struct CrashReport {
     pub points_missed: BTreeSet<String>,
     /// Every broken invariant, with its kill.
     pub violations: Vec<String>,
+    /// Starts of the station that ended by themselves (with why); the operator started it
+    /// again. Three in a row are a fatal violation.
+    pub start_failures: Vec<String>,
+    /// The run stopped early on a fatal violation.
+    pub stopped_early: bool,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -567,6 +572,7 @@ pub fn run_with(cfg: &CrashConfig, before_check: &dyn Fn(&LineRig)) -> CrashRepo
                     println!("VIOLATION: {v}");
                     report.violations.push(v);
                     if fatal {
+                        report.stopped_early = true;
                         keep_evidence(&line, cfg.seed);
                         // The station cannot run any more: the rest would only repeat it.
                         break 'rounds;
@@ -580,7 +586,7 @@ pub fn run_with(cfg: &CrashConfig, before_check: &dyn Fn(&LineRig)) -> CrashRepo
         }
     }
     for p in crash_points() {
-        if cfg.cover_all && !report.points_hit.contains_key(&p) {
+        if cfg.cover_all && !report.stopped_early && !report.points_hit.contains_key(&p) {
             report.violations.push(format!(
                 "crash point {p} never fired: the kills do not cover its state"
             ));
@@ -611,21 +617,33 @@ fn life(
     };
     let mut serve = Serve::start(&line.rig, point, &line.log);
     line.badge_all();
+    let mut failed_starts = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = serve.status() {
             use std::os::unix::process::ExitStatusExt as _;
             let at = serve.started.elapsed().as_millis();
             // A crash point aborts (SIGABRT); anything else is the station failing.
-            return match point {
-                Some(p) if status.signal() == Some(6) => {
-                    Ok(Ended::Killed(format!("crash point {p} after {at} ms")))
-                }
-                _ => Err(format!(
-                    "FATAL: the station exited by itself ({status}) after {at} ms: {}",
-                    log_tail(&line.log)
-                )),
-            };
+            if let Some(p) = point
+                && status.signal() == Some(6)
+            {
+                return Ok(Ended::Killed(format!("crash point {p} after {at} ms")));
+            }
+            let why = format!(
+                "the station exited by itself ({status}) after {at} ms: {}",
+                log_tail(&line.log)
+            );
+            // The operator starts it again; a station that cannot start three times running
+            // stops the run.
+            if failed_starts >= 2 {
+                return Err(format!("FATAL: {why} (3 starts in a row)"));
+            }
+            failed_starts += 1;
+            println!("START FAILURE: {why}");
+            report.start_failures.push(why);
+            serve = Serve::start(&line.rig, None, &line.log);
+            line.badge_all();
+            continue;
         }
         if let Plan::Random(d) = plan
             && serve.started.elapsed() >= *d
@@ -987,6 +1005,10 @@ pub fn print_report(r: &CrashReport) {
     for p in &r.points_missed {
         println!("crash point {p:<28} never fired");
     }
+    for s in &r.start_failures {
+        println!("start failure (restarted): {s}");
+    }
+    println!("station start failures: {}", r.start_failures.len());
     for v in &r.violations {
         println!("VIOLATION: {v}");
     }

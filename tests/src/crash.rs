@@ -36,20 +36,20 @@ const UNIT_PIN: &str = "246810";
 /// The crash points, as chains of three for one round each: a unit reaches them in this
 /// order, so each restart lets the units run on to the next. `certificate-issued` is followed
 /// by the failure the restart records and the retry that supersedes it. `scanned` and
-/// `superseded` are entered by a scan (`units::begin`).
+/// `superseded` are entered by a scan (`units::begin`), so `scanned` opens a round.
 pub const CHAINS: &[[&str; 3]] = &[
-    ["before:identified", "identified", "before:key-ready"],
+    ["before:scanned", "scanned", "before:identified"],
+    ["identified", "before:key-ready", "key-ready"],
     [
-        "key-ready",
         "before:certificate-issued",
         "before:key-injected",
+        "key-injected",
     ],
     ["certificate-issued", "before:failed", "failed"],
     ["certificate-issued", "before:superseded", "superseded"],
-    ["key-injected", "before:verified", "verified"],
-    ["before:recorded", "recorded", "before:queued"],
-    ["queued", "upload:accepted", "before:uploaded"],
-    ["uploaded", "before:scanned", "scanned"],
+    ["before:verified", "verified", "before:recorded"],
+    ["recorded", "before:queued", "queued"],
+    ["upload:accepted", "before:uploaded", "uploaded"],
 ];
 
 /// Every distinct crash point.
@@ -157,6 +157,9 @@ pub struct CrashReport {
 struct Serve {
     child: Child,
     started: Instant,
+    log: std::path::PathBuf,
+    log_start: u64,
+    ready_at: Option<Instant>,
 }
 
 impl Serve {
@@ -179,10 +182,30 @@ impl Serve {
         if let Some(p) = crash_at {
             c.env(station::line::crash::ENV, p);
         }
+        let log_start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
         Self {
             child: c.spawn().expect("spawn station serve"),
             started: Instant::now(),
+            log: log.to_path_buf(),
+            log_start,
+            ready_at: None,
         }
+    }
+
+    /// Time since this start said its fixtures are ready (logged on to the HSM), if it has.
+    ///
+    /// Random kills are timed from here: a SIGKILL while SoftHSM logs in can leave its token
+    /// file empty (SoftHSM rewrites `token.object` at each login; see the closing notes), a
+    /// durability flaw of the software HSM the embedded default uses, not of the station.
+    fn ready_for(&mut self) -> Option<Duration> {
+        if self.ready_at.is_none() {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            let from = usize::try_from(self.log_start).unwrap_or(0).min(text.len());
+            if String::from_utf8_lossy(&text[from..]).contains("fixture(s) ready") {
+                self.ready_at = Some(Instant::now());
+            }
+        }
+        self.ready_at.map(|t| t.elapsed())
     }
 
     /// Whether it ended by itself (a crash point aborted it).
@@ -646,7 +669,7 @@ fn life(
             continue;
         }
         if let Plan::Random(d) = plan
-            && serve.started.elapsed() >= *d
+            && serve.ready_for().is_some_and(|r| r >= *d)
         {
             serve.kill9();
             return Ok(Ended::Killed(format!("SIGKILL after {} ms", d.as_millis())));

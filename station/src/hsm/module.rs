@@ -93,11 +93,14 @@ impl Hsm {
             .get_slots_with_initialized_token()
             .map_err(HsmError::ListTokens)?
         {
-            let info = self
-                .ctx
-                .get_token_info(slot)
-                .map_err(HsmError::ListTokens)?;
-            out.push(info.label().trim().to_owned());
+            // One slot that cannot be read right now (another process is writing that token)
+            // must not hide the others.
+            match self.ctx.get_token_info(slot) {
+                Ok(info) => out.push(info.label().trim().to_owned()),
+                Err(e) => {
+                    tracing::debug!(?slot, error = %e, "skipping a token that cannot be read")
+                }
+            }
         }
         Ok(out)
     }
@@ -110,10 +113,13 @@ impl Hsm {
             .get_slots_with_initialized_token()
             .map_err(HsmError::ListTokens)?
         {
-            let info = self
-                .ctx
-                .get_token_info(slot)
-                .map_err(HsmError::ListTokens)?;
+            let info = match self.ctx.get_token_info(slot) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::debug!(?slot, error = %e, "skipping a token that cannot be read");
+                    continue;
+                }
+            };
             let label = info.label().trim();
             let hit = match selector {
                 TokenSelector::Label(l) => label == l,

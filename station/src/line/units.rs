@@ -301,6 +301,8 @@ pub fn begin(
         }
         // A retry: the failed run is superseded, and so is any certificate it was issued.
         let superseded = unit.state.to(UnitState::Superseded)?;
+        ENTERED.with(|e| e.borrow_mut().extend(["superseded", "scanned"]));
+        super::crash::point("before:superseded");
         if let Some(old_run) = unit.run_id {
             insert_transition(tx, old_run, Some(unit.state.name()), &superseded, &now)?;
         }
@@ -368,6 +370,8 @@ pub fn begin(
     let unit_id = tx.last_insert_rowid();
     let run_id = insert_run(tx, unit_id, new, &now)?;
     insert_transition(tx, run_id, None, &UnitState::Scanned, &now)?;
+    ENTERED.with(|e| e.borrow_mut().push("scanned"));
+    super::crash::point("before:scanned");
     audit::append(
         tx,
         station,

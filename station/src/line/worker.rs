@@ -165,6 +165,8 @@ pub struct Worker<'s> {
     last_failed: Option<String>,
     /// Bytes over the device link and its baud, for the unit just run.
     wire: Option<(u64, u32)>,
+    /// The unit being run is resumed after a restart.
+    resuming: bool,
 }
 
 /// What a fixture keeps when its worker is rebuilt (after the HSM came back): who is logged
@@ -236,6 +238,7 @@ impl<'s> Worker<'s> {
             operator: None,
             last_failed: None,
             wire: None,
+            resuming: false,
         })
     }
 
@@ -474,6 +477,9 @@ impl<'s> Worker<'s> {
             // The scan's entries are sealed with the unit's next sealed transaction.
             if matches!(b, Begin::Started { .. }) {
                 tx.commit().map_err(sql("commit scan"))?;
+                units::committed();
+            } else {
+                units::take_entered();
             }
             Ok(b)
         })();
@@ -559,12 +565,17 @@ impl<'s> Worker<'s> {
             manufactured_at: unit.created_at.clone(),
             registration_id: String::new(),
         };
+        // A resumed element unit may hold the key its interrupted run made: that run's own
+        // key is replaced (its certificate, if any, was never confirmed).
+        self.resuming = true;
         if unit.state == UnitState::Verified {
             return self.finish(unit.id, &actor, values, |w, values| {
                 w.record_from_store(unit, values)
             });
         }
-        self.drive(unit.id, &actor, values)
+        let o = self.drive(unit.id, &actor, values);
+        self.resuming = false;
+        o
     }
 
     /// A unit found Verified after a restart: its identity is in the store (EK, live
@@ -1139,7 +1150,7 @@ impl<'s> Worker<'s> {
         let target = ElementTarget {
             token: pattern,
             pin,
-            rework: false,
+            rework: self.resuming,
         };
         let mut issued = false;
         let mut failure: Option<Stop> = None;

@@ -33,22 +33,24 @@ const BADGE: &str = "BADGE-crash-run-0001";
 /// The PIN of the simulated unit tokens.
 const UNIT_PIN: &str = "246810";
 
-/// The crash points, as chains of three for one round each: a unit reaches them in this
-/// order, so each restart lets the units run on to the next. `certificate-issued` is followed
+/// The crash points, as chains of three for one round each. Each chain follows the path one
+/// unit takes through restarts (a kill before a commit rolls back, and the resumed unit passes
+/// the same step again), so the later points fire even when other fixtures' units are ahead. `certificate-issued` is followed
 /// by the failure the restart records and the retry that supersedes it. `scanned` and
 /// `superseded` are entered by a scan (`units::begin`), so `scanned` opens a round.
 pub const CHAINS: &[[&str; 3]] = &[
     ["before:scanned", "scanned", "before:identified"],
     ["identified", "before:key-ready", "key-ready"],
+    ["before:key-injected", "key-injected", "before:verified"],
     [
         "before:certificate-issued",
-        "before:key-injected",
-        "key-injected",
+        "certificate-issued",
+        "before:failed",
     ],
-    ["certificate-issued", "before:failed", "failed"],
     ["certificate-issued", "before:superseded", "superseded"],
-    ["before:verified", "verified", "before:recorded"],
-    ["recorded", "before:queued", "queued"],
+    ["certificate-issued", "failed", "verified"],
+    ["before:verified", "before:recorded", "recorded"],
+    ["before:queued", "queued", "upload:accepted"],
     ["upload:accepted", "before:uploaded", "uploaded"],
 ];
 

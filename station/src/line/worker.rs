@@ -1022,6 +1022,50 @@ impl<'s> Worker<'s> {
             .map_err(|e| Stop::Station(error_text(&e)))?
             .clone();
         let mut unit = self.open_link()?;
+        if self.resuming
+            && let Enrollment::Group { group_id } = &product.profile.enrollment
+        {
+            let id = unit
+                .identify()
+                .map_err(|e| self.link_fail(Step::Identify, &e))?;
+            if id.locked && id.serial == values.serial {
+                // The interrupted run got as far as locking the unit. It holds its key if it
+                // proves the key derived for it (a locked unit still answers `prove`).
+                values.model = id.model.clone();
+                values.hw_rev = id.hw.clone();
+                values.fw_version = id.fw.clone();
+                let (rid, device_id) = self.ids(values)?;
+                let key = crate::keys::derive_device_key(self.session, group_id, rid.as_str())
+                    .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
+                let identity = SymkeyIdentity {
+                    key: secrecy::SecretBox::new(Box::new(key.expose().to_vec())),
+                    registration_id: rid.clone(),
+                    id_scope: target.id_scope.clone(),
+                    global_endpoint: target.global_endpoint.clone(),
+                };
+                symkey::prove(&mut unit, &identity)
+                    .map_err(|e| self.link_fail(Step::Verify, &e))?;
+                self.note_wire(&unit);
+                self.advance(
+                    unit_id,
+                    actor,
+                    Step::Verify,
+                    UnitState::Verified,
+                    &Facts::default(),
+                )?;
+                // Group members carry no key of their own in the record.
+                return self.record(
+                    unit_id,
+                    actor,
+                    values,
+                    rid,
+                    device_id,
+                    Identity::X509 {
+                        leaf_pem: String::new(),
+                    },
+                );
+            }
+        }
         let id = symkey::identify_for_symkey(&mut unit, Some(&values.serial))
             .map_err(|e| self.link_fail(Step::Identify, &e))?;
         values.model = id.model.clone();

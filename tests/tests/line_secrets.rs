@@ -85,7 +85,15 @@ fn no_secret_reaches_a_log_the_database_or_debug_output() {
         String::from_utf8_lossy(&sim.stdout),
         String::from_utf8_lossy(&sim.stderr)
     );
-    assert!(sim.status.success(), "line-sim: {sim_text}");
+    if !sim.status.success() {
+        let log = std::fs::read_to_string(rig.home.join("logs/station.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "line-sim: {sim_text}\nstation log (last 60 lines):\n{}",
+            tail.join("\n")
+        );
+    }
     // Every unit passes and is uploaded by the daemon's uploader.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

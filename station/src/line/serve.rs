@@ -508,33 +508,42 @@ pub fn start_fixtures(
         .map(Arc::new);
     let mut running = Vec::new();
     for name in names {
-        let (jobs_tx, jobs_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let abort = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let setup = Arc::clone(setup);
-            let name = name.clone();
-            let abort = Arc::clone(&abort);
-            let badge_key = badge_key.clone();
-            let station_hsm = station_hsm.clone();
-            let upload = upload.cloned();
-            std::thread::Builder::new()
-                .name(format!("fixture-{name}"))
-                .spawn(move || {
-                    let shared = Shared {
-                        setup,
-                        station_hsm,
-                        badge_key,
-                        upload,
-                    };
-                    fixture_thread(&shared, &name, abort, &jobs_rx, &ready_tx);
-                })
-                .map_err(ServeError::Runtime)?
-        };
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                let _ = thread.join();
+        // A fixture that cannot start at once (a token being written by another process just
+        // then, a busy database) is tried again before the whole line gives up.
+        let mut attempt = 0;
+        let (thread, jobs_tx, abort) = loop {
+            attempt += 1;
+            let (jobs_tx, jobs_rx) = mpsc::channel();
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let abort = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let setup = Arc::clone(setup);
+                let name = name.clone();
+                let abort = Arc::clone(&abort);
+                let badge_key = badge_key.clone();
+                let station_hsm = station_hsm.clone();
+                let upload = upload.cloned();
+                std::thread::Builder::new()
+                    .name(format!("fixture-{name}"))
+                    .spawn(move || {
+                        let shared = Shared {
+                            setup,
+                            station_hsm,
+                            badge_key,
+                            upload,
+                        };
+                        fixture_thread(&shared, &name, abort, &jobs_rx, &ready_tx);
+                    })
+                    .map_err(ServeError::Runtime)?
+            };
+            let reason = match ready_rx.recv() {
+                Ok(Ok(())) => break (thread, jobs_tx, abort),
+                Ok(Err(reason)) => reason,
+                Err(_) => "its thread ended before it was ready".to_owned(),
+            };
+            let _ = thread.join();
+            let busy = reason.contains("driven by another station process");
+            if busy || attempt >= 3 {
                 for r in running {
                     stop_fixture(r);
                 }
@@ -543,13 +552,9 @@ pub fn start_fixtures(
                     reason,
                 });
             }
-            Err(_) => {
-                return Err(ServeError::Fixture {
-                    fixture: name.clone(),
-                    reason: "its thread ended before it was ready".into(),
-                });
-            }
-        }
+            tracing::warn!(fixture = %name, attempt, %reason, "fixture could not start; trying again");
+            std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
+        };
         let scanner = start_scanner(setup, name, &jobs_tx, &abort, rt)?;
         running.push(RunningFixture {
             name: name.clone(),

@@ -936,27 +936,7 @@ impl<'s> Worker<'s> {
         let mut unit = self.open_link()?;
         let id = x509::identify_for_x509(&mut unit, Some(&values.serial))
             .map_err(|e| self.link_fail(Step::Identify, &e))?;
-        values.model = id.model.clone();
-        values.hw_rev = id.hw.clone();
-        values.fw_version = id.fw.clone();
-        self.advance(
-            unit_id,
-            actor,
-            Step::Identify,
-            UnitState::Identified {
-                model: id.model.clone(),
-                hw_rev: id.hw.clone(),
-                fw_version: id.fw.clone(),
-            },
-            &Facts {
-                model: Some(&id.model),
-                hw_rev: Some(&id.hw),
-                fw_version: Some(&id.fw),
-                ..Facts::default()
-            },
-        )?;
-        self.check_abort(Step::Attest)?;
-        let (rid, device_id) = self.ids(values)?;
+        let (rid, device_id) = self.identified(unit_id, actor, values, &id)?;
         let csr =
             x509::keygen_checked(&mut unit, &rid).map_err(|e| self.link_fail(Step::Attest, &e))?;
         self.advance(
@@ -1068,27 +1048,7 @@ impl<'s> Worker<'s> {
         }
         let id = symkey::identify_for_symkey(&mut unit, Some(&values.serial))
             .map_err(|e| self.link_fail(Step::Identify, &e))?;
-        values.model = id.model.clone();
-        values.hw_rev = id.hw.clone();
-        values.fw_version = id.fw.clone();
-        self.advance(
-            unit_id,
-            actor,
-            Step::Identify,
-            UnitState::Identified {
-                model: id.model.clone(),
-                hw_rev: id.hw.clone(),
-                fw_version: id.fw.clone(),
-            },
-            &Facts {
-                model: Some(&id.model),
-                hw_rev: Some(&id.hw),
-                fw_version: Some(&id.fw),
-                ..Facts::default()
-            },
-        )?;
-        self.check_abort(Step::Attest)?;
-        let (rid, device_id) = self.ids(values)?;
+        let (rid, device_id) = self.identified(unit_id, actor, values, &id)?;
         // The key is made inside the HSM: derived from the group key (which never leaves it),
         // or drawn from its RNG. It exists in the clear only on its way to the unit.
         let (key, material) = match &product.profile.enrollment {
@@ -1331,6 +1291,38 @@ impl<'s> Worker<'s> {
                 storage_root_key: att.tpm.storage_root_key,
             },
         )
+    }
+
+    /// The unit answered identify: its model, hardware and firmware go into the record and the
+    /// templates, the unit moves to Identified, and its registration and device IDs are made.
+    fn identified(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &mut UnitValues,
+        id: &crate::link::proto::IdentifyRsp,
+    ) -> Result<(dps::RegistrationId, dps::DeviceId), Stop> {
+        values.model = id.model.clone();
+        values.hw_rev = id.hw.clone();
+        values.fw_version = id.fw.clone();
+        self.advance(
+            unit_id,
+            actor,
+            Step::Identify,
+            UnitState::Identified {
+                model: id.model.clone(),
+                hw_rev: id.hw.clone(),
+                fw_version: id.fw.clone(),
+            },
+            &Facts {
+                model: Some(&id.model),
+                hw_rev: Some(&id.hw),
+                fw_version: Some(&id.fw),
+                ..Facts::default()
+            },
+        )?;
+        self.check_abort(Step::Attest)?;
+        self.ids(values)
     }
 
     /// The registration and device IDs of a non-TPM unit.

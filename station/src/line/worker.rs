@@ -640,14 +640,12 @@ impl<'s> Worker<'s> {
 
     fn drive(&mut self, unit_id: i64, actor: &str, values: UnitValues) -> UnitOutcome {
         self.finish(unit_id, actor, values, |w, values| {
-            w.run_kind(unit_id, values)
+            w.run_kind(unit_id, actor, values)
         })
     }
 
-    fn run_kind(&mut self, unit_id: i64, values: &mut UnitValues) -> Result<(), Stop> {
+    fn run_kind(&mut self, unit_id: i64, actor: &str, values: &mut UnitValues) -> Result<(), Stop> {
         let product = Arc::clone(&self.product);
-        let actor_owned = self.current_actor(unit_id);
-        let actor = actor_owned.as_str();
         tracing::info!(fixture = %self.fixture, serial = %values.serial, product = %product.name, "unit started");
         match &product.profile.attestation {
             Attestation::Tpm => self.drive_tpm(unit_id, actor, values),
@@ -671,15 +669,6 @@ impl<'s> Worker<'s> {
                 self.drive_symmetric(unit_id, actor, values)
             }
         }
-    }
-
-    /// The operator recorded on the unit's run, or the daemon.
-    fn current_actor(&self, unit_id: i64) -> String {
-        units::by_id(self.store.conn(), unit_id)
-            .ok()
-            .flatten()
-            .and_then(|u| u.operator)
-            .unwrap_or_else(|| "station".to_owned())
     }
 
     /// Runs `step` and turns its result into the operator's outcome, recording a failure.

@@ -256,12 +256,18 @@ impl Default for LineRig {
     }
 }
 
-/// A port P with P+1 free too (the swtpm TCTI's control channel is P+1).
+/// A port P with P+1 free too (the swtpm TCTI's control channel is P+1). Chosen below Linux's
+/// ephemeral range (32768 and up), so that no outgoing connection of a parallel test takes it
+/// between now and the moment swtpm binds it.
 pub fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let a = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-        let p = a.local_addr().expect("addr").port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    for _ in 0..500 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let p = 20_000 + 2 * u16::try_from(h.finish() % 6_000).unwrap_or(0);
+        let a = std::net::TcpListener::bind(("127.0.0.1", p));
+        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
+        if a.is_ok() && b.is_ok() {
             return p;
         }
     }

@@ -51,6 +51,37 @@ pub fn take() -> Duration {
     TOTAL.replace(Duration::ZERO)
 }
 
+thread_local! {
+    static DATABASE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    static DISK_SYNC: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Runs `f`, a database transaction (waiting for the write turn included), and adds its time to
+/// this thread's database time: part of the overhead, reported on its own.
+pub fn database<T>(f: impl FnOnce() -> T) -> T {
+    let s = Instant::now();
+    let out = f();
+    DATABASE.set(DATABASE.get() + s.elapsed());
+    out
+}
+
+/// Runs `f`, a wait for a commit to reach the disk (group commit's fsync), and adds its time to
+/// this thread's disk-sync time: part of the overhead, reported on its own.
+pub fn disk_sync<T>(f: impl FnOnce() -> T) -> T {
+    let s = Instant::now();
+    let out = f();
+    DISK_SYNC.set(DISK_SYNC.get() + s.elapsed());
+    out
+}
+
+/// This thread's database and disk-sync time since the last call, and a fresh start.
+pub fn take_store() -> (Duration, Duration) {
+    (
+        DATABASE.replace(Duration::ZERO),
+        DISK_SYNC.replace(Duration::ZERO),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,16 +97,30 @@ impl std::fmt::Display for UnitOutcome {
     }
 }
 
-/// Whether a unit transaction also seals the audit checkpoint with the HSM key. Every entry is
-/// in the hash chain at once; the keyed seal is taken where it matters (a certificate signed,
-/// a unit recorded or failed), which keeps HSM calls inside the write lock to about three per
-/// unit instead of one per step.
+/// How a unit transaction commits. Every entry is in the audit hash chain at once; what differs
+/// is when it must be on disk and when the HSM-keyed seal is taken.
+///
+/// A step is durable (on disk before the worker goes on, keyed seal) where something outside
+/// the station acts on it next: a signed certificate leaves for the unit, the unit is recorded
+/// (PASS shown, enrollment queued for DPS), or the run failed. The steps between (scanned,
+/// identified, key ready, key injected, verified) are written to the WAL without waiting for
+/// the disk: a killed process keeps them, and the unit's next durable commit carries them to
+/// disk with it. A power cut can take a unit back to its last durable state, which the restart
+/// recovery resumes from as if the station had been killed just before the lost commit.
+/// Durable commits of all fixtures share their fsyncs (group commit, `store::durable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seal {
-    /// Seal in this transaction.
-    Yes,
-    /// The chain covers it; the unit's next sealed transaction authenticates it.
-    No,
+enum Commit {
+    /// On disk and sealed before `persist` returns.
+    Durable,
+    /// In the chain; the unit's next durable transaction carries it to disk and seals it.
+    Step,
+}
+
+/// Starts timing a unit: clears this thread's hardware and database times.
+fn start_timing() -> std::time::Instant {
+    crate::timing::take();
+    crate::timing::take_store();
+    std::time::Instant::now()
 }
 
 /// Why a step did not complete.
@@ -167,6 +181,8 @@ pub struct Worker<'s> {
     wire: Option<(u64, u32)>,
     /// The unit being run is resumed after a restart.
     resuming: bool,
+    /// When the unit being run was scanned.
+    unit_started: Option<std::time::Instant>,
 }
 
 /// What a fixture keeps when its worker is rebuilt (after the HSM came back): who is logged
@@ -212,8 +228,10 @@ impl<'s> Worker<'s> {
     ) -> Result<Self, String> {
         let (fixture, fcfg, product) = setup.fixture(name).map_err(|e| error_text(&e))?;
         let cfg = &setup.cfg;
-        let store = Store::open(&setup.home.resolve(&cfg.store.path), &cfg.store)
+        let mut store = Store::open(&setup.home.resolve(&cfg.store.path), &cfg.store)
             .map_err(|e| error_text(&e))?;
+        // The fixtures' durable commits share fsyncs, taken outside the write turn.
+        store.group_commit().map_err(|e| error_text(&e))?;
         let ca =
             service::load_issuing(&hsm.session, &setup.home, cfg).map_err(|e| error_text(&e))?;
         let audit_key = AuditKey::find(&hsm.session, &cfg.ca.audit_key_label)
@@ -239,6 +257,7 @@ impl<'s> Worker<'s> {
             last_failed: None,
             wire: None,
             resuming: false,
+            unit_started: None,
         })
     }
 
@@ -257,7 +276,7 @@ impl<'s> Worker<'s> {
             .operator
             .clone()
             .unwrap_or_else(|| "station".to_owned());
-        match self.persist(Seal::Yes, |tx, st| {
+        match self.persist(Commit::Durable, |tx, st| {
             units::fail(tx, st, &actor, unit.id, step, reason)?;
             Ok(())
         }) {
@@ -379,7 +398,7 @@ impl<'s> Worker<'s> {
         if let Some(o) = details.as_object_mut() {
             o.insert("fixture".into(), self.fixture.as_str().into());
         }
-        let _writer = crate::store::write_lock();
+        let writer = crate::store::write_lock();
         let tx = self
             .store
             .conn_mut()
@@ -396,12 +415,17 @@ impl<'s> Worker<'s> {
             },
         )?;
         let _ = self.audit_key.seal(&tx);
-        tx.commit().map_err(sql("commit fixture audit"))
+        tx.commit().map_err(sql("commit fixture audit"))?;
+        let durable = self.store.durable();
+        drop(writer);
+        durable.wait()
     }
 
     /// Runs a scanned serial on this fixture. `operator` overrides the logged-on operator (the
     /// CLI's user).
     pub fn run_serial(&mut self, serial: &str, operator: Option<&str>) -> UnitOutcome {
+        // A unit's time runs from its scan: the checks and the scan's own transaction count.
+        self.unit_started = Some(start_timing());
         self.abort.store(false, Ordering::Relaxed);
         let operator = operator
             .map(str::to_owned)
@@ -455,7 +479,7 @@ impl<'s> Worker<'s> {
                 };
             }
         };
-        let begun = (|| -> Result<Begin, UnitStoreError> {
+        let begun = crate::timing::database(|| -> Result<Begin, UnitStoreError> {
             let _writer = crate::store::write_lock();
             let tx = self
                 .store
@@ -474,7 +498,8 @@ impl<'s> Worker<'s> {
                     attestation: product.profile.attestation.kind(),
                 },
             )?;
-            // The scan's entries are sealed with the unit's next sealed transaction.
+            // The scan's entries are sealed, and carried to disk, with the unit's next durable
+            // transaction (see Commit).
             if matches!(b, Begin::Started { .. }) {
                 tx.commit().map_err(sql("commit scan"))?;
                 units::committed();
@@ -482,7 +507,7 @@ impl<'s> Worker<'s> {
                 units::take_entered();
             }
             Ok(b)
-        })();
+        });
         let unit_id = match begun {
             Ok(Begin::Started { unit_id, .. }) => unit_id,
             Ok(Begin::AlreadyPassed(u)) => {
@@ -680,12 +705,12 @@ impl<'s> Worker<'s> {
         step: impl FnOnce(&mut Self, &mut UnitValues) -> Result<(), Stop>,
     ) -> UnitOutcome {
         let serial = values.serial.clone();
-        crate::timing::take();
+        let started = self.unit_started.take().unwrap_or_else(start_timing);
         self.wire = None;
-        let started = std::time::Instant::now();
         let result = step(self, &mut values);
         let total = started.elapsed();
         let hardware = crate::timing::take();
+        let (database, disk_sync) = crate::timing::take_store();
         let (wire_bytes, baud) = self.wire.unwrap_or((0, 0));
         tracing::info!(
             target: "station::timing",
@@ -694,6 +719,8 @@ impl<'s> Worker<'s> {
             total_us = total.as_micros() as u64,
             hardware_us = hardware.as_micros() as u64,
             overhead_us = total.saturating_sub(hardware).as_micros() as u64,
+            database_us = database.as_micros() as u64,
+            disk_sync_us = disk_sync.as_micros() as u64,
             wire_bytes,
             baud,
             passed = result.is_ok(),
@@ -711,7 +738,7 @@ impl<'s> Worker<'s> {
             Err(Stop::Unit(step, reason)) => {
                 self.last_failed = Some(serial.clone());
                 tracing::warn!(fixture = %self.fixture, %serial, step = step.as_str(), %reason, "unit failed");
-                if let Err(e) = self.persist(Seal::Yes, |tx, st| {
+                if let Err(e) = self.persist(Commit::Durable, |tx, st| {
                     units::fail(tx, st, actor, unit_id, step, &reason)?;
                     Ok(())
                 }) {
@@ -743,26 +770,36 @@ impl<'s> Worker<'s> {
         }
     }
 
-    /// One transaction: `f`, then the HSM-keyed audit seal, then commit.
+    /// One transaction: `f`, then (when durable) the HSM-keyed audit seal, then commit; a
+    /// durable commit then waits for the disk after giving up the write turn.
     fn persist<T>(
         &mut self,
-        seal: Seal,
+        commit: Commit,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
-        // Writers of this process queue here, not in SQLite's busy handler (see write_lock).
-        let _writer = crate::store::write_lock();
-        let tx = self
-            .store
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin unit transaction"))?;
-        let out = f(&tx, &self.setup.station)?;
-        if seal == Seal::Yes {
-            self.audit_key
-                .seal(&tx)
-                .map_err(|e| Stop::Station(format!("sealing the audit log: {}", error_text(&e))))?;
+        let (out, durable) = crate::timing::database(|| -> Result<_, Stop> {
+            // Writers of this process queue here, not in SQLite's busy handler (see write_lock).
+            let _writer = crate::store::write_lock();
+            let tx = self
+                .store
+                .conn_mut()
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin unit transaction"))?;
+            let out = f(&tx, &self.setup.station)?;
+            if commit == Commit::Durable {
+                self.audit_key.seal(&tx).map_err(|e| {
+                    Stop::Station(format!("sealing the audit log: {}", error_text(&e)))
+                })?;
+            }
+            tx.commit().map_err(sql("commit unit transaction"))?;
+            Ok((
+                out,
+                (commit == Commit::Durable).then(|| self.store.durable()),
+            ))
+        })?;
+        if let Some(d) = durable {
+            crate::timing::disk_sync(|| d.wait()).map_err(|e| Stop::Station(error_text(&e)))?;
         }
-        tx.commit().map_err(sql("commit unit transaction"))?;
         units::committed();
         Ok(out)
     }
@@ -775,7 +812,7 @@ impl<'s> Worker<'s> {
         next: UnitState,
         facts: &Facts<'_>,
     ) -> Result<(), Stop> {
-        self.persist(Seal::No, |tx, st| {
+        self.persist(Commit::Step, |tx, st| {
             units::transition(tx, st, actor, unit_id, next, facts)
                 .map_err(|e| unique_clash(e, step))?;
             Ok(())
@@ -866,7 +903,7 @@ impl<'s> Worker<'s> {
                 e => Stop::Unit(Step::Issue, error_text(&e)),
             })?;
         let issuer = self.ca.issuer_key_id().to_owned();
-        self.persist(Seal::Yes, |tx, st| {
+        self.persist(Commit::Durable, |tx, st| {
             let rec = RecordContext {
                 station: st,
                 actor,
@@ -897,7 +934,7 @@ impl<'s> Worker<'s> {
 
     /// The certificate reached the unit and was read back: it becomes the unit's live one.
     fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) -> Result<(), Stop> {
-        self.persist(Seal::No, |tx, st| {
+        self.persist(Commit::Step, |tx, st| {
             tx.execute(
                 "UPDATE certificates SET status = 'live' WHERE unit_id = ?1 AND status = 'issued'",
                 [unit_id],
@@ -943,14 +980,17 @@ impl<'s> Worker<'s> {
             },
         )?;
         self.check_abort(Step::Issue)?;
-        let key = SubjectKey::from_csr(&csr.csr_der, &self.leaf_profile)
+        // keygen_checked verified the CSR's signature, name, nonce and key type already.
+        let key = SubjectKey::from_spki(&csr.spki_der)
+            .and_then(|k| k.check_allowed(&self.leaf_profile).map(|()| k))
             .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
         let cert = self.issue_for_unit(unit_id, actor, &key, rid.as_str())?;
         let chain = x509::IssuedChain {
             leaf_der: cert.der.clone(),
             chain_der: vec![self.ca.cert_der().to_vec(), self.root_der.clone()],
         };
-        x509::check_issued(&chain, &csr.spki_der)
+        // The CA verified the leaf's signature with its key before releasing it.
+        x509::check_issued_key(&chain.leaf_der, &csr.spki_der)
             .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
         self.check_abort(Step::Inject)?;
         x509::deliver(&mut unit, &chain, &csr.spki_der).map_err(|e| {
@@ -1237,7 +1277,7 @@ impl<'s> Worker<'s> {
         let device_id = build::device_id(&self.product, values)
             .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
         let ek = read.endorsement_key.clone();
-        self.persist(Seal::No, |tx, st| {
+        self.persist(Commit::Step, |tx, st| {
             crate::tpm::record_endorsement_key(tx, unit_id, &ek)
                 .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
             units::transition(
@@ -1375,7 +1415,7 @@ impl<'s> Worker<'s> {
         } else {
             None
         };
-        self.persist(Seal::Yes, |tx, st| {
+        self.persist(Commit::Durable, |tx, st| {
             if let Some(e) = &enrollment {
                 tx.execute(
                     "INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at)

@@ -204,11 +204,7 @@ pub fn check_issued(
     chain: &IssuedChain,
     spki_der: &[u8],
 ) -> Result<(String, String), X509FlowError> {
-    let (_, leaf) =
-        X509Certificate::from_der(&chain.leaf_der).map_err(|_| X509FlowError::IssuedMismatch)?;
-    if leaf.tbs_certificate.subject_pki.raw != spki_der {
-        return Err(X509FlowError::IssuedMismatch);
-    }
+    let leaf = check_issued_key(&chain.leaf_der, spki_der)?;
     let issuer_der = chain
         .chain_der
         .first()
@@ -223,16 +219,33 @@ pub fn check_issued(
     ))
 }
 
+/// The leaf certifies the CSR's key; for a caller whose CA already verified the leaf's
+/// signature before releasing it (the station's own [`crate::ca::Authority`]).
+pub fn check_issued_key<'a>(
+    leaf_der: &'a [u8],
+    spki_der: &[u8],
+) -> Result<X509Certificate<'a>, X509FlowError> {
+    let (_, leaf) =
+        X509Certificate::from_der(leaf_der).map_err(|_| X509FlowError::IssuedMismatch)?;
+    if leaf.tbs_certificate.subject_pki.raw != spki_der {
+        return Err(X509FlowError::IssuedMismatch);
+    }
+    Ok(leaf)
+}
+
+/// Whether `sig_der` (ECDSA P-256, SHA-256, DER) signs `message` with the key in `spki_der`.
 fn verify_readback(spki_der: &[u8], message: &[u8], sig_der: &[u8]) -> bool {
-    use p256::ecdsa::signature::Verifier as _;
-    use p256::pkcs8::DecodePublicKey as _;
-    let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(spki_der) else {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+    use x509_parser::prelude::SubjectPublicKeyInfo;
+    let Ok((_, spki)) = SubjectPublicKeyInfo::from_der(spki_der) else {
         return false;
     };
-    let Ok(sig) = p256::ecdsa::Signature::from_der(sig_der) else {
-        return false;
-    };
-    key.verify(message, &sig).is_ok()
+    UnparsedPublicKey::new(
+        &ECDSA_P256_SHA256_ASN1,
+        spki.subject_public_key.data.as_ref(),
+    )
+    .verify(message, sig_der)
+    .is_ok()
 }
 
 fn fresh_nonce() -> [u8; NONCE_LEN] {

@@ -236,8 +236,10 @@ impl<'c> Uploader<'c> {
         cfg: &Config,
         cipher: Option<&'c dyn PayloadCipher>,
     ) -> Result<Self, UploadError> {
-        let store = Store::open(&home.resolve(&cfg.store.path), &cfg.store)
+        let mut store = Store::open(&home.resolve(&cfg.store.path), &cfg.store)
             .map_err(UploadError::OpenStore)?;
+        // Deliveries share fsyncs with the fixtures' commits, outside the write turn.
+        store.group_commit().map_err(UploadError::OpenStore)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -490,7 +492,7 @@ impl<'c> Uploader<'c> {
         let backoff = self.backoff;
         let sealer = self.sealer;
         crate::line::crash::point("upload:accepted");
-        let _writer = crate::store::write_lock();
+        let writer = crate::store::write_lock();
         let tx = self
             .store
             .conn_mut()
@@ -553,6 +555,10 @@ impl<'c> Uploader<'c> {
             tracing::warn!(error = %e, "uploader: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
         }
         tx.commit().map_err(sql("commit outbox delivery"))?;
+        // On disk after the write turn is given up (group commit, store::durable).
+        let durable = self.store.durable();
+        drop(writer);
+        durable.wait()?;
         crate::line::units::committed();
         report.delivered += counts.delivered;
         report.recovered += counts.recovered;

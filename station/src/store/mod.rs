@@ -1,15 +1,19 @@
-//! The SQLite store: WAL, `synchronous=FULL` by default, mode 0600, a schema version table,
-//! numbered migrations each in one transaction, and refusal to open a newer schema.
+//! The SQLite store: WAL, `synchronous=FULL` by default (or group commit, see [`durable`]),
+//! mode 0600, a schema version table, numbered migrations each in one transaction, and refusal
+//! to open a newer schema.
 
 pub mod audit;
+pub mod durable;
 pub mod migrations;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::config::{StoreConfig, Synchronous};
+use durable::{Ticket, WalSync};
 use migrations::{MIGRATIONS, Migration};
 
 /// Why the store failed.
@@ -76,6 +80,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The WAL could not be synced to disk after a commit (group commit): the commit is in
+    /// the file but may not survive a power cut.
+    #[error("cannot sync the database log {path} to disk")]
+    Sync {
+        /// The WAL file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A database operation failed.
     #[error("database operation failed: {op}")]
     Sql {
@@ -113,6 +127,13 @@ pub fn now_utc() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+fn sync_pragma(s: Synchronous) -> &'static str {
+    match s {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    }
+}
+
 /// Takes this process's write turn. The fixtures and the uploader each hold a connection and
 /// write often; left to SQLite's busy handler, a writer waiting on `BEGIN IMMEDIATE` sleeps with
 /// a growing back-off (1, 2, 5, 10 ms...) and an unlucky one waits hundreds of ms while others
@@ -130,6 +151,28 @@ pub struct Store {
     path: PathBuf,
     /// SQLite's max_page_count when `[store] max_size_mb` is set.
     max_pages: Option<i64>,
+    /// `[store] synchronous` as configured.
+    synchronous: Synchronous,
+    /// Set in group-commit mode (see [`durable`]).
+    group: Option<Arc<WalSync>>,
+}
+
+/// A durable commit's last step: the fsync still to come in group-commit mode, or nothing.
+#[derive(Debug)]
+#[must_use = "the commit is durable only once `wait` returns"]
+pub struct Durable(Option<(Arc<WalSync>, Ticket)>);
+
+impl Durable {
+    /// Returns once the commit is on disk. Call it after giving up the write turn.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some((wal, ticket)) => wal.sync_through(ticket).map_err(|source| StoreError::Sync {
+                path: wal.path().to_path_buf(),
+                source,
+            }),
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -194,11 +237,7 @@ impl Store {
         }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("set journal_mode=WAL"))?;
-        let sync = match cfg.synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", sync)
+        conn.pragma_update(None, "synchronous", sync_pragma(cfg.synchronous))
             .map_err(sql("set synchronous"))?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql("enable foreign keys"))?;
@@ -223,6 +262,8 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             max_pages,
+            synchronous: cfg.synchronous,
+            group: None,
         })
     }
 
@@ -249,6 +290,26 @@ impl Store {
             used * page_size / 1024,
             max * page_size / 1024
         )))
+    }
+
+    /// Switches this connection to group commit (see [`durable`]): its transactions commit
+    /// without an fsync of their own, and one that must be durable ends with
+    /// [`Store::durable`] and, after the write turn is given up, [`Durable::wait`]. A station
+    /// configured with `synchronous = "normal"` stays as configured.
+    pub fn group_commit(&mut self) -> Result<(), StoreError> {
+        if self.synchronous == Synchronous::Full {
+            self.conn
+                .pragma_update(None, "synchronous", sync_pragma(Synchronous::Normal))
+                .map_err(sql("set synchronous"))?;
+            self.group = Some(WalSync::for_database(&self.path));
+        }
+        Ok(())
+    }
+
+    /// Call right after a commit that must be durable has returned; `wait` on the result.
+    /// Outside group-commit mode the commit already was as durable as configured.
+    pub fn durable(&self) -> Durable {
+        Durable(self.group.as_ref().map(|w| (Arc::clone(w), w.written())))
     }
 
     /// The database file.

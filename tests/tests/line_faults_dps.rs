@@ -85,7 +85,22 @@ fn a_lot_drains_through_dps_down_throttled_and_failing() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "line-sim: {sim_text}");
+    if !out.status.success() {
+        // What the station said about it: its warnings, then the end of its log.
+        let log = serve.log_text();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(60)
+            .collect();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "line-sim: {sim_text}\nstation warnings:\n{}\nstation log (last 40 lines):\n{}",
+            warned.join("\n"),
+            tail.join("\n")
+        );
+    }
     wait_until("the whole lot uploaded", 180, || {
         count(&rig, "SELECT count(*) FROM units WHERE state = 'uploaded'") == UNITS
     });

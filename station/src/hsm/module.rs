@@ -85,41 +85,41 @@ impl Hsm {
         &self.ctx
     }
 
-    /// Labels of every initialised token the module shows.
-    pub fn token_labels(&self) -> Result<Vec<String>, HsmError> {
+    /// Every initialised token the module shows, with its info. A slot whose token cannot be
+    /// read right now (another process is writing that token, or its file is damaged) is
+    /// skipped: it must not hide the others. (cryptoki's `get_slots_with_initialized_token`
+    /// fails as a whole on the first such slot.)
+    fn initialized_tokens(&self) -> Result<Vec<(Slot, cryptoki::slot::TokenInfo)>, HsmError> {
         let mut out = Vec::new();
         for slot in self
             .ctx
-            .get_slots_with_initialized_token()
+            .get_slots_with_token()
             .map_err(HsmError::ListTokens)?
         {
-            // One slot that cannot be read right now (another process is writing that token)
-            // must not hide the others.
             match self.ctx.get_token_info(slot) {
-                Ok(info) => out.push(info.label().trim().to_owned()),
+                Ok(info) if info.token_initialized() => out.push((slot, info)),
+                Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(?slot, error = %e, "skipping a token that cannot be read")
+                    tracing::warn!(?slot, error = %e, "skipping a PKCS#11 token that cannot be read");
                 }
             }
         }
         Ok(out)
     }
 
+    /// Labels of every initialised token the module shows.
+    pub fn token_labels(&self) -> Result<Vec<String>, HsmError> {
+        Ok(self
+            .initialized_tokens()?
+            .into_iter()
+            .map(|(_, info)| info.label().trim().to_owned())
+            .collect())
+    }
+
     /// The slot holding the selected token, looked up afresh (slot numbers change).
     pub fn find_token(&self, selector: &TokenSelector) -> Result<Slot, HsmError> {
         let mut present = Vec::new();
-        for slot in self
-            .ctx
-            .get_slots_with_initialized_token()
-            .map_err(HsmError::ListTokens)?
-        {
-            let info = match self.ctx.get_token_info(slot) {
-                Ok(info) => info,
-                Err(e) => {
-                    tracing::debug!(?slot, error = %e, "skipping a token that cannot be read");
-                    continue;
-                }
-            };
+        for (slot, info) in self.initialized_tokens()? {
             let label = info.label().trim();
             let hit = match selector {
                 TokenSelector::Label(l) => label == l,

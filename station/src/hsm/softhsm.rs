@@ -84,7 +84,10 @@ pub fn ensure_token(
     let slots = ctx.get_slots_with_token().map_err(HsmError::ListTokens)?;
     let mut free = None;
     for slot in slots {
-        let info = ctx.get_token_info(slot).map_err(HsmError::ListTokens)?;
+        // A token another process is writing cannot be read: it is not the free one.
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
         if !info.token_initialized() {
             free = Some(slot);
             break;

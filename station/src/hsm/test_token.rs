@@ -32,6 +32,11 @@ fn shared() -> &'static Shared {
     })
 }
 
+/// The process's SoftHSM token directory (one subdirectory per token).
+pub fn token_dir() -> PathBuf {
+    shared().dir.path().join("tokens")
+}
+
 /// A fresh token (unique label) in the process's SoftHSM, logged in.
 pub fn fresh_token(prefix: &str) -> (Hsm, TokenConfig, TokenSession) {
     let (hsm, cfg) = fresh_token_unopened(prefix);

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use super::config::{TokenConfig, TokenSelector};
 use super::error::HsmError;
 use super::signer::HsmSigner;
-use super::test_token::{fresh_token, fresh_token_unopened};
+use super::test_token::{fresh_token, fresh_token_unopened, token_dir};
 
 #[test]
 fn generated_key_is_sensitive_never_extractable_and_signs() {
@@ -150,4 +150,32 @@ fn a_token_is_found_by_serial_as_well_as_by_label() {
         .open(&by_serial_cfg, |p| p.to_path_buf())
         .expect("open by serial");
     assert!(s.token().starts_with("serial "));
+}
+
+#[test]
+fn a_token_that_cannot_be_read_does_not_hide_the_others() {
+    let (hsm, cfg, _s) = fresh_token("readable");
+    let (_h, damaged) = fresh_token_unopened("damaged");
+    let damaged = damaged.token.expect("label");
+    // What a process killed while SoftHSM rewrote a token file leaves: an empty token.object.
+    let file = std::fs::read_dir(token_dir())
+        .expect("token dir")
+        .map(|e| e.expect("entry").path().join("token.object"))
+        .find(|f| {
+            std::fs::read(f)
+                .is_ok_and(|b| b.windows(damaged.len()).any(|w| w == damaged.as_bytes()))
+        })
+        .expect("the damaged token's file");
+    std::fs::write(&file, b"").expect("empty the token file");
+
+    let label = cfg.token.clone().expect("label");
+    hsm.find_token(&TokenSelector::Label(label.clone()))
+        .expect("the readable token is still found");
+    let labels = hsm.token_labels().expect("labels");
+    assert!(labels.contains(&label), "{labels:?}");
+    assert!(!labels.contains(&damaged), "{labels:?}");
+    let err = hsm
+        .find_token(&TokenSelector::Label(damaged.clone()))
+        .expect_err("the damaged token cannot be used");
+    assert!(matches!(err, HsmError::TokenNotFound { .. }), "{err}");
 }

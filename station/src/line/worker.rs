@@ -25,7 +25,7 @@ use crate::hsm::{Hsm, TokenSession};
 use crate::ids::FixtureName;
 use crate::link::{LinkSettings, SerialLink, Transport, UnitClient};
 use crate::outbox::dps as outbox_dps;
-use crate::store::{Store, StoreError, audit, now_utc, sql};
+use crate::store::{Store, StoreError, Writer, audit, now_utc, sql};
 
 /// How a scanned unit ended, as shown to the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +183,8 @@ pub struct Worker<'s> {
     resuming: bool,
     /// When the unit being run was scanned.
     unit_started: Option<std::time::Instant>,
+    /// The process's shared writer connection (every unit transaction goes through it).
+    writer: Writer,
 }
 
 /// What a fixture keeps when its worker is rebuilt (after the HSM came back): who is logged
@@ -228,10 +230,11 @@ impl<'s> Worker<'s> {
     ) -> Result<Self, String> {
         let (fixture, fcfg, product) = setup.fixture(name).map_err(|e| error_text(&e))?;
         let cfg = &setup.cfg;
-        let mut store = Store::open(&setup.home.resolve(&cfg.store.path), &cfg.store)
-            .map_err(|e| error_text(&e))?;
-        // The fixtures' durable commits share fsyncs, taken outside the write turn.
-        store.group_commit().map_err(|e| error_text(&e))?;
+        let db = setup.home.resolve(&cfg.store.path);
+        // Reads on the fixture's own connection; writes on the process's shared one, whose
+        // durable commits share fsyncs taken outside the write turn.
+        let store = Store::open(&db, &cfg.store).map_err(|e| error_text(&e))?;
+        let writer = Writer::open(&db, &cfg.store).map_err(|e| error_text(&e))?;
         let ca =
             service::load_issuing(&hsm.session, &setup.home, cfg).map_err(|e| error_text(&e))?;
         let audit_key = AuditKey::find(&hsm.session, &cfg.ca.audit_key_label)
@@ -258,6 +261,7 @@ impl<'s> Worker<'s> {
             wire: None,
             resuming: false,
             unit_started: None,
+            writer,
         })
     }
 
@@ -398,9 +402,8 @@ impl<'s> Worker<'s> {
         if let Some(o) = details.as_object_mut() {
             o.insert("fixture".into(), self.fixture.as_str().into());
         }
-        let writer = crate::store::write_lock();
-        let tx = self
-            .store
+        let mut writer = self.writer.turn();
+        let tx = writer
             .conn_mut()
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin fixture audit"))?;
@@ -416,7 +419,7 @@ impl<'s> Worker<'s> {
         )?;
         let _ = self.audit_key.seal(&tx);
         tx.commit().map_err(sql("commit fixture audit"))?;
-        let durable = self.store.durable();
+        let durable = writer.durable();
         drop(writer);
         durable.wait()
     }
@@ -480,9 +483,8 @@ impl<'s> Worker<'s> {
             }
         };
         let begun = crate::timing::database(|| -> Result<Begin, UnitStoreError> {
-            let _writer = crate::store::write_lock();
-            let tx = self
-                .store
+            let mut writer = self.writer.turn();
+            let tx = writer
                 .conn_mut()
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql("begin scan"))?;
@@ -779,9 +781,8 @@ impl<'s> Worker<'s> {
     ) -> Result<T, Stop> {
         let (out, durable) = crate::timing::database(|| -> Result<_, Stop> {
             // Writers of this process queue here, not in SQLite's busy handler (see write_lock).
-            let _writer = crate::store::write_lock();
-            let tx = self
-                .store
+            let mut writer = self.writer.turn();
+            let tx = writer
                 .conn_mut()
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql("begin unit transaction"))?;
@@ -792,10 +793,8 @@ impl<'s> Worker<'s> {
                 })?;
             }
             tx.commit().map_err(sql("commit unit transaction"))?;
-            Ok((
-                out,
-                (commit == Commit::Durable).then(|| self.store.durable()),
-            ))
+            let durable = (commit == Commit::Durable).then(|| writer.durable());
+            Ok((out, durable))
         })?;
         if let Some(d) = durable {
             crate::timing::disk_sync(|| d.wait()).map_err(|e| Stop::Station(error_text(&e)))?;

@@ -145,6 +145,70 @@ pub fn write_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The process's shared writer connection to one database, in group-commit mode, for the
+/// line's fixtures. One connection keeps its page cache and prepared statements warm across
+/// every fixture's transactions, where a connection per fixture re-reads the pages the others
+/// changed each time it writes. Its turn is taken after the process's write turn (see
+/// [`write_lock`]), so other writers of this process (the uploader) still queue with it.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    store: Arc<std::sync::Mutex<Store>>,
+}
+
+/// The write turn and the shared connection; dropping it gives both back.
+pub struct WriterTurn<'a> {
+    // Fields drop in order: the connection before the process's turn.
+    store: std::sync::MutexGuard<'a, Store>,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for WriterTurn<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for WriterTurn<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+impl Writer {
+    /// The shared writer for the database at `path`, opened on first use; it closes when the
+    /// last holder drops it.
+    pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
+        type Writers = std::collections::HashMap<PathBuf, std::sync::Weak<std::sync::Mutex<Store>>>;
+        static ALL: std::sync::OnceLock<std::sync::Mutex<Writers>> = std::sync::OnceLock::new();
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(store) = all.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(Self { store });
+        }
+        let mut store = Store::open(path, cfg)?;
+        store.group_commit()?;
+        let store = Arc::new(std::sync::Mutex::new(store));
+        all.insert(key, Arc::downgrade(&store));
+        Ok(Self { store })
+    }
+
+    /// Takes the process's write turn, then the connection.
+    pub fn turn(&self) -> WriterTurn<'_> {
+        let turn = write_lock();
+        WriterTurn {
+            store: self
+                .store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            _turn: turn,
+        }
+    }
+}
+
 /// An open station database.
 pub struct Store {
     conn: Connection,

@@ -780,7 +780,7 @@ impl<'s> Worker<'s> {
         f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
         let (out, durable) = crate::timing::database(|| -> Result<_, Stop> {
-            // Writers of this process queue here, not in SQLite's busy handler (see write_lock).
+            // Writers of this process queue here, not in SQLite's busy handler (see Writer).
             let mut writer = self.writer.turn();
             let tx = writer
                 .conn_mut()

@@ -26,7 +26,7 @@ use crate::ids::StationId;
 use crate::line::state::UnitState;
 use crate::line::units::{self, Facts, UnitStoreError};
 use crate::store::audit::{self, AuditEvent};
-use crate::store::{Store, StoreError, now_utc, sql};
+use crate::store::{Store, StoreError, Writer, now_utc, sql};
 
 /// Rows taken per pass; a pass ends and the next begins at once while rows stay due.
 const ROWS_PER_PASS: usize = 1000;
@@ -162,6 +162,8 @@ impl UploadSignal {
 pub struct Uploader<'c> {
     cfg: Config,
     store: Store,
+    /// The process's shared writer (see `store::Writer`): deliveries are recorded through it.
+    writer: Writer,
     cipher: Option<&'c dyn PayloadCipher>,
     rt: tokio::runtime::Runtime,
     clients: BTreeMap<String, Result<ServiceClient, String>>,
@@ -236,10 +238,11 @@ impl<'c> Uploader<'c> {
         cfg: &Config,
         cipher: Option<&'c dyn PayloadCipher>,
     ) -> Result<Self, UploadError> {
-        let mut store = Store::open(&home.resolve(&cfg.store.path), &cfg.store)
-            .map_err(UploadError::OpenStore)?;
-        // Deliveries share fsyncs with the fixtures' commits, outside the write turn.
-        store.group_commit().map_err(UploadError::OpenStore)?;
+        let db = home.resolve(&cfg.store.path);
+        let store = Store::open(&db, &cfg.store).map_err(UploadError::OpenStore)?;
+        // Deliveries are written through the process's shared writer, whose durable commits
+        // share fsyncs with the fixtures', outside the write turn.
+        let writer = Writer::open(&db, &cfg.store).map_err(UploadError::OpenStore)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -256,6 +259,7 @@ impl<'c> Uploader<'c> {
         Ok(Self {
             cfg: cfg.clone(),
             store,
+            writer,
             cipher,
             rt,
             clients,
@@ -492,9 +496,8 @@ impl<'c> Uploader<'c> {
         let backoff = self.backoff;
         let sealer = self.sealer;
         crate::line::crash::point("upload:accepted");
-        let writer = crate::store::write_lock();
-        let tx = self
-            .store
+        let mut writer = self.writer.turn();
+        let tx = writer
             .conn_mut()
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin outbox delivery"))?;
@@ -556,7 +559,7 @@ impl<'c> Uploader<'c> {
         }
         tx.commit().map_err(sql("commit outbox delivery"))?;
         // On disk after the write turn is given up (group commit, store::durable).
-        let durable = self.store.durable();
+        let durable = writer.durable();
         drop(writer);
         durable.wait()?;
         crate::line::units::committed();

@@ -134,32 +134,21 @@ fn sync_pragma(s: Synchronous) -> &'static str {
     }
 }
 
-/// Takes this process's write turn. The fixtures and the uploader each hold a connection and
-/// write often; left to SQLite's busy handler, a writer waiting on `BEGIN IMMEDIATE` sleeps with
-/// a growing back-off (1, 2, 5, 10 ms...) and an unlucky one waits hundreds of ms while others
-/// keep winning. Queueing on this lock first hands the turn over as soon as it is free. Other
-/// processes (the CLI) still meet `busy_timeout_ms`.
-pub fn write_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The process's shared writer connection to one database, in group-commit mode, for the
-/// line's fixtures. One connection keeps its page cache and prepared statements warm across
-/// every fixture's transactions, where a connection per fixture re-reads the pages the others
-/// changed each time it writes. Its turn is taken after the process's write turn (see
-/// [`write_lock`]), so other writers of this process (the uploader) still queue with it.
+/// line's fixtures and the uploader. Its mutex is the process's write turn: writers queue on
+/// it, not in SQLite's busy handler, where one waiting on `BEGIN IMMEDIATE` sleeps with a
+/// growing back-off (1, 2, 5, 10 ms...) and an unlucky one waits hundreds of ms while others
+/// keep winning. One connection also keeps its page cache and prepared statements warm across
+/// every writer's transactions, where a connection per writer re-reads the pages the others
+/// changed each time it writes. Other processes (the CLI) still meet `busy_timeout_ms`.
 #[derive(Debug, Clone)]
 pub struct Writer {
     store: Arc<std::sync::Mutex<Store>>,
 }
 
-/// The write turn and the shared connection; dropping it gives both back.
+/// The write turn on the shared connection; dropping it gives the turn back.
 pub struct WriterTurn<'a> {
-    // Fields drop in order: the connection before the process's turn.
     store: std::sync::MutexGuard<'a, Store>,
-    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl std::ops::Deref for WriterTurn<'_> {
@@ -196,15 +185,13 @@ impl Writer {
         Ok(Self { store })
     }
 
-    /// Takes the process's write turn, then the connection.
+    /// Takes the process's write turn on this database.
     pub fn turn(&self) -> WriterTurn<'_> {
-        let turn = write_lock();
         WriterTurn {
             store: self
                 .store
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-            _turn: turn,
         }
     }
 }

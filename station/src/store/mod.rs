@@ -488,6 +488,60 @@ fn read_version(conn: &Connection, path: &Path) -> Result<u32, StoreError> {
 mod tests {
     use super::*;
 
+    fn synchronous(store: &Store) -> i64 {
+        store
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn writers_share_one_group_commit_connection_whose_durable_commits_wait_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let cfg = StoreConfig::default();
+        drop(Store::create(&path, &cfg).unwrap());
+        let a = Writer::open(&path, &cfg).unwrap();
+        let b = Writer::open(&dir.path().join(".").join("s.db"), &cfg).unwrap();
+        assert!(Arc::ptr_eq(&a.store, &b.store), "one connection per file");
+
+        let mut turn = a.turn();
+        // NORMAL (1) inside the turn: the fsync comes after it, from Durable::wait.
+        assert_eq!(synchronous(&turn), 1);
+        let tx = turn.conn_mut().transaction().unwrap();
+        tx.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (42)")
+            .unwrap();
+        tx.commit().unwrap();
+        let durable = turn.durable();
+        assert!(
+            durable.0.is_some(),
+            "a group-commit connection owes an fsync"
+        );
+        drop(turn);
+        durable.wait().unwrap();
+        let fresh = Store::open(&path, &cfg).unwrap();
+        assert_eq!(synchronous(&fresh), 2, "other connections stay FULL");
+        let x: i64 = fresh
+            .conn()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 42);
+    }
+
+    #[test]
+    fn a_station_configured_normal_keeps_its_setting_and_owes_no_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let cfg = StoreConfig {
+            synchronous: Synchronous::Normal,
+            ..StoreConfig::default()
+        };
+        let mut store = Store::create(&path, &cfg).unwrap();
+        store.group_commit().unwrap();
+        assert_eq!(synchronous(&store), 1);
+        assert!(store.durable().0.is_none());
+    }
+
     #[test]
     fn a_size_limit_refuses_new_units_before_sqlite_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();

@@ -1029,6 +1029,14 @@ impl<'s> Worker<'s> {
         let target = crate::dps_target::target(&self.setup.cfg, &product.profile.dps_target)
             .map_err(|e| Stop::Station(error_text(&e)))?
             .clone();
+        // What the unit is given, or asked to prove: its key and where to register with it.
+        let identity_for =
+            |key: &crate::keys::DeviceKey, rid: &dps::RegistrationId| SymkeyIdentity {
+                key: secrecy::SecretBox::new(Box::new(key.expose().to_vec())),
+                registration_id: rid.clone(),
+                id_scope: target.id_scope.clone(),
+                global_endpoint: target.global_endpoint.clone(),
+            };
         let mut unit = self.open_link()?;
         if self.resuming
             && let Enrollment::Group { group_id } = &product.profile.enrollment
@@ -1045,12 +1053,7 @@ impl<'s> Worker<'s> {
                 let (rid, device_id) = self.ids(values)?;
                 let key = crate::keys::derive_device_key(self.session, group_id, rid.as_str())
                     .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
-                let identity = SymkeyIdentity {
-                    key: secrecy::SecretBox::new(Box::new(key.expose().to_vec())),
-                    registration_id: rid.clone(),
-                    id_scope: target.id_scope.clone(),
-                    global_endpoint: target.global_endpoint.clone(),
-                };
+                let identity = identity_for(&key, &rid);
                 symkey::prove(&mut unit, &identity)
                     .map_err(|e| self.link_fail(Step::Verify, &e))?;
                 self.note_wire(&unit);
@@ -1106,12 +1109,7 @@ impl<'s> Worker<'s> {
             },
         )?;
         self.check_abort(Step::Inject)?;
-        let identity = SymkeyIdentity {
-            key: secrecy::SecretBox::new(Box::new(key.expose().to_vec())),
-            registration_id: rid.clone(),
-            id_scope: target.id_scope.clone(),
-            global_endpoint: target.global_endpoint.clone(),
-        };
+        let identity = identity_for(&key, &rid);
         symkey::inject(&mut unit, &identity).map_err(|e| self.link_fail(Step::Inject, &e))?;
         self.advance(
             unit_id,

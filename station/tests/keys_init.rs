@@ -60,7 +60,10 @@ fn init_makes_the_outbox_key_once_and_check_reports_it() {
 
     let checked = ok(&home, &["check"]);
     let l = check_line(&checked);
-    assert!(l.contains(" ok ") && l.contains("AES-256"), "{l}");
+    assert!(
+        l.contains(" ok ") && l.contains("AES-256") && l.contains("seals and opens with AES-GCM"),
+        "{l}"
+    );
     assert!(
         l.contains("sensitive=yes") && l.contains("extractable=no"),
         "{l}"

@@ -83,6 +83,19 @@ impl<'s> OutboxCipher<'s> {
         Ok(out)
     }
 
+    /// Seals a probe and opens it again: whether this token can keep keys in the outbox at
+    /// all (some modules lack AES-GCM, or forward it only in newer versions, as p11-kit's
+    /// RPC before 0.25). Checked before a fixture that needs it takes its first unit.
+    pub fn self_test(&self) -> Result<(), KeyError> {
+        const PROBE: &[u8] = b"station outbox self-test";
+        let sealed = self.seal(PROBE)?;
+        if self.open(&sealed)?.as_slice() == PROBE {
+            Ok(())
+        } else {
+            Err(KeyError::Authentication)
+        }
+    }
+
     /// Decrypts a payload made by `seal`; fails if any byte of it was altered.
     pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let (&version, rest) = sealed

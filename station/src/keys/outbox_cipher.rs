@@ -7,10 +7,10 @@ use crate::outbox::{CipherError, PayloadCipher};
 
 impl PayloadCipher for OutboxCipher<'_> {
     fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, CipherError> {
-        OutboxCipher::seal(self, plain).map_err(|e| CipherError(e.to_string()))
+        OutboxCipher::seal(self, plain).map_err(|e| CipherError(Box::new(e)))
     }
 
     fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CipherError> {
-        OutboxCipher::open(self, sealed).map_err(|e| CipherError(e.to_string()))
+        OutboxCipher::open(self, sealed).map_err(|e| CipherError(Box::new(e)))
     }
 }

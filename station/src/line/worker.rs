@@ -239,6 +239,19 @@ impl<'s> Worker<'s> {
             service::load_issuing(&hsm.session, &setup.home, cfg).map_err(|e| error_text(&e))?;
         let audit_key = AuditKey::find(&hsm.session, &cfg.ca.audit_key_label)
             .map_err(|e| format!("the audit key: {}", error_text(&e)))?;
+        if product.profile.attestation == Attestation::SymmetricIndividual {
+            // Found now rather than at the first unit's record step, when its key would
+            // already be in the unit and nowhere else.
+            crate::keys::OutboxCipher::new(&hsm.session)
+                .and_then(|c| c.self_test())
+                .map_err(|e| {
+                    format!(
+                        "product {} keeps each unit's key in the outbox sealed with AES-256-GCM inside the HSM, and the HSM cannot do that: {}; use a PKCS#11 module with CKM_AES_GCM for this product",
+                        product.name,
+                        error_text(&e)
+                    )
+                })?;
+        }
         let profiles = service::profiles(&setup.home, cfg).map_err(|e| error_text(&e))?;
         let leaf_profile = profiles.get("device").map_err(|e| error_text(&e))?.clone();
         let root_der = service::read_cert(&service::root_path(&setup.home, cfg))

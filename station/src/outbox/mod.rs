@@ -28,10 +28,10 @@ pub trait PayloadCipher {
     fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CipherError>;
 }
 
-/// A cipher failure; the message never holds key material.
+/// A cipher failure, with its cause (the HSM's answer); no message holds key material.
 #[derive(Debug, thiserror::Error)]
-#[error("outbox payload cipher: {0}")]
-pub struct CipherError(pub String);
+#[error("outbox payload cipher")]
+pub struct CipherError(#[source] pub Box<dyn std::error::Error + Send + Sync + 'static>);
 
 /// A row to add.
 #[derive(Clone, Copy)]

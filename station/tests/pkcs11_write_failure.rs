@@ -5,10 +5,9 @@
 //! server address from the environment once per process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command as Std, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Command as Std;
 
 use station::ca::service::{self, AuditKey, RecordContext};
 use station::ca::{SubjectKey, UnitSubject};
@@ -19,17 +18,10 @@ use station::hsm::Hsm;
 use station::hsm::config::PinSource;
 use station::store::Store;
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use common::{P11Server, p11_kit_client};
+
 const UNIT_PIN: &str = "731942";
 const LABEL: &str = "unit-GW-000009";
-
-fn p11_kit_client() -> PathBuf {
-    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
-        .iter()
-        .map(|a| PathBuf::from(format!("/usr/lib/{a}/pkcs11/p11-kit-client.so")))
-        .find(|p| p.exists())
-        .expect("p11-kit's client module is missing: apt-get install p11-kit p11-kit-modules")
-}
 
 fn run(cmd: &mut Std, what: &str) {
     let out = cmd
@@ -41,46 +33,6 @@ fn run(cmd: &mut Std, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The p11-kit server in its own process group: it forks one child per client connection,
-/// and the whole group has to go for the element to be gone. Stopped on drop too, so a
-/// failing test leaves no server behind.
-struct Server(std::process::Child, bool);
-
-impl Server {
-    /// Kills the group once; after the wait the id may belong to someone else.
-    fn stop(&mut self) {
-        if self.1 {
-            return;
-        }
-        self.1 = true;
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn wait_for(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "p11-kit server did not create {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -107,20 +59,7 @@ fn an_element_that_goes_away_before_the_certificate_write_leaves_nothing_done() 
 
     // The element: the unit's token behind a p11-kit server of its own.
     let sock = dir.path().join("element.sock");
-    let mut server = Server(
-        Std::new("p11-kit")
-            .args(["server", "--provider", SOFTHSM, "-f", "-n"])
-            .arg(&sock)
-            .arg(format!("pkcs11:token={LABEL}"))
-            .env("SOFTHSM2_CONF", &conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("p11-kit is missing: apt-get install p11-kit p11-kit-modules"),
-        false,
-    );
-    wait_for(&sock);
+    let mut server = P11Server::start(&conf, &sock, &[LABEL]);
     // SAFETY: the only test in this process, before the client module is loaded.
     unsafe {
         std::env::set_var(
@@ -193,7 +132,13 @@ fn an_element_that_goes_away_before_the_certificate_write_leaves_nothing_done() 
     // The token itself, read directly: the key is there, no certificate was stored.
     let out = Std::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &conf)
-        .args(["--module", SOFTHSM, "--token-label", LABEL, "--login"])
+        .args([
+            "--module",
+            station::hsm::config::SOFTHSM_MODULE,
+            "--token-label",
+            LABEL,
+            "--login",
+        ])
         .args(["--pin", UNIT_PIN, "-O"])
         .output()
         .expect("pkcs11-tool is missing: apt-get install opensc");

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod module;
 pub mod pin;
+pub mod restart;
 pub mod session;
 pub mod signer;
 pub mod softhsm;

@@ -13,6 +13,7 @@ use super::setup::LineSetup;
 use super::state::{Recovery, Step};
 use super::units::{self, UnitRow};
 use super::worker::{Carry, UnitOutcome, Worker, WorkerHsm, error_text};
+use crate::hsm::restart::FollowingSession;
 use crate::operators::BadgeKey;
 use crate::outbox::{UploadSignal, Uploader};
 use crate::store::Store;
@@ -129,42 +130,6 @@ pub struct Shared {
     pub upload: Option<UploadSignal>,
 }
 
-/// Counts restarts of the station's PKCS#11 module (one module per process), so that of the
-/// threads that lost the HSM together only one restarts the module per outage, and none
-/// restarts it under sessions another thread opened after the restart.
-static HSM_EPOCH: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
-
-/// The current HSM epoch (a thread notes it when its session opens).
-#[must_use]
-pub fn hsm_epoch() -> u64 {
-    HSM_EPOCH.lock().map(|e| *e).unwrap_or_default()
-}
-
-/// Restarts the module (C_Finalize, C_Initialize) unless another thread already did since
-/// epoch `seen`; `seen` becomes the epoch the caller's next session belongs to.
-pub fn restart_hsm(hsm: &crate::hsm::Hsm, seen: &mut u64) {
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags};
-    use cryptoki::error::{Error as P11Error, RvError};
-    let Ok(mut epoch) = HSM_EPOCH.lock() else {
-        return;
-    };
-    if *epoch == *seen {
-        // A module whose connection or device went away keeps failing every call until it is
-        // finalized and initialized again (p11-kit's client reconnects on C_Initialize).
-        let _ = hsm.context().clone().finalize();
-        match hsm
-            .context()
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        {
-            Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-                *epoch += 1;
-            }
-            Err(_) => {}
-        }
-    }
-    *seen = *epoch;
-}
-
 /// How a fixture's stretch of work on one HSM session ended.
 enum EpochEnd {
     /// Told to stop (or the daemon went away).
@@ -195,7 +160,7 @@ pub fn fixture_thread(
             return;
         }
     };
-    let mut seen = hsm_epoch();
+    let mut seen = crate::hsm::restart::epoch();
     let mut hsm = match WorkerHsm::open(setup, &shared.station_hsm) {
         Ok(h) => h,
         Err(e) => {
@@ -245,7 +210,7 @@ fn wait_for_hsm(
         )
     };
     loop {
-        restart_hsm(&shared.station_hsm, seen);
+        crate::hsm::restart::restart_module(&shared.station_hsm, seen);
         if let Ok(h) = WorkerHsm::open(&shared.setup, &shared.station_hsm) {
             return Some(h);
         }
@@ -403,7 +368,37 @@ fn handle_scan(
     None
 }
 
-/// Starts the uploader on its own thread, with its own HSM session for the outbox cipher.
+/// The outbox cipher on a [`FollowingSession`]: the outbox key is found on each call, so a
+/// session reopened after an outage serves the rows sealed before it.
+struct SessionCipher<'a>(&'a FollowingSession<'a>);
+
+impl crate::outbox::PayloadCipher for SessionCipher<'_> {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, crate::outbox::CipherError> {
+        self.0
+            .with(|s| {
+                crate::keys::OutboxCipher::new(s)
+                    .and_then(|c| c.seal(plain))
+                    .map_err(|e| error_text(&e))
+            })
+            .map_err(|e| crate::outbox::CipherError(e.into()))
+    }
+
+    fn open(
+        &self,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::outbox::CipherError> {
+        self.0
+            .with(|s| {
+                crate::keys::OutboxCipher::new(s)
+                    .and_then(|c| c.open(sealed))
+                    .map_err(|e| error_text(&e))
+            })
+            .map_err(|e| crate::outbox::CipherError(e.into()))
+    }
+}
+
+/// Starts the uploader on its own thread, with its own HSM session for the outbox cipher and
+/// the audit seal.
 pub fn start_uploader(
     setup: &Arc<LineSetup>,
     station_hsm: &crate::hsm::Hsm,
@@ -415,61 +410,26 @@ pub fn start_uploader(
     std::thread::Builder::new()
         .name("uploader".into())
         .spawn(move || {
-            let session =
-                crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg).map_err(|e| error_text(&e));
-            let cipher = session
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|s| crate::keys::OutboxCipher::new(s).map_err(|e| error_text(&e)));
-            if let Err(e) = &cipher {
-                tracing::error!(error = %e, "uploader: no outbox cipher; sealed rows (symmetric keys) stay queued");
-            }
-            let cipher_ref = cipher
-                .as_ref()
-                .ok()
-                .map(|c| c as &dyn crate::outbox::PayloadCipher);
-            // The audit seal has a session of its own, reopened after the HSM came back (the
-            // module restarted: an older session's handle may number another thread's).
+            // One session on the CA token for the audit seal and the outbox cipher, opened
+            // again after the HSM came back (see crate::hsm::restart).
             let label = setup.cfg.ca.audit_key_label.clone();
-            let sealer = std::cell::RefCell::new((hsm_epoch(), None::<crate::hsm::TokenSession>));
+            let session = FollowingSession::new(
+                &hsm,
+                || {
+                    crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg)
+                        .map_err(|e| error_text(&e))
+                },
+                |s| s.has_key(&label, cryptoki::object::ObjectClass::SECRET_KEY).is_ok(),
+            );
             let seal = |tx: &rusqlite::Transaction<'_>| -> Result<(), String> {
-                let mut st = sealer.borrow_mut();
-                let now = hsm_epoch();
-                if st.0 != now {
-                    if let Some(old) = st.1.take() {
-                        std::mem::forget(old);
-                    }
-                    st.0 = now;
-                }
-                if st.1.is_none() {
-                    st.1 = Some(
-                        crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg)
-                            .map_err(|e| error_text(&e))?,
-                    );
-                }
-                let Some(s) = st.1.as_ref() else {
-                    return Err("the audit key is not reachable".into());
-                };
-                let sealed = crate::ca::service::AuditKey::find(s, &label)
-                    .map_err(|e| error_text(&e))
-                    .and_then(|k| k.seal(tx).map_err(|e| error_text(&e)));
-                if sealed.is_err()
-                    && s
-                        .has_key(&label, cryptoki::object::ObjectClass::SECRET_KEY)
-                        .is_err()
-                {
-                    // The HSM itself is gone: restart the module (unless a fixture did) so
-                    // the next delivery opens a fresh session.
-                    if let Some(old) = st.1.take() {
-                        std::mem::forget(old);
-                    }
-                    let mut seen = st.0;
-                    restart_hsm(&hsm, &mut seen);
-                    st.0 = seen;
-                }
-                sealed
+                session.with(|s| {
+                    crate::ca::service::AuditKey::find(s, &label)
+                        .map_err(|e| error_text(&e))
+                        .and_then(|k| k.seal(tx).map_err(|e| error_text(&e)))
+                })
             };
-            match Uploader::new(&setup.home, &setup.cfg, cipher_ref) {
+            let cipher = SessionCipher(&session);
+            match Uploader::new(&setup.home, &setup.cfg, Some(&cipher)) {
                 Ok(up) => {
                     let up = up.with_audit_sealer(&seal);
                     tracing::info!("uploader running");

@@ -307,17 +307,19 @@ pub fn begin(
             insert_transition(tx, old_run, Some(unit.state.name()), &superseded, &now)?;
         }
         let certs = tx
-            .execute(
+            .prepare_cached(
                 "UPDATE certificates SET status = 'superseded' WHERE unit_id = ?1 AND status = 'issued'",
-                [unit.id],
             )
+            .and_then(|mut st| st.execute([unit.id]))
             .map_err(sql("supersede certificates"))?;
         let run_id = insert_run(tx, unit.id, new, &now)?;
         let (tag, data) = encode_state(&UnitState::Scanned);
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE units SET state = ?2, state_data = ?3, fixture = ?4, operator = ?5,
              lot_id = ?6, updated_at = ?7 WHERE id = ?1",
-            params![
+        )
+        .and_then(|mut st| {
+            st.execute(params![
                 unit.id,
                 tag,
                 data,
@@ -325,8 +327,8 @@ pub fn begin(
                 new.operator,
                 new.lot_id,
                 now
-            ],
-        )
+            ])
+        })
         .map_err(sql("restart unit"))?;
         insert_transition(tx, run_id, Some("superseded"), &UnitState::Scanned, &now)?;
         audit::append(
@@ -351,10 +353,12 @@ pub fn begin(
         });
     }
     let (tag, data) = encode_state(&UnitState::Scanned);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO units (serial, lot_id, product, attestation, state, state_data, fixture,
          operator, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        params![
+    )
+    .and_then(|mut st| {
+        st.execute(params![
             new.serial,
             new.lot_id,
             new.product,
@@ -364,8 +368,8 @@ pub fn begin(
             new.fixture,
             new.operator,
             now
-        ],
-    )
+        ])
+    })
     .map_err(sql("insert unit"))?;
     let unit_id = tx.last_insert_rowid();
     let run_id = insert_run(tx, unit_id, new, &now)?;
@@ -400,10 +404,10 @@ fn insert_run(
     new: &NewRun<'_>,
     now: &str,
 ) -> Result<i64, StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO runs (unit_id, fixture, operator, started_at) VALUES (?1, ?2, ?3, ?4)",
-        params![unit_id, new.fixture, new.operator, now],
     )
+    .and_then(|mut st| st.execute(params![unit_id, new.fixture, new.operator, now]))
     .map_err(sql("insert run"))?;
     Ok(tx.last_insert_rowid())
 }

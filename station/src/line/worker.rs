@@ -925,11 +925,14 @@ impl<'s> Worker<'s> {
             service::record_issued(tx, &issuer, &cert, &rec)
                 .map_err(|e| Stop::Station(error_text(&e)))?;
             let id: i64 = tx
-                .query_row(
+                .prepare_cached(
                     "UPDATE certificates SET unit_id = ?1 WHERE issuer_key_id = ?2 AND serial_hex = ?3 RETURNING id",
-                    rusqlite::params![unit_id, issuer, cert.serial.hex()],
-                    |r| r.get(0),
                 )
+                .and_then(|mut st| {
+                    st.query_row(rusqlite::params![unit_id, issuer, cert.serial.hex()], |r| {
+                        r.get(0)
+                    })
+                })
                 .map_err(sql("link certificate to unit"))?;
             units::transition(
                 tx,
@@ -947,10 +950,10 @@ impl<'s> Worker<'s> {
     /// The certificate reached the unit and was read back: it becomes the unit's live one.
     fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) -> Result<(), Stop> {
         self.persist(Commit::Step, |tx, st| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE certificates SET status = 'live' WHERE unit_id = ?1 AND status = 'issued'",
-                [unit_id],
             )
+            .and_then(|mut st| st.execute([unit_id]))
             .map_err(sql("confirm certificate"))?;
             units::transition(
                 tx,
@@ -1427,17 +1430,19 @@ impl<'s> Worker<'s> {
         };
         self.persist(Commit::Durable, |tx, st| {
             if let Some(e) = &enrollment {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at)
                      VALUES (?1, ?2, 'individual', ?3, ?4, 'queued', ?5)",
-                    rusqlite::params![
+                )
+                .and_then(|mut st| {
+                    st.execute(rusqlite::params![
                         unit_id,
                         target,
                         rid.as_str(),
                         build::without_secrets(e).to_string(),
                         now_utc()
-                    ],
-                )
+                    ])
+                })
                 .map_err(|e| match e {
                     rusqlite::Error::SqliteFailure(f, _)
                         if f.code == rusqlite::ErrorCode::ConstraintViolation =>

@@ -373,10 +373,10 @@ pub fn seal<E>(
         Ok(t) => t,
         Err(e) => return Ok(Err(e)),
     };
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE audit_checkpoint SET mac = ?1, mac_seq = ?2, mac_hash = ?3 WHERE id = 1",
-        params![hex::encode(tag), cp.last_seq, cp.last_hash],
     )
+    .and_then(|mut st| st.execute(params![hex::encode(tag), cp.last_seq, cp.last_hash]))
     .map_err(sql("write keyed audit checkpoint"))?;
     Ok(Ok(Some(cp.last_seq)))
 }

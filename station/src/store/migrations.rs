@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_delivery",
         sql: include_str!("migrations/0004_outbox_delivery.sql"),
     },
+    Migration {
+        version: 5,
+        name: "unit_indexes",
+        sql: include_str!("migrations/0005_unit_indexes.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

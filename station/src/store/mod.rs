@@ -196,6 +196,9 @@ impl Writer {
     }
 }
 
+/// Prepared statements kept per connection (see `open_unmigrated`).
+const STATEMENT_CACHE: usize = 96;
+
 /// An open station database.
 pub struct Store {
     conn: Connection,
@@ -296,6 +299,9 @@ impl Store {
             cfg.busy_timeout_ms,
         )))
         .map_err(sql("set busy timeout"))?;
+        // A unit's run and the uploader's deliveries use a few dozen distinct statements on the
+        // shared writer; rusqlite's default cache of 16 would evict and re-parse them.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let max_pages = if cfg.max_size_mb > 0 {
             let page_size: i64 = conn
                 .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -580,6 +586,59 @@ mod tests {
         // Without a limit nothing is refused.
         let open = Store::open(&path, &StoreConfig::default()).unwrap();
         assert_eq!(open.full_for_new_units().unwrap(), None);
+    }
+
+    /// The lookups a unit's run makes search an index by the unit (or lot), so their cost does
+    /// not grow with the units recorded before: a line running for months must not slow down.
+    /// Before migration 5, confirming a unit's certificate scanned the whole certificates
+    /// table, and every scan counted its lot by scanning all units.
+    #[test]
+    fn a_units_lookups_search_an_index_instead_of_scanning_a_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.db"), &StoreConfig::default()).unwrap();
+        for (q, key) in [
+            (
+                "UPDATE certificates SET status = 'live' WHERE unit_id = 1 AND status = 'issued'",
+                "unit_id=?",
+            ),
+            (
+                "SELECT der FROM certificates WHERE unit_id = 1 AND status = 'live'",
+                "unit_id=?",
+            ),
+            (
+                "SELECT count(*) FROM units u WHERE u.lot_id = 'L1'",
+                "lot_id=?",
+            ),
+            (
+                "SELECT max(r.id) FROM runs r WHERE r.unit_id = 1",
+                "unit_id=?",
+            ),
+            (
+                "SELECT etag FROM enrollments WHERE dps_target = 'a' AND unit_id = 1",
+                "unit_id=?",
+            ),
+            ("SELECT id FROM outbox WHERE unit_id = 1", "unit_id=?"),
+            (
+                "SELECT id FROM run_transitions WHERE run_id = 1",
+                "run_id=?",
+            ),
+        ] {
+            let mut st = store
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+                .unwrap();
+            let plan: Vec<String> = st
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|d| d.starts_with("SEARCH") && d.contains("USING") && d.contains(key)),
+                "{q}: {plan:?}"
+            );
+            assert!(!plan.iter().any(|d| d.starts_with("SCAN")), "{q}: {plan:?}");
+        }
     }
 
     #[test]

@@ -250,7 +250,7 @@ pub fn due(
 ) -> Result<Vec<Item>, StoreError> {
     let marks = vec!["?"; kinds.len()].join(", ");
     let mut st = conn
-        .prepare(&format!(
+        .prepare_cached(&format!(
             "SELECT {ITEM_COLUMNS} FROM outbox WHERE state = 'pending'
              AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
              AND kind IN ({marks}) ORDER BY id LIMIT {limit}"
@@ -271,6 +271,18 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<Item>, StoreError> {
     conn.prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM outbox WHERE id = ?1"))
         .and_then(|mut st| st.query_row([id], item_from_row).optional())
         .map_err(sql("read outbox row"))
+}
+
+/// How many rows of these kinds are still to deliver or wait for a supervisor (conflicts).
+/// Searches the state index: its cost follows the queue, not every row ever delivered.
+pub fn undelivered(conn: &Connection, kinds: &[&str]) -> Result<i64, StoreError> {
+    let marks = vec!["?"; kinds.len()].join(", ");
+    let args: Vec<&dyn rusqlite::ToSql> = kinds.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+    conn.prepare_cached(&format!(
+        "SELECT count(*) FROM outbox WHERE state IN ('pending', 'conflict') AND kind IN ({marks})"
+    ))
+    .and_then(|mut st| st.query_row(args.as_slice(), |r| r.get(0)))
+    .map_err(sql("count undelivered outbox rows"))
 }
 
 /// The earliest `next_attempt_at` of a pending row of these kinds, if any.

@@ -334,13 +334,7 @@ impl<'c> Uploader<'c> {
                 break;
             }
         }
-        let st = super::status(self.store.conn())?;
-        report.remaining = st
-            .queues
-            .iter()
-            .filter(|q| KINDS.contains(&q.kind.as_str()))
-            .map(|q| q.pending + q.conflicts)
-            .sum();
+        report.remaining = super::undelivered(self.store.conn(), &KINDS)?;
         Ok(report)
     }
 

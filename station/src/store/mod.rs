@@ -588,12 +588,12 @@ mod tests {
         assert_eq!(open.full_for_new_units().unwrap(), None);
     }
 
-    /// The lookups a unit's run makes search an index by the unit (or lot), so their cost does
+    /// The lookups a unit's run and an upload pass make search an index, so their cost does
     /// not grow with the units recorded before: a line running for months must not slow down.
     /// Before migration 5, confirming a unit's certificate scanned the whole certificates
     /// table, and every scan counted its lot by scanning all units.
     #[test]
-    fn a_units_lookups_search_an_index_instead_of_scanning_a_table() {
+    fn the_lookups_of_a_unit_and_of_an_upload_pass_search_an_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("s.db"), &StoreConfig::default()).unwrap();
         for (q, key) in [
@@ -621,6 +621,15 @@ mod tests {
             (
                 "SELECT id FROM run_transitions WHERE run_id = 1",
                 "run_id=?",
+            ),
+            // The uploader's pass: its due rows and what is left, by delivery state.
+            (
+                "SELECT count(*) FROM outbox WHERE state IN ('pending', 'conflict') AND kind IN ('a')",
+                "state=?",
+            ),
+            (
+                "SELECT id FROM outbox WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= 'x') AND kind IN ('a') ORDER BY id LIMIT 64",
+                "state=?",
             ),
         ] {
             let mut st = store

@@ -427,6 +427,35 @@ pub struct Facts<'a> {
     pub fw_version: Option<&'a str>,
 }
 
+/// [`Facts`] owned, for a transition recorded later.
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    /// DPS registration ID.
+    pub registration_id: Option<String>,
+    /// Device ID.
+    pub device_id: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// Hardware revision.
+    pub hw_rev: Option<String>,
+    /// Firmware version.
+    pub fw_version: Option<String>,
+}
+
+impl Known {
+    /// Borrowed, as [`transition`] takes them.
+    #[must_use]
+    pub fn as_facts(&self) -> Facts<'_> {
+        Facts {
+            registration_id: self.registration_id.as_deref(),
+            device_id: self.device_id.as_deref(),
+            model: self.model.as_deref(),
+            hw_rev: self.hw_rev.as_deref(),
+            fw_version: self.fw_version.as_deref(),
+        }
+    }
+}
+
 thread_local! {
     /// States entered by transitions on this thread since the last `take_entered` (for the
     /// crash-test points that fire after the commit).

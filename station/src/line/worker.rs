@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use super::lots;
 use super::setup::LineSetup;
 use super::state::{Step, UnitState};
-use super::units::{self, Begin, Facts, NewRun, UnitStoreError};
+use super::units::{self, Begin, Facts, Known, NewRun, UnitStoreError};
 use crate::ca::service::{self, AuditKey, RecordContext};
 use crate::ca::{Authority, CommonName, IssuedCert, Profile, SubjectKey, UnitSubject};
 use crate::config::FixtureConfig;
@@ -185,7 +185,14 @@ pub struct Worker<'s> {
     unit_started: Option<std::time::Instant>,
     /// The process's shared writer connection (every unit transaction goes through it).
     writer: Writer,
+    /// Steps of the running unit that no hardware call separates from its next transaction,
+    /// recorded in that transaction rather than in one of their own (see `later`).
+    deferred: Vec<Deferred>,
 }
+
+/// A step recorded with the unit's next transaction.
+type Deferred =
+    Box<dyn FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<(), Stop>>;
 
 /// What a fixture keeps when its worker is rebuilt (after the HSM came back): who is logged
 /// on and which unit `CMD:RETRY` retries.
@@ -275,6 +282,7 @@ impl<'s> Worker<'s> {
             resuming: false,
             unit_started: None,
             writer,
+            deferred: Vec::new(),
         })
     }
 
@@ -722,6 +730,7 @@ impl<'s> Worker<'s> {
         let serial = values.serial.clone();
         let started = self.unit_started.take().unwrap_or_else(start_timing);
         self.wire = None;
+        self.deferred.clear();
         let result = step(self, &mut values);
         let total = started.elapsed();
         let hardware = crate::timing::take();
@@ -774,6 +783,8 @@ impl<'s> Worker<'s> {
                 }
             }
             Err(Stop::Station(reason)) => {
+                // Steps not yet recorded stay unrecorded: the unit resumes from its last commit.
+                self.deferred.clear();
                 tracing::error!(fixture = %self.fixture, %serial, %reason, "station failure during a unit");
                 UnitOutcome::Refused {
                     reason: format!(
@@ -785,13 +796,15 @@ impl<'s> Worker<'s> {
         }
     }
 
-    /// One transaction: `f`, then (when durable) the HSM-keyed audit seal, then commit; a
-    /// durable commit then waits for the disk after giving up the write turn.
+    /// One transaction: the deferred steps, `f`, then (when durable) the HSM-keyed audit
+    /// seal, then commit; a durable commit then waits for the disk after giving up the write
+    /// turn.
     fn persist<T>(
         &mut self,
         commit: Commit,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
+        let deferred = std::mem::take(&mut self.deferred);
         let (out, durable) = crate::timing::database(|| -> Result<_, Stop> {
             // Writers of this process queue here, not in SQLite's busy handler (see Writer).
             let mut writer = self.writer.turn();
@@ -799,6 +812,9 @@ impl<'s> Worker<'s> {
                 .conn_mut()
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql("begin unit transaction"))?;
+            for step in deferred {
+                step(&tx, &self.setup.station)?;
+            }
             let out = f(&tx, &self.setup.station)?;
             if commit == Commit::Durable {
                 self.audit_key.seal(&tx).map_err(|e| {
@@ -829,6 +845,21 @@ impl<'s> Worker<'s> {
                 .map_err(|e| unique_clash(e, step))?;
             Ok(())
         })
+    }
+
+    /// Moves the unit to `next` in its next transaction, for a step nothing outside the
+    /// station acts on (identified, verified): a commit of its own would cost a turn on the
+    /// shared writer and WAL pages. A kill before that transaction finds the unit where it was
+    /// before the step, as a kill before the step's own commit would, and the resumed unit
+    /// passes the step again; a unit that fails first has the step recorded before its
+    /// failure.
+    fn later(&mut self, unit_id: i64, actor: &str, step: Step, next: UnitState, facts: Known) {
+        let actor = actor.to_owned();
+        self.deferred.push(Box::new(move |tx, st| {
+            units::transition(tx, st, &actor, unit_id, next, &facts.as_facts())
+                .map_err(|e| unique_clash(e, step))?;
+            Ok(())
+        }));
     }
 
     fn check_abort(&self, step: Step) -> Result<(), Stop> {
@@ -947,9 +978,11 @@ impl<'s> Worker<'s> {
         Ok(cert)
     }
 
-    /// The certificate reached the unit and was read back: it becomes the unit's live one.
-    fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) -> Result<(), Stop> {
-        self.persist(Commit::Step, |tx, st| {
+    /// The certificate reached the unit and was read back: it becomes the unit's live one,
+    /// in the transaction that records the unit.
+    fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) {
+        let actor = actor.to_owned();
+        self.deferred.push(Box::new(move |tx, st| {
             tx.prepare_cached(
                 "UPDATE certificates SET status = 'live' WHERE unit_id = ?1 AND status = 'issued'",
             )
@@ -958,13 +991,13 @@ impl<'s> Worker<'s> {
             units::transition(
                 tx,
                 st,
-                actor,
+                &actor,
                 unit_id,
                 UnitState::Verified,
                 &Facts::default(),
             )?;
             Ok(())
-        })
+        }));
     }
 
     fn drive_x509_link(
@@ -1021,7 +1054,7 @@ impl<'s> Worker<'s> {
         })?;
         unit.lock().map_err(|e| self.link_fail(Step::Verify, &e))?;
         self.note_wire(&unit);
-        self.certificate_confirmed(unit_id, actor)?;
+        self.certificate_confirmed(unit_id, actor);
         let leaf_pem = crate::ca::verify::to_pem(&[&cert.der]);
         self.record(
             unit_id,
@@ -1137,13 +1170,13 @@ impl<'s> Worker<'s> {
         symkey::prove(&mut unit, &identity).map_err(|e| self.link_fail(Step::Verify, &e))?;
         unit.lock().map_err(|e| self.link_fail(Step::Verify, &e))?;
         self.note_wire(&unit);
-        self.advance(
+        self.later(
             unit_id,
             actor,
             Step::Verify,
             UnitState::Verified,
-            &Facts::default(),
-        )?;
+            Known::default(),
+        );
         let primary = dps::wire::KeyText::new(key.to_base64().expose_secret());
         let secondary = crate::keys::random_device_key(self.session)
             .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
@@ -1244,7 +1277,7 @@ impl<'s> Worker<'s> {
         });
         match result {
             Ok(p) => {
-                self.certificate_confirmed(unit_id, actor)?;
+                self.certificate_confirmed(unit_id, actor);
                 let leaf_pem = crate::ca::verify::to_pem(&[&p.certificate]);
                 self.record(
                     unit_id,
@@ -1314,13 +1347,13 @@ impl<'s> Worker<'s> {
         if let Err(refusal) = &assessment.verdict {
             return Err(Stop::Unit(Step::Verify, refusal.to_string()));
         }
-        self.advance(
+        self.later(
             unit_id,
             actor,
             Step::Verify,
             UnitState::Verified,
-            &Facts::default(),
-        )?;
+            Known::default(),
+        );
         let att = crate::tpm::Assessment::attestation(&read);
         self.record(
             unit_id,
@@ -1347,7 +1380,7 @@ impl<'s> Worker<'s> {
         values.model = id.model.clone();
         values.hw_rev = id.hw.clone();
         values.fw_version = id.fw.clone();
-        self.advance(
+        self.later(
             unit_id,
             actor,
             Step::Identify,
@@ -1356,13 +1389,13 @@ impl<'s> Worker<'s> {
                 hw_rev: id.hw.clone(),
                 fw_version: id.fw.clone(),
             },
-            &Facts {
-                model: Some(&id.model),
-                hw_rev: Some(&id.hw),
-                fw_version: Some(&id.fw),
-                ..Facts::default()
+            Known {
+                model: Some(id.model.clone()),
+                hw_rev: Some(id.hw.clone()),
+                fw_version: Some(id.fw.clone()),
+                ..Known::default()
             },
-        )?;
+        );
         self.check_abort(Step::Attest)?;
         self.ids(values)
     }

@@ -223,6 +223,14 @@ pub fn open_for(conn: &Connection, product: &ProductName) -> Result<Option<Lot>,
     .map_err(sql("find open lot"))
 }
 
+/// The ID of the open lot of a product, if any: what a scan needs, without counting the
+/// lot's units (a count over a large lot would cost every scan).
+pub fn open_id_for(conn: &Connection, product: &ProductName) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT id FROM lots WHERE product = ?1 AND status = 'open'")
+        .and_then(|mut st| st.query_row([product.as_str()], |r| r.get(0)).optional())
+        .map_err(sql("find open lot"))
+}
+
 /// Every lot, newest first.
 pub fn list(conn: &Connection) -> Result<Vec<Lot>, StoreError> {
     let mut stmt = conn

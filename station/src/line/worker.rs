@@ -487,7 +487,7 @@ impl<'s> Worker<'s> {
                 };
             }
         }
-        let lot = match lots::open_for(self.store.conn(), &product.name) {
+        let lot = match lots::open_id_for(self.store.conn(), &product.name) {
             Ok(Some(l)) => l,
             Ok(None) => {
                 return UnitOutcome::Refused {
@@ -515,7 +515,7 @@ impl<'s> Worker<'s> {
                 &NewRun {
                     serial,
                     product: product.name.as_str(),
-                    lot_id: lot.id.as_str(),
+                    lot_id: lot.as_str(),
                     fixture: self.fixture.as_str(),
                     operator: operator.as_deref(),
                     attestation: product.profile.attestation.kind(),
@@ -578,7 +578,7 @@ impl<'s> Worker<'s> {
         let actor = operator.clone().unwrap_or_else(|| "station".to_owned());
         let values = UnitValues {
             serial: serial.to_owned(),
-            lot: lot.id.as_str().to_owned(),
+            lot: lot.clone(),
             product: product.name.as_str().to_owned(),
             model: product.profile.model.clone(),
             fixture: self.fixture.as_str().to_owned(),
@@ -978,10 +978,17 @@ impl<'s> Worker<'s> {
         Ok(cert)
     }
 
-    /// The certificate reached the unit and was read back: it becomes the unit's live one,
-    /// in the transaction that records the unit.
-    fn certificate_confirmed(&mut self, unit_id: i64, actor: &str) {
-        let actor = actor.to_owned();
+    /// The certificate reached the unit and was read back: it becomes the unit's live one, and
+    /// the unit is recorded, in one transaction.
+    fn record_confirmed(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &UnitValues,
+        (rid, device_id): (dps::RegistrationId, dps::DeviceId),
+        leaf_der: &[u8],
+    ) -> Result<(), Stop> {
+        let confirming = actor.to_owned();
         self.deferred.push(Box::new(move |tx, st| {
             tx.prepare_cached(
                 "UPDATE certificates SET status = 'live' WHERE unit_id = ?1 AND status = 'issued'",
@@ -991,13 +998,22 @@ impl<'s> Worker<'s> {
             units::transition(
                 tx,
                 st,
-                &actor,
+                &confirming,
                 unit_id,
                 UnitState::Verified,
                 &Facts::default(),
             )?;
             Ok(())
         }));
+        let leaf_pem = crate::ca::verify::to_pem(&[leaf_der]);
+        self.record(
+            unit_id,
+            actor,
+            values,
+            rid,
+            device_id,
+            Identity::X509 { leaf_pem },
+        )
     }
 
     fn drive_x509_link(
@@ -1054,16 +1070,7 @@ impl<'s> Worker<'s> {
         })?;
         unit.lock().map_err(|e| self.link_fail(Step::Verify, &e))?;
         self.note_wire(&unit);
-        self.certificate_confirmed(unit_id, actor);
-        let leaf_pem = crate::ca::verify::to_pem(&[&cert.der]);
-        self.record(
-            unit_id,
-            actor,
-            values,
-            rid,
-            device_id,
-            Identity::X509 { leaf_pem },
-        )
+        self.record_confirmed(unit_id, actor, values, (rid, device_id), &cert.der)
     }
 
     fn drive_symmetric(
@@ -1277,16 +1284,7 @@ impl<'s> Worker<'s> {
         });
         match result {
             Ok(p) => {
-                self.certificate_confirmed(unit_id, actor);
-                let leaf_pem = crate::ca::verify::to_pem(&[&p.certificate]);
-                self.record(
-                    unit_id,
-                    actor,
-                    values,
-                    rid,
-                    device_id,
-                    Identity::X509 { leaf_pem },
-                )
+                self.record_confirmed(unit_id, actor, values, (rid, device_id), &p.certificate)
             }
             Err(e) => Err(failure.unwrap_or_else(|| {
                 Stop::Unit(

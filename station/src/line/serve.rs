@@ -372,28 +372,31 @@ fn handle_scan(
 /// session reopened after an outage serves the rows sealed before it.
 struct SessionCipher<'a>(&'a FollowingSession<'a>);
 
-impl crate::outbox::PayloadCipher for SessionCipher<'_> {
-    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, crate::outbox::CipherError> {
+impl SessionCipher<'_> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&crate::keys::OutboxCipher<'_>) -> Result<T, crate::keys::KeyError>,
+    ) -> Result<T, crate::outbox::CipherError> {
         self.0
             .with(|s| {
                 crate::keys::OutboxCipher::new(s)
-                    .and_then(|c| c.seal(plain))
+                    .and_then(|c| f(&c))
                     .map_err(|e| error_text(&e))
             })
             .map_err(|e| crate::outbox::CipherError(e.into()))
+    }
+}
+
+impl crate::outbox::PayloadCipher for SessionCipher<'_> {
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, crate::outbox::CipherError> {
+        self.with(|c| c.seal(plain))
     }
 
     fn open(
         &self,
         sealed: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::outbox::CipherError> {
-        self.0
-            .with(|s| {
-                crate::keys::OutboxCipher::new(s)
-                    .and_then(|c| c.open(sealed))
-                    .map_err(|e| error_text(&e))
-            })
-            .map_err(|e| crate::outbox::CipherError(e.into()))
+        self.with(|c| c.open(sealed))
     }
 }
 

@@ -171,6 +171,29 @@ impl LineRig {
         std::fs::write(self.home.join("config.d").join(name), text).expect("write config.d");
     }
 
+    /// `station user add NAME --role ROLE` with a badge (given through the environment).
+    pub fn add_badge_user(&self, name: &str, role: &str, badge: &str) {
+        let out = self.station_env(
+            &[
+                "user",
+                "add",
+                name,
+                "--role",
+                role,
+                "--badge-env",
+                "T_BADGE",
+                "--actor",
+                "sup",
+            ],
+            &[("T_BADGE", badge)],
+        );
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Opens a lot for `product`.
     pub fn open_lot(&self, product: &str) {
         let out = self.station(&[
@@ -312,25 +335,7 @@ impl LineRig {
             "vendor: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = self.station_env(
-            &[
-                "user",
-                "add",
-                "alice",
-                "--role",
-                "supervisor",
-                "--badge-env",
-                "T_BADGE",
-                "--actor",
-                "sup",
-            ],
-            &[("T_BADGE", badge)],
-        );
-        assert!(
-            out.status.success(),
-            "user add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.add_badge_user("alice", "supervisor", badge);
         for p in ["sensor-tpm", "sensor-x509", "sensor-sym", "gateway-se"] {
             self.open_lot(p);
         }

@@ -121,25 +121,7 @@ impl HsmLine {
     fn rig(product: &str) -> (LineRig, P11Server, PathBuf, String, PathBuf, PathBuf) {
         let client = p11_kit_client();
         let rig = LineRig::new();
-        let out = rig.station_env(
-            &[
-                "user",
-                "add",
-                "alice",
-                "--role",
-                "operator",
-                "--badge-env",
-                "T_BADGE",
-                "--actor",
-                "sup",
-            ],
-            &[("T_BADGE", BADGE)],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        rig.add_badge_user("alice", "operator", BADGE);
         rig.open_lot(product);
         let sock = rig.dir.path().join("hsm.sock");
         let server = P11Server::start(&rig.softhsm_conf(), &sock);

@@ -46,25 +46,7 @@ impl TestScanner {
 
 fn rig_with_operator() -> LineRig {
     let rig = LineRig::new();
-    let out = rig.station_env(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "operator",
-            "--badge-env",
-            "T_BADGE",
-            "--actor",
-            "sup",
-        ],
-        &[("T_BADGE", BADGE)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.add_badge_user("alice", "operator", BADGE);
     rig.open_lot("sensor-x509");
     rig
 }

@@ -32,25 +32,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 fn a_scanner_drives_a_fixture_with_badge_logon() {
     let rig = LineRig::new();
     let badge = "BADGE-7731-alice";
-    let out = rig.station_env(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "operator",
-            "--badge-env",
-            "T_BADGE",
-            "--actor",
-            "sup",
-        ],
-        &[("T_BADGE", badge)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.add_badge_user("alice", "operator", badge);
     let sim = UnitSim::start(
         &rig.dir.path().join("sx3"),
         &[

@@ -185,8 +185,8 @@ pub struct Worker<'s> {
     unit_started: Option<std::time::Instant>,
     /// The process's shared writer connection (every unit transaction goes through it).
     writer: Writer,
-    /// Steps of the running unit that no hardware call separates from its next transaction,
-    /// recorded in that transaction rather than in one of their own (see `later`).
+    /// Steps of the running unit that nothing outside the station acts on, recorded at the
+    /// start of its next transaction rather than in one of their own (see `later`).
     deferred: Vec<Deferred>,
 }
 
@@ -578,7 +578,7 @@ impl<'s> Worker<'s> {
         let actor = operator.clone().unwrap_or_else(|| "station".to_owned());
         let values = UnitValues {
             serial: serial.to_owned(),
-            lot: lot.clone(),
+            lot,
             product: product.name.as_str().to_owned(),
             model: product.profile.model.clone(),
             fixture: self.fixture.as_str().to_owned(),

@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use cryptoki::object::ObjectClass;
 use station::ca::service::{self, AuditKey};
 use station::config::Config;
@@ -21,24 +19,13 @@ use station::hsm::Hsm;
 use station::hsm::restart::{self, FollowingSession};
 use station::keys::OutboxCipher;
 
-use common::{P11Server, p11_kit_client};
+use common::{P11Server, p11_kit_client, station_init};
 
 #[test]
 fn a_following_session_serves_again_after_the_module_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("H");
-    let out = Command::new(assert_cmd::cargo::cargo_bin("station"))
-        .args(["init", "--home"])
-        .arg(&root)
-        .env_remove("SOFTHSM2_CONF")
-        .env_remove("STATION_LOG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    station_init(&root);
     let home = Home::new(&root);
     let cfg = Config::load(&home).unwrap().config;
     let conf = root.join("hsm/softhsm2.conf");

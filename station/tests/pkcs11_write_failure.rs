@@ -18,7 +18,7 @@ use station::hsm::Hsm;
 use station::hsm::config::PinSource;
 use station::store::Store;
 
-use common::{P11Server, p11_kit_client};
+use common::{P11Server, p11_kit_client, station_init};
 
 const UNIT_PIN: &str = "731942";
 const LABEL: &str = "unit-GW-000009";
@@ -40,14 +40,7 @@ fn an_element_that_goes_away_before_the_certificate_write_leaves_nothing_done() 
     let client = p11_kit_client();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("H");
-    run(
-        Std::new(assert_cmd::cargo::cargo_bin("station"))
-            .args(["init", "--home"])
-            .arg(&root)
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("STATION_LOG"),
-        "station init",
-    );
+    station_init(&root);
     let conf = root.join("hsm/softhsm2.conf");
     run(
         Std::new("softhsm2-util")

@@ -25,6 +25,24 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `station init --home root`, as a fresh machine has it (no SoftHSM config or log level
+/// from the caller's environment).
+pub fn station_init(root: &Path) {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("station"))
+        .args(["init", "--home"])
+        .arg(root)
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("STATION_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "station init: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// p11-kit's client module (the PKCS#11 side of `p11-kit server`).
 pub fn p11_kit_client() -> PathBuf {
     ["x86_64-linux-gnu", "aarch64-linux-gnu"]

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 
 /// The WAL of one database file, shared by every connection of this process to it.
 #[derive(Debug)]
@@ -25,7 +25,10 @@ pub struct WalSync {
     /// Durable commits written so far (counted after each returned).
     written: AtomicU64,
     /// The count the last completed fdatasync covered.
-    synced: Mutex<u64>,
+    synced: AtomicU64,
+    /// Whether a thread is syncing now (the others wait on `done` for it).
+    syncing: Mutex<bool>,
+    done: Condvar,
 }
 
 /// A commit waiting to be made durable.
@@ -48,7 +51,9 @@ impl WalSync {
             Arc::new(WalSync {
                 wal: PathBuf::from(wal),
                 written: AtomicU64::new(0),
-                synced: Mutex::new(0),
+                synced: AtomicU64::new(0),
+                syncing: Mutex::new(false),
+                done: Condvar::new(),
             })
         }))
     }
@@ -66,23 +71,47 @@ impl WalSync {
     }
 
     /// Returns once the commit of `ticket` is on disk: at once if a sync already covered it,
-    /// otherwise after one fdatasync of the WAL (taken by this thread for everyone waiting).
+    /// otherwise after one fdatasync of the WAL (taken by one waiting thread for everyone).
+    ///
+    /// The sync runs outside the lock, and when it ends every waiter is woken at once: each
+    /// finds its ticket covered, or one of them starts the next sync. (With the sync inside a
+    /// mutex the waiters would leave one by one, each waking the next: a convoy of context
+    /// switches after every sync.)
     pub fn sync_through(&self, ticket: Ticket) -> std::io::Result<()> {
-        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-        if *synced >= ticket.0 {
+        if self.synced.load(Ordering::SeqCst) >= ticket.0 {
             return Ok(());
         }
+        let mut syncing = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.synced.load(Ordering::SeqCst) >= ticket.0 {
+                return Ok(());
+            }
+            if !*syncing {
+                break;
+            }
+            syncing = self
+                .done
+                .wait(syncing)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *syncing = true;
+        drop(syncing);
         // Every commit counted up to here has its frames written: the sync covers them all.
         let covers = self.written.load(Ordering::SeqCst);
-        match std::fs::File::open(&self.wal) {
-            Ok(f) => f.sync_data()?,
+        let result = match std::fs::File::open(&self.wal) {
+            Ok(f) => f.sync_data(),
             // No WAL: the last connection checkpointed it into the database file (synced by
             // that checkpoint) and deleted it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        if result.is_ok() {
+            self.synced.fetch_max(covers, Ordering::SeqCst);
         }
-        *synced = covers;
-        Ok(())
+        *self.syncing.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        // On failure too: a waiter then tries the sync itself and gets its own error.
+        self.done.notify_all();
+        result
     }
 }
 
@@ -105,13 +134,41 @@ mod tests {
         let first = a.written();
         let second = b.written();
         a.sync_through(second).unwrap();
-        assert_eq!(*a.synced.lock().unwrap(), 2);
+        assert_eq!(a.synced.load(Ordering::SeqCst), 2);
         // Already covered: no second sync needed, and none is taken.
         b.sync_through(first).unwrap();
-        assert_eq!(*a.synced.lock().unwrap(), 2);
+        assert_eq!(a.synced.load(Ordering::SeqCst), 2);
         let third = a.written();
         std::fs::remove_file(dir.path().join("station.db-wal")).unwrap();
         a.sync_through(third).unwrap();
-        assert_eq!(*a.synced.lock().unwrap(), 3);
+        assert_eq!(a.synced.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn concurrent_waiters_each_return_only_once_a_sync_covers_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("station.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
+        let wal = WalSync::for_database(&db);
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    start.wait();
+                    for _ in 0..50 {
+                        let ticket = wal.written();
+                        wal.sync_through(ticket).unwrap();
+                        assert!(
+                            wal.synced.load(Ordering::SeqCst) >= ticket.0,
+                            "returned before a sync covered ticket {}",
+                            ticket.0
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(wal.synced.load(Ordering::SeqCst), 400);
+        assert!(!*wal.syncing.lock().unwrap(), "no sync left marked running");
     }
 }

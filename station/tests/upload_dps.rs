@@ -252,6 +252,65 @@ fn the_background_loop_wakes_on_new_rows_and_stops_on_request() {
 }
 
 #[test]
+fn on_a_busy_line_the_units_recorded_within_the_gather_window_go_to_dps_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let mut st = Station::new(&dps, 10);
+    // A window far longer than queueing three rows takes, so the test does not depend on speed.
+    std::fs::write(
+        st.home.config_dir().join("60-gather.toml"),
+        "[upload]\ngather_ms = 3000\n",
+    )
+    .unwrap();
+    st.config = station::config::Config::load(&st.home).unwrap().config;
+    assert_eq!(st.config.upload.gather_ms, 3000);
+    let signal = station::outbox::UploadSignal::new();
+    let (home, config, sig) = (st.home.clone(), st.config.clone(), signal.clone());
+    let worker = std::thread::spawn(move || {
+        Uploader::new(&home, &config, None).unwrap().run(&sig);
+    });
+    let uploaded = |unit| matches!(st.unit_state(unit), UnitState::Uploaded { .. });
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !done() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what} never happened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // The first unit after a quiet spell goes in the pass its wake starts.
+    let (first, _) = st.queue_unit(&tpm("tpm-gather-0", b"ek-gather-0"), None);
+    signal.wake();
+    wait_for("the first upload", &|| uploaded(first));
+
+    // Three more right behind it: they wait out the window and go in one pass (one
+    // transaction: they are never seen uploaded apart).
+    let rest: Vec<i64> = (1..=3u8)
+        .map(|i| {
+            let ek = format!("ek-gather-{i}");
+            let (unit, _) = st.queue_unit(&tpm(&format!("tpm-gather-{i}"), ek.as_bytes()), None);
+            signal.wake();
+            unit
+        })
+        .collect();
+    wait_for("the next pass", &|| {
+        let done: Vec<bool> = rest.iter().map(|u| uploaded(*u)).collect();
+        assert!(
+            done.iter().all(|d| *d) || done.iter().all(|d| !*d),
+            "units recorded within one window were uploaded in different passes: {done:?}"
+        );
+        done[0]
+    });
+    signal.stop();
+    worker.join().unwrap();
+    let bulks = st.audit_events("unit.uploaded");
+    assert_eq!(bulks.len(), 4, "{bulks:?}");
+}
+
+#[test]
 fn one_refused_enrollment_does_not_hold_back_its_bulk() {
     let tmp = tempfile::tempdir().unwrap();
     let dps = LocalDps::start(&tmp.path().join("dps"), 0);

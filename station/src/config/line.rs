@@ -86,6 +86,11 @@ pub struct UploadConfig {
     /// How often the uploader looks for work when idle, in milliseconds. New rows also wake it.
     #[serde(default = "default_upload_interval_ms")]
     pub interval_ms: u64,
+    /// On a busy line, at most one pass per this many milliseconds: the units recorded
+    /// meanwhile go to DPS together (fewer bulk requests, transactions and disk syncs). A unit
+    /// recorded on a quiet line is uploaded at once.
+    #[serde(default = "default_upload_gather_ms")]
+    pub gather_ms: u64,
     /// Enrollments per bulk operation (1 to 10; DPS takes at most 10).
     #[serde(default = "default_upload_batch")]
     pub batch: usize,
@@ -102,6 +107,7 @@ impl Default for UploadConfig {
     fn default() -> Self {
         Self {
             interval_ms: default_upload_interval_ms(),
+            gather_ms: default_upload_gather_ms(),
             batch: default_upload_batch(),
             min_backoff_ms: default_upload_min_backoff_ms(),
             max_backoff_ms: default_upload_max_backoff_ms(),
@@ -111,6 +117,9 @@ impl Default for UploadConfig {
 
 fn default_upload_interval_ms() -> u64 {
     2000
+}
+fn default_upload_gather_ms() -> u64 {
+    50
 }
 fn default_upload_batch() -> usize {
     10

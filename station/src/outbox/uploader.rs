@@ -566,11 +566,29 @@ impl<'c> Uploader<'c> {
     }
 
     /// Drains until `signal` stops it: a pass whenever rows are due, otherwise waits for the
-    /// next due row, a wake, or `[upload] interval_ms`, whichever comes first.
+    /// next due row, a wake, or `[upload] interval_ms`, whichever comes first. Passes start at
+    /// least `[upload] gather_ms` apart, so a busy line's rows go out in full bulk requests.
     pub fn run(mut self, signal: &UploadSignal) {
         self.signal = Some(signal.clone());
         let interval = Duration::from_millis(self.cfg.upload.interval_ms.max(10));
+        let gather = Duration::from_millis(self.cfg.upload.gather_ms);
+        let mut last_pass: Option<std::time::Instant> = None;
         while !signal.is_stopped() {
+            if let Some(rest) = last_pass.map(|at| gather.saturating_sub(at.elapsed()))
+                && !rest.is_zero()
+            {
+                let signal = signal.clone();
+                self.rt.block_on(async {
+                    tokio::select! {
+                        () = tokio::time::sleep(rest) => {}
+                        () = signal.stopped() => {}
+                    }
+                });
+                if signal.is_stopped() {
+                    break;
+                }
+            }
+            last_pass = Some(std::time::Instant::now());
             match self.drain_once() {
                 Ok(r) if r.delivered + r.retrying + r.conflicts > 0 => {
                     tracing::info!(

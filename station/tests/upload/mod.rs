@@ -260,7 +260,12 @@ impl Station {
     ) -> (i64, i64) {
         let rid = rid.to_owned();
         let mut store = self.store();
-        let tx = store.conn_mut().transaction().unwrap();
+        // Immediate, as the line's writer: a deferred transaction that reads and then writes
+        // fails at once (SQLITE_BUSY) if the uploader committed in between.
+        let tx = store
+            .conn_mut()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
         let st = &self.station;
         let Begin::Started { unit_id, .. } = units::begin(
             &tx,

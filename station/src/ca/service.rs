@@ -156,8 +156,50 @@ pub fn record_issued(
     cert: &IssuedCert,
     ctx: &RecordContext<'_>,
 ) -> Result<(), CaServiceError> {
-    let fingerprint = hex::encode(Sha256::digest(&cert.der));
-    let subject = format!("CN={}", cert.common_name);
+    let row = insert_issued(tx, issuer_key_id, cert, ctx)?;
+    audit::append(tx, ctx.station, &row.event(ctx))?;
+    Ok(())
+}
+
+/// A certificate row just written, for its audit entry.
+struct IssuedRow<'a> {
+    issuer_key_id: &'a str,
+    cert: &'a IssuedCert,
+    serial: String,
+    subject: String,
+    fingerprint: String,
+}
+
+impl IssuedRow<'_> {
+    fn event<'e>(&'e self, ctx: &RecordContext<'e>) -> AuditEvent<'e> {
+        AuditEvent {
+            actor: ctx.actor,
+            event: ctx.event,
+            subject: &self.serial,
+            details: serde_json::json!({
+                "issuer_key_id": self.issuer_key_id,
+                "subject": self.subject,
+                "profile": self.cert.profile,
+                "fingerprint_sha256": self.fingerprint,
+                "not_after": rfc3339(self.cert.not_after),
+            }),
+        }
+    }
+}
+
+fn insert_issued<'a>(
+    tx: &Transaction<'_>,
+    issuer_key_id: &'a str,
+    cert: &'a IssuedCert,
+    ctx: &RecordContext<'_>,
+) -> Result<IssuedRow<'a>, CaServiceError> {
+    let row = IssuedRow {
+        issuer_key_id,
+        cert,
+        serial: cert.serial.hex(),
+        subject: format!("CN={}", cert.common_name),
+        fingerprint: hex::encode(Sha256::digest(&cert.der)),
+    };
     let res = tx
         .prepare_cached(
             "INSERT INTO certificates (issuer_key_id, serial_hex, registration_id, subject, profile,
@@ -166,48 +208,29 @@ pub fn record_issued(
         )
         .and_then(|mut st| st.execute(rusqlite::params![
             issuer_key_id,
-            cert.serial.hex(),
+            row.serial,
             ctx.registration_id,
-            subject,
+            row.subject,
             cert.profile,
             rfc3339(cert.not_before),
             rfc3339(cert.not_after),
-            fingerprint,
+            row.fingerprint,
             cert.der,
             crate::store::now_utc(),
         ]));
     match res {
-        Ok(_) => {}
+        Ok(_) => Ok(row),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            return Err(CaError::SerialCollision.into());
+            Err(CaError::SerialCollision.into())
         }
-        Err(source) => {
-            return Err(StoreError::Sql {
-                op: "record issued certificate",
-                source,
-            }
-            .into());
+        Err(source) => Err(StoreError::Sql {
+            op: "record issued certificate",
+            source,
         }
+        .into()),
     }
-    audit::append(
-        tx,
-        ctx.station,
-        &AuditEvent {
-            actor: ctx.actor,
-            event: ctx.event,
-            subject: &cert.serial.hex(),
-            details: serde_json::json!({
-                "issuer_key_id": issuer_key_id,
-                "subject": subject,
-                "profile": cert.profile,
-                "fingerprint_sha256": fingerprint,
-                "not_after": rfc3339(cert.not_after),
-            }),
-        },
-    )?;
-    Ok(())
 }
 
 /// The audit HMAC key in the CA token.
@@ -318,9 +341,16 @@ pub fn commit_batch(
         .conn_mut()
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(crate::store::sql("begin issuance transaction"))?;
-    for (cert, rec) in certs {
-        record_issued(&tx, ca.issuer_key_id(), cert, rec)?;
-    }
+    let rows = certs
+        .iter()
+        .map(|(cert, rec)| insert_issued(&tx, ca.issuer_key_id(), cert, rec))
+        .collect::<Result<Vec<_>, _>>()?;
+    audit::append_all(
+        &tx,
+        rows.iter()
+            .zip(certs)
+            .map(|(row, (_, rec))| (rec.station, row.event(rec))),
+    )?;
     audit_key.seal(&tx)?;
     tx.commit()
         .map_err(crate::store::sql("commit issuance transaction"))?;

@@ -117,51 +117,99 @@ pub fn append(
     station: &StationId,
     ev: &AuditEvent<'_>,
 ) -> Result<AuditEntry, StoreError> {
-    let last = read_checkpoint(tx)?;
-    let (seq, prev_hash) = match last {
-        Some(cp) => (cp.last_seq + 1, cp.last_hash),
-        None => (1, GENESIS.to_owned()),
-    };
-    // serde_json's default map is ordered by key: the stored text is canonical.
-    let details = serde_json::to_string(&ev.details).unwrap_or_else(|_| "null".into());
-    let mut entry = AuditEntry {
-        seq,
-        ts: now_utc(),
-        actor: ev.actor.to_owned(),
-        station_id: station.as_str().to_owned(),
-        event: ev.event.to_owned(),
-        subject: ev.subject.to_owned(),
-        details,
-        prev_hash,
-        hash: String::new(),
-    };
-    entry.hash = entry.compute_hash();
-    // Cached statements: appends are on the issuance path, once per certificate.
-    tx.prepare_cached(
-        "INSERT INTO audit_log (seq, ts, actor, station_id, event, subject, details, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            entry.seq,
-            entry.ts,
-            entry.actor,
-            entry.station_id,
-            entry.event,
-            entry.subject,
-            entry.details,
-            entry.prev_hash,
-            entry.hash
-        ])
-    })
-    .map_err(sql("append audit entry"))?;
-    tx.prepare_cached(
-        "INSERT INTO audit_checkpoint (id, last_seq, last_hash) VALUES (1, ?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
-    )
-    .and_then(|mut st| st.execute(params![entry.seq, entry.hash]))
-    .map_err(sql("move audit checkpoint"))?;
+    let mut head = Head::read(tx)?;
+    let entry = head.insert(tx, station, ev)?;
+    head.write(tx)?;
     Ok(entry)
+}
+
+/// Appends `events` (each with its station) in order inside the caller's transaction,
+/// reading the checkpoint once and moving it once, to the last of them (a batch of issued
+/// certificates).
+pub fn append_all<'a>(
+    tx: &Transaction<'_>,
+    events: impl IntoIterator<Item = (&'a StationId, AuditEvent<'a>)>,
+) -> Result<(), StoreError> {
+    let mut head = Head::read(tx)?;
+    for (station, ev) in events {
+        head.insert(tx, station, &ev)?;
+    }
+    head.write(tx)
+}
+
+/// The newest entry while a transaction appends.
+struct Head {
+    seq: i64,
+    hash: String,
+}
+
+impl Head {
+    fn read(tx: &Transaction<'_>) -> Result<Self, StoreError> {
+        Ok(match read_checkpoint(tx)? {
+            Some(cp) => Self {
+                seq: cp.last_seq,
+                hash: cp.last_hash,
+            },
+            None => Self {
+                seq: 0,
+                hash: GENESIS.to_owned(),
+            },
+        })
+    }
+
+    fn insert(
+        &mut self,
+        tx: &Transaction<'_>,
+        station: &StationId,
+        ev: &AuditEvent<'_>,
+    ) -> Result<AuditEntry, StoreError> {
+        // serde_json's default map is ordered by key: the stored text is canonical.
+        let details = serde_json::to_string(&ev.details).unwrap_or_else(|_| "null".into());
+        let mut entry = AuditEntry {
+            seq: self.seq + 1,
+            ts: now_utc(),
+            actor: ev.actor.to_owned(),
+            station_id: station.as_str().to_owned(),
+            event: ev.event.to_owned(),
+            subject: ev.subject.to_owned(),
+            details,
+            prev_hash: std::mem::take(&mut self.hash),
+            hash: String::new(),
+        };
+        entry.hash = entry.compute_hash();
+        // Cached statements: appends are on the issuance path, once per certificate.
+        tx.prepare_cached(
+            "INSERT INTO audit_log (seq, ts, actor, station_id, event, subject, details, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                entry.seq,
+                entry.ts,
+                entry.actor,
+                entry.station_id,
+                entry.event,
+                entry.subject,
+                entry.details,
+                entry.prev_hash,
+                entry.hash
+            ])
+        })
+        .map_err(sql("append audit entry"))?;
+        self.seq = entry.seq;
+        self.hash.clone_from(&entry.hash);
+        Ok(entry)
+    }
+
+    fn write(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "INSERT INTO audit_checkpoint (id, last_seq, last_hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
+        )
+        .and_then(|mut st| st.execute(params![self.seq, self.hash]))
+        .map_err(sql("move audit checkpoint"))?;
+        Ok(())
+    }
 }
 
 /// Reads the checkpoint, if any entry was ever written.
@@ -452,6 +500,39 @@ mod tests {
         let e = newest(store.conn()).unwrap().unwrap();
         assert_eq!(e.details, r#"{"a":"x","b":4}"#);
         assert_eq!(list(store.conn(), 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_appended_at_once_chains_like_single_appends_and_moves_the_checkpoint_to_its_last() {
+        let (_d, mut store) = store_with(2);
+        let (a, b) = (
+            StationId::new("st-1").unwrap(),
+            StationId::new("st-2").unwrap(),
+        );
+        let tx = store.conn_mut().transaction().unwrap();
+        let ev = |subject| AuditEvent {
+            actor: "tester",
+            event: "test.batch",
+            subject,
+            details: serde_json::json!({}),
+        };
+        append_all(&tx, [(&a, ev("x")), (&b, ev("y")), (&a, ev("z"))]).unwrap();
+        tx.commit().unwrap();
+        let v = verify(store.conn()).unwrap();
+        assert_eq!((v.entries, v.last_seq, v.first_bad), (5, 5, None));
+        let last = newest(store.conn()).unwrap().unwrap();
+        assert_eq!(
+            (last.subject.as_str(), last.station_id.as_str()),
+            ("z", "st-1")
+        );
+        let stations: Vec<String> = list(store.conn(), 3)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.station_id)
+            .collect();
+        assert!(stations.contains(&"st-2".to_owned()), "{stations:?}");
+        let cp = read_checkpoint(store.conn()).unwrap().unwrap();
+        assert_eq!((cp.last_seq, cp.last_hash), (5, last.hash));
     }
 
     #[test]

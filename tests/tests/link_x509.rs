@@ -104,6 +104,34 @@ fn clean_exchange_provisions_and_locks() {
 }
 
 #[test]
+fn at_a_real_baud_the_exchange_takes_at_least_the_wire_time_of_its_serial_bytes() {
+    // The line is full duplex and the certificate upload keeps two chunks in flight, so the
+    // unit's acknowledgements may travel while the next chunk is sent: the floor of the
+    // link's time counts every byte except those. `scripts/bench line` divides by this floor.
+    let baud = 115_200;
+    let case = start("SN-BAUD-1", &["--baud", "115200"]);
+    let s = LinkSettings { baud, ..settings() };
+    let t0 = std::time::Instant::now();
+    let (r, c) = run(&case, "SN-BAUD-1", s);
+    let elapsed = t0.elapsed();
+    r.unwrap();
+    let st = c.transport().stats();
+    assert!(
+        st.bytes_in_overlapping > 0,
+        "the windowed upload overlapped nothing: {st:?}"
+    );
+    assert_eq!(
+        st.serial_bytes(),
+        st.bytes_out + st.bytes_in - st.bytes_in_overlapping
+    );
+    let floor = Duration::from_secs_f64(st.serial_bytes() as f64 * 10.0 / f64::from(baud));
+    assert!(
+        elapsed >= floor,
+        "{elapsed:?} is under the wire-time floor {floor:?} of {st:?}: the floor counts bytes a full-duplex line can overlap"
+    );
+}
+
+#[test]
 fn state_survives_restart_and_factory_reset_unlocks() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("unit");

@@ -177,8 +177,9 @@ pub struct Worker<'s> {
     abort: Arc<AtomicBool>,
     operator: Option<String>,
     last_failed: Option<String>,
-    /// Bytes over the device link and its baud, for the unit just run.
-    wire: Option<(u64, u32)>,
+    /// Bytes over the device link (all, and those whose wire time no exchange can hide: see
+    /// `TransportStats::serial_bytes`) and its baud, for the unit just run.
+    wire: Option<(u64, u64, u32)>,
     /// The unit being run is resumed after a restart.
     resuming: bool,
     /// When the unit being run was scanned.
@@ -735,7 +736,7 @@ impl<'s> Worker<'s> {
         let total = started.elapsed();
         let hardware = crate::timing::take();
         let (database, disk_sync) = crate::timing::take_store();
-        let (wire_bytes, baud) = self.wire.unwrap_or((0, 0));
+        let (wire_bytes, wire_serial_bytes, baud) = self.wire.unwrap_or((0, 0, 0));
         tracing::info!(
             target: "station::timing",
             fixture = %self.fixture,
@@ -746,6 +747,7 @@ impl<'s> Worker<'s> {
             database_us = database.as_micros() as u64,
             disk_sync_us = disk_sync.as_micros() as u64,
             wire_bytes,
+            wire_serial_bytes,
             baud,
             passed = result.is_ok(),
             "unit timing"
@@ -874,7 +876,11 @@ impl<'s> Worker<'s> {
 
     fn note_wire(&mut self, unit: &UnitClient<SerialLink>) {
         let st = unit.transport().stats();
-        self.wire = Some((st.bytes_out + st.bytes_in, self.fcfg.baud));
+        self.wire = Some((
+            st.bytes_out + st.bytes_in,
+            st.serial_bytes(),
+            self.fcfg.baud,
+        ));
     }
 
     /// A unit failure over the device link, naming the fixture and its port (what the

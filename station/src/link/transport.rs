@@ -168,6 +168,19 @@ pub struct TransportStats {
     pub bytes_out: u64,
     /// Bytes read.
     pub bytes_in: u64,
+    /// Bytes read while a later request of ours was in flight too (a windowed transfer): on a
+    /// full-duplex line they can arrive while that request is still being sent.
+    pub bytes_in_overlapping: u64,
+}
+
+impl TransportStats {
+    /// The bytes whose wire time no exchange can hide: all bytes, less those read while a
+    /// later request was being sent. Their wire time at the line's baud is the floor of the
+    /// link's time.
+    #[must_use]
+    pub fn serial_bytes(&self) -> u64 {
+        self.bytes_out + self.bytes_in - self.bytes_in_overlapping
+    }
 }
 
 /// The station end of a device link.
@@ -319,6 +332,9 @@ impl<P: Port> Transport<P> {
                     source,
                 })?;
             self.stats.bytes_in += n as u64;
+            if awaited.len() > 1 {
+                self.stats.bytes_in_overlapping += n as u64;
+            }
             let mut bodies = Vec::new();
             self.decoder
                 .push(buf.get(..n).unwrap_or_default(), &mut bodies);

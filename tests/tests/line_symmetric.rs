@@ -180,3 +180,72 @@ fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
     let out = rig.station(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_key_on_restart() {
+    let rig = LineRig::new();
+    let sim = UnitSim::start(
+        &rig.dir.path().join("sk2"),
+        &["--serial", "SK-000002", "--model", "SK-20"],
+    );
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    rig.open_lot("sensor-key");
+    let provision = [
+        "provision",
+        "--fixture",
+        "key1",
+        "--serial",
+        "SK-000002",
+        "--actor",
+        "alice",
+    ];
+    // Killed in the record transaction: the unit holds its key and is locked, and the
+    // station's last commit is key-injected. The key left the station's memory with the process.
+    let out = rig.station_env(&provision, &[("STATION_CRASH_AT", "before:recorded")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("aborting at before:recorded"),
+        "{}",
+        text(&out)
+    );
+    let (key, state) = unit_key(&sim);
+    assert_eq!(
+        state["locked"], true,
+        "the unit was locked before the record step"
+    );
+    assert_eq!(rig.state("SK-000002").as_deref(), Some("key-injected"));
+    // The key waits sealed under the HSM's outbox key, never in the clear.
+    let kept: i64 = rig
+        .db()
+        .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 1);
+    assert_key_not_stored(&rig, &key);
+
+    // The restart resumes the unit: the locked unit proves the kept key, which is recorded.
+    let out = rig.station(&provision);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("recovered: "), "{}", text(&out));
+    assert_eq!(rig.state("SK-000002").as_deref(), Some("queued"));
+    let kept: i64 = rig
+        .db()
+        .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0, "the key is erased once the outbox row holds it");
+    rig.upload_now();
+    assert_eq!(rig.state("SK-000002").as_deref(), Some("uploaded"));
+    let (_, a) = rig.dps_enrollment("SK-000002");
+    let held = base64::engine::general_purpose::STANDARD
+        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
+        .unwrap();
+    assert_eq!(held, key, "DPS holds the key the unit was locked with");
+    assert_key_not_stored(&rig, &key);
+    let out = rig.station(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -563,6 +563,8 @@ pub fn fail(
     step: Step,
     reason: &str,
 ) -> Result<UnitState, UnitStoreError> {
+    // A failed unit's kept key goes with its run: a retry gives the unit a new one.
+    erase_key(tx, unit_id)?;
     transition(
         tx,
         station,
@@ -574,6 +576,38 @@ pub fn fail(
         },
         &Facts::default(),
     )
+}
+
+/// Keeps a symmetric-individual unit's key, sealed under the HSM's outbox key, until the unit
+/// is recorded (`unit_keys`, migration 6): replaces a key kept for an earlier attempt.
+pub fn keep_key(tx: &Transaction<'_>, unit_id: i64, sealed: &[u8]) -> Result<(), UnitStoreError> {
+    tx.prepare_cached(
+        "INSERT INTO unit_keys (unit_id, sealed, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (unit_id) DO UPDATE SET sealed = excluded.sealed, created_at = excluded.created_at",
+    )
+    .and_then(|mut st| st.execute(params![unit_id, sealed, now_utc()]))
+    .map_err(sql("keep the unit's sealed key"))?;
+    Ok(())
+}
+
+/// The sealed key kept for `unit_id`, if any.
+pub fn kept_key(conn: &Connection, unit_id: i64) -> Result<Option<Vec<u8>>, UnitStoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT sealed FROM unit_keys WHERE unit_id = ?1",
+            [unit_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("read the unit's sealed key"))?)
+}
+
+/// Erases the key kept for `unit_id` (recorded: the outbox row holds it; or failed).
+pub fn erase_key(tx: &Transaction<'_>, unit_id: i64) -> Result<(), UnitStoreError> {
+    tx.prepare_cached("DELETE FROM unit_keys WHERE unit_id = ?1")
+        .and_then(|mut st| st.execute([unit_id]))
+        .map_err(sql("erase the unit's sealed key"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -597,6 +631,35 @@ mod tests {
             operator: Some("alice"),
             attestation: "x509-link",
         }
+    }
+
+    #[test]
+    fn a_kept_key_is_replaced_by_a_new_attempt_and_goes_when_the_unit_fails() {
+        let (_d, mut s) = store();
+        let st = StationId::fallback();
+        s.conn()
+            .execute(
+                "INSERT INTO lots (id, product, quantity, status, opened_at, opened_by) VALUES ('L1','sensor-x509',5,'open','t','a')",
+                [],
+            )
+            .unwrap();
+        let tx = s.conn_mut().transaction().unwrap();
+        let Begin::Started { unit_id, .. } = begin(&tx, &st, &run("SK-1", "fx1")).unwrap() else {
+            panic!("not started")
+        };
+        assert_eq!(kept_key(&tx, unit_id).unwrap(), None);
+        keep_key(&tx, unit_id, b"sealed-1").unwrap();
+        keep_key(&tx, unit_id, b"sealed-2").unwrap();
+        assert_eq!(
+            kept_key(&tx, unit_id).unwrap().as_deref(),
+            Some(&b"sealed-2"[..])
+        );
+        fail(&tx, &st, "alice", unit_id, Step::Verify, "no answer").unwrap();
+        assert_eq!(kept_key(&tx, unit_id).unwrap(), None);
+        keep_key(&tx, unit_id, b"sealed-3").unwrap();
+        erase_key(&tx, unit_id).unwrap();
+        assert_eq!(kept_key(&tx, unit_id).unwrap(), None);
+        tx.commit().unwrap();
     }
 
     #[test]

@@ -1086,7 +1086,6 @@ impl<'s> Worker<'s> {
         values: &mut UnitValues,
     ) -> Result<(), Stop> {
         use crate::link::symkey::{self, SymkeyIdentity};
-        use secrecy::ExposeSecret as _;
         let product = Arc::clone(&self.product);
         let target = crate::dps_target::target(&self.setup.cfg, &product.profile.dps_target)
             .map_err(|e| Stop::Station(error_text(&e)))?
@@ -1100,6 +1099,43 @@ impl<'s> Worker<'s> {
                 global_endpoint: target.global_endpoint.clone(),
             };
         let mut unit = self.open_link()?;
+        if self.resuming
+            && product.profile.enrollment == Enrollment::Individual
+            && let Some(sealed) = units::kept_key(self.store.conn(), unit_id)?
+        {
+            let id = unit
+                .identify()
+                .map_err(|e| self.link_fail(Step::Identify, &e))?;
+            if id.locked && id.serial == values.serial {
+                // The interrupted run locked the unit with the key it kept (sealed) before
+                // writing it: the unit proves it, and that key is recorded.
+                values.model = id.model.clone();
+                values.hw_rev = id.hw.clone();
+                values.fw_version = id.fw.clone();
+                let (rid, device_id) = self.ids(values)?;
+                let key = crate::keys::OutboxCipher::new(self.session)
+                    .and_then(|c| c.open(&sealed))
+                    .map(|plain| crate::keys::DeviceKey::from_bytes(plain.to_vec()))
+                    .map_err(|e| {
+                        Stop::Station(format!(
+                            "opening the key kept for unit {}: {}",
+                            values.serial,
+                            error_text(&e)
+                        ))
+                    })?;
+                symkey::prove(&mut unit, &identity_for(&key, &rid))
+                    .map_err(|e| self.link_fail(Step::Verify, &e))?;
+                self.note_wire(&unit);
+                self.later(
+                    unit_id,
+                    actor,
+                    Step::Verify,
+                    UnitState::Verified,
+                    Known::default(),
+                );
+                return self.record_symmetric(unit_id, actor, values, (rid, device_id), &key);
+            }
+        }
         if self.resuming
             && let Enrollment::Group { group_id } = &product.profile.enrollment
         {
@@ -1156,20 +1192,33 @@ impl<'s> Worker<'s> {
                 "hsm-random".to_owned(),
             ),
         };
-        self.advance(
-            unit_id,
-            actor,
-            Step::Attest,
-            UnitState::KeyReady {
-                registration_id: rid.to_string(),
-                material,
-            },
-            &Facts {
-                registration_id: Some(rid.as_str()),
-                device_id: Some(device_id.as_str()),
-                ..Facts::default()
-            },
-        )?;
+        let key_ready = UnitState::KeyReady {
+            registration_id: rid.to_string(),
+            material,
+        };
+        let facts = Facts {
+            registration_id: Some(rid.as_str()),
+            device_id: Some(device_id.as_str()),
+            ..Facts::default()
+        };
+        if product.profile.enrollment == Enrollment::Individual {
+            // A random key exists only here until it is recorded: it is kept sealed, on disk,
+            // before the unit gets it, so that a unit locked with it by a run the station did
+            // not finish is recorded with it on restart (units::keep_key).
+            let sealed = crate::keys::OutboxCipher::new(self.session)
+                .and_then(|c| c.seal(key.expose()))
+                .map_err(|e| {
+                    Stop::Station(format!("sealing the unit's key: {}", error_text(&e)))
+                })?;
+            self.persist(Commit::Durable, |tx, st| {
+                units::transition(tx, st, actor, unit_id, key_ready, &facts)
+                    .map_err(|e| unique_clash(e, Step::Attest))?;
+                units::keep_key(tx, unit_id, &sealed)?;
+                Ok(())
+            })?;
+        } else {
+            self.advance(unit_id, actor, Step::Attest, key_ready, &facts)?;
+        }
         self.check_abort(Step::Inject)?;
         let identity = identity_for(&key, &rid);
         symkey::inject(&mut unit, &identity).map_err(|e| self.link_fail(Step::Inject, &e))?;
@@ -1190,6 +1239,19 @@ impl<'s> Worker<'s> {
             UnitState::Verified,
             Known::default(),
         );
+        self.record_symmetric(unit_id, actor, values, (rid, device_id), &key)
+    }
+
+    /// Records a symmetric-key unit holding `key` (a new secondary key is drawn in the HSM).
+    fn record_symmetric(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        values: &UnitValues,
+        (rid, device_id): (dps::RegistrationId, dps::DeviceId),
+        key: &crate::keys::DeviceKey,
+    ) -> Result<(), Stop> {
+        use secrecy::ExposeSecret as _;
         let primary = dps::wire::KeyText::new(key.to_base64().expose_secret());
         let secondary = crate::keys::random_device_key(self.session)
             .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
@@ -1495,6 +1557,10 @@ impl<'s> Worker<'s> {
                 })?;
             }
             units::transition(tx, st, actor, unit_id, UnitState::Recorded, &Facts::default())?;
+            if secret {
+                // The outbox row now holds the key (sealed): the kept copy goes.
+                units::erase_key(tx, unit_id)?;
+            }
             let outbox_id = crate::outbox::enqueue(
                 tx,
                 &crate::outbox::NewItem {

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "unit_indexes",
         sql: include_str!("migrations/0005_unit_indexes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "unit_keys",
+        sql: include_str!("migrations/0006_unit_keys.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

@@ -1,6 +1,7 @@
 //! The crash run: `station serve` killed with SIGKILL during a lot, again and again, on the
-//! demo's four fixtures; restarted each time while the units stay on their fixtures, as on a
-//! real line; then the invariants that a crash must never break are checked.
+//! demo's four fixtures and a fifth whose units get their own random key; restarted each time
+//! while the units stay on their fixtures, as on a real line; then the invariants that a crash
+//! must never break are checked.
 //!
 //! Each kill is one round: a fresh unit is placed on every fixture (with the same placing code
 //! `line-sim` uses: `fixtures::line::place`), the station is started and the units scanned.
@@ -295,6 +296,13 @@ impl Line {
     fn new() -> Self {
         let rig = LineRig::new();
         rig.demo_line(BADGE);
+        // And a unit with its own random key (symmetric-individual): a kill after the unit was
+        // locked with it must not cost the key.
+        rig.config(
+            "45-crash-key.toml",
+            "[fixtures.key-1]\nproduct = \"sensor-key\"\nscanner = \"dev/scanner-key-1\"\nserial_port = \"dev/unit-key-1\"\n",
+        );
+        rig.open_lot("sensor-key");
         // No simulated wire time: the kills land in the station's own work.
         let home = &rig.home;
         let work = rig.dir.path().join("units");
@@ -346,6 +354,15 @@ impl Line {
                     port: DeviceLink::claim(&home.join("dev/unit-sym-1")).expect("link"),
                 },
                 Some(cfg.fixtures["sym-1"].baud),
+            ),
+            (
+                "key-1",
+                "SK-",
+                Kind::Link {
+                    spec: spec("SK-20"),
+                    port: DeviceLink::claim(&home.join("dev/unit-key-1")).expect("link"),
+                },
+                Some(cfg.fixtures["key-1"].baud),
             ),
             (
                 "se-1",
@@ -952,6 +969,46 @@ fn check_invariants(
                     "unit {serial}: the certificate it holds is {status:?} in the station (want live)"
                 ));
             }
+        }
+    }
+    // A passed unit with its own key: DPS holds the key the unit holds.
+    for (serial, fixture) in units {
+        if line.fixtures[*fixture].name != "key-1" || !passed.contains(serial) {
+            continue;
+        }
+        let file = line.fixtures[*fixture].dir.join(serial).join("unit.json");
+        let held_by_unit = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["symkey_hex"].as_str().and_then(|h| hex::decode(h).ok()));
+        let rid: Option<String> = db
+            .query_row(
+                "SELECT e.enrollment_id FROM enrollments e JOIN units u ON u.id = e.unit_id WHERE u.serial = ?1",
+                [serial],
+                |r| r.get(0),
+            )
+            .ok();
+        let (Some(key), Some(rid)) = (held_by_unit, rid) else {
+            v.push(format!(
+                "passed unit {serial} holds no key, or has no recorded enrollment"
+            ));
+            continue;
+        };
+        let Ok(rid) = dps::RegistrationId::new(rid) else {
+            v.push(format!(
+                "unit {serial}: its recorded registration ID is invalid"
+            ));
+            continue;
+        };
+        let in_dps = rig.dps(|c| async move { c.enrollment_attestation(&rid).await });
+        let in_dps = in_dps.ok().and_then(|a| {
+            let k = a.symmetric_key?.primary_key?;
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k.expose()).ok()
+        });
+        if in_dps.as_deref() != Some(key.as_slice()) {
+            v.push(format!(
+                "unit {serial}: DPS does not hold the key the unit was locked with"
+            ));
         }
     }
     // DPS holds exactly one individual enrollment per passed individual unit, none other.

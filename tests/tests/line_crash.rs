@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Crash safety: `station serve` is killed (SIGKILL, or an abort at a crash point) 22 times
-//! during a lot on the demo's four fixtures and restarted each time with the units still on
-//! their fixtures. Afterwards no acknowledged record is lost, no unit has two live
+//! Crash safety: `station serve` is killed (SIGKILL, or an abort at a crash point) 22 times during
+//! a lot on the demo's four fixtures (and one of random-key units) and restarted each time with the
+//! units still on their fixtures. Afterwards no acknowledged record is lost, no unit has two live
 //! certificates, every certificate signed is recorded (and the one each unit holds is its live
 //! one), DPS holds exactly one enrollment per passed individual unit, the outbox drains and the
 //! audit chain verifies. The run prints its seed and every kill; `CRASH_SEED=<n>` replays it.
@@ -33,7 +33,7 @@ fn killing_the_station_during_a_lot_loses_and_doubles_nothing() {
 
 /// The checks themselves: a short run whose database and DPS are then broken on purpose (a
 /// second live certificate nobody signed, a passed unit set back, an enrollment removed from
-/// DPS, a delivered outbox row made pending) must report each of those.
+/// DPS, a random-key unit's key changed in its flash) must report each of those.
 #[test]
 fn the_crash_checks_catch_a_lost_record_a_second_certificate_and_a_missing_enrollment() {
     let mut cfg = CrashConfig::from_env(2);
@@ -86,9 +86,29 @@ fn the_crash_checks_catch_a_lost_record_a_second_certificate_and_a_missing_enrol
                 |r| r.get(0),
             )
             .unwrap();
+        // The key in a random-key unit's flash changed behind the station's back.
+        let sk: String = db
+            .query_row(
+                "SELECT serial FROM units WHERE serial LIKE 'SK-%' AND state = 'uploaded' ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let flash = rig
+            .dir
+            .path()
+            .join("units/key-1")
+            .join(&sk)
+            .join("unit.json");
+        let mut state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&flash).unwrap()).unwrap();
+        let key = state["symkey_hex"].as_str().unwrap().to_owned();
+        let other = if key.starts_with('0') { "1" } else { "0" };
+        state["symkey_hex"] = format!("{other}{}", &key[1..]).into();
+        std::fs::write(&flash, serde_json::to_vec(&state).unwrap()).unwrap();
         broken
             .borrow_mut()
-            .extend([x509, tpm, gw, tpm_rid.to_lowercase()]);
+            .extend([x509, tpm, gw, tpm_rid.to_lowercase(), sk]);
     });
     crash::print_report(&report);
     let all = report.violations.join("\n");
@@ -96,6 +116,10 @@ fn the_crash_checks_catch_a_lost_record_a_second_certificate_and_a_missing_enrol
     assert!(all.contains("ca.issue audit entries"), "{all}");
     assert!(all.contains("was seen passed"), "{all}");
     assert!(all.contains("DPS lacks the enrollment"), "{all}");
+    assert!(
+        all.contains("DPS does not hold the key the unit was locked with"),
+        "{all}"
+    );
     // Nothing else: every violation is about what was broken here.
     let broken = broken.into_inner();
     for v in &report.violations {

@@ -1,8 +1,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
-//! `crash-loop [KILLS]`: kills `station serve` with SIGKILL KILLS times (default 1000) during
-//! a lot on the demo's four fixtures, restarting it each time, then checks that nothing was
-//! lost, doubled or left undelivered. `CRASH_SEED=<n>` replays a run. Prints every kill and a
-//! last line `crash: kills=<n> units=<n> violations=<n>`; exits 1 on any violation.
+//! `crash-loop [KILLS]`: kills `station serve` with SIGKILL KILLS times (default 1000) during a lot
+//! on the demo's four fixtures (and one of random-key units), restarting it each time, then checks
+//! that nothing was lost, doubled or left undelivered. `CRASH_SEED=<n>` replays a run. Prints every
+//! kill and a last line `crash: kills=<n> units=<n> violations=<n>`; exits 1 on any violation.
 
 use std::process::ExitCode;
 

@@ -259,11 +259,11 @@ fn on_a_busy_line_the_units_recorded_within_the_gather_window_go_to_dps_together
     // A window far longer than queueing three rows takes, so the test does not depend on speed.
     std::fs::write(
         st.home.config_dir().join("60-gather.toml"),
-        "[upload]\ngather_ms = 3000\n",
+        "[upload]\ngather_ms = 5000\n",
     )
     .unwrap();
     st.config = station::config::Config::load(&st.home).unwrap().config;
-    assert_eq!(st.config.upload.gather_ms, 3000);
+    assert_eq!(st.config.upload.gather_ms, 5000);
     let signal = station::outbox::UploadSignal::new();
     let (home, config, sig) = (st.home.clone(), st.config.clone(), signal.clone());
     let worker = std::thread::spawn(move || {
@@ -286,10 +286,12 @@ fn on_a_busy_line_the_units_recorded_within_the_gather_window_go_to_dps_together
     signal.wake();
     wait_for("the first upload", &|| uploaded(first));
 
-    // Three more right behind it: they wait out the window and go in one pass (one
-    // transaction: they are never seen uploaded apart).
+    // Three more, recorded a fifth of a second apart (each wakes the uploader): they wait out
+    // the window and go in one pass, one transaction, so they are never seen uploaded apart.
+    // Without the window each would go on its own wake.
     let rest: Vec<i64> = (1..=3u8)
         .map(|i| {
+            std::thread::sleep(Duration::from_millis(200));
             let ek = format!("ek-gather-{i}");
             let (unit, _) = st.queue_unit(&tpm(&format!("tpm-gather-{i}"), ek.as_bytes()), None);
             signal.wake();
@@ -297,13 +299,23 @@ fn on_a_busy_line_the_units_recorded_within_the_gather_window_go_to_dps_together
         })
         .collect();
     wait_for("the next pass", &|| {
-        let done: Vec<bool> = rest.iter().map(|u| uploaded(*u)).collect();
+        // One statement, one snapshot: the three states as of one moment.
+        let done: i64 = st
+            .store()
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM units WHERE id IN (?1, ?2, ?3) AND state = 'uploaded'",
+                [rest[0], rest[1], rest[2]],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert!(
-            done.iter().all(|d| *d) || done.iter().all(|d| !*d),
-            "units recorded within one window were uploaded in different passes: {done:?}"
+            done == 0 || done == 3,
+            "units recorded within one window were uploaded in different passes: {done} of 3 uploaded"
         );
-        done[0]
+        done == 3
     });
+    assert!(rest.iter().all(|u| uploaded(*u)));
     signal.stop();
     worker.join().unwrap();
     let bulks = st.audit_events("unit.uploaded");

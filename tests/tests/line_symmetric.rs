@@ -44,21 +44,65 @@ fn assert_key_not_stored(rig: &LineRig, key: &[u8]) {
     }
 }
 
-#[test]
-fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
+/// A rig with one fixture `name` running `product` on a simulated unit `serial`, its lot open.
+fn one_unit(name: &str, product: &str, serial: &str, model: &str) -> (LineRig, UnitSim) {
     let rig = LineRig::new();
     let sim = UnitSim::start(
-        &rig.dir.path().join("sy1"),
-        &["--serial", "SY-000001", "--model", "SY-10"],
+        &rig.dir.path().join(serial),
+        &["--serial", serial, "--model", model],
     );
     rig.config(
         "30-fixtures.toml",
         &format!(
-            "[fixtures.sym1]\nproduct = \"sensor-sym\"\nserial_port = \"{}\"\n",
+            "[fixtures.{name}]\nproduct = \"{product}\"\nserial_port = \"{}\"\n",
             sim.pty.display()
         ),
     );
-    rig.open_lot("sensor-sym");
+    rig.open_lot(product);
+    (rig, sim)
+}
+
+/// Kills `station provision` in the record transaction of `serial`, after the unit was locked
+/// with its key, then provisions again: the restart resumes the unit. Returns the key the unit
+/// was locked with.
+fn killed_in_the_record_then_resumed(
+    rig: &LineRig,
+    sim: &UnitSim,
+    fixture: &str,
+    serial: &str,
+) -> Vec<u8> {
+    let provision = [
+        "provision",
+        "--fixture",
+        fixture,
+        "--serial",
+        serial,
+        "--actor",
+        "alice",
+    ];
+    let out = rig.station_env(&provision, &[("STATION_CRASH_AT", "before:recorded")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("aborting at before:recorded"),
+        "{}",
+        text(&out)
+    );
+    let (key, state) = unit_key(sim);
+    assert_eq!(
+        state["locked"], true,
+        "the unit was locked before the record step"
+    );
+    assert_eq!(rig.state(serial).as_deref(), Some("key-injected"));
+    let out = rig.station(&provision);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("recovered: "), "{}", text(&out));
+    assert_eq!(rig.state(serial).as_deref(), Some("queued"));
+    key
+}
+
+#[test]
+fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
+    let (rig, sim) = one_unit("sym1", "sensor-sym", "SY-000001", "SY-10");
     // Without the group key in the HSM the unit fails with what to do.
     let out = rig.station(&[
         "provision",
@@ -107,19 +151,7 @@ fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
 
 #[test]
 fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
-    let rig = LineRig::new();
-    let sim = UnitSim::start(
-        &rig.dir.path().join("sk1"),
-        &["--serial", "SK-000001", "--model", "SK-20"],
-    );
-    rig.config(
-        "30-fixtures.toml",
-        &format!(
-            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
-            sim.pty.display()
-        ),
-    );
-    rig.open_lot("sensor-key");
+    let (rig, sim) = one_unit("key1", "sensor-key", "SK-000001", "SK-20");
     let out = rig.station(&[
         "provision",
         "--fixture",
@@ -183,61 +215,33 @@ fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
 
 #[test]
 fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_key_on_restart() {
-    let rig = LineRig::new();
-    let sim = UnitSim::start(
-        &rig.dir.path().join("sk2"),
-        &["--serial", "SK-000002", "--model", "SK-20"],
+    let (rig, sim) = one_unit("key1", "sensor-key", "SK-000002", "SK-20");
+    let kept = || -> i64 {
+        rig.db()
+            .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Killed before the record: the key left the station's memory with the process, but it
+    // was kept sealed under the HSM's outbox key before the unit got it.
+    let out = rig.station_env(
+        &[
+            "provision",
+            "--fixture",
+            "key1",
+            "--serial",
+            "SK-000002",
+            "--actor",
+            "alice",
+        ],
+        &[("STATION_CRASH_AT", "before:recorded")],
     );
-    rig.config(
-        "30-fixtures.toml",
-        &format!(
-            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
-            sim.pty.display()
-        ),
-    );
-    rig.open_lot("sensor-key");
-    let provision = [
-        "provision",
-        "--fixture",
-        "key1",
-        "--serial",
-        "SK-000002",
-        "--actor",
-        "alice",
-    ];
-    // Killed in the record transaction: the unit holds its key and is locked, and the
-    // station's last commit is key-injected. The key left the station's memory with the process.
-    let out = rig.station_env(&provision, &[("STATION_CRASH_AT", "before:recorded")]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("aborting at before:recorded"),
-        "{}",
-        text(&out)
-    );
-    let (key, state) = unit_key(&sim);
-    assert_eq!(
-        state["locked"], true,
-        "the unit was locked before the record step"
-    );
-    assert_eq!(rig.state("SK-000002").as_deref(), Some("key-injected"));
-    // The key waits sealed under the HSM's outbox key, never in the clear.
-    let kept: i64 = rig
-        .db()
-        .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(kept, 1);
+    assert_eq!(kept(), 1);
+    let (key, _) = unit_key(&sim);
     assert_key_not_stored(&rig, &key);
-
-    // The restart resumes the unit: the locked unit proves the kept key, which is recorded.
-    let out = rig.station(&provision);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("recovered: "), "{}", text(&out));
-    assert_eq!(rig.state("SK-000002").as_deref(), Some("queued"));
-    let kept: i64 = rig
-        .db()
-        .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(kept, 0, "the key is erased once the outbox row holds it");
+    // Killed once more at the same point of the resumed run, then resumed: still that key.
+    let key = killed_in_the_record_then_resumed(&rig, &sim, "key1", "SK-000002");
+    assert_eq!(kept(), 0, "the key is erased once the outbox row holds it");
     rig.upload_now();
     assert_eq!(rig.state("SK-000002").as_deref(), Some("uploaded"));
     let (_, a) = rig.dps_enrollment("SK-000002");
@@ -248,4 +252,16 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
     assert_key_not_stored(&rig, &key);
     let out = rig.station(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_group_unit_killed_after_its_key_was_locked_in_proves_the_derived_key_on_restart() {
+    let (rig, sim) = one_unit("sym1", "sensor-sym", "SY-000002", "SY-10");
+    let out = rig.station(&["group", "sync", "--actor", "sup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key = killed_in_the_record_then_resumed(&rig, &sim, "sym1", "SY-000002");
+    assert_eq!(unit_key(&sim).0, key, "the unit kept its key");
+    rig.upload_now();
+    assert_eq!(rig.state("SY-000002").as_deref(), Some("uploaded"));
+    assert_key_not_stored(&rig, &key);
 }

@@ -1099,30 +1099,43 @@ impl<'s> Worker<'s> {
                 global_endpoint: target.global_endpoint.clone(),
             };
         let mut unit = self.open_link()?;
-        if self.resuming
-            && product.profile.enrollment == Enrollment::Individual
-            && let Some(sealed) = units::kept_key(self.store.conn(), unit_id)?
-        {
+        // A resumed unit may have been locked with its key by the interrupted run. A locked
+        // unit still answers `prove`: if it proves the key the station can name (derived for a
+        // group member, kept sealed for an individual unit), that key is recorded.
+        enum Named {
+            Derived(String),
+            Kept(Vec<u8>),
+        }
+        let named = match &product.profile.enrollment {
+            _ if !self.resuming => None,
+            Enrollment::Group { group_id } => Some(Named::Derived(group_id.clone())),
+            Enrollment::Individual => units::kept_key(self.store.conn(), unit_id)?.map(Named::Kept),
+        };
+        if let Some(named) = named {
             let id = unit
                 .identify()
                 .map_err(|e| self.link_fail(Step::Identify, &e))?;
             if id.locked && id.serial == values.serial {
-                // The interrupted run locked the unit with the key it kept (sealed) before
-                // writing it: the unit proves it, and that key is recorded.
                 values.model = id.model.clone();
                 values.hw_rev = id.hw.clone();
                 values.fw_version = id.fw.clone();
                 let (rid, device_id) = self.ids(values)?;
-                let key = crate::keys::OutboxCipher::new(self.session)
-                    .and_then(|c| c.open(&sealed))
-                    .map(|plain| crate::keys::DeviceKey::from_bytes(plain.to_vec()))
-                    .map_err(|e| {
-                        Stop::Station(format!(
-                            "opening the key kept for unit {}: {}",
-                            values.serial,
-                            error_text(&e)
-                        ))
-                    })?;
+                let key = match named {
+                    Named::Derived(group_id) => {
+                        crate::keys::derive_device_key(self.session, &group_id, rid.as_str())
+                            .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?
+                    }
+                    Named::Kept(sealed) => crate::keys::OutboxCipher::new(self.session)
+                        .and_then(|c| c.open(&sealed))
+                        .map(|plain| crate::keys::DeviceKey::from_bytes(plain.to_vec()))
+                        .map_err(|e| {
+                            Stop::Station(format!(
+                                "opening the key kept for unit {}: {}",
+                                values.serial,
+                                error_text(&e)
+                            ))
+                        })?,
+                };
                 symkey::prove(&mut unit, &identity_for(&key, &rid))
                     .map_err(|e| self.link_fail(Step::Verify, &e))?;
                 self.note_wire(&unit);
@@ -1134,45 +1147,6 @@ impl<'s> Worker<'s> {
                     Known::default(),
                 );
                 return self.record_symmetric(unit_id, actor, values, (rid, device_id), &key);
-            }
-        }
-        if self.resuming
-            && let Enrollment::Group { group_id } = &product.profile.enrollment
-        {
-            let id = unit
-                .identify()
-                .map_err(|e| self.link_fail(Step::Identify, &e))?;
-            if id.locked && id.serial == values.serial {
-                // The interrupted run got as far as locking the unit. It holds its key if it
-                // proves the key derived for it (a locked unit still answers `prove`).
-                values.model = id.model.clone();
-                values.hw_rev = id.hw.clone();
-                values.fw_version = id.fw.clone();
-                let (rid, device_id) = self.ids(values)?;
-                let key = crate::keys::derive_device_key(self.session, group_id, rid.as_str())
-                    .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?;
-                let identity = identity_for(&key, &rid);
-                symkey::prove(&mut unit, &identity)
-                    .map_err(|e| self.link_fail(Step::Verify, &e))?;
-                self.note_wire(&unit);
-                self.advance(
-                    unit_id,
-                    actor,
-                    Step::Verify,
-                    UnitState::Verified,
-                    &Facts::default(),
-                )?;
-                // Group members carry no key of their own in the record.
-                return self.record(
-                    unit_id,
-                    actor,
-                    values,
-                    rid,
-                    device_id,
-                    Identity::X509 {
-                        leaf_pem: String::new(),
-                    },
-                );
             }
         }
         let id = symkey::identify_for_symkey(&mut unit, Some(&values.serial))

@@ -616,9 +616,16 @@ mod tests {
     use crate::config::StoreConfig;
     use crate::store::Store;
 
+    /// A fresh database with lot L1 open.
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
         let s = Store::create(&d.path().join("t.db"), &StoreConfig::default()).unwrap();
+        s.conn()
+            .execute(
+                "INSERT INTO lots (id, product, quantity, status, opened_at, opened_by) VALUES ('L1','sensor-x509',5,'open','t','a')",
+                [],
+            )
+            .unwrap();
         (d, s)
     }
 
@@ -637,12 +644,6 @@ mod tests {
     fn a_kept_key_is_replaced_by_a_new_attempt_and_goes_when_the_unit_fails() {
         let (_d, mut s) = store();
         let st = StationId::fallback();
-        s.conn()
-            .execute(
-                "INSERT INTO lots (id, product, quantity, status, opened_at, opened_by) VALUES ('L1','sensor-x509',5,'open','t','a')",
-                [],
-            )
-            .unwrap();
         let tx = s.conn_mut().transaction().unwrap();
         let Begin::Started { unit_id, .. } = begin(&tx, &st, &run("SK-1", "fx1")).unwrap() else {
             panic!("not started")
@@ -666,12 +667,6 @@ mod tests {
     fn a_unit_runs_fails_retries_and_passes_with_every_step_recorded() {
         let (_d, mut s) = store();
         let st = StationId::fallback();
-        s.conn()
-            .execute(
-                "INSERT INTO lots (id, product, quantity, status, opened_at, opened_by) VALUES ('L1','sensor-x509',5,'open','t','a')",
-                [],
-            )
-            .unwrap();
         let tx = s.conn_mut().transaction().unwrap();
         let Begin::Started {
             unit_id,

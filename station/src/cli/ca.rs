@@ -491,7 +491,8 @@ fn bench(ctx: &Context, cfg: &Config, count: u32, batch: u32) -> Result<ExitCode
     let profile = profiles.get("device")?;
     let key = session.find_ec_key(&cfg.ca.key_label)?;
 
-    // Raw: the same module, token, session kind and key, one C_Sign per iteration.
+    // Raw: the same module, token, session kind and key, one C_Sign per iteration, through the
+    // handle issuance signs with (from the second sign on, the key's session copy).
     let start = std::time::Instant::now();
     for i in 0..count {
         let digest = sha2::Sha256::digest(i.to_be_bytes());

@@ -179,3 +179,92 @@ fn a_token_that_cannot_be_read_does_not_hide_the_others() {
         .expect_err("the damaged token cannot be used");
     assert!(matches!(err, HsmError::TokenNotFound { .. }), "{err}");
 }
+
+/// The objects of this session that are session copies of token keys, with their protection.
+fn session_copies(s: &super::session::TokenSession) -> Vec<(bool, bool, bool)> {
+    use cryptoki::object::{Attribute, AttributeType};
+    s.session
+        .find_objects(&[Attribute::Label(
+            super::session::SESSION_COPY_LABEL.to_vec(),
+        )])
+        .expect("find")
+        .into_iter()
+        .map(|h| {
+            let attrs = s
+                .session
+                .get_attributes(
+                    h,
+                    &[
+                        AttributeType::Token,
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                    ],
+                )
+                .expect("attributes");
+            let flag = |t: AttributeType| {
+                attrs.iter().find_map(|a| match (a, t) {
+                    (Attribute::Token(b), AttributeType::Token)
+                    | (Attribute::Sensitive(b), AttributeType::Sensitive)
+                    | (Attribute::Extractable(b), AttributeType::Extractable) => Some(*b),
+                    _ => None,
+                })
+            };
+            (
+                flag(AttributeType::Token).expect("token"),
+                flag(AttributeType::Sensitive).expect("sensitive"),
+                flag(AttributeType::Extractable).expect("extractable"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_key_used_again_is_used_through_an_unexportable_session_copy_of_itself() {
+    let (_hsm, _cfg, s) = fresh_token("hot");
+    let key = s.generate_p256("ca-key").expect("generate");
+    let mac_key = s.generate_hmac_key("audit").expect("hmac key");
+    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key.point).expect("point");
+
+    // First use: through the token object, nothing copied.
+    let first = s.hmac_sha256(mac_key, "audit", b"checkpoint").expect("mac");
+    let signer = HsmSigner::new(&s, key.clone());
+    let der = signer.sign_der(b"one").expect("sign");
+    vk.verify(
+        b"one",
+        &p256::ecdsa::Signature::from_der(&der).expect("sig"),
+    )
+    .expect("first signature verifies");
+    assert!(
+        session_copies(&s).is_empty(),
+        "a key used once is not copied"
+    );
+
+    // Second use on: through the copy, which is the same key.
+    let again = s.hmac_sha256(mac_key, "audit", b"checkpoint").expect("mac");
+    assert_eq!(
+        first, again,
+        "the copy computes the same MAC: it is the same key"
+    );
+    for msg in [b"two".as_slice(), b"three"] {
+        let der = signer.sign_der(msg).expect("sign");
+        vk.verify(msg, &p256::ecdsa::Signature::from_der(&der).expect("sig"))
+            .expect("signature through the copy verifies with the key's public point");
+    }
+    let copies = session_copies(&s);
+    assert_eq!(copies.len(), 2, "one copy per key used again: {copies:?}");
+    for (token, sensitive, extractable) in copies {
+        assert!(!token, "a copy lives in the session only");
+        assert!(sensitive, "a copy is as sensitive as its key");
+        assert!(!extractable, "a copy is as unexportable as its key");
+    }
+    // The copies are never found as the keys themselves.
+    assert_eq!(
+        s.find_ec_key("ca-key").expect("one key").private,
+        key.private
+    );
+    assert_eq!(s.find_secret_key("audit").expect("one key"), mac_key);
+
+    // Destroying a key destroys its copy too.
+    s.destroy_labelled("audit").expect("destroy");
+    assert_eq!(session_copies(&s).len(), 1);
+}

@@ -26,8 +26,10 @@ pub struct WalSync {
     written: AtomicU64,
     /// The count the last completed fdatasync covered.
     synced: AtomicU64,
-    /// Whether a thread is syncing now (the others wait on `done` for it).
-    syncing: Mutex<bool>,
+    /// fdatasync calls made.
+    syncs: AtomicU64,
+    /// The syncs under way, each by the count it covers (waiters they cover wait on `done`).
+    syncing: Mutex<Vec<u64>>,
     done: Condvar,
 }
 
@@ -52,7 +54,8 @@ impl WalSync {
                 wal: PathBuf::from(wal),
                 written: AtomicU64::new(0),
                 synced: AtomicU64::new(0),
-                syncing: Mutex::new(false),
+                syncs: AtomicU64::new(0),
+                syncing: Mutex::new(Vec::new()),
                 done: Condvar::new(),
             })
         }))
@@ -71,12 +74,14 @@ impl WalSync {
     }
 
     /// Returns once the commit of `ticket` is on disk: at once if a sync already covered it,
-    /// otherwise after one fdatasync of the WAL (taken by one waiting thread for everyone).
+    /// after the sync under way if that one started after the commit was written, otherwise
+    /// after an fdatasync of its own, started at once.
     ///
-    /// The sync runs outside the lock, and when it ends every waiter is woken at once: each
-    /// finds its ticket covered, or one of them starts the next sync. (With the sync inside a
-    /// mutex the waiters would leave one by one, each waking the next: a convoy of context
-    /// switches after every sync.)
+    /// A waiter never queues behind a sync that cannot cover it: it starts its own alongside
+    /// (fdatasync calls on one file may overlap; each returns once everything written to the
+    /// file before it began is on disk, whoever started writing it back). Waiting for the
+    /// sync under way to end and then syncing would cost up to two syncs. The syncs run
+    /// outside the lock, and when one ends every waiter is woken at once.
     pub fn sync_through(&self, ticket: Ticket) -> std::io::Result<()> {
         if self.synced.load(Ordering::SeqCst) >= ticket.0 {
             return Ok(());
@@ -86,7 +91,7 @@ impl WalSync {
             if self.synced.load(Ordering::SeqCst) >= ticket.0 {
                 return Ok(());
             }
-            if !*syncing {
+            if !syncing.iter().any(|&covers| covers >= ticket.0) {
                 break;
             }
             syncing = self
@@ -94,10 +99,11 @@ impl WalSync {
                 .wait(syncing)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        *syncing = true;
-        drop(syncing);
         // Every commit counted up to here has its frames written: the sync covers them all.
         let covers = self.written.load(Ordering::SeqCst);
+        syncing.push(covers);
+        drop(syncing);
+        self.syncs.fetch_add(1, Ordering::SeqCst);
         let result = match std::fs::File::open(&self.wal) {
             Ok(f) => f.sync_data(),
             // No WAL: the last connection checkpointed it into the database file (synced by
@@ -108,7 +114,11 @@ impl WalSync {
         if result.is_ok() {
             self.synced.fetch_max(covers, Ordering::SeqCst);
         }
-        *self.syncing.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        let mut syncing = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = syncing.iter().position(|&c| c == covers) {
+            syncing.swap_remove(i);
+        }
+        drop(syncing);
         // On failure too: a waiter then tries the sync itself and gets its own error.
         self.done.notify_all();
         result
@@ -169,6 +179,66 @@ mod tests {
             }
         });
         assert_eq!(wal.synced.load(Ordering::SeqCst), 400);
-        assert!(!*wal.syncing.lock().unwrap(), "no sync left marked running");
+        assert!(
+            wal.syncing.lock().unwrap().is_empty(),
+            "no sync left marked running"
+        );
+    }
+
+    #[test]
+    fn a_waiter_does_not_queue_behind_a_sync_that_started_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("station.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
+        let wal = WalSync::for_database(&db);
+        let first = wal.written();
+        // A sync of the first commit under way (one that will never end, here).
+        wal.syncing.lock().unwrap().push(first.0);
+        let second = wal.written();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send(wal.sync_through(second).is_ok()).unwrap());
+            // A hang (waiting for the sync under way) fails here instead of stalling CI.
+            let ok = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("the waiter queued behind a sync that cannot cover its commit");
+            assert!(ok);
+        });
+        assert_eq!(
+            wal.syncs.load(Ordering::SeqCst),
+            1,
+            "it took a sync of its own"
+        );
+        assert!(wal.synced.load(Ordering::SeqCst) >= second.0);
+        // Its own sync covered the first commit too.
+        assert!(wal.synced.load(Ordering::SeqCst) >= first.0);
+    }
+
+    #[test]
+    fn a_waiter_covered_by_the_sync_under_way_waits_for_it_and_takes_none_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("station.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
+        let wal = WalSync::for_database(&db);
+        let first = wal.written();
+        let second = wal.written();
+        // A sync started after both commits were written, under way.
+        wal.syncing.lock().unwrap().push(second.0);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| wal.sync_through(first));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // That sync ends.
+            wal.synced.fetch_max(second.0, Ordering::SeqCst);
+            wal.syncing.lock().unwrap().clear();
+            wal.done.notify_all();
+            waiter.join().unwrap().unwrap();
+        });
+        assert_eq!(
+            wal.syncs.load(Ordering::SeqCst),
+            0,
+            "the sync under way covered the commit: no second fdatasync"
+        );
     }
 }

@@ -684,7 +684,7 @@ impl<'s> Worker<'s> {
             .operator
             .clone()
             .unwrap_or_else(|| "station".to_owned());
-        self.record(unit.id, &actor, values, rid, device_id, identity)
+        self.record(unit.id, &actor, values, rid, device_id, || Ok(identity))
     }
 
     fn drive(&mut self, unit_id: i64, actor: &str, values: UnitValues) -> UnitOutcome {
@@ -1012,14 +1012,9 @@ impl<'s> Worker<'s> {
             Ok(())
         }));
         let leaf_pem = crate::ca::verify::to_pem(&[leaf_der]);
-        self.record(
-            unit_id,
-            actor,
-            values,
-            rid,
-            device_id,
-            Identity::X509 { leaf_pem },
-        )
+        self.record(unit_id, actor, values, rid, device_id, || {
+            Ok(Identity::X509 { leaf_pem })
+        })
     }
 
     fn drive_x509_link(
@@ -1216,7 +1211,9 @@ impl<'s> Worker<'s> {
         self.record_symmetric(unit_id, actor, values, (rid, device_id), &key)
     }
 
-    /// Records a symmetric-key unit holding `key` (a new secondary key is drawn in the HSM).
+    /// Records a symmetric-key unit holding `key`. An individual enrollment gets a new
+    /// secondary key drawn in the HSM; a group member's record carries no key (DPS derives
+    /// it from the group's), so none is drawn for it.
     fn record_symmetric(
         &mut self,
         unit_id: i64,
@@ -1226,18 +1223,14 @@ impl<'s> Worker<'s> {
         key: &crate::keys::DeviceKey,
     ) -> Result<(), Stop> {
         use secrecy::ExposeSecret as _;
-        let primary = dps::wire::KeyText::new(key.to_base64().expose_secret());
-        let secondary = crate::keys::random_device_key(self.session)
-            .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
-        let secondary = dps::wire::KeyText::new(secondary.to_base64().expose_secret());
-        self.record(
-            unit_id,
-            actor,
-            values,
-            rid,
-            device_id,
-            Identity::Symmetric { primary, secondary },
-        )
+        let session = self.session;
+        self.record(unit_id, actor, values, rid, device_id, || {
+            let primary = dps::wire::KeyText::new(key.to_base64().expose_secret());
+            let secondary = crate::keys::random_device_key(session)
+                .map_err(|e| Stop::Unit(Step::Record, error_text(&e)))?;
+            let secondary = dps::wire::KeyText::new(secondary.to_base64().expose_secret());
+            Ok(Identity::Symmetric { primary, secondary })
+        })
     }
 
     fn drive_pkcs11(
@@ -1395,17 +1388,12 @@ impl<'s> Worker<'s> {
             Known::default(),
         );
         let att = crate::tpm::Assessment::attestation(&read);
-        self.record(
-            unit_id,
-            actor,
-            values,
-            rid,
-            device_id,
-            Identity::Tpm {
+        self.record(unit_id, actor, values, rid, device_id, || {
+            Ok(Identity::Tpm {
                 endorsement_key: att.tpm.endorsement_key,
                 storage_root_key: att.tpm.storage_root_key,
-            },
-        )
+            })
+        })
     }
 
     /// The unit answered identify: its model, hardware and firmware go into the record and the
@@ -1459,15 +1447,19 @@ impl<'s> Worker<'s> {
         values: &UnitValues,
         rid: dps::RegistrationId,
         device_id: dps::DeviceId,
-        identity: Identity,
+        identity: impl FnOnce() -> Result<Identity, Stop>,
     ) -> Result<(), Stop> {
         let product = Arc::clone(&self.product);
         let target = product.profile.dps_target.clone();
         // Symmetric keys travel in the payload: it is sealed under the HSM's outbox key and
         // erased once DPS holds the enrollment; the recorded body never carries them.
-        let secret = matches!(identity, Identity::Symmetric { .. });
+        let mut secret = false;
+        // The unit's identity goes into an individual enrollment only: a group member is
+        // covered by its group's.
         let (kind, enrollment, payload) = match &product.profile.enrollment {
             Enrollment::Individual => {
+                let identity = identity()?;
+                secret = matches!(identity, Identity::Symmetric { .. });
                 let e = build::individual_enrollment(
                     &product,
                     values,
@@ -1493,7 +1485,7 @@ impl<'s> Worker<'s> {
         let payload = zeroize::Zeroizing::new(
             payload.map_err(|e| Stop::Station(format!("encoding the enrollment: {e}")))?,
         );
-        let cipher = if secret && enrollment.is_some() {
+        let cipher = if secret {
             Some(
                 crate::keys::OutboxCipher::new(self.session)
                     .map_err(|e| Stop::Station(format!("the outbox key: {}", error_text(&e))))?,

@@ -490,28 +490,44 @@ pub fn transition(
     let next = if resumed { next } else { unit.state.to(next)? };
     let now = now_utc();
     let (tag, data) = encode_state(&next);
-    tx.prepare_cached(
-        "UPDATE units SET state = ?2, state_data = ?3, updated_at = ?4,
-            registration_id = coalesce(?5, registration_id),
-            device_id = coalesce(?6, device_id),
-            model = coalesce(?7, model),
-            hw_rev = coalesce(?8, hw_rev),
-            fw_version = coalesce(?9, fw_version)
-         WHERE id = ?1",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            unit_id,
-            tag,
-            data,
-            now,
-            facts.registration_id,
-            facts.device_id,
-            facts.model,
-            facts.hw_rev,
-            facts.fw_version
-        ])
-    })
+    let learned = facts.registration_id.is_some()
+        || facts.device_id.is_some()
+        || facts.model.is_some()
+        || facts.hw_rev.is_some()
+        || facts.fw_version.is_some();
+    if learned {
+        tx.prepare_cached(
+            "UPDATE units SET state = ?2, state_data = ?3, updated_at = ?4,
+                registration_id = coalesce(?5, registration_id),
+                device_id = coalesce(?6, device_id),
+                model = coalesce(?7, model),
+                hw_rev = coalesce(?8, hw_rev),
+                fw_version = coalesce(?9, fw_version)
+             WHERE id = ?1",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                unit_id,
+                tag,
+                data,
+                now,
+                facts.registration_id,
+                facts.device_id,
+                facts.model,
+                facts.hw_rev,
+                facts.fw_version
+            ])
+        })
+    } else {
+        // Most steps learn nothing about the unit. Naming its identity columns anyway would
+        // make SQLite rewrite the registration ID's UNIQUE index entry (a WAL page and a
+        // uniqueness check per transition, in the shared writer's turn), even when the value
+        // does not change.
+        tx.prepare_cached(
+            "UPDATE units SET state = ?2, state_data = ?3, updated_at = ?4 WHERE id = ?1",
+        )
+        .and_then(|mut st| st.execute(params![unit_id, tag, data, now]))
+    }
     .map_err(sql("update unit state"))?;
     if let Some(run_id) = unit.run_id {
         insert_transition(tx, run_id, Some(unit.state.name()), &next, &now)?;
@@ -661,6 +677,86 @@ mod tests {
         erase_key(&tx, unit_id).unwrap();
         assert_eq!(kept_key(&tx, unit_id).unwrap(), None);
         tx.commit().unwrap();
+    }
+
+    /// The database pages the last commit wrote, by the b-tree (table or index) they belong
+    /// to: read from the frame headers of a WAL that held only that commit.
+    fn pages_written_by_the_last_commit(s: &Store, wal: &std::path::Path) -> Vec<String> {
+        let bytes = std::fs::read(wal).unwrap();
+        let page_size = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let owners: std::collections::HashMap<u32, String> = s
+            .conn()
+            .prepare("SELECT pageno, name FROM dbstat")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        bytes[32..]
+            .chunks(24 + page_size)
+            .map(|frame| {
+                let page = u32::from_be_bytes(frame[..4].try_into().unwrap());
+                owners
+                    .get(&page)
+                    .cloned()
+                    .unwrap_or_else(|| page.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_step_that_learns_nothing_about_the_unit_leaves_its_registration_id_index_alone() {
+        let (d, mut s) = store();
+        let st = StationId::fallback();
+        let tx = s.conn_mut().transaction().unwrap();
+        let Begin::Started { unit_id, .. } = begin(&tx, &st, &run("SX-9", "fx1")).unwrap() else {
+            panic!("not started")
+        };
+        let identified = UnitState::Identified {
+            model: "SX-100".into(),
+            hw_rev: "B".into(),
+            fw_version: "1".into(),
+        };
+        let facts = Facts {
+            registration_id: Some("sx-9"),
+            model: Some("SX-100"),
+            ..Facts::default()
+        };
+        transition(&tx, &st, "alice", unit_id, identified, &facts).unwrap();
+        tx.commit().unwrap();
+        let rid_index: String = s
+            .conn()
+            .query_row(
+                "SELECT il.name FROM pragma_index_list('units') il
+                 JOIN pragma_index_info(il.name) ii WHERE ii.name = 'registration_id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let wal = d.path().join("t.db-wal");
+        let step = |s: &mut Store, next: UnitState, facts: &Facts<'_>| {
+            s.conn()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+            let tx = s.conn_mut().transaction().unwrap();
+            transition(&tx, &st, "alice", unit_id, next, facts).unwrap();
+            tx.commit().unwrap();
+            pages_written_by_the_last_commit(s, &wal)
+        };
+        let key_ready = |m: &str| UnitState::KeyReady {
+            registration_id: "sx-9".into(),
+            material: m.into(),
+        };
+        // A step that names the registration ID writes its index (the test sees index writes).
+        let naming = step(&mut s, key_ready("m1"), &facts);
+        assert!(naming.contains(&rid_index), "{naming:?}");
+        // A step that learns nothing writes the unit's row, not that index.
+        let plain = step(&mut s, key_ready("m2"), &Facts::default());
+        assert!(plain.iter().any(|p| p == "units"), "{plain:?}");
+        assert!(!plain.contains(&rid_index), "{plain:?}");
+        let u = by_serial(s.conn(), "SX-9").unwrap().unwrap();
+        assert_eq!(u.registration_id.as_deref(), Some("sx-9"), "kept");
+        assert_eq!(u.model.as_deref(), Some("SX-100"));
     }
 
     #[test]

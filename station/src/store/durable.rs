@@ -129,13 +129,19 @@ impl WalSync {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_sync_covers_every_commit_written_before_it() {
+    /// A database file and its WAL in a fresh directory, and their sync state.
+    fn database() -> (tempfile::TempDir, Arc<WalSync>) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("station.db");
         std::fs::write(&db, b"").unwrap();
         std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
-        let a = WalSync::for_database(&db);
+        let wal = WalSync::for_database(&db);
+        (dir, wal)
+    }
+
+    #[test]
+    fn one_sync_covers_every_commit_written_before_it() {
+        let (dir, a) = database();
         let b = WalSync::for_database(&dir.path().join(".").join("station.db"));
         assert!(
             Arc::ptr_eq(&a, &b),
@@ -156,11 +162,7 @@ mod tests {
 
     #[test]
     fn concurrent_waiters_each_return_only_once_a_sync_covers_their_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("station.db");
-        std::fs::write(&db, b"").unwrap();
-        std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
-        let wal = WalSync::for_database(&db);
+        let (_dir, wal) = database();
         let start = std::sync::Barrier::new(8);
         std::thread::scope(|s| {
             for _ in 0..8 {
@@ -187,11 +189,7 @@ mod tests {
 
     #[test]
     fn a_waiter_does_not_queue_behind_a_sync_that_started_before_its_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("station.db");
-        std::fs::write(&db, b"").unwrap();
-        std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
-        let wal = WalSync::for_database(&db);
+        let (_dir, wal) = database();
         let first = wal.written();
         // A sync of the first commit under way (one that will never end, here).
         wal.syncing.lock().unwrap().push(first.0);
@@ -217,11 +215,7 @@ mod tests {
 
     #[test]
     fn a_waiter_covered_by_the_sync_under_way_waits_for_it_and_takes_none_of_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("station.db");
-        std::fs::write(&db, b"").unwrap();
-        std::fs::write(dir.path().join("station.db-wal"), b"frames").unwrap();
-        let wal = WalSync::for_database(&db);
+        let (_dir, wal) = database();
         let first = wal.written();
         let second = wal.written();
         // A sync started after both commits were written, under way.

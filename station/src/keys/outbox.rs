@@ -3,7 +3,7 @@
 //!
 //! Sealed format: `version (1 byte) || IV (12 bytes, from the token's RNG) || ciphertext ||
 //! tag (16 bytes)`. The AAD is a domain string, so a blob sealed for another purpose under
-//! the same key does not open here.
+//! the same key does not open here; a unit's kept key (`seal_kept`) is bound to its unit too.
 
 use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::object::{ObjectClass, ObjectHandle};
@@ -17,6 +17,11 @@ pub const OUTBOX_KEY_LABEL: &str = "station-outbox-aes";
 
 /// Additional authenticated data of every sealed outbox payload.
 pub const OUTBOX_AAD: &[u8] = b"station outbox payload v1";
+
+/// Additional authenticated data of the key kept for unit `unit_id` (see `seal_kept`).
+fn kept_key_aad(unit_id: i64) -> Vec<u8> {
+    format!("station kept unit key v1 unit {unit_id}").into_bytes()
+}
 
 const VERSION: u8 = 1;
 const IV_BYTES: usize = 12;
@@ -68,13 +73,23 @@ impl<'s> OutboxCipher<'s> {
 
     /// Encrypts `plain` under a fresh IV from the token's RNG.
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.seal_with(OUTBOX_AAD, plain)
+    }
+
+    /// Seals the key kept for unit `unit_id` until its record, bound to that unit: moved to
+    /// another unit's row, or into the outbox, it does not open.
+    pub fn seal_kept(&self, unit_id: i64, key: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.seal_with(&kept_key_aad(unit_id), key)
+    }
+
+    fn seal_with(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
         let iv = self
             .session
             .random_bytes(IV_BYTES)
             .map_err(|e| KeyError::Random(Box::new(e)))?;
         let ct = self
             .session
-            .aes_gcm_encrypt(self.key, &iv, OUTBOX_AAD, plain)
+            .aes_gcm_encrypt(self.key, &iv, aad, plain)
             .map_err(KeyError::Seal)?;
         let mut out = Vec::with_capacity(1 + IV_BYTES + ct.len());
         out.push(VERSION);
@@ -98,6 +113,19 @@ impl<'s> OutboxCipher<'s> {
 
     /// Decrypts a payload made by `seal`; fails if any byte of it was altered.
     pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.open_with(OUTBOX_AAD, sealed)
+    }
+
+    /// Opens the key kept for unit `unit_id` (made by `seal_kept`). A key kept by a station
+    /// before keys were bound to their unit was sealed as an outbox payload: it opens as one.
+    pub fn open_kept(&self, unit_id: i64, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        match self.open_with(&kept_key_aad(unit_id), sealed) {
+            Err(KeyError::Authentication) => self.open(sealed),
+            other => other,
+        }
+    }
+
+    fn open_with(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let (&version, rest) = sealed
             .split_first()
             .ok_or(KeyError::SealedFormat("empty"))?;
@@ -108,7 +136,7 @@ impl<'s> OutboxCipher<'s> {
             return Err(KeyError::SealedFormat("too short"));
         }
         let (iv, ct) = rest.split_at(IV_BYTES);
-        match self.session.aes_gcm_decrypt(self.key, iv, OUTBOX_AAD, ct) {
+        match self.session.aes_gcm_decrypt(self.key, iv, aad, ct) {
             Ok(plain) => Ok(plain),
             // PKCS#11 says a failed GCM tag check is CKR_ENCRYPTED_DATA_INVALID; SoftHSM 2.6
             // answers CKR_GENERAL_ERROR (Botan throws on the tag and SoftHSM maps that).

@@ -219,3 +219,28 @@ fn debug_output_shows_no_key_material() {
     assert!(!dbg.contains(&hex::encode(k.expose())), "{dbg}");
     assert!(!dbg.contains(VECTOR_KEY), "{dbg}");
 }
+
+#[test]
+fn a_kept_key_opens_only_for_its_own_unit() {
+    let (_h, _c, s) = fresh_token("keys-kept");
+    ensure_outbox_key(&s).unwrap();
+    let c = OutboxCipher::new(&s).unwrap();
+    let key = random_device_key(&s).unwrap();
+    let sealed = c.seal_kept(7, key.expose()).unwrap();
+    assert_eq!(c.open_kept(7, &sealed).unwrap().as_slice(), key.expose());
+    // Moved to another unit's row: does not open.
+    assert!(matches!(
+        c.open_kept(8, &sealed).unwrap_err(),
+        KeyError::Authentication
+    ));
+    // Moved into the outbox: does not open as a payload either.
+    assert!(matches!(
+        c.open(&sealed).unwrap_err(),
+        KeyError::Authentication
+    ));
+    // A key kept by a station from before keys were bound to units (sealed as an outbox
+    // payload) still opens for the unit whose row holds it: a unit interrupted across an
+    // upgrade is recorded, not factory-reset.
+    let legacy = c.seal(key.expose()).unwrap();
+    assert_eq!(c.open_kept(7, &legacy).unwrap().as_slice(), key.expose());
+}

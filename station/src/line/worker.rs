@@ -1121,7 +1121,7 @@ impl<'s> Worker<'s> {
                             .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?
                     }
                     Named::Kept(sealed) => crate::keys::OutboxCipher::new(self.session)
-                        .and_then(|c| c.open(&sealed))
+                        .and_then(|c| c.open_kept(unit_id, &sealed))
                         .map(|plain| crate::keys::DeviceKey::from_bytes(plain.to_vec()))
                         .map_err(|e| {
                             Stop::Station(format!(
@@ -1175,7 +1175,7 @@ impl<'s> Worker<'s> {
             // before the unit gets it, so that a unit locked with it by a run the station did
             // not finish is recorded with it on restart (units::keep_key).
             let sealed = crate::keys::OutboxCipher::new(self.session)
-                .and_then(|c| c.seal(key.expose()))
+                .and_then(|c| c.seal_kept(unit_id, key.expose()))
                 .map_err(|e| {
                     Stop::Station(format!("sealing the unit's key: {}", error_text(&e)))
                 })?;

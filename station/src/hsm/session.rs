@@ -31,6 +31,8 @@ const SEEN_ONCE: usize = 8;
 
 #[derive(Default)]
 struct HotKeys {
+    /// Secret keys found by label (see `find_secret_key`).
+    found: Vec<(String, ObjectHandle)>,
     /// Token key -> its session copy, or `None` where the module refused to copy it.
     copies: Vec<(ObjectHandle, Option<ObjectHandle>)>,
     /// Token keys used once (the last few).
@@ -193,9 +195,11 @@ impl TokenSession {
         copy.unwrap_or(key)
     }
 
-    /// Forgets (and destroys) the session copy of a token key about to be destroyed.
-    fn drop_copy(&self, key: ObjectHandle) {
+    /// Forgets a token key this session found or copied (about to be destroyed, or found
+    /// gone), and destroys its session copy.
+    fn forget(&self, key: ObjectHandle) {
         let mut hot = self.hot.borrow_mut();
+        hot.found.retain(|(_, k)| *k != key);
         hot.seen.retain(|k| *k != key);
         if let Some(i) = hot.copies.iter().position(|(k, _)| *k == key)
             && let (_, Some(copy)) = hot.copies.remove(i)
@@ -421,7 +425,7 @@ impl TokenSession {
     pub fn destroy_labelled(&self, label: &str) -> Result<usize, HsmError> {
         let found = self.objects_labelled(label)?;
         for h in &found {
-            self.drop_copy(*h);
+            self.forget(*h);
             self.session
                 .destroy_object(*h)
                 .map_err(|source| HsmError::DestroyObject {
@@ -486,25 +490,49 @@ impl TokenSession {
     /// Raw ECDSA over a SHA-256 digest computed by the caller (SoftHSM has only CKM_ECDSA);
     /// returns the token's `r || s`.
     pub fn sign_digest(&self, key: &EcKey, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
-        crate::timing::hardware(|| {
+        let out = crate::timing::hardware(|| {
             self.session
                 .sign(&Mechanism::Ecdsa, self.handle_for(key.private), digest)
-        })
-        .map_err(|source| HsmError::Sign {
-            label: key.label.clone(),
-            source,
-        })
+        });
+        self.used(key.private, out)
+            .map_err(|source| HsmError::Sign {
+                label: key.label.clone(),
+                source,
+            })
     }
 
     /// Finds the generic secret key used for HMAC with this label.
+    ///
+    /// Found once per session: SoftHSM's C_FindObjects re-reads every object's file of the
+    /// token (133 µs on a token of four keys, on this project's VM), and the uploader and
+    /// the fixtures look up the audit, outbox and group keys on every unit or pass. The
+    /// station never destroys a secret key while it runs; a key found gone when used is
+    /// looked up again next time (see `used`), and a session is opened anew after an HSM
+    /// restart.
     pub fn find_secret_key(&self, label: &str) -> Result<ObjectHandle, HsmError> {
-        self.one(
+        if let Some((_, key)) = self.hot.borrow().found.iter().find(|(l, _)| l == label) {
+            return Ok(*key);
+        }
+        let key = self.one(
             self.find(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Label(label.as_bytes().to_vec()),
             ])?,
             label,
-        )
+        )?;
+        self.hot.borrow_mut().found.push((label.to_owned(), key));
+        Ok(key)
+    }
+
+    /// Passes on the result of an operation with `key`, forgetting the key where the module
+    /// answered that it is gone (deleted by another tool): the next lookup finds it anew.
+    fn used<T>(&self, key: ObjectHandle, out: Result<T, P11Error>) -> Result<T, P11Error> {
+        if let Err(P11Error::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) =
+            &out
+        {
+            self.forget(key);
+        }
+        out
     }
 
     /// Generates a 256-bit non-extractable HMAC-SHA256 key (sign/verify only).
@@ -548,11 +576,11 @@ impl TokenSession {
         label: &str,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        crate::timing::hardware(|| {
+        let out = crate::timing::hardware(|| {
             self.session
                 .sign(&Mechanism::Sha256Hmac, self.handle_for(key), data)
-        })
-        .map_err(|source| HsmError::Sign {
+        });
+        self.used(key, out).map_err(|source| HsmError::Sign {
             label: label.to_owned(),
             source,
         })
@@ -682,8 +710,12 @@ impl TokenSession {
         // GcmParams wants a mutable IV (some modules write a generated IV back).
         let mut iv = iv.to_vec();
         let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
-        let key = self.handle_for(key);
-        crate::timing::hardware(|| self.session.encrypt(&Mechanism::AesGcm(params), key, plain))
+        let handle = self.handle_for(key);
+        let out = crate::timing::hardware(|| {
+            self.session
+                .encrypt(&Mechanism::AesGcm(params), handle, plain)
+        });
+        self.used(key, out)
     }
 
     /// AES-GCM decryption inside the token; fails when the tag does not authenticate the
@@ -697,9 +729,10 @@ impl TokenSession {
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, P11Error> {
         let mut iv = iv.to_vec();
         let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
-        self.session
-            .decrypt(&Mechanism::AesGcm(params), self.handle_for(key), sealed)
-            .map(zeroize::Zeroizing::new)
+        let out = self
+            .session
+            .decrypt(&Mechanism::AesGcm(params), self.handle_for(key), sealed);
+        self.used(key, out).map(zeroize::Zeroizing::new)
     }
 
     /// The protection attributes of any key object, read one at a time (see `key_protection`).

@@ -268,3 +268,24 @@ fn a_key_used_again_is_used_through_an_unexportable_session_copy_of_itself() {
     s.destroy_labelled("audit").expect("destroy");
     assert_eq!(session_copies(&s).len(), 1);
 }
+
+#[test]
+fn a_secret_key_is_found_once_per_session_and_looked_up_again_once_found_gone() {
+    let (hsm, cfg, a) = fresh_token("found");
+    let key = a.generate_hmac_key("group-key").expect("hmac key");
+    assert_eq!(a.find_secret_key("group-key").expect("found"), key);
+    a.hmac_sha256(key, "group key", b"unit-1").expect("mac");
+    // Another session deletes it (another tool would do so from another process).
+    let b = hsm.open(&cfg, |p| p.to_path_buf()).expect("second session");
+    assert_eq!(b.destroy_labelled("group-key").expect("destroy"), 1);
+    // This session still holds the handle it found: its next use is the one that fails...
+    let stale = a.find_secret_key("group-key").expect("remembered");
+    assert_eq!(stale, key);
+    a.hmac_sha256(stale, "group key", b"unit-2")
+        .expect_err("the key is gone");
+    // ...and the session then looks it up again.
+    assert!(matches!(
+        a.find_secret_key("group-key").expect_err("gone"),
+        HsmError::KeyNotFound { .. }
+    ));
+}

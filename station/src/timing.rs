@@ -53,6 +53,7 @@ pub fn take() -> Duration {
 
 thread_local! {
     static DATABASE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    static TURN_WAIT: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     static DISK_SYNC: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
@@ -65,6 +66,15 @@ pub fn database<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Runs `f`, a wait for the process's write turn (`store::Writer::turn`), and adds its time to
+/// this thread's turn-wait time: part of its database time, reported on its own too.
+pub fn turn_wait<T>(f: impl FnOnce() -> T) -> T {
+    let s = Instant::now();
+    let out = f();
+    TURN_WAIT.set(TURN_WAIT.get() + s.elapsed());
+    out
+}
+
 /// Runs `f`, a wait for a commit to reach the disk (group commit's fsync), and adds its time to
 /// this thread's disk-sync time: part of the overhead, reported on its own.
 pub fn disk_sync<T>(f: impl FnOnce() -> T) -> T {
@@ -74,12 +84,24 @@ pub fn disk_sync<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// This thread's database and disk-sync time since the last call, and a fresh start.
-pub fn take_store() -> (Duration, Duration) {
-    (
-        DATABASE.replace(Duration::ZERO),
-        DISK_SYNC.replace(Duration::ZERO),
-    )
+/// A thread's time in the store since the last `take_store`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreTime {
+    /// Transactions, waiting for the write turn included.
+    pub database: Duration,
+    /// Of `database`, waiting for the write turn.
+    pub turn_wait: Duration,
+    /// Waiting for commits to reach the disk.
+    pub disk_sync: Duration,
+}
+
+/// This thread's time in the store since the last call, and a fresh start.
+pub fn take_store() -> StoreTime {
+    StoreTime {
+        database: DATABASE.replace(Duration::ZERO),
+        turn_wait: TURN_WAIT.replace(Duration::ZERO),
+        disk_sync: DISK_SYNC.replace(Duration::ZERO),
+    }
 }
 
 #[cfg(test)]
@@ -89,14 +111,49 @@ mod tests {
     #[test]
     fn nested_hardware_counts_once_and_station_callbacks_are_excluded() {
         take();
+        let outer = Instant::now();
         hardware(|| {
             std::thread::sleep(Duration::from_millis(20));
             hardware(|| std::thread::sleep(Duration::from_millis(20)));
             station(|| std::thread::sleep(Duration::from_millis(50)));
         });
+        let elapsed = outer.elapsed();
         let t = take();
         assert!(t >= Duration::from_millis(40), "{t:?}");
-        assert!(t < Duration::from_millis(90), "{t:?}");
+        // The 50 ms called back from inside are not hardware time, however slow the machine.
+        assert!(
+            t + Duration::from_millis(50) <= elapsed,
+            "{t:?} of {elapsed:?}"
+        );
         assert_eq!(take(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_write_turn_wait_is_counted_apart_and_taken_with_the_store_time() {
+        take_store();
+        let turn = std::sync::Mutex::new(());
+        let held = turn.lock().unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let called = database(|| {
+                    let (called, got) = turn_wait(|| (Instant::now(), turn.lock().unwrap()));
+                    drop(got);
+                    called
+                });
+                (called, take_store())
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            let released = Instant::now();
+            drop(held);
+            let (called, time) = waiter.join().unwrap();
+            // The waiter waited at least from its call until the turn was given back (nothing,
+            // if it came after that).
+            assert!(
+                time.turn_wait >= released.saturating_duration_since(called),
+                "{time:?}"
+            );
+            assert!(time.turn_wait <= time.database, "{time:?}");
+        });
+        assert_eq!(take_store(), StoreTime::default(), "taken");
     }
 }

@@ -735,7 +735,7 @@ impl<'s> Worker<'s> {
         let result = step(self, &mut values);
         let total = started.elapsed();
         let hardware = crate::timing::take();
-        let (database, disk_sync) = crate::timing::take_store();
+        let store = crate::timing::take_store();
         let (wire_bytes, wire_serial_bytes, baud) = self.wire.unwrap_or((0, 0, 0));
         tracing::info!(
             target: "station::timing",
@@ -744,8 +744,9 @@ impl<'s> Worker<'s> {
             total_us = total.as_micros() as u64,
             hardware_us = hardware.as_micros() as u64,
             overhead_us = total.saturating_sub(hardware).as_micros() as u64,
-            database_us = database.as_micros() as u64,
-            disk_sync_us = disk_sync.as_micros() as u64,
+            database_us = store.database.as_micros() as u64,
+            turn_wait_us = store.turn_wait.as_micros() as u64,
+            disk_sync_us = store.disk_sync.as_micros() as u64,
             wire_bytes,
             wire_serial_bytes,
             baud,

@@ -188,10 +188,11 @@ impl Writer {
     /// Takes the process's write turn on this database.
     pub fn turn(&self) -> WriterTurn<'_> {
         WriterTurn {
-            store: self
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            store: crate::timing::turn_wait(|| {
+                self.store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }),
         }
     }
 }

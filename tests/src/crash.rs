@@ -1001,10 +1001,7 @@ fn check_invariants(
             continue;
         };
         let in_dps = rig.dps(|c| async move { c.enrollment_attestation(&rid).await });
-        let in_dps = in_dps.ok().and_then(|a| {
-            let k = a.symmetric_key?.primary_key?;
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k.expose()).ok()
-        });
+        let in_dps = in_dps.ok().and_then(crate::line::dps_primary_key);
         if in_dps.as_deref() != Some(key.as_slice()) {
             v.push(format!(
                 "unit {serial}: DPS does not hold the key the unit was locked with"

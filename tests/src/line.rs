@@ -482,3 +482,14 @@ impl LineRig {
         );
     }
 }
+
+/// The primary symmetric key an attestation from DPS holds, decoded; `None` when it holds none
+/// (or not in base64).
+#[must_use]
+pub fn dps_primary_key(a: dps::wire::AttestationMechanism) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let key = a.symmetric_key?.primary_key?;
+    base64::engine::general_purpose::STANDARD
+        .decode(key.expose())
+        .ok()
+}

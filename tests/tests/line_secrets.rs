@@ -12,7 +12,7 @@ use base64::Engine as _;
 use secrecy::ExposeSecret as _;
 
 use station_e2e::bin;
-use station_e2e::line::LineRig;
+use station_e2e::line::{LineRig, dps_primary_key};
 
 fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let mut v = vec![
@@ -140,9 +140,7 @@ fn no_secret_reaches_a_log_the_database_or_debug_output() {
     ));
     let group = dps::EnrollmentGroupId::new("sy-10-fleet".to_owned()).unwrap();
     let a = rig.dps(|c| async move { c.group_attestation(&group).await.unwrap() });
-    let group_key = base64::engine::general_purpose::STANDARD
-        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
-        .unwrap();
+    let group_key = dps_primary_key(a).expect("DPS holds a primary key");
     secrets.push(("group key".into(), group_key));
     let mut files = Vec::new();
     walk(&work, &mut files);

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use hmac::Mac as _;
 
 use station_e2e::UnitSim;
-use station_e2e::line::LineRig;
+use station_e2e::line::{LineRig, dps_primary_key};
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -136,9 +136,7 @@ fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
     // The unit's key is DPS's rule over the group key DPS holds.
     let group = dps::EnrollmentGroupId::new("sy-10-fleet".to_owned()).unwrap();
     let a = rig.dps(|c| async move { c.group_attestation(&group).await.unwrap() });
-    let group_key = base64::engine::general_purpose::STANDARD
-        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
-        .unwrap();
+    let group_key = dps_primary_key(a).expect("DPS holds a primary key");
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&group_key).unwrap();
     mac.update(b"sy-SY-000001");
     assert_eq!(mac.finalize().into_bytes().to_vec(), key);
@@ -192,9 +190,7 @@ fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
         serde_json::to_value(e.initial_twin.unwrap()).unwrap()["tags"]["operator"],
         "alice"
     );
-    let held = base64::engine::general_purpose::STANDARD
-        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
-        .unwrap();
+    let held = dps_primary_key(a).expect("DPS holds a primary key");
     assert_eq!(held, key);
     let payload: Option<Vec<u8>> = rig
         .db()
@@ -245,9 +241,7 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
     rig.upload_now();
     assert_eq!(rig.state("SK-000002").as_deref(), Some("uploaded"));
     let (_, a) = rig.dps_enrollment("SK-000002");
-    let held = base64::engine::general_purpose::STANDARD
-        .decode(a.symmetric_key.unwrap().primary_key.unwrap().expose())
-        .unwrap();
+    let held = dps_primary_key(a).expect("DPS holds a primary key");
     assert_eq!(held, key, "DPS holds the key the unit was locked with");
     assert_key_not_stored(&rig, &key);
     let out = rig.station(&["audit", "verify"]);

@@ -326,6 +326,18 @@ impl Line {
             fw: "2.4.1".into(),
             baud: 0,
         };
+        // A fixture of units on a serial link: its name, its serials' prefix, their model.
+        let link = |name: &'static str, prefix: &'static str, model: &str| {
+            (
+                name,
+                prefix,
+                Kind::Link {
+                    spec: spec(model),
+                    port: DeviceLink::claim(&home.join(format!("dev/unit-{name}"))).expect("link"),
+                },
+                Some(cfg.fixtures[name].baud),
+            )
+        };
         let plan: Vec<(&'static str, &'static str, Kind, Option<u32>)> = vec![
             (
                 "tpm-1",
@@ -337,33 +349,9 @@ impl Line {
                 },
                 None,
             ),
-            (
-                "link-1",
-                "SX-",
-                Kind::Link {
-                    spec: spec("SX-100"),
-                    port: DeviceLink::claim(&home.join("dev/unit-link-1")).expect("link"),
-                },
-                Some(cfg.fixtures["link-1"].baud),
-            ),
-            (
-                "sym-1",
-                "SY-",
-                Kind::Link {
-                    spec: spec("SY-10"),
-                    port: DeviceLink::claim(&home.join("dev/unit-sym-1")).expect("link"),
-                },
-                Some(cfg.fixtures["sym-1"].baud),
-            ),
-            (
-                "key-1",
-                "SK-",
-                Kind::Link {
-                    spec: spec("SK-20"),
-                    port: DeviceLink::claim(&home.join("dev/unit-key-1")).expect("link"),
-                },
-                Some(cfg.fixtures["key-1"].baud),
-            ),
+            link("link-1", "SX-", "SX-100"),
+            link("sym-1", "SY-", "SY-10"),
+            link("key-1", "SK-", "SK-20"),
             (
                 "se-1",
                 "GW-",

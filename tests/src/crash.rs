@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fixtures::line::link::DeviceLink;
-use fixtures::line::place::{Kind, LinkUnitSpec, Placed, TctiPort, Vendor};
+use fixtures::line::place::{Kind, LinkUnitSpec, Placed, TctiPort, UnitHost, Vendor};
 use fixtures::line::scanner::SimScanner;
 use secrecy::SecretString;
 
@@ -320,6 +320,7 @@ impl Line {
         vendor.ensure_ca().expect("vendor CA");
         let tcti = cfg.fixtures["tpm-1"].tcti.clone().expect("tcti");
         let spec = |model: &str| LinkUnitSpec {
+            host: UnitHost::Process,
             unit_sim: bin("unit-sim"),
             model: model.to_owned(),
             hw: "B2".into(),

@@ -654,6 +654,17 @@ fn link_station_stand_in(home: &Path, lot: &str, units: usize) -> Vec<String> {
 
 #[test]
 fn repoints_the_link_to_each_new_unit_and_reports_failed_units_with_their_reason() {
+    repoints_the_link_to_each_new_unit(&[]);
+}
+
+#[test]
+fn units_hosted_in_line_sim_threads_follow_each_other_on_the_link_too() {
+    repoints_the_link_to_each_new_unit(&["--units-in-process"]);
+}
+
+/// Three units on one link fixture, each failed by a station stand-in once it has identified
+/// itself; `host` says where line-sim runs them.
+fn repoints_the_link_to_each_new_unit(host: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let home = home_with(
         dir.path(),
@@ -688,10 +699,9 @@ fn repoints_the_link_to_each_new_unit_and_reports_failed_units_with_their_reason
             "sam",
         ],
     );
-    let mut sim = LineSim::start(
-        &home,
-        &["--units", "3", "--zero-wire-delay", "--serial-start", "7"],
-    );
+    let mut args = vec!["--units", "3", "--zero-wire-delay", "--serial-start", "7"];
+    args.extend_from_slice(host);
+    let mut sim = LineSim::start(&home, &args);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::symlink_metadata(home.join("dev/scanner-link-1")).is_err() {
         assert!(Instant::now() < deadline, "scanner never plugged in");

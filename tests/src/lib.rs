@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub mod crash;
 pub mod line;
+pub mod p11;
 
 use base64::Engine as _;
 use dps::ids::RegistrationId;
@@ -35,6 +36,24 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `station init --home root`, as a fresh machine has it (no SoftHSM config or log level
+/// from the caller's environment).
+pub fn station_init(root: &Path) {
+    let out = Command::new(bin("station"))
+        .args(["init", "--home"])
+        .arg(root)
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("STATION_LOG")
+        .output()
+        .expect("run station init");
+    assert!(
+        out.status.success(),
+        "station init: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A running `unit-sim`, killed on drop.

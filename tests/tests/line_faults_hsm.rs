@@ -8,66 +8,15 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use station_e2e::UnitSim;
 use station_e2e::line::{LineRig, StationServe, plug, wait_until};
+use station_e2e::p11::{P11Server, p11_kit_client};
 
 const BADGE: &str = "BADGE-9031-alice";
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-fn p11_kit_client() -> PathBuf {
-    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
-        .iter()
-        .map(|a| PathBuf::from(format!("/usr/lib/{a}/pkcs11/p11-kit-client.so")))
-        .find(|p| p.exists())
-        .expect("p11-kit's client module is missing: apt-get install p11-kit p11-kit-modules")
-}
-
-/// `p11-kit server` serving the station's tokens on `sock`, in its own process group (it
-/// forks per client; the whole group goes when the HSM "disappears"). Killed on drop.
-struct P11Server(Child, bool);
-
-impl P11Server {
-    fn start(conf: &Path, sock: &Path) -> Self {
-        let _ = std::fs::remove_file(sock);
-        let child = Command::new("p11-kit")
-            .args(["server", "--provider", SOFTHSM, "-f", "-n"])
-            .arg(sock)
-            .args(["pkcs11:token=station-ca", "pkcs11:token=station-root"])
-            .env("SOFTHSM2_CONF", conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("p11-kit is missing: apt-get install p11-kit p11-kit-modules");
-        wait_until("the p11-kit server socket", 15, || sock.exists());
-        Self(child, false)
-    }
-
-    fn kill(&mut self) {
-        if self.1 {
-            return;
-        }
-        self.1 = true;
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for P11Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
+/// The station's tokens, served by p11-kit.
+const STATION_TOKENS: &[&str] = &["station-ca", "station-root"];
 /// A scanner: a pty (the slave end is kept open so the line stays up) behind a stable name.
 struct TestScanner {
     master: File,
@@ -124,7 +73,7 @@ impl HsmLine {
         rig.add_badge_user("alice", "operator", BADGE);
         rig.open_lot(product);
         let sock = rig.dir.path().join("hsm.sock");
-        let server = P11Server::start(&rig.softhsm_conf(), &sock);
+        let server = P11Server::start(&rig.softhsm_conf(), &sock, STATION_TOKENS);
         let scanner_link = rig.dir.path().join("scanner-fx1");
         let port = rig.dir.path().join("unit-port-fx1");
         rig.config(
@@ -231,7 +180,7 @@ fn the_hsm_disappearing_mid_lot_stops_the_fixture_and_work_resumes_when_it_is_ba
 
     // The HSM is back: the same daemon reopens its session, finishes the interrupted unit
     // and takes the next scan.
-    line.server = P11Server::start(&line.rig.softhsm_conf(), &line.sock);
+    line.server = P11Server::start(&line.rig.softhsm_conf(), &line.sock, STATION_TOKENS);
     line.serve.wait_logged("fixture fx1: HSM back", 30);
     assert!(
         line.serve.running(),

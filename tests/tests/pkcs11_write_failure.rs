@@ -5,8 +5,6 @@
 //! server address from the environment once per process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::Command as Std;
 
 use station::ca::service::{self, AuditKey, RecordContext};
@@ -18,7 +16,8 @@ use station::hsm::Hsm;
 use station::hsm::config::PinSource;
 use station::store::Store;
 
-use common::{P11Server, p11_kit_client, station_init};
+use station_e2e::p11::{P11Server, p11_kit_client};
+use station_e2e::station_init;
 
 const UNIT_PIN: &str = "731942";
 const LABEL: &str = "unit-GW-000009";
@@ -101,7 +100,7 @@ fn an_element_that_goes_away_before_the_certificate_write_leaves_nothing_done() 
                 .map_err(|e| e.to_string())?;
             serial = Some(cert.serial.hex());
             // The element goes away between the CA's record and the write.
-            server.stop();
+            server.kill();
             Ok(cert.der)
         },
     );

@@ -9,8 +9,6 @@
 //! once per process, and a module restart ends every session of the process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use cryptoki::object::ObjectClass;
 use station::ca::service::{self, AuditKey};
 use station::config::Config;
@@ -19,7 +17,8 @@ use station::hsm::Hsm;
 use station::hsm::restart::{self, FollowingSession};
 use station::keys::OutboxCipher;
 
-use common::{P11Server, p11_kit_client, station_init};
+use station_e2e::p11::{P11Server, p11_kit_client};
+use station_e2e::station_init;
 
 #[test]
 fn a_following_session_serves_again_after_the_module_restarts() {

@@ -44,6 +44,13 @@ fn assert_key_not_stored(rig: &LineRig, key: &[u8]) {
     }
 }
 
+/// Random unit keys the station keeps sealed until their units are recorded.
+fn kept_keys(rig: &LineRig) -> i64 {
+    rig.db()
+        .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
+        .unwrap()
+}
+
 /// A rig with one fixture `name` running `product` on a simulated unit `serial`, its lot open.
 fn one_unit(name: &str, product: &str, serial: &str, model: &str) -> (LineRig, UnitSim) {
     let rig = LineRig::new();
@@ -212,11 +219,6 @@ fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
 #[test]
 fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_key_on_restart() {
     let (rig, sim) = one_unit("key1", "sensor-key", "SK-000002", "SK-20");
-    let kept = || -> i64 {
-        rig.db()
-            .query_row("SELECT count(*) FROM unit_keys", [], |r| r.get(0))
-            .unwrap()
-    };
     // Killed before the record: the key left the station's memory with the process, but it
     // was kept sealed under the HSM's outbox key before the unit got it.
     let out = rig.station_env(
@@ -232,12 +234,16 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
         &[("STATION_CRASH_AT", "before:recorded")],
     );
     assert!(!out.status.success(), "{}", text(&out));
-    assert_eq!(kept(), 1);
+    assert_eq!(kept_keys(&rig), 1);
     let (key, _) = unit_key(&sim);
     assert_key_not_stored(&rig, &key);
     // Killed once more at the same point of the resumed run, then resumed: still that key.
     let key = killed_in_the_record_then_resumed(&rig, &sim, "key1", "SK-000002");
-    assert_eq!(kept(), 0, "the key is erased once the outbox row holds it");
+    assert_eq!(
+        kept_keys(&rig),
+        0,
+        "the key is erased once the outbox row holds it"
+    );
     rig.upload_now();
     assert_eq!(rig.state("SK-000002").as_deref(), Some("uploaded"));
     let (_, a) = rig.dps_enrollment("SK-000002");
@@ -246,6 +252,49 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
     assert_key_not_stored(&rig, &key);
     let out = rig.station(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn an_individual_unit_found_verified_after_a_restart_is_recorded_with_its_kept_key() {
+    let (rig, sim) = one_unit("key2", "sensor-key", "SK-000003", "SK-20");
+    let provision = [
+        "provision",
+        "--fixture",
+        "key2",
+        "--serial",
+        "SK-000003",
+        "--actor",
+        "alice",
+    ];
+    let out = rig.station_env(&provision, &[("STATION_CRASH_AT", "before:recorded")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let (key, state) = unit_key(&sim);
+    assert_eq!(state["locked"], true, "{state}");
+    // The unit proved its key before the kill. A station that committed Verified on its own
+    // left it there: the record is all that is left, from what the store kept.
+    let changed = rig
+        .db()
+        .execute(
+            "UPDATE units SET state = 'verified' WHERE serial = 'SK-000003'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let out = rig.station(&provision);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("recovered: "), "{}", text(&out));
+    assert_eq!(rig.state("SK-000003").as_deref(), Some("queued"));
+    assert_eq!(
+        kept_keys(&rig),
+        0,
+        "the key is erased once the outbox row holds it"
+    );
+    rig.upload_now();
+    assert_eq!(rig.state("SK-000003").as_deref(), Some("uploaded"));
+    let (_, a) = rig.dps_enrollment("SK-000003");
+    let held = dps_primary_key(a).expect("DPS holds a primary key");
+    assert_eq!(held, key, "DPS holds the key the unit was locked with");
+    assert_key_not_stored(&rig, &key);
 }
 
 #[test]

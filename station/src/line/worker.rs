@@ -674,10 +674,20 @@ impl<'s> Worker<'s> {
                 }
             }
             (Attestation::SymmetricIndividual | Attestation::SymmetricGroup, _) => {
-                return Err(Stop::Unit(
-                    Step::Record,
-                    "the station stopped before the unit's key was recorded; factory-reset the unit and retry".into(),
-                ));
+                // The unit proved its key before it was verified; the station kept that key
+                // sealed until the record (a station older than the kept keys did not).
+                let Some(sealed) = units::kept_key(conn, unit.id)? else {
+                    return Err(Stop::Unit(
+                        Step::Record,
+                        "the station stopped before the unit's key was recorded; factory-reset the unit and retry".into(),
+                    ));
+                };
+                let key = self.open_kept_key(unit.id, &unit.serial, &sealed)?;
+                let actor = unit
+                    .operator
+                    .clone()
+                    .unwrap_or_else(|| "station".to_owned());
+                return self.record_symmetric(unit.id, &actor, values, (rid, device_id), &key);
             }
         };
         let actor = unit
@@ -1121,16 +1131,7 @@ impl<'s> Worker<'s> {
                         crate::keys::derive_device_key(self.session, &group_id, rid.as_str())
                             .map_err(|e| Stop::Unit(Step::Attest, error_text(&e)))?
                     }
-                    Named::Kept(sealed) => crate::keys::OutboxCipher::new(self.session)
-                        .and_then(|c| c.open_kept(unit_id, &sealed))
-                        .map(|plain| crate::keys::DeviceKey::from_bytes(plain.to_vec()))
-                        .map_err(|e| {
-                            Stop::Station(format!(
-                                "opening the key kept for unit {}: {}",
-                                values.serial,
-                                error_text(&e)
-                            ))
-                        })?,
+                    Named::Kept(sealed) => self.open_kept_key(unit_id, &values.serial, &sealed)?,
                 };
                 symkey::prove(&mut unit, &identity_for(&key, &rid))
                     .map_err(|e| self.link_fail(Step::Verify, &e))?;
@@ -1215,6 +1216,24 @@ impl<'s> Worker<'s> {
     /// Records a symmetric-key unit holding `key`. An individual enrollment gets a new
     /// secondary key drawn in the HSM; a group member's record carries no key (DPS derives
     /// it from the group's), so none is drawn for it.
+    /// The random key kept sealed for unit `unit_id` (see `units::keep_key`).
+    fn open_kept_key(
+        &self,
+        unit_id: i64,
+        serial: &str,
+        sealed: &[u8],
+    ) -> Result<crate::keys::DeviceKey, Stop> {
+        crate::keys::OutboxCipher::new(self.session)
+            .and_then(|c| c.open_kept(unit_id, sealed))
+            .map(|plain| crate::keys::DeviceKey::from_bytes(plain.to_vec()))
+            .map_err(|e| {
+                Stop::Station(format!(
+                    "opening the key kept for unit {serial}: {}",
+                    error_text(&e)
+                ))
+            })
+    }
+
     fn record_symmetric(
         &mut self,
         unit_id: i64,

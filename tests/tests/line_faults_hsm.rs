@@ -17,6 +17,7 @@ use station_e2e::p11::{P11Server, p11_kit_client};
 const BADGE: &str = "BADGE-9031-alice";
 /// The station's tokens, served by p11-kit.
 const STATION_TOKENS: &[&str] = &["station-ca", "station-root"];
+
 /// A scanner: a pty (the slave end is kept open so the line stays up) behind a stable name.
 struct TestScanner {
     master: File,

@@ -51,6 +51,22 @@ fn kept_keys(rig: &LineRig) -> i64 {
         .unwrap()
 }
 
+/// A recorded random-key unit `serial` no longer has its key kept; once uploaded, DPS holds
+/// `key`, the key the unit was locked with, and the station's files never held it in the clear.
+fn uploaded_with_the_kept_key(rig: &LineRig, serial: &str, key: &[u8]) {
+    assert_eq!(
+        kept_keys(rig),
+        0,
+        "the key is erased once the outbox row holds it"
+    );
+    rig.upload_now();
+    assert_eq!(rig.state(serial).as_deref(), Some("uploaded"));
+    let (_, a) = rig.dps_enrollment(serial);
+    let held = dps_primary_key(a).expect("DPS holds a primary key");
+    assert_eq!(held, key, "DPS holds the key the unit was locked with");
+    assert_key_not_stored(rig, key);
+}
+
 /// A rig with one fixture `name` running `product` on a simulated unit `serial`, its lot open.
 fn one_unit(name: &str, product: &str, serial: &str, model: &str) -> (LineRig, UnitSim) {
     let rig = LineRig::new();
@@ -239,17 +255,7 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
     assert_key_not_stored(&rig, &key);
     // Killed once more at the same point of the resumed run, then resumed: still that key.
     let key = killed_in_the_record_then_resumed(&rig, &sim, "key1", "SK-000002");
-    assert_eq!(
-        kept_keys(&rig),
-        0,
-        "the key is erased once the outbox row holds it"
-    );
-    rig.upload_now();
-    assert_eq!(rig.state("SK-000002").as_deref(), Some("uploaded"));
-    let (_, a) = rig.dps_enrollment("SK-000002");
-    let held = dps_primary_key(a).expect("DPS holds a primary key");
-    assert_eq!(held, key, "DPS holds the key the unit was locked with");
-    assert_key_not_stored(&rig, &key);
+    uploaded_with_the_kept_key(&rig, "SK-000002", &key);
     let out = rig.station(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -284,17 +290,7 @@ fn an_individual_unit_found_verified_after_a_restart_is_recorded_with_its_kept_k
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("recovered: "), "{}", text(&out));
     assert_eq!(rig.state("SK-000003").as_deref(), Some("queued"));
-    assert_eq!(
-        kept_keys(&rig),
-        0,
-        "the key is erased once the outbox row holds it"
-    );
-    rig.upload_now();
-    assert_eq!(rig.state("SK-000003").as_deref(), Some("uploaded"));
-    let (_, a) = rig.dps_enrollment("SK-000003");
-    let held = dps_primary_key(a).expect("DPS holds a primary key");
-    assert_eq!(held, key, "DPS holds the key the unit was locked with");
-    assert_key_not_stored(&rig, &key);
+    uploaded_with_the_kept_key(&rig, "SK-000003", &key);
 }
 
 #[test]

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dps::client::{ClientOptions, RetryPolicy, ServiceClient};
-use dps::sas::ConnectionString;
+use dps::client::{RetryPolicy, ServiceClient};
 use dps::wire::IndividualEnrollment;
 use rusqlite::{TransactionBehavior, params};
 use serde::Serialize;
@@ -189,37 +188,14 @@ impl std::fmt::Debug for Uploader<'_> {
 /// A service client for a target with the uploader's retry policy: a few quick attempts per
 /// call, since a row that fails waits on its own back-off and nothing is lost.
 fn target_client(home: &Home, cfg: &Config, name: &str) -> Result<ServiceClient, TargetError> {
-    let t = dps_target::target(cfg, name)?;
-    let path = home.resolve(&t.connection_string_file);
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| TargetError::ReadConnectionString {
-            name: name.to_owned(),
-            path: path.clone(),
-            source,
-        })?;
-    let cs: ConnectionString =
-        text.trim()
-            .parse()
-            .map_err(|source| TargetError::BadConnectionString {
-                name: name.to_owned(),
-                path: path.clone(),
-                source,
-            })?;
     let min = Duration::from_millis(cfg.upload.min_backoff_ms);
-    let opts = ClientOptions {
-        extra_ca_file: t.ca_file.as_ref().map(|p| home.resolve(p)),
-        ops_per_min: (t.ops_per_min > 0).then_some(t.ops_per_min),
-        request_timeout: Duration::from_secs(30),
-        retry: RetryPolicy {
+    dps_target::client_with(home, cfg, name, |opts| {
+        opts.retry = RetryPolicy {
             max_attempts: CALL_ATTEMPTS,
             min_backoff: min,
             max_backoff: Duration::from_millis(cfg.upload.max_backoff_ms).max(min),
             default_retry_after: min,
-        },
-    };
-    ServiceClient::new(cs, opts).map_err(|source| TargetError::Client {
-        name: name.to_owned(),
-        source,
+        };
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dps::ids::RegistrationId;
 use secrecy::SecretBox;
 use station::link::symkey::{SymkeyFlowError, SymkeyIdentity, provision_symkey};
-use station::link::{LinkSettings, SerialLink, Transport, UnitClient};
+use station::link::{IdentifyError, LinkSettings, SerialLink, Transport, UnitClient};
 use station_e2e::UnitSim;
 
 fn identity(key: &[u8]) -> SymkeyIdentity {
@@ -74,6 +74,12 @@ fn symkey_to_another_unit_is_refused() {
     let sim = UnitSim::start(&dir.path().join("unit"), &["--serial", "SN-OTHER"]);
     let e =
         provision_symkey(&mut client(&sim), Some("SN-EXPECTED"), &identity(&[7; 32])).unwrap_err();
-    assert!(matches!(e, SymkeyFlowError::WrongUnit { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SymkeyFlowError::Identify(IdentifyError::WrongUnit { .. })
+        ),
+        "{e}"
+    );
     assert!(unit_json(&sim)["symkey_hex"].is_null());
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dps::ids::RegistrationId;
 use station::link::x509::{CsrProblem, X509FlowError, provision_x509};
-use station::link::{LinkError, LinkSettings, SerialLink, Transport, UnitClient};
+use station::link::{IdentifyError, LinkError, LinkSettings, SerialLink, Transport, UnitClient};
 use station_e2e::{SoftwareTestIssuer, UnitSim};
 
 fn settings() -> LinkSettings {
@@ -94,7 +94,10 @@ fn clean_exchange_provisions_and_locks() {
     // Locked units refuse a second provisioning, and say why.
     let ca = SoftwareTestIssuer::new();
     let e = provision_x509(&mut c, Some("SN-OK-1"), &rid("reg-SN-OK-1"), &ca).unwrap_err();
-    assert!(matches!(e, X509FlowError::Locked { .. }), "{e}");
+    assert!(
+        matches!(e, X509FlowError::Identify(IdentifyError::Locked { .. })),
+        "{e}"
+    );
     // keygen itself is refused once locked.
     let e = c.keygen("reg-x", &[0; 16]).unwrap_err();
     assert!(
@@ -319,7 +322,7 @@ fn unit_with_another_serial_is_refused() {
     let (r, _) = run(&case, "SN-A", settings());
     let e = r.unwrap_err();
     assert!(
-        matches!(&e, X509FlowError::WrongUnit { found, .. } if found == "SN-B"),
+        matches!(&e, X509FlowError::Identify(IdentifyError::WrongUnit { found, .. }) if found == "SN-B"),
         "{e}"
     );
     assert_not_provisioned(&case.sim);

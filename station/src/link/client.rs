@@ -14,6 +14,28 @@ use super::proto::{
 use super::smp::HEADER_LEN;
 use super::transport::{LinkError, Transport, decode_answer};
 
+/// Why a unit on the fixture may not be provisioned, whatever its exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    /// The `identify` command failed.
+    #[error("device link failed")]
+    Link(#[from] LinkError),
+    /// The unit answered with another serial than the one scanned.
+    #[error("identify: the unit answered serial {found:?}, expected {expected:?}")]
+    WrongUnit {
+        /// Scanned.
+        expected: String,
+        /// Answered.
+        found: String,
+    },
+    /// The unit is already locked.
+    #[error("identify: unit {serial} is locked; factory-reset it first")]
+    Locked {
+        /// Serial.
+        serial: String,
+    },
+}
+
 /// A unit on the other end of a link.
 pub struct UnitClient<P: Port> {
     transport: Transport<P>,
@@ -49,6 +71,27 @@ impl<P: Port> UnitClient<P> {
     /// `identify`.
     pub fn identify(&mut self) -> Result<IdentifyRsp, LinkError> {
         self.transport.call(&proto::IDENTIFY, &Empty {})
+    }
+
+    /// `identify`, then the checks every exchange starts with: the unit is the one scanned
+    /// (when a serial was scanned) and is not locked.
+    pub fn identify_unlocked(
+        &mut self,
+        expected_serial: Option<&str>,
+    ) -> Result<IdentifyRsp, IdentifyError> {
+        let id = self.identify()?;
+        if let Some(expected) = expected_serial
+            && id.serial != expected
+        {
+            return Err(IdentifyError::WrongUnit {
+                expected: expected.to_owned(),
+                found: id.serial,
+            });
+        }
+        if id.locked {
+            return Err(IdentifyError::Locked { serial: id.serial });
+        }
+        Ok(id)
     }
 
     /// `keygen`: the unit makes a key and returns a DER CSR for `rid` over `nonce`.

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use dps::ids::RegistrationId;
 
+use super::IdentifyError;
 use super::UnitClient;
 use super::port::Port;
 use super::proto::{NONCE_LEN, PutSymkeyReq, SecretBytes};
@@ -42,20 +43,9 @@ pub enum SymkeyFlowError {
     /// A command over the link failed (the source names the command).
     #[error("device link failed")]
     Link(#[from] LinkError),
-    /// The unit answered with another serial than the one scanned.
-    #[error("identify: the unit answered serial {found:?}, expected {expected:?}")]
-    WrongUnit {
-        /// Scanned.
-        expected: String,
-        /// Answered.
-        found: String,
-    },
-    /// The unit is already locked.
-    #[error("identify: unit {serial} is locked; factory-reset it first")]
-    Locked {
-        /// Serial.
-        serial: String,
-    },
+    /// The unit is not the one scanned, or is locked (or `identify` failed).
+    #[error(transparent)]
+    Identify(#[from] IdentifyError),
     /// The HMAC did not verify: the unit does not hold the key that was sent.
     #[error("prove: the unit's HMAC does not match the injected key")]
     ProofMismatch,
@@ -66,18 +56,7 @@ pub fn identify_for_symkey<P: Port>(
     unit: &mut UnitClient<P>,
     expected_serial: Option<&str>,
 ) -> Result<super::proto::IdentifyRsp, SymkeyFlowError> {
-    let id = unit.identify()?;
-    if let Some(expected) = expected_serial
-        && id.serial != expected
-    {
-        return Err(SymkeyFlowError::WrongUnit {
-            expected: expected.to_owned(),
-            found: id.serial,
-        });
-    }
-    if id.locked {
-        return Err(SymkeyFlowError::Locked { serial: id.serial });
-    }
+    let id = unit.identify_unlocked(expected_serial)?;
     Ok(id)
 }
 

@@ -8,6 +8,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate, X509CertificationReque
 
 use dps::ids::RegistrationId;
 
+use super::IdentifyError;
 use super::UnitClient;
 use super::port::Port;
 use super::proto::{self, NONCE_LEN};
@@ -82,20 +83,9 @@ pub enum X509FlowError {
     /// A command over the link failed (the source names the command).
     #[error("device link failed")]
     Link(#[from] LinkError),
-    /// The unit answered with another serial than the one scanned.
-    #[error("identify: the unit answered serial {found:?}, expected {expected:?}")]
-    WrongUnit {
-        /// Scanned.
-        expected: String,
-        /// Answered.
-        found: String,
-    },
-    /// The unit is already locked.
-    #[error("identify: unit {serial} is locked; factory-reset it first")]
-    Locked {
-        /// Serial.
-        serial: String,
-    },
+    /// The unit is not the one scanned, or is locked (or `identify` failed).
+    #[error(transparent)]
+    Identify(#[from] IdentifyError),
     /// The unit cannot do x509.
     #[error("identify: unit {serial} does not offer x509 provisioning")]
     NoX509 {
@@ -259,18 +249,7 @@ pub fn identify_for_x509<P: Port>(
     unit: &mut UnitClient<P>,
     expected_serial: Option<&str>,
 ) -> Result<proto::IdentifyRsp, X509FlowError> {
-    let id = unit.identify()?;
-    if let Some(expected) = expected_serial
-        && id.serial != expected
-    {
-        return Err(X509FlowError::WrongUnit {
-            expected: expected.to_owned(),
-            found: id.serial,
-        });
-    }
-    if id.locked {
-        return Err(X509FlowError::Locked { serial: id.serial });
-    }
+    let id = unit.identify_unlocked(expected_serial)?;
     if !id.caps.iter().any(|c| c == "x509") {
         return Err(X509FlowError::NoX509 { serial: id.serial });
     }

@@ -197,7 +197,7 @@ pub fn policy(product: &Product) -> Policy {
                     .allocation
                     .webhook_api_version
                     .clone()
-                    .unwrap_or_else(|| "2019-03-31".to_owned()),
+                    .unwrap_or_else(|| super::group::DEFAULT_WEBHOOK_API_VERSION.to_owned()),
             }),
         capabilities: p.iot_edge.then_some(DeviceCapabilities { iot_edge: true }),
     }

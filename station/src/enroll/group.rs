@@ -16,16 +16,13 @@ use std::collections::BTreeMap;
 
 use dps::client::{ClientError, ServiceClient};
 use dps::wire::{
-    AllocationPolicy as WireAllocation, AttestationMechanism, AttestationType,
-    CustomAllocationDefinition, DeviceCapabilities, EnrollmentGroup, InitialTwin,
-    InitialTwinProperties, ProvisioningStatus as WireStatus, ReprovisionPolicy,
+    AllocationPolicy as WireAllocation, AttestationMechanism, AttestationType, DeviceCapabilities,
+    EnrollmentGroup, InitialTwin, InitialTwinProperties,
 };
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use super::profile::{
-    AllocationPolicy, Attestation, Enrollment, Product, ProvisioningStatus, Reprovision,
-};
+use super::profile::{Attestation, Enrollment, Product};
 use crate::ids::StationId;
 
 /// The webhook API version sent with custom allocation when the profile names none.
@@ -197,43 +194,12 @@ pub fn desired_group(
     g.capabilities = Some(DeviceCapabilities {
         iot_edge: p.iot_edge,
     });
-    g.provisioning_status = Some(match p.provisioning_status {
-        ProvisioningStatus::Enabled => WireStatus::Enabled,
-        ProvisioningStatus::Disabled => WireStatus::Disabled,
-    });
-    g.reprovision_policy = Some(match p.reprovision {
-        Reprovision::Migrate => ReprovisionPolicy {
-            update_hub_assignment: true,
-            migrate_device_data: true,
-        },
-        Reprovision::Reset => ReprovisionPolicy {
-            update_hub_assignment: true,
-            migrate_device_data: false,
-        },
-        Reprovision::Never => ReprovisionPolicy {
-            update_hub_assignment: false,
-            migrate_device_data: false,
-        },
-    });
-    g.allocation_policy = Some(match p.allocation.policy {
-        AllocationPolicy::Hashed => WireAllocation::Hashed,
-        AllocationPolicy::GeoLatency => WireAllocation::GeoLatency,
-        AllocationPolicy::Static => WireAllocation::Static,
-        AllocationPolicy::Custom => WireAllocation::Custom,
-    });
-    g.iot_hubs = (!p.allocation.iot_hubs.is_empty()).then(|| p.allocation.iot_hubs.clone());
-    g.custom_allocation_definition =
-        p.allocation
-            .webhook_url
-            .as_ref()
-            .map(|url| CustomAllocationDefinition {
-                webhook_url: url.clone(),
-                api_version: p
-                    .allocation
-                    .webhook_api_version
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_WEBHOOK_API_VERSION.to_owned()),
-            });
+    let policy = super::build::policy(product);
+    g.provisioning_status = Some(policy.provisioning_status);
+    g.reprovision_policy = Some(policy.reprovision);
+    g.allocation_policy = Some(policy.allocation);
+    g.iot_hubs = policy.iot_hubs;
+    g.custom_allocation_definition = policy.custom;
     let mut values = BTreeMap::new();
     values.insert("product", product.name.to_string());
     values.insert("model", p.model.clone());
@@ -440,7 +406,10 @@ pub async fn sync_group(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use dps::wire::{X509CertificateInfo, X509CertificateWithInfo};
+    use dps::wire::{
+        ProvisioningStatus as WireStatus, ReprovisionPolicy, X509CertificateInfo,
+        X509CertificateWithInfo,
+    };
 
     use super::*;
 
@@ -554,6 +523,30 @@ line = 3
             desired_group(&tpm, &station(), None),
             Err(GroupError::NotAGroup { .. })
         ));
+    }
+
+    #[test]
+    fn a_group_and_an_individual_enrollment_of_one_product_get_the_same_policy() {
+        let text = SYM.replace(
+            "[initial_twin.tags]",
+            "reprovision = \"never\"\n[allocation]\npolicy = \"custom\"\nwebhook_url = \"https://alloc.example/x\"\n[initial_twin.tags]",
+        );
+        let product = load("p", &text);
+        let g = desired_group(&product, &station(), None).unwrap();
+        let individual = crate::enroll::build::policy(&product);
+        assert_eq!(
+            g.custom_allocation_definition, individual.custom,
+            "the webhook (and its API version when the profile names none)"
+        );
+        assert_eq!(g.reprovision_policy, Some(individual.reprovision));
+        assert_eq!(g.allocation_policy, Some(individual.allocation));
+        assert_eq!(
+            g.reprovision_policy,
+            Some(ReprovisionPolicy {
+                update_hub_assignment: false,
+                migrate_device_data: false,
+            })
+        );
     }
 
     #[test]

@@ -126,7 +126,8 @@ pub struct Allocation {
     /// Webhook for `custom`.
     #[serde(default)]
     pub webhook_url: Option<String>,
-    /// Webhook API version for `custom`.
+    /// Webhook API version for `custom` (default `2021-10-01`, the service API the station
+    /// speaks; the same for individual enrollments and groups).
     #[serde(default)]
     pub webhook_api_version: Option<String>,
 }

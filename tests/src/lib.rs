@@ -38,6 +38,17 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A finished command's standard output then its standard error, as one text: what a person
+/// running it saw, for assertions and failure messages.
+#[must_use]
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// `station init --home root`, as a fresh machine has it (no SoftHSM config or log level
 /// from the caller's environment).
 pub fn station_init(root: &Path) {

@@ -80,11 +80,7 @@ fn a_lot_drains_through_dps_down_throttled_and_failing() {
         ],
     );
     let out = sim.join().unwrap();
-    let sim_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sim_text = station_e2e::text(&out);
     if !out.status.success() {
         // What the station said about it: its warnings, then the end of its log.
         let log = serve.log_text();

@@ -131,9 +131,8 @@ impl HsmLine {
         );
         assert!(
             out.status.success(),
-            "audit verify: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "audit verify: {}",
+            station_e2e::text(&out)
         );
         drop(server);
     }

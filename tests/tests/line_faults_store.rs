@@ -6,8 +6,8 @@
 
 use std::process::Output;
 
-use station_e2e::UnitSim;
 use station_e2e::line::{LineRig, plug};
+use station_e2e::{UnitSim, text};
 
 fn provision(rig: &LineRig, serial: &str) -> Output {
     rig.station(&[
@@ -19,14 +19,6 @@ fn provision(rig: &LineRig, serial: &str) -> Output {
         "--actor",
         "alice",
     ])
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -4,18 +4,8 @@
 //! local DPS target. Each checks the unit's record, its certificate or EK, the audit entries, the
 //! enrollment as recorded and its outbox row; a rescan issues nothing.
 
-use std::process::Output;
-
-use station_e2e::UnitSim;
 use station_e2e::line::LineRig;
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use station_e2e::{UnitSim, text};
 
 fn count(rig: &LineRig, sql: &str, p: &str) -> i64 {
     rig.db().query_row(sql, [p], |r| r.get(0)).unwrap()

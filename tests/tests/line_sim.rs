@@ -51,9 +51,8 @@ fn station(home: &Path, args: &[&str]) -> String {
         .expect("run station");
     assert!(
         out.status.success(),
-        "station {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "station {args:?}: {}",
+        station_e2e::text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

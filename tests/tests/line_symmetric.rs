@@ -8,16 +8,8 @@
 use base64::Engine as _;
 use hmac::Mac as _;
 
-use station_e2e::UnitSim;
 use station_e2e::line::{LineRig, dps_primary_key};
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use station_e2e::{UnitSim, text};
 
 fn unit_key(sim: &UnitSim) -> (Vec<u8>, serde_json::Value) {
     let state: serde_json::Value =

@@ -26,12 +26,7 @@ fn run(cmd: &mut Std, what: &str) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what} could not run ({e}); scripts/bootstrap installs it"));
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{what}: {}", station_e2e::text(&out));
 }
 
 #[test]

@@ -155,6 +155,9 @@ pub struct Policy {
     pub capabilities: Option<DeviceCapabilities>,
 }
 
+/// The webhook API version sent with custom allocation when the profile names none.
+pub const DEFAULT_WEBHOOK_API_VERSION: &str = "2021-10-01";
+
 /// The product's enrollment-wide settings.
 #[must_use]
 pub fn policy(product: &Product) -> Policy {
@@ -197,7 +200,7 @@ pub fn policy(product: &Product) -> Policy {
                     .allocation
                     .webhook_api_version
                     .clone()
-                    .unwrap_or_else(|| super::group::DEFAULT_WEBHOOK_API_VERSION.to_owned()),
+                    .unwrap_or_else(|| DEFAULT_WEBHOOK_API_VERSION.to_owned()),
             }),
         capabilities: p.iot_edge.then_some(DeviceCapabilities { iot_edge: true }),
     }

@@ -25,9 +25,6 @@ use sha2::{Digest, Sha256};
 use super::profile::{Attestation, Enrollment, Product};
 use crate::ids::StationId;
 
-/// The webhook API version sent with custom allocation when the profile names none.
-pub const DEFAULT_WEBHOOK_API_VERSION: &str = "2021-10-01";
-
 /// Why a group could not be built or synchronised.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -412,6 +409,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::enroll::build::DEFAULT_WEBHOOK_API_VERSION;
 
     fn load(name: &str, text: &str) -> Product {
         let d = tempfile::tempdir().unwrap();

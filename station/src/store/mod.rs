@@ -3,6 +3,7 @@
 //! to open a newer schema.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod durable;
 pub mod migrations;
 
@@ -86,6 +87,13 @@ pub enum StoreError {
     Sync {
         /// The WAL file.
         path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store's checkpointer thread (see [`checkpoint`]) could not be started.
+    #[error("cannot start the database checkpointer thread")]
+    Thread {
         /// The I/O error.
         #[source]
         source: std::io::Error,
@@ -202,12 +210,17 @@ const STATEMENT_CACHE: usize = 96;
 
 /// An open station database.
 pub struct Store {
+    /// Set in group-commit mode (see [`checkpoint`]). Declared before `conn`: stopped before
+    /// the writer's connection closes.
+    checkpointer: Option<checkpoint::Checkpointer>,
     conn: Connection,
     path: PathBuf,
     /// SQLite's max_page_count when `[store] max_size_mb` is set.
     max_pages: Option<i64>,
     /// `[store] synchronous` as configured.
     synchronous: Synchronous,
+    /// `[store] busy_timeout_ms` as configured.
+    busy_timeout: std::time::Duration,
     /// Set in group-commit mode (see [`durable`]).
     group: Option<Arc<WalSync>>,
 }
@@ -296,10 +309,9 @@ impl Store {
             .map_err(sql("set synchronous"))?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql("enable foreign keys"))?;
-        conn.busy_timeout(std::time::Duration::from_millis(u64::from(
-            cfg.busy_timeout_ms,
-        )))
-        .map_err(sql("set busy timeout"))?;
+        let busy_timeout = std::time::Duration::from_millis(u64::from(cfg.busy_timeout_ms));
+        conn.busy_timeout(busy_timeout)
+            .map_err(sql("set busy timeout"))?;
         // A unit's run and the uploader's deliveries use a few dozen distinct statements on the
         // shared writer; rusqlite's default cache of 16 would evict and re-parse them.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -317,10 +329,12 @@ impl Store {
             None
         };
         Ok(Self {
+            checkpointer: None,
             conn,
             path: path.to_path_buf(),
             max_pages,
             synchronous: cfg.synchronous,
+            busy_timeout,
             group: None,
         })
     }
@@ -353,7 +367,8 @@ impl Store {
     /// Switches this connection to group commit (see [`durable`]): its transactions commit
     /// without an fsync of their own, and one that must be durable ends with
     /// [`Store::durable`] and, after the write turn is given up, [`Durable::wait`]. A station
-    /// configured with `synchronous = "normal"` stays as configured.
+    /// configured with `synchronous = "normal"` stays as configured. Either way its WAL is
+    /// checkpointed on a background connection (see [`checkpoint`]), not inside its commits.
     pub fn group_commit(&mut self) -> Result<(), StoreError> {
         if self.synchronous == Synchronous::Full {
             self.conn
@@ -361,7 +376,24 @@ impl Store {
                 .map_err(sql("set synchronous"))?;
             self.group = Some(WalSync::for_database(&self.path));
         }
+        if self.checkpointer.is_none() {
+            self.checkpointer = Some(checkpoint::Checkpointer::start(
+                &mut self.conn,
+                &self.path,
+                self.busy_timeout,
+                checkpoint::AFTER_FRAMES,
+            )?);
+        }
         Ok(())
+    }
+
+    /// Checkpoints of this connection's WAL so far in group-commit mode: (by the background
+    /// connection, by this connection's own commits when the background one fell behind).
+    #[must_use]
+    pub fn checkpoints(&self) -> Option<(u64, u64)> {
+        self.checkpointer
+            .as_ref()
+            .map(checkpoint::Checkpointer::counts)
     }
 
     /// Call right after a commit that must be durable has returned; `wait` on the result.

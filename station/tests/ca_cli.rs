@@ -4,17 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 
-fn station() -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_HOME").env_remove("SOFTHSM2_CONF");
-    c
-}
+use common::station;
 
 fn tool(name: &str, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
     let mut c = Std::new(name);

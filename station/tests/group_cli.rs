@@ -10,38 +10,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use assert_cmd::Command;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use dps::client::{ClientOptions, RetryPolicy, ServiceClient};
 use dps::server::{ServeOptions, Server};
 use secrecy::{ExposeSecret, SecretString};
 
-fn station() -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_HOME").env_remove("SOFTHSM2_CONF");
-    c
-}
-
-fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = station()
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let (good, out, err) = run(home, args);
-    assert!(good, "station {args:?} failed:\n{out}\n{err}");
-    out
-}
+use common::{ok, run};
 
 const SYM: &str = r#"
 model = "SY-10"

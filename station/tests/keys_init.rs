@@ -9,30 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use station::keys::{OUTBOX_KEY_LABEL, OutboxCipher};
 
-fn station() -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_HOME").env_remove("SOFTHSM2_CONF");
-    c
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = station()
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "station {args:?}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{ok, station};
 
 fn snapshot(home: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     common::walk(home)

@@ -1,18 +1,17 @@
 //! `station lot ...` as the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use assert_cmd::Command;
+mod common;
+
 use predicates::prelude::*;
+
+use common::station_in;
 
 #[test]
 fn lots_open_close_list_show_with_clear_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("H");
-    let station = || {
-        let mut c = Command::cargo_bin("station").unwrap();
-        c.env("STATION_HOME", &home).env_remove("STATION_LOG");
-        c
-    };
+    let station = || station_in(&home);
     station().arg("init").assert().success();
     station()
         .args([

@@ -7,24 +7,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
+
+use common::station_in;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const UNIT_PIN: &str = "731942";
 
-fn station(home: &Path) -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env("STATION_HOME", home)
-        .env_remove("STATION_LOG")
-        .env_remove("SOFTHSM2_CONF");
-    c
-}
-
 fn home_with_unit(label: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("H");
-    station(&home).arg("init").assert().success();
+    station_in(&home).arg("init").assert().success();
     let out = Std::new("softhsm2-util")
         .env("SOFTHSM2_CONF", home.join("hsm/softhsm2.conf"))
         .args([
@@ -48,7 +41,7 @@ fn home_with_unit(label: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn provision(home: &Path, token: &str, pin: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
-    station(home)
+    station_in(home)
         .args(["pkcs11", "provision", "--module", MODULE, "--token", token])
         .args([
             "--registration-id",
@@ -80,7 +73,7 @@ fn a_unit_element_gets_a_non_extractable_key_and_its_certificate() {
     );
 
     let chain = dir.path().join("chain.pem");
-    station(&home)
+    station_in(&home)
         .args(["ca", "chain", "--out"])
         .arg(&chain)
         .assert()
@@ -119,17 +112,20 @@ fn a_unit_element_gets_a_non_extractable_key_and_its_certificate() {
     assert!(ids.iter().all(|l| *l == ids[0]), "{listing}");
 
     // The CA recorded the certificate; the audit log has the provisioning and stays intact.
-    station(&home)
+    station_in(&home)
         .args(["ca", "list-issued"])
         .assert()
         .success()
         .stdout(predicate::str::contains("GW-000001"));
-    station(&home)
+    station_in(&home)
         .args(["audit", "list"])
         .assert()
         .success()
         .stdout(predicate::str::contains("pkcs11.provision"));
-    station(&home).args(["audit", "verify"]).assert().success();
+    station_in(&home)
+        .args(["audit", "verify"])
+        .assert()
+        .success();
 
     // A second run refuses; rework replaces key and certificate.
     provision(&home, "unit-GW-000001", UNIT_PIN, &[])
@@ -196,7 +192,7 @@ fn absent_token_and_wrong_pin_fail_clearly_and_issue_nothing() {
         );
     // One wrong attempt did not lock the token.
     provision(&home, "unit-GW-000002", UNIT_PIN, &[]).success();
-    let out = station(&home)
+    let out = station_in(&home)
         .args(["ca", "list-issued"])
         .assert()
         .success()
@@ -208,7 +204,7 @@ fn absent_token_and_wrong_pin_fail_clearly_and_issue_nothing() {
         1,
         "only the successful run issued"
     );
-    station(&home)
+    station_in(&home)
         .args(["audit", "list"])
         .assert()
         .success()

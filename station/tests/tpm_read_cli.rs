@@ -5,6 +5,8 @@
 //! copy of the station library for these tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 #[allow(dead_code)] // each includer uses a different part of the fixture
 #[path = "../../fixtures/src/swtpm.rs"]
 mod swtpm;
@@ -16,11 +18,10 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use swtpm::Swtpm;
 
+/// The station binary (`common::station`), with the TSS library's own logging off.
 fn station() -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_HOME")
-        .env_remove("STATION_LOG")
-        .env("TSS2_LOG", "all+none");
+    let mut c = common::station();
+    c.env("TSS2_LOG", "all+none");
     c
 }
 

@@ -3,13 +3,15 @@
 //! and the `station upload` command.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod upload;
 
+use common::station as station_bin;
 use dps::wire::{AttestationMechanism, EnrollmentGroup, KeyText};
 use predicates::prelude::*;
 use station::line::state::UnitState;
 use station::outbox::{RowState, Uploader};
-use upload::{LocalDps, SoftwareTestCipher, Station, random_key, station_bin, symmetric, tpm};
+use upload::{LocalDps, SoftwareTestCipher, Station, random_key, symmetric, tpm};
 
 #[test]
 fn a_foreign_enrollment_is_a_conflict_for_a_supervisor_and_nothing_is_overwritten() {

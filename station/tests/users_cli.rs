@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use secrecy::SecretString;
 use station::config::StoreConfig;
@@ -14,16 +13,12 @@ use station::operators::{self, BadgeKey, OperatorError};
 use station::store::Store;
 use station::trigger::parse::Badge;
 
-fn station(home: &Path) -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_LOG").env("STATION_HOME", home);
-    c
-}
+use common::station_in;
 
 fn home() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("H");
-    station(&home).arg("init").assert().success();
+    station_in(&home).arg("init").assert().success();
     (dir, home)
 }
 
@@ -33,7 +28,7 @@ const BADGE: &str = "BADGE-4711-XYZ";
 #[test]
 fn users_are_added_listed_and_disabled_with_secrets_kept_out_of_the_home() {
     let (_d, home) = home();
-    station(&home)
+    station_in(&home)
         .args([
             "user",
             "add",
@@ -51,39 +46,39 @@ fn users_are_added_listed_and_disabled_with_secrets_kept_out_of_the_home() {
         .assert()
         .success()
         .stdout(predicate::str::contains("added user alice (supervisor)"));
-    station(&home)
+    station_in(&home)
         .args(["user", "add", "bob"])
         .env("BOB_PW", "short")
         .args(["--password-env", "BOB_PW"])
         .assert()
         .failure()
         .stderr(predicate::str::contains("at least 8 characters"));
-    station(&home)
+    station_in(&home)
         .args(["user", "add", "alice"])
         .assert()
         .failure()
         .stderr(predicate::str::contains("user alice already exists"));
-    station(&home)
+    station_in(&home)
         .args(["user", "add", "carol", "--badge-env", "CAROL_BADGE"])
         .env("CAROL_BADGE", BADGE)
         .assert()
         .failure()
         .stderr(predicate::str::contains("already assigned to user alice"));
-    station(&home)
+    station_in(&home)
         .args(["user", "add", "bad name"])
         .assert()
         .failure()
         .stderr(predicate::str::contains(
             "user name \"bad name\" is not valid",
         ));
-    station(&home)
+    station_in(&home)
         .args(["user", "passwd", "nobody", "--password-env", "X"])
         .env("X", "long-enough-pw")
         .assert()
         .failure()
         .stderr(predicate::str::contains("no user named nobody"));
 
-    station(&home)
+    station_in(&home)
         .args(["user", "list"])
         .assert()
         .success()
@@ -112,7 +107,7 @@ fn users_are_added_listed_and_disabled_with_secrets_kept_out_of_the_home() {
         ));
     }
 
-    station(&home)
+    station_in(&home)
         .args(["user", "disable", "alice"])
         .assert()
         .success();
@@ -123,7 +118,7 @@ fn users_are_added_listed_and_disabled_with_secrets_kept_out_of_the_home() {
             Err(OperatorError::Disabled(u)) if u == "alice"
         ));
     }
-    station(&home)
+    station_in(&home)
         .args(["audit", "list"])
         .assert()
         .success()

@@ -3,6 +3,47 @@
 
 use std::path::{Path, PathBuf};
 
+use assert_cmd::Command;
+
+/// The station binary, run as on a fresh machine: no home, SoftHSM configuration or log level
+/// from the caller's environment.
+pub fn station() -> Command {
+    let mut c = Command::cargo_bin("station").unwrap();
+    c.env_remove("STATION_HOME")
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("STATION_LOG");
+    c
+}
+
+/// [`station`] for the station home `home` (`STATION_HOME`).
+pub fn station_in(home: &Path) -> Command {
+    let mut c = station();
+    c.env("STATION_HOME", home);
+    c
+}
+
+/// `station --home home args...`: whether it succeeded, its stdout and its stderr.
+pub fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = station()
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`run`], which must succeed: its stdout.
+pub fn ok(home: &Path, args: &[&str]) -> String {
+    let (good, out, err) = run(home, args);
+    assert!(good, "station {args:?} failed:\n{out}\n{err}");
+    out
+}
+
 /// Every file below `root`.
 pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -28,17 +69,6 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// `station init --home root`, as a fresh machine has it (no SoftHSM config or log level
 /// from the caller's environment).
 pub fn station_init(root: &Path) {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("station"))
-        .args(["init", "--home"])
-        .arg(root)
-        .env_remove("SOFTHSM2_CONF")
-        .env_remove("STATION_LOG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "station init: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (good, out, err) = run(root, &["init"]);
+    assert!(good, "station init: {out}{err}");
 }

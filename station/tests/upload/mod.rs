@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use assert_cmd::Command;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine as _;
 use dps::client::{ClientOptions, RetryPolicy, ServiceClient};
@@ -144,12 +143,6 @@ pub struct Station {
     pub home: Home,
     pub config: Config,
     pub station: StationId,
-}
-
-pub fn station_bin() -> Command {
-    let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_HOME").env_remove("SOFTHSM2_CONF");
-    c
 }
 
 impl Station {

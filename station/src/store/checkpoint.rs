@@ -9,8 +9,8 @@
 //!
 //! Here the writer connection's WAL hook wakes a checkpointer thread instead, which runs a
 //! PASSIVE checkpoint on a connection of its own: it copies what no reader still needs and never
-//! waits for, nor blocks, a writer or a reader. The writer resets the WAL at its next
-//! transaction, as after any checkpoint. Durability is SQLite's own: a checkpoint syncs the WAL
+//! waits for, nor blocks, a writer or a reader. As after any checkpoint, the writer starts the WAL
+//! over at its next transaction once every frame is copied and no reader still reads one. Durability is SQLite's own: a checkpoint syncs the WAL
 //! before copying and the database file before the WAL may be reset (`synchronous=NORMAL` on
 //! the checkpointer's connection, as on the writer's). A kill during a checkpoint is SQLite's
 //! ordinary case too.
@@ -53,8 +53,11 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Wake {
+    /// The hook asked for a checkpoint.
     wanted: bool,
+    /// A checkpoint is under way (tests wait for the thread to be idle).
     running: bool,
+    /// The writer is closing: the thread ends.
     stop: bool,
 }
 
@@ -96,7 +99,10 @@ impl Checkpointer {
                     if wal.checkpoint_v2(CheckpointMode::PASSIVE).is_ok() {
                         hook.inline.fetch_add(1, Ordering::SeqCst);
                     }
-                } else if frames >= after {
+                } else if frames < after {
+                    // The WAL started over.
+                    hook.woken_at.store(0, Ordering::SeqCst);
+                } else {
                     // Once per WAL cycle, and again only after another eighth of the threshold:
                     // a commit landing during a checkpoint leaves a few frames to copy, and a
                     // checkpoint per commit would sync the files for each.
@@ -154,7 +160,6 @@ impl Shared {
             wake.wanted = false;
             wake.running = true;
             drop(wake);
-            // Columns: busy flag, frames in the WAL, frames copied back.
             match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 Ok(()) => {
                     self.background.fetch_add(1, Ordering::SeqCst);

@@ -2,6 +2,7 @@
 //! erased, DPS down then back, 429 with Retry-After, and 5xx answers. Nothing is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 mod upload;
 
 use std::time::{Duration, Instant};

@@ -10,9 +10,10 @@
 //! Here the writer connection's WAL hook wakes a checkpointer thread instead, which runs a
 //! PASSIVE checkpoint on a connection of its own: it copies what no reader still needs and never
 //! waits for, nor blocks, a writer or a reader. As after any checkpoint, the writer starts the WAL
-//! over at its next transaction once every frame is copied and no reader still reads one. Durability is SQLite's own: a checkpoint syncs the WAL
-//! before copying and the database file before the WAL may be reset (`synchronous=NORMAL` on
-//! the checkpointer's connection, as on the writer's). A kill during a checkpoint is SQLite's
+//! over at its next transaction once every frame is copied and no reader still reads one.
+//! Durability is SQLite's own: a checkpoint syncs the WAL before copying and the database file
+//! before the WAL may be reset (`synchronous=NORMAL` on the checkpointer's connection, as on the
+//! writer's). A kill during a checkpoint is SQLite's
 //! ordinary case too.
 //!
 //! Should the checkpointer fall behind (the WAL past four times the threshold) or fail, the
@@ -244,13 +245,14 @@ mod tests {
         let mut store = store(dir.path());
         // Past the threshold (1,000 frames), short of the writer's own fallback (4,000).
         write(store.conn_mut(), 450);
-        let shared = Arc::clone(&store.checkpointer.as_ref().unwrap().shared);
+        let ckpt = store.checkpointer.as_ref().unwrap();
+        let shared = Arc::clone(&ckpt.shared);
         eventually("a background checkpoint after the last commit", || {
             let wake = shared.wake.lock().unwrap();
             !wake.wanted && !wake.running && shared.background.load(Ordering::SeqCst) >= 1
         });
         assert_eq!(
-            store.checkpoints().unwrap().1,
+            ckpt.counts().1,
             0,
             "the writer checkpointed in its own commit"
         );

@@ -387,15 +387,6 @@ impl Store {
         Ok(())
     }
 
-    /// Checkpoints of this connection's WAL so far in group-commit mode: (by the background
-    /// connection, by this connection's own commits when the background one fell behind).
-    #[must_use]
-    pub fn checkpoints(&self) -> Option<(u64, u64)> {
-        self.checkpointer
-            .as_ref()
-            .map(checkpoint::Checkpointer::counts)
-    }
-
     /// Call right after a commit that must be durable has returned; `wait` on the result.
     /// Outside group-commit mode the commit already was as durable as configured.
     pub fn durable(&self) -> Durable {

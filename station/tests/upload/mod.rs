@@ -149,17 +149,10 @@ impl Station {
     pub fn new(dps: &LocalDps, batch: usize) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("H");
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_station"))
-            .args(["init", "--actor", "tester", "--home"])
-            .arg(&root)
-            .env_remove("STATION_HOME")
-            .env_remove("SOFTHSM2_CONF")
-            .output()
-            .unwrap();
+        let (good, _, err) = crate::common::run(&root, &["init", "--actor", "tester"]);
         assert!(
-            out.status.success(),
-            "station init failed (needs softhsm2: apt-get install softhsm2 opensc): {}",
-            String::from_utf8_lossy(&out.stderr)
+            good,
+            "station init failed (needs softhsm2: apt-get install softhsm2 opensc): {err}"
         );
         let scope = std::fs::read_to_string(dps.data.join("id-scope"))
             .map(|s| s.trim().to_owned())

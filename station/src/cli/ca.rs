@@ -113,6 +113,10 @@ pub enum CaCommand {
         /// the next batch is signed (group commit).
         #[arg(long, default_value_t = 1)]
         batch: u32,
+        /// After each slice, print its times (`slice raw=<s> floor=<s> issuance=<s> n=<n>`)
+        /// and wait for a line on stdin: another measurement can take its turn meanwhile.
+        #[arg(long)]
+        turns: bool,
     },
 }
 
@@ -310,7 +314,11 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CaCommand::Bench { count, batch } => bench(ctx, cfg, *count, (*batch).max(1)),
+        CaCommand::Bench {
+            count,
+            batch,
+            turns,
+        } => bench(ctx, cfg, *count, (*batch).max(1), *turns),
     }
 }
 
@@ -479,7 +487,13 @@ fn list_issued(ctx: &Context, cfg: &Config, limit: u32) -> Result<ExitCode, CliE
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(ctx: &Context, cfg: &Config, count: u32, batch: u32) -> Result<ExitCode, CliError> {
+fn bench(
+    ctx: &Context,
+    cfg: &Config,
+    count: u32,
+    batch: u32,
+    turns: bool,
+) -> Result<ExitCode, CliError> {
     use sha2::Digest;
     let home = &ctx.home;
     let mut store = ctx.open_store(cfg)?;
@@ -521,6 +535,7 @@ fn bench(ctx: &Context, cfg: &Config, count: u32, batch: u32) -> Result<ExitCode
     let mut signed = 0u32;
     let mut built = 0u32;
     for slice in rids.chunks(BENCH_SLICE) {
+        let before = (raw_time, floor_time, issue_time);
         let start = std::time::Instant::now();
         for _ in slice {
             let digest = sha2::Sha256::digest(signed.to_be_bytes());
@@ -541,6 +556,17 @@ fn bench(ctx: &Context, cfg: &Config, count: u32, batch: u32) -> Result<ExitCode
             &mut store, &ca, &audit_key, profile, &subject, &station, slice, batch,
         )?;
         issue_time += start.elapsed();
+        if turns {
+            println!(
+                "slice raw={:.6} floor={:.6} issuance={:.6} n={}",
+                (raw_time - before.0).as_secs_f64(),
+                (floor_time - before.1).as_secs_f64(),
+                (issue_time - before.2).as_secs_f64(),
+                slice.len()
+            );
+            let mut go = String::new();
+            std::io::stdin().read_line(&mut go)?;
+        }
     }
     let raw = f64::from(signed) / raw_time.as_secs_f64();
     let issued = f64::from(u32::try_from(released).unwrap_or(u32::MAX)) / issue_time.as_secs_f64();

@@ -425,29 +425,22 @@ impl ServiceClient {
         mode: BulkMode,
         items: &[IndividualEnrollment],
     ) -> Result<Vec<BulkItemResult>, ClientError> {
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(MAX_BULK_ITEMS) {
-            let op = BulkEnrollmentOperation {
+        self.bulk(
+            "/enrollments",
+            items,
+            |e| e.registration_id.to_string(),
+            |chunk| BulkEnrollmentOperation {
                 mode,
                 enrollments: chunk.to_vec(),
-            };
-            let body = Self::encode(&op)?;
-            let r: Result<BulkEnrollmentOperationResult, _> = self
-                .json(Method::POST, "/enrollments", Some(&body), &[])
-                .await;
-            let ids = chunk.iter().map(|e| e.registration_id.to_string());
-            merge(
-                &mut out,
-                ids,
-                r.map(|r| {
-                    r.errors
-                        .into_iter()
-                        .map(|e| (e.registration_id, e.error_code, e.error_status))
-                        .collect()
-                }),
-            );
-        }
-        Ok(out)
+            },
+            |r: BulkEnrollmentOperationResult| {
+                r.errors
+                    .into_iter()
+                    .map(|e| (e.registration_id, e.error_code, e.error_status))
+                    .collect()
+            },
+        )
+        .await
     }
 
     /// Runs a bulk operation on groups, in chunks of at most ten.
@@ -456,27 +449,40 @@ impl ServiceClient {
         mode: BulkMode,
         items: &[EnrollmentGroup],
     ) -> Result<Vec<BulkItemResult>, ClientError> {
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(MAX_BULK_ITEMS) {
-            let op = BulkEnrollmentGroupOperation {
+        self.bulk(
+            "/enrollmentGroups",
+            items,
+            |g| g.enrollment_group_id.to_string(),
+            |chunk| BulkEnrollmentGroupOperation {
                 mode,
                 enrollment_groups: chunk.to_vec(),
-            };
-            let body = Self::encode(&op)?;
-            let r: Result<BulkEnrollmentGroupOperationResult, _> = self
-                .json(Method::POST, "/enrollmentGroups", Some(&body), &[])
-                .await;
-            let ids = chunk.iter().map(|g| g.enrollment_group_id.to_string());
-            merge(
-                &mut out,
-                ids,
-                r.map(|r| {
-                    r.errors
-                        .into_iter()
-                        .map(|e| (e.enrollment_group_id, e.error_code, e.error_status))
-                        .collect()
-                }),
-            );
+            },
+            |r: BulkEnrollmentGroupOperationResult| {
+                r.errors
+                    .into_iter()
+                    .map(|e| (e.enrollment_group_id, e.error_code, e.error_status))
+                    .collect()
+            },
+        )
+        .await
+    }
+
+    /// A bulk operation on the collection at `path`, in chunks of at most ten: `op` makes a
+    /// chunk's request body, `errors` reads the (id, code, status) of each failed item from
+    /// its answer.
+    async fn bulk<T, Op: Serialize, Answer: DeserializeOwned>(
+        &self,
+        path: &str,
+        items: &[T],
+        id: impl Fn(&T) -> String,
+        op: impl Fn(&[T]) -> Op,
+        errors: impl Fn(Answer) -> Vec<(String, i64, String)>,
+    ) -> Result<Vec<BulkItemResult>, ClientError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(MAX_BULK_ITEMS) {
+            let body = Self::encode(&op(chunk))?;
+            let r: Result<Answer, _> = self.json(Method::POST, path, Some(&body), &[]).await;
+            merge(&mut out, chunk.iter().map(&id), r.map(&errors));
         }
         Ok(out)
     }
@@ -539,27 +545,25 @@ impl ServiceClient {
         &self,
         page_size: u32,
     ) -> Result<Vec<IndividualEnrollment>, ClientError> {
-        let mut all = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let p = self
-                .query_enrollments("*", Some(page_size), next.as_deref())
-                .await?;
-            all.extend(p.items);
-            match p.continuation {
-                Some(c) => next = Some(c),
-                None => return Ok(all),
-            }
-        }
+        self.list("/enrollments/query", page_size).await
     }
 
     /// Every group, following continuations.
     pub async fn list_groups(&self, page_size: u32) -> Result<Vec<EnrollmentGroup>, ClientError> {
+        self.list("/enrollmentGroups/query", page_size).await
+    }
+
+    /// Every item a query of `*` at `path` returns, following continuations.
+    async fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        page_size: u32,
+    ) -> Result<Vec<T>, ClientError> {
         let mut all = Vec::new();
         let mut next: Option<String> = None;
         loop {
             let p = self
-                .query_groups("*", Some(page_size), next.as_deref())
+                .query(path, "*", Some(page_size), next.as_deref())
                 .await?;
             all.extend(p.items);
             match p.continuation {

@@ -1,25 +1,16 @@
 //! `/enrollments`: individual enrollments.
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::routing::{post, put};
 use chrono::{DateTime, Utc};
 
 use super::error::ServiceError;
-use super::records::{self, Record};
-use super::state::AppState;
+use super::records::Record;
 use super::store::{LinkedHub, Table};
 use super::validate::{self, Owner};
 use crate::ids::RegistrationId;
 use crate::wire::{AttestationMechanism, IndividualEnrollment, ItemType};
 
 impl Record for IndividualEnrollment {
+    const PATH: &'static str = "/enrollments";
     const TABLE: Table = Table::Enrollments;
     const ITEM: ItemType = ItemType::Enrollment;
     const NOUN: &'static str = "enrollment";
@@ -93,55 +84,4 @@ pub fn strip_secrets(a: &mut AttestationMechanism) {
             }
         }
     }
-}
-
-type St = State<Arc<AppState>>;
-type Raw = Result<Bytes, BytesRejection>;
-
-async fn put_one(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-    raw: Raw,
-) -> Result<Response, ServiceError> {
-    records::put::<IndividualEnrollment>(&st, &id, &h, raw)
-}
-async fn get_one(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    records::get::<IndividualEnrollment>(&st, &id, &h)
-}
-async fn delete_one(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    records::delete::<IndividualEnrollment>(&st, &id, &h)
-}
-async fn attestation(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    records::attestation::<IndividualEnrollment>(&st, &id, &h)
-}
-async fn bulk(State(st): St, h: HeaderMap, raw: Raw) -> Result<Response, ServiceError> {
-    records::bulk::<IndividualEnrollment>(&st, &h, raw)
-}
-async fn query(State(st): St, h: HeaderMap, raw: Raw) -> Result<Response, ServiceError> {
-    records::query::<IndividualEnrollment>(&st, &h, raw)
-}
-
-/// The routes (paths already lower-cased by the URI normaliser).
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/enrollments", post(bulk))
-        .route("/enrollments/query", post(query))
-        .route(
-            "/enrollments/{id}",
-            put(put_one).get(get_one).delete(delete_one),
-        )
-        .route("/enrollments/{id}/attestationmechanism", post(attestation))
 }

@@ -1,27 +1,18 @@
 //! `/enrollmentGroups`: enrollment groups (matched case-insensitively: the Node SDK also
 //! sends `/enrollmentgroups`).
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::routing::{post, put};
 use chrono::{DateTime, Utc};
 
 use super::enrollments::strip_secrets;
 use super::error::ServiceError;
-use super::records::{self, Record};
-use super::state::AppState;
+use super::records::Record;
 use super::store::{LinkedHub, Table};
 use super::validate::{self, Owner};
 use crate::ids::EnrollmentGroupId;
 use crate::wire::{AttestationMechanism, EnrollmentGroup, ItemType};
 
 impl Record for EnrollmentGroup {
+    const PATH: &'static str = "/enrollmentgroups";
     const TABLE: Table = Table::Groups;
     const ITEM: ItemType = ItemType::EnrollmentGroup;
     const NOUN: &'static str = "enrollment group";
@@ -69,58 +60,4 @@ impl Record for EnrollmentGroup {
         strip_secrets(&mut self.attestation);
         self
     }
-}
-
-type St = State<Arc<AppState>>;
-type Raw = Result<Bytes, BytesRejection>;
-
-async fn put_one(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-    raw: Raw,
-) -> Result<Response, ServiceError> {
-    records::put::<EnrollmentGroup>(&st, &id, &h, raw)
-}
-async fn get_one(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    records::get::<EnrollmentGroup>(&st, &id, &h)
-}
-async fn delete_one(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    records::delete::<EnrollmentGroup>(&st, &id, &h)
-}
-async fn attestation(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    records::attestation::<EnrollmentGroup>(&st, &id, &h)
-}
-async fn bulk(State(st): St, h: HeaderMap, raw: Raw) -> Result<Response, ServiceError> {
-    records::bulk::<EnrollmentGroup>(&st, &h, raw)
-}
-async fn query(State(st): St, h: HeaderMap, raw: Raw) -> Result<Response, ServiceError> {
-    records::query::<EnrollmentGroup>(&st, &h, raw)
-}
-
-/// The routes (paths already lower-cased by the URI normaliser).
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/enrollmentgroups", post(bulk))
-        .route("/enrollmentgroups/query", post(query))
-        .route(
-            "/enrollmentgroups/{id}",
-            put(put_one).get(get_one).delete(delete_one),
-        )
-        .route(
-            "/enrollmentgroups/{id}/attestationmechanism",
-            post(attestation),
-        )
 }

@@ -39,6 +39,7 @@ use self::error::{ErrorChain, ServiceError, code};
 use self::state::AppState;
 use self::store::{LinkedHub, Store};
 use crate::rate::TokenBucket;
+use crate::wire::{EnrollmentGroup, IndividualEnrollment};
 
 /// How to run the service.
 #[derive(Debug, Clone)]
@@ -139,8 +140,8 @@ async fn method_not_allowed() -> ServiceError {
 /// Every route of the service, with the request gate.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .merge(enrollments::routes())
-        .merge(groups::routes())
+        .merge(records::routes::<IndividualEnrollment>())
+        .merge(records::routes::<EnrollmentGroup>())
         .merge(registrations::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

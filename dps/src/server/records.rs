@@ -1,12 +1,15 @@
 //! What enrollments and groups share: one generic implementation of create/replace, get,
-//! delete, attestation, bulk and query, instantiated per record type by the route files.
+//! delete, attestation, bulk and query, and their routes, instantiated per record type.
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{self, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, Utc};
@@ -26,6 +29,8 @@ const MAX_PAGE: usize = 1000;
 
 /// An enrollment-like record kept in one table.
 pub trait Record: Serialize + DeserializeOwned + Send + 'static {
+    /// Its collection's path, lower-case (the URI normaliser lower-cases request paths).
+    const PATH: &'static str;
     /// Its table.
     const TABLE: Table;
     /// `x-ms-item-type` of query answers.
@@ -429,6 +434,71 @@ pub fn query<R: Record>(
         .map(|r| decode::<R>(&r.json).map(R::for_output))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(page_response(&items, R::ITEM, size, next.as_deref()))
+}
+
+type St = State<Arc<AppState>>;
+type Raw = Result<Bytes, BytesRejection>;
+
+async fn put_one<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    raw: Raw,
+) -> Result<Response, ServiceError> {
+    put::<R>(&st, &id, &h, raw)
+}
+async fn get_one<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ServiceError> {
+    get::<R>(&st, &id, &h)
+}
+async fn delete_one<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ServiceError> {
+    delete::<R>(&st, &id, &h)
+}
+async fn attestation_one<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ServiceError> {
+    attestation::<R>(&st, &id, &h)
+}
+async fn bulk_all<R: Record>(
+    State(st): St,
+    h: HeaderMap,
+    raw: Raw,
+) -> Result<Response, ServiceError> {
+    bulk::<R>(&st, &h, raw)
+}
+async fn query_all<R: Record>(
+    State(st): St,
+    h: HeaderMap,
+    raw: Raw,
+) -> Result<Response, ServiceError> {
+    query::<R>(&st, &h, raw)
+}
+
+/// The routes of one record type, under `R::PATH`.
+pub fn routes<R: Record>() -> Router<Arc<AppState>> {
+    let p = R::PATH;
+    Router::new()
+        .route(p, post(bulk_all::<R>))
+        .route(&format!("{p}/query"), post(query_all::<R>))
+        .route(
+            &format!("{p}/{{id}}"),
+            routing::put(put_one::<R>)
+                .get(get_one::<R>)
+                .delete(delete_one::<R>),
+        )
+        .route(
+            &format!("{p}/{{id}}/attestationmechanism"),
+            post(attestation_one::<R>),
+        )
 }
 
 #[cfg(test)]

@@ -128,8 +128,8 @@ impl Checkpointer {
     }
 
     /// Checkpoints completed so far: (by the background thread, by the writer itself).
-    #[must_use]
-    pub fn counts(&self) -> (u64, u64) {
+    #[cfg(test)]
+    fn counts(&self) -> (u64, u64) {
         (
             self.shared.background.load(Ordering::SeqCst),
             self.shared.inline.load(Ordering::SeqCst),

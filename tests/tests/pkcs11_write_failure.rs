@@ -90,6 +90,7 @@ fn an_element_that_goes_away_before_the_certificate_write_leaves_nothing_done() 
                 actor: "line-1",
                 event: "ca.issue",
                 registration_id: Some("GW-000009"),
+                unit_id: None,
             };
             service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)
                 .map_err(|e| e.to_string())?;

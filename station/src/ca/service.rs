@@ -146,23 +146,28 @@ pub struct RecordContext<'a> {
     pub event: &'a str,
     /// The unit's registration ID, when the certificate is a device's.
     pub registration_id: Option<&'a str>,
+    /// The unit's row, when the certificate is issued to a unit on the line.
+    pub unit_id: Option<i64>,
 }
 
-/// Writes the certificate row and its audit entry in the caller's transaction. The serial
-/// must be new for this issuer: the database's UNIQUE constraint enforces it.
+/// Writes the certificate row and its audit entry in the caller's transaction, and gives the
+/// row's id. The serial must be new for this issuer: the database's UNIQUE constraint
+/// enforces it.
 pub fn record_issued(
     tx: &Transaction<'_>,
     issuer_key_id: &str,
     cert: &IssuedCert,
     ctx: &RecordContext<'_>,
-) -> Result<(), CaServiceError> {
+) -> Result<i64, CaServiceError> {
     let row = insert_issued(tx, issuer_key_id, cert, ctx)?;
     audit::append(tx, ctx.station, &row.event(ctx))?;
-    Ok(())
+    Ok(row.id)
 }
 
 /// A certificate row just written, for its audit entry.
 struct IssuedRow<'a> {
+    /// The certificate's row.
+    id: i64,
     issuer_key_id: &'a str,
     cert: &'a IssuedCert,
     serial: String,
@@ -193,33 +198,37 @@ fn insert_issued<'a>(
     cert: &'a IssuedCert,
     ctx: &RecordContext<'_>,
 ) -> Result<IssuedRow<'a>, CaServiceError> {
-    let row = IssuedRow {
-        issuer_key_id,
-        cert,
-        serial: cert.serial.hex(),
-        subject: format!("CN={}", cert.common_name),
-        fingerprint: hex::encode(Sha256::digest(&cert.der)),
-    };
+    let serial = cert.serial.hex();
+    let subject = format!("CN={}", cert.common_name);
+    let fingerprint = hex::encode(Sha256::digest(&cert.der));
     let res = tx
         .prepare_cached(
             "INSERT INTO certificates (issuer_key_id, serial_hex, registration_id, subject, profile,
-             not_before, not_after, fingerprint_sha256, der, status, issued_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'issued', ?10)",
+             not_before, not_after, fingerprint_sha256, der, status, issued_at, unit_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'issued', ?10, ?11)",
         )
         .and_then(|mut st| st.execute(rusqlite::params![
             issuer_key_id,
-            row.serial,
+            serial,
             ctx.registration_id,
-            row.subject,
+            subject,
             cert.profile,
             rfc3339(cert.not_before),
             rfc3339(cert.not_after),
-            row.fingerprint,
+            fingerprint,
             cert.der,
             crate::store::now_utc(),
+            ctx.unit_id,
         ]));
     match res {
-        Ok(_) => Ok(row),
+        Ok(_) => Ok(IssuedRow {
+            id: tx.last_insert_rowid(),
+            issuer_key_id,
+            cert,
+            serial,
+            subject,
+            fingerprint,
+        }),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {

@@ -358,13 +358,24 @@ fn the_database_refuses_a_second_certificate_with_the_same_serial_from_one_issue
         actor: "tester",
         event: "ca.issue",
         registration_id: Some("unit-1"),
+        unit_id: None,
     };
     let tx = store.conn_mut().transaction().expect("tx");
-    record_issued(&tx, ca.issuer_key_id(), &cert, &rec).expect("first");
+    let first = record_issued(&tx, ca.issuer_key_id(), &cert, &rec).expect("first");
+    // The id given back is the certificate's row, not the audit entry written after it.
+    let serial: String = tx
+        .query_row(
+            "SELECT serial_hex FROM certificates WHERE id = ?1",
+            [first],
+            |r| r.get(0),
+        )
+        .expect("row");
+    assert_eq!(serial, cert.serial.hex());
     let err = record_issued(&tx, ca.issuer_key_id(), &cert, &rec).expect_err("same serial");
     assert_eq!(err.to_string(), "serial number already issued by this CA");
     // Another issuer may use the same serial.
-    record_issued(&tx, "another-issuer", &cert, &rec).expect("other issuer");
+    let other = record_issued(&tx, "another-issuer", &cert, &rec).expect("other issuer");
+    assert_ne!(other, first);
 }
 
 #[test]

@@ -173,6 +173,7 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
                 actor: &actor,
                 event: "ca.issue",
                 registration_id: Some(cn.as_str()),
+                unit_id: None,
             };
             service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
             // Released only now, after the record is committed.
@@ -223,6 +224,7 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
                 actor: &actor,
                 event: "ca.verification_cert",
                 registration_id: None,
+                unit_id: None,
             };
             service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)?;
             write_out(out, verify::to_pem(&[&cert.der]).as_bytes())?;
@@ -624,6 +626,7 @@ fn bench_issue(
                             actor: "bench",
                             event: "ca.issue",
                             registration_id: Some(rid.as_str()),
+                            unit_id: None,
                         },
                     )
                 })

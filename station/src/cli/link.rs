@@ -139,6 +139,7 @@ impl LeafIssuer for StationCa<'_> {
             actor: &self.actor,
             event: "ca.issue",
             registration_id: Some(cn.as_str()),
+            unit_id: None,
         };
         let mut store = self.store.borrow_mut();
         service::commit_issued(&mut store, self.ca, self.audit_key, &cert, &rec)

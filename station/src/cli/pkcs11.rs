@@ -131,6 +131,7 @@ pub(super) fn run(ctx: &Context, cmd: &Pkcs11Command) -> Result<ExitCode, CliErr
                 actor: &actor,
                 event: "ca.issue",
                 registration_id: Some(cn.as_str()),
+                unit_id: None,
             };
             service::commit_issued(&mut store, &ca, &audit_key, &cert, &rec)
                 .map_err(|e| e.to_string())?;

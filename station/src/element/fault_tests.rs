@@ -141,6 +141,7 @@ impl Station {
                 actor: "line-1",
                 event: "ca.issue",
                 registration_id: Some("GW-000001"),
+                unit_id: None,
             };
             commit_issued(&mut self.store.borrow_mut(), &ca, &audit_key, &cert, &rec)
                 .map_err(|e| e.to_string())?;

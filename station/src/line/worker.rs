@@ -969,19 +969,10 @@ impl<'s> Worker<'s> {
                 actor,
                 event: "ca.issue",
                 registration_id: Some(cn.as_str()),
+                unit_id: Some(unit_id),
             };
-            service::record_issued(tx, &issuer, &cert, &rec)
+            let id = service::record_issued(tx, &issuer, &cert, &rec)
                 .map_err(|e| Stop::Station(error_text(&e)))?;
-            let id: i64 = tx
-                .prepare_cached(
-                    "UPDATE certificates SET unit_id = ?1 WHERE issuer_key_id = ?2 AND serial_hex = ?3 RETURNING id",
-                )
-                .and_then(|mut st| {
-                    st.query_row(rusqlite::params![unit_id, issuer, cert.serial.hex()], |r| {
-                        r.get(0)
-                    })
-                })
-                .map_err(sql("link certificate to unit"))?;
             units::transition(
                 tx,
                 st,

@@ -167,7 +167,7 @@ fn write_one<R: Record>(
 }
 
 /// `PUT /{family}/{id}`: create or replace.
-pub fn put<R: Record>(
+fn put<R: Record>(
     st: &Arc<AppState>,
     id: &str,
     headers: &HeaderMap,
@@ -192,7 +192,7 @@ pub fn put<R: Record>(
 }
 
 /// `GET /{family}/{id}`.
-pub fn get<R: Record>(
+fn get<R: Record>(
     st: &Arc<AppState>,
     id: &str,
     headers: &HeaderMap,
@@ -211,7 +211,7 @@ fn load<R: Record>(st: &Arc<AppState>, id: &str) -> Result<R, ServiceError> {
 }
 
 /// `DELETE /{family}/{id}`.
-pub fn delete<R: Record>(
+fn delete<R: Record>(
     st: &Arc<AppState>,
     id: &str,
     headers: &HeaderMap,
@@ -231,7 +231,7 @@ pub fn delete<R: Record>(
 }
 
 /// `POST /{family}/{id}/attestationmechanism`: the attestation including secrets.
-pub fn attestation<R: Record>(
+fn attestation<R: Record>(
     st: &Arc<AppState>,
     id: &str,
     headers: &HeaderMap,
@@ -243,7 +243,7 @@ pub fn attestation<R: Record>(
 
 /// `POST /{family}`: bulk create/update/delete of at most ten records, one transaction,
 /// results per item. A request with an invalid item is refused whole (400, nothing written).
-pub fn bulk<R: Record>(
+fn bulk<R: Record>(
     st: &Arc<AppState>,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
@@ -411,7 +411,7 @@ pub fn page_response<T: Serialize>(
 }
 
 /// `POST /{family}/query`.
-pub fn query<R: Record>(
+fn query<R: Record>(
     st: &Arc<AppState>,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,

@@ -27,6 +27,10 @@ use crate::wire::{AttestationMechanism, BulkMode, ItemType, MAX_BULK_ITEMS, Quer
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
+/// The extractors of the record handlers.
+type St = State<Arc<AppState>>;
+type Raw = Result<Bytes, BytesRejection>;
+
 /// An enrollment-like record kept in one table.
 pub trait Record: Serialize + DeserializeOwned + Send + 'static {
     /// Its collection's path, lower-case (the URI normaliser lower-cases request paths).
@@ -167,22 +171,22 @@ fn write_one<R: Record>(
 }
 
 /// `PUT /{family}/{id}`: create or replace.
-fn put<R: Record>(
-    st: &Arc<AppState>,
-    id: &str,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+async fn put<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: Raw,
 ) -> Result<Response, ServiceError> {
-    st.authorize(headers, Right::EnrollmentWrite)?;
-    let path_key = R::key_from_path(id)?;
-    let mut rec: R = body::parse(headers, raw)?;
+    st.authorize(&headers, Right::EnrollmentWrite)?;
+    let path_key = R::key_from_path(&id)?;
+    let mut rec: R = body::parse(&headers, raw)?;
     if rec.key() != path_key {
         return Err(ServiceError::invalid(
             R::ID_FIELD,
             format!("{:?} does not match the id in the path", rec.id()),
         ));
     }
-    let im = if_match(headers);
+    let im = if_match(&headers);
     let stored = st.store.write(|tx| {
         let linked = tx.linked_hubs()?;
         rec.prepare("", &linked)?;
@@ -192,13 +196,13 @@ fn put<R: Record>(
 }
 
 /// `GET /{family}/{id}`.
-fn get<R: Record>(
-    st: &Arc<AppState>,
-    id: &str,
-    headers: &HeaderMap,
+async fn get<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
-    st.authorize(headers, Right::EnrollmentRead)?;
-    let rec = load::<R>(st, id)?;
+    st.authorize(&headers, Right::EnrollmentRead)?;
+    let rec = load::<R>(&st, &id)?;
     Ok(json_response(StatusCode::OK, &rec.for_output()))
 }
 
@@ -211,14 +215,14 @@ fn load<R: Record>(st: &Arc<AppState>, id: &str) -> Result<R, ServiceError> {
 }
 
 /// `DELETE /{family}/{id}`.
-fn delete<R: Record>(
-    st: &Arc<AppState>,
-    id: &str,
-    headers: &HeaderMap,
+async fn delete<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
-    st.authorize(headers, Right::EnrollmentWrite)?;
-    let key = R::key_from_path(id)?;
-    let im = if_match(headers);
+    st.authorize(&headers, Right::EnrollmentWrite)?;
+    let key = R::key_from_path(&id)?;
+    let im = if_match(&headers);
     st.store.write(|tx| {
         let row = tx
             .get(R::TABLE, &key)?
@@ -231,22 +235,22 @@ fn delete<R: Record>(
 }
 
 /// `POST /{family}/{id}/attestationmechanism`: the attestation including secrets.
-fn attestation<R: Record>(
-    st: &Arc<AppState>,
-    id: &str,
-    headers: &HeaderMap,
+async fn attestation<R: Record>(
+    State(st): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ServiceError> {
-    st.authorize(headers, Right::EnrollmentRead)?;
-    let rec = load::<R>(st, id)?;
+    st.authorize(&headers, Right::EnrollmentRead)?;
+    let rec = load::<R>(&st, &id)?;
     Ok(json_response(StatusCode::OK, rec.attestation()))
 }
 
 /// `POST /{family}`: bulk create/update/delete of at most ten records, one transaction,
 /// results per item. A request with an invalid item is refused whole (400, nothing written).
-fn bulk<R: Record>(
-    st: &Arc<AppState>,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+async fn bulk<R: Record>(
+    State(st): St,
+    headers: HeaderMap,
+    raw: Raw,
 ) -> Result<Response, ServiceError> {
     #[derive(serde::Deserialize)]
     struct Op<R> {
@@ -254,9 +258,9 @@ fn bulk<R: Record>(
         #[serde(alias = "enrollments", alias = "enrollmentGroups")]
         items: Vec<R>,
     }
-    st.authorize(headers, Right::EnrollmentWrite)?;
+    st.authorize(&headers, Right::EnrollmentWrite)?;
     // Parse the item list under its real field name so errors name it.
-    let value: serde_json::Map<String, serde_json::Value> = body::parse(headers, raw)?;
+    let value: serde_json::Map<String, serde_json::Value> = body::parse(&headers, raw)?;
     let items_len = value
         .get(R::BULK_FIELD)
         .and_then(|v| v.as_array())
@@ -411,14 +415,14 @@ pub fn page_response<T: Serialize>(
 }
 
 /// `POST /{family}/query`.
-fn query<R: Record>(
-    st: &Arc<AppState>,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+async fn query<R: Record>(
+    State(st): St,
+    headers: HeaderMap,
+    raw: Raw,
 ) -> Result<Response, ServiceError> {
-    st.authorize(headers, Right::EnrollmentRead)?;
-    check_query(headers, raw)?;
-    let (size, after) = paging(headers)?;
+    st.authorize(&headers, Right::EnrollmentRead)?;
+    check_query(&headers, raw)?;
+    let (size, after) = paging(&headers)?;
     let mut rows = st
         .store
         .read(|tx| tx.page(R::TABLE, after.as_deref(), size + 1, None))?;
@@ -436,68 +440,19 @@ fn query<R: Record>(
     Ok(page_response(&items, R::ITEM, size, next.as_deref()))
 }
 
-type St = State<Arc<AppState>>;
-type Raw = Result<Bytes, BytesRejection>;
-
-async fn put_one<R: Record>(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-    raw: Raw,
-) -> Result<Response, ServiceError> {
-    put::<R>(&st, &id, &h, raw)
-}
-async fn get_one<R: Record>(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    get::<R>(&st, &id, &h)
-}
-async fn delete_one<R: Record>(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    delete::<R>(&st, &id, &h)
-}
-async fn attestation_one<R: Record>(
-    State(st): St,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Result<Response, ServiceError> {
-    attestation::<R>(&st, &id, &h)
-}
-async fn bulk_all<R: Record>(
-    State(st): St,
-    h: HeaderMap,
-    raw: Raw,
-) -> Result<Response, ServiceError> {
-    bulk::<R>(&st, &h, raw)
-}
-async fn query_all<R: Record>(
-    State(st): St,
-    h: HeaderMap,
-    raw: Raw,
-) -> Result<Response, ServiceError> {
-    query::<R>(&st, &h, raw)
-}
-
 /// The routes of one record type, under `R::PATH`.
 pub fn routes<R: Record>() -> Router<Arc<AppState>> {
     let p = R::PATH;
     Router::new()
-        .route(p, post(bulk_all::<R>))
-        .route(&format!("{p}/query"), post(query_all::<R>))
+        .route(p, post(bulk::<R>))
+        .route(&format!("{p}/query"), post(query::<R>))
         .route(
             &format!("{p}/{{id}}"),
-            routing::put(put_one::<R>)
-                .get(get_one::<R>)
-                .delete(delete_one::<R>),
+            routing::put(put::<R>).get(get::<R>).delete(delete::<R>),
         )
         .route(
             &format!("{p}/{{id}}/attestationmechanism"),
-            post(attestation_one::<R>),
+            post(attestation::<R>),
         )
 }
 

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "unit_keys",
         sql: include_str!("migrations/0006_unit_keys.sql"),
     },
+    Migration {
+        version: 7,
+        name: "certificate_serial_index",
+        sql: include_str!("migrations/0007_certificate_serial_index.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

@@ -674,6 +674,109 @@ mod tests {
         }
     }
 
+    /// Migration 7 rebuilds the certificates table for its compact serial index: a database
+    /// from before keeps every certificate (ids, bytes, status), and the new index still
+    /// refuses a serial twice for one issuer while another issuer may reuse it.
+    #[test]
+    fn migration_7_keeps_every_certificate_and_refuses_a_serial_twice_per_issuer() {
+        const INSERT: &str = "INSERT INTO certificates (issuer_key_id, serial_hex, unit_id,
+             registration_id, subject, profile, not_before, not_after, fingerprint_sha256, der,
+             status, issued_at) VALUES (?1, ?2, NULL, 'r', 'CN=r', 'device', 't', 't', 'f', ?3, ?4, 't')";
+        let issuer = "9f".repeat(32);
+        let other = "0a".repeat(32);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in MIGRATIONS.iter().filter(|m| m.version <= 6) {
+                c.execute_batch(m.sql).unwrap();
+            }
+            c.execute(
+                "INSERT INTO schema_version (id, version, updated_at) VALUES (1, 6, 't')",
+                [],
+            )
+            .unwrap();
+            for (i, status) in ["live", "superseded", "issued"].iter().enumerate() {
+                let serial = format!("{:032x}", 0xabc0 + i);
+                c.execute(
+                    INSERT,
+                    rusqlite::params![issuer, serial, vec![i as u8; 3], status],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 7);
+        let rows: Vec<(i64, String, Vec<u8>, String)> = store
+            .conn()
+            .prepare("SELECT id, serial_hex, der, status FROM certificates ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, format!("{:032x}", 0xabc0), vec![0; 3], "live".to_owned()),
+                (
+                    2,
+                    format!("{:032x}", 0xabc1),
+                    vec![1; 3],
+                    "superseded".to_owned()
+                ),
+                (
+                    3,
+                    format!("{:032x}", 0xabc2),
+                    vec![2; 3],
+                    "issued".to_owned()
+                ),
+            ]
+        );
+        let insert = |issuer: &str, serial: &str| {
+            store
+                .conn()
+                .execute(
+                    INSERT,
+                    rusqlite::params![issuer, serial, vec![9u8], "issued"],
+                )
+                .map_err(|e| e.sqlite_error_code())
+        };
+        let taken = format!("{:032x}", 0xabc1);
+        assert_eq!(
+            insert(&issuer, &taken),
+            Err(Some(rusqlite::ErrorCode::ConstraintViolation)),
+            "a serial recorded before the migration is still taken"
+        );
+        // Hex is compared as bytes: the same serial in capitals is the same serial.
+        assert_eq!(
+            insert(&issuer, &taken.to_uppercase()),
+            Err(Some(rusqlite::ErrorCode::ConstraintViolation))
+        );
+        assert_eq!(
+            insert(&other, &taken),
+            Ok(1),
+            "another issuer's serial space"
+        );
+        assert_eq!(
+            insert(&issuer, "not-hex"),
+            Err(Some(rusqlite::ErrorCode::ConstraintViolation)),
+            "a serial the index could not key is refused"
+        );
+        let indexes: String = store
+            .conn()
+            .query_row(
+                "SELECT group_concat(sql, ';') FROM sqlite_master WHERE tbl_name = 'certificates' AND type = 'index'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            indexes.contains("certificates_unit") && indexes.contains("certificates_serial"),
+            "{indexes}"
+        );
+    }
+
     #[test]
     fn create_migrates_and_sets_mode() {
         let dir = tempfile::tempdir().unwrap();

@@ -40,6 +40,11 @@ use crate::wire::{
 /// The api-version this client speaks.
 pub const API_VERSION: &str = "2021-10-01";
 
+/// The service's collections: individual enrollments, enrollment groups, registration records.
+const ENROLLMENTS: &str = "/enrollments";
+const GROUPS: &str = "/enrollmentGroups";
+const REGISTRATIONS: &str = "/registrations";
+
 /// How retries behave.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -334,9 +339,7 @@ impl ServiceClient {
         e: &IndividualEnrollment,
         if_match: Option<&str>,
     ) -> Result<IndividualEnrollment, ClientError> {
-        let path = format!("/enrollments/{}", Self::seg(e.registration_id.as_str()));
-        let body = Self::encode(e)?;
-        self.json(Method::PUT, &path, Some(&body), &Self::if_match(if_match))
+        self.put_item(ENROLLMENTS, e.registration_id.as_str(), e, if_match)
             .await
     }
 
@@ -345,8 +348,7 @@ impl ServiceClient {
         &self,
         id: &RegistrationId,
     ) -> Result<IndividualEnrollment, ClientError> {
-        let path = format!("/enrollments/{}", Self::seg(id.as_str()));
-        self.json(Method::GET, &path, None, &[]).await
+        self.get_item(ENROLLMENTS, id.as_str()).await
     }
 
     /// Deletes an individual enrollment; with `if_match`, only at that etag.
@@ -355,10 +357,7 @@ impl ServiceClient {
         id: &RegistrationId,
         if_match: Option<&str>,
     ) -> Result<(), ClientError> {
-        let path = format!("/enrollments/{}", Self::seg(id.as_str()));
-        self.call(Method::DELETE, &path, None, &Self::if_match(if_match))
-            .await
-            .map(|_| ())
+        self.delete_item(ENROLLMENTS, id.as_str(), if_match).await
     }
 
     /// The attestation of an enrollment including its secrets.
@@ -366,11 +365,7 @@ impl ServiceClient {
         &self,
         id: &RegistrationId,
     ) -> Result<AttestationMechanism, ClientError> {
-        let path = format!(
-            "/enrollments/{}/attestationmechanism",
-            Self::seg(id.as_str())
-        );
-        self.json(Method::POST, &path, None, &[]).await
+        self.attestation_of(ENROLLMENTS, id.as_str()).await
     }
 
     /// Creates or replaces an enrollment group.
@@ -379,19 +374,13 @@ impl ServiceClient {
         g: &EnrollmentGroup,
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup, ClientError> {
-        let path = format!(
-            "/enrollmentGroups/{}",
-            Self::seg(g.enrollment_group_id.as_str())
-        );
-        let body = Self::encode(g)?;
-        self.json(Method::PUT, &path, Some(&body), &Self::if_match(if_match))
+        self.put_item(GROUPS, g.enrollment_group_id.as_str(), g, if_match)
             .await
     }
 
     /// Reads an enrollment group (without secrets).
     pub async fn get_group(&self, id: &EnrollmentGroupId) -> Result<EnrollmentGroup, ClientError> {
-        let path = format!("/enrollmentGroups/{}", Self::seg(id.as_str()));
-        self.json(Method::GET, &path, None, &[]).await
+        self.get_item(GROUPS, id.as_str()).await
     }
 
     /// Deletes an enrollment group (its registration records stay).
@@ -400,10 +389,7 @@ impl ServiceClient {
         id: &EnrollmentGroupId,
         if_match: Option<&str>,
     ) -> Result<(), ClientError> {
-        let path = format!("/enrollmentGroups/{}", Self::seg(id.as_str()));
-        self.call(Method::DELETE, &path, None, &Self::if_match(if_match))
-            .await
-            .map(|_| ())
+        self.delete_item(GROUPS, id.as_str(), if_match).await
     }
 
     /// The attestation of a group including its secrets.
@@ -411,10 +397,58 @@ impl ServiceClient {
         &self,
         id: &EnrollmentGroupId,
     ) -> Result<AttestationMechanism, ClientError> {
-        let path = format!(
-            "/enrollmentGroups/{}/attestationmechanism",
-            Self::seg(id.as_str())
-        );
+        self.attestation_of(GROUPS, id.as_str()).await
+    }
+
+    /// The path of the item `id` in the collection at `collection`.
+    fn item_path(collection: &str, id: &str) -> String {
+        format!("{collection}/{}", Self::seg(id))
+    }
+
+    /// PUT of `item` as `id` in `collection`; the service answers with the stored record.
+    async fn put_item<T: Serialize + DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+        item: &T,
+        if_match: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let body = Self::encode(item)?;
+        let path = Self::item_path(collection, id);
+        self.json(Method::PUT, &path, Some(&body), &Self::if_match(if_match))
+            .await
+    }
+
+    /// GET of the item `id` in `collection`.
+    async fn get_item<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<T, ClientError> {
+        self.json(Method::GET, &Self::item_path(collection, id), None, &[])
+            .await
+    }
+
+    /// DELETE of the item `id` in `collection`; with `if_match`, only at that etag.
+    async fn delete_item(
+        &self,
+        collection: &str,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let path = Self::item_path(collection, id);
+        self.call(Method::DELETE, &path, None, &Self::if_match(if_match))
+            .await
+            .map(|_| ())
+    }
+
+    /// The attestation (secrets included) of the item `id` in `collection`.
+    async fn attestation_of(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<AttestationMechanism, ClientError> {
+        let path = format!("{}/attestationmechanism", Self::item_path(collection, id));
         self.json(Method::POST, &path, None, &[]).await
     }
 
@@ -426,7 +460,7 @@ impl ServiceClient {
         items: &[IndividualEnrollment],
     ) -> Result<Vec<BulkItemResult>, ClientError> {
         self.bulk(
-            "/enrollments",
+            ENROLLMENTS,
             items,
             |e| e.registration_id.to_string(),
             |chunk| BulkEnrollmentOperation {
@@ -450,7 +484,7 @@ impl ServiceClient {
         items: &[EnrollmentGroup],
     ) -> Result<Vec<BulkItemResult>, ClientError> {
         self.bulk(
-            "/enrollmentGroups",
+            GROUPS,
             items,
             |g| g.enrollment_group_id.to_string(),
             |chunk| BulkEnrollmentGroupOperation {
@@ -525,8 +559,13 @@ impl ServiceClient {
         page_size: Option<u32>,
         continuation: Option<&str>,
     ) -> Result<QueryPage<IndividualEnrollment>, ClientError> {
-        self.query("/enrollments/query", query, page_size, continuation)
-            .await
+        self.query(
+            &format!("{ENROLLMENTS}/query"),
+            query,
+            page_size,
+            continuation,
+        )
+        .await
     }
 
     /// One page of a group query.
@@ -536,7 +575,7 @@ impl ServiceClient {
         page_size: Option<u32>,
         continuation: Option<&str>,
     ) -> Result<QueryPage<EnrollmentGroup>, ClientError> {
-        self.query("/enrollmentGroups/query", query, page_size, continuation)
+        self.query(&format!("{GROUPS}/query"), query, page_size, continuation)
             .await
     }
 
@@ -545,12 +584,12 @@ impl ServiceClient {
         &self,
         page_size: u32,
     ) -> Result<Vec<IndividualEnrollment>, ClientError> {
-        self.list("/enrollments/query", page_size).await
+        self.list(&format!("{ENROLLMENTS}/query"), page_size).await
     }
 
     /// Every group, following continuations.
     pub async fn list_groups(&self, page_size: u32) -> Result<Vec<EnrollmentGroup>, ClientError> {
-        self.list("/enrollmentGroups/query", page_size).await
+        self.list(&format!("{GROUPS}/query"), page_size).await
     }
 
     /// Every item a query of `*` at `path` returns, following continuations.
@@ -578,8 +617,7 @@ impl ServiceClient {
         &self,
         id: &RegistrationId,
     ) -> Result<DeviceRegistrationState, ClientError> {
-        let path = format!("/registrations/{}", Self::seg(id.as_str()));
-        self.json(Method::GET, &path, None, &[]).await
+        self.get_item(REGISTRATIONS, id.as_str()).await
     }
 
     /// Deletes a unit's registration record.
@@ -588,10 +626,7 @@ impl ServiceClient {
         id: &RegistrationId,
         if_match: Option<&str>,
     ) -> Result<(), ClientError> {
-        let path = format!("/registrations/{}", Self::seg(id.as_str()));
-        self.call(Method::DELETE, &path, None, &Self::if_match(if_match))
-            .await
-            .map(|_| ())
+        self.delete_item(REGISTRATIONS, id.as_str(), if_match).await
     }
 
     /// One page of the registration records of a group.
@@ -601,7 +636,7 @@ impl ServiceClient {
         page_size: Option<u32>,
         continuation: Option<&str>,
     ) -> Result<QueryPage<DeviceRegistrationState>, ClientError> {
-        let path = format!("/registrations/{}/query", Self::seg(group.as_str()));
+        let path = format!("{}/query", Self::item_path(REGISTRATIONS, group.as_str()));
         self.query(&path, "*", page_size, continuation).await
     }
 }

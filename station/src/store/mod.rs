@@ -748,7 +748,7 @@ mod tests {
             Err(Some(rusqlite::ErrorCode::ConstraintViolation)),
             "a serial recorded before the migration is still taken"
         );
-        // Hex is compared as bytes: the same serial in capitals is the same serial.
+        // Serials are lowercase hex, so a serial has one spelling.
         assert_eq!(
             insert(&issuer, &taken.to_uppercase()),
             Err(Some(rusqlite::ErrorCode::ConstraintViolation))
@@ -774,6 +774,21 @@ mod tests {
         assert!(
             indexes.contains("certificates_unit") && indexes.contains("certificates_serial"),
             "{indexes}"
+        );
+        drop(store);
+
+        // The schema uses no function newer than Debian 12's sqlite3 (3.40): an engineer can
+        // still check and edit the file with the system's CLI.
+        let out = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .arg("PRAGMA integrity_check; UPDATE certificates SET status = status; SELECT count(*) FROM certificates;")
+            .output()
+            .expect("the sqlite3 CLI (scripts/bootstrap installs it)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok\n4\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 

@@ -1,18 +1,21 @@
--- 0007: serials stay unique per issuer, through an index a third the size. The table-level
--- UNIQUE (issuer_key_id, serial_hex) kept two hex strings per entry (64 + 32 characters, ~105
--- bytes): random serials land on a random index page each, so a commit of 128 certificates
--- wrote ~80 such pages to the WAL in `station ca bench`, more than the rows themselves. The index
--- now keys the serial's bytes and the first 16 characters of the issuer's key id (~35 bytes an
--- entry). That is stricter than per issuer, never looser: two issuers would also need the same
--- 64-bit key-id prefix for one to refuse the other's serial. A serial must be hex (a non-hex
--- serial would make a NULL key, which a UNIQUE index does not compare).
+-- 0007: serials stay unique per issuer, through an index about half the size. The table-level
+-- UNIQUE (issuer_key_id, serial_hex) kept both hex strings whole in every entry (64 + 32
+-- characters, ~105 bytes): random serials land on a random index page each, so a commit of 128
+-- certificates wrote ~80 such pages to the WAL in `station ca bench`, more than the rows
+-- themselves. The index now keys the serial and the first 16 characters of the issuer's key id
+-- (~60 bytes an entry). That is stricter than per issuer, never looser: two issuers would also
+-- need the same 64-bit key-id prefix for one to refuse the other's serial. Serials are lowercase
+-- hex (as the station writes them), so one serial has one spelling.
+--
+-- Only functions every SQLite has: a Debian 12 `sqlite3` (3.40) must still be able to check and
+-- edit the file, and unhex() (3.41) in an index would make it refuse integrity_check and writes.
 --
 -- SQLite cannot drop a table constraint, so the table is rebuilt (its rows copied in order, ids
 -- kept). No other table references certificates, and it has no triggers or views.
 CREATE TABLE certificates_new (
     id                  INTEGER PRIMARY KEY,
     issuer_key_id       TEXT NOT NULL,
-    serial_hex          TEXT NOT NULL CHECK (unhex(serial_hex) IS NOT NULL),
+    serial_hex          TEXT NOT NULL CHECK (serial_hex <> '' AND serial_hex NOT GLOB '*[^0-9a-f]*'),
     unit_id             INTEGER REFERENCES units(id),
     registration_id     TEXT COLLATE NOCASE,
     subject             TEXT NOT NULL,
@@ -33,4 +36,4 @@ DROP TABLE certificates;
 ALTER TABLE certificates_new RENAME TO certificates;
 CREATE INDEX certificates_unit ON certificates(unit_id);
 CREATE UNIQUE INDEX certificates_serial
-    ON certificates(unhex(serial_hex), substr(issuer_key_id, 1, 16));
+    ON certificates(serial_hex, substr(issuer_key_id, 1, 16));

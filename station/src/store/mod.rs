@@ -422,9 +422,34 @@ impl Store {
     }
 
     /// Applies pending migrations, each in one transaction with its version bump.
+    ///
+    /// `[store] max_size_mb` is lifted while they run: it keeps room for units, and a
+    /// migration that copies a table (7 rebuilds certificates) needs room for both copies for
+    /// a moment. The old copy's pages are free again afterwards, and the limit holds again.
     pub fn migrate(&mut self) -> Result<Vec<u32>, StoreError> {
+        let pending = self.pending()?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(max) = self.max_pages else {
+            return self.apply(&pending);
+        };
+        // SQLite's own ceiling for the pragma.
+        self.set_max_pages(0xffff_fffe)?;
+        let applied = self.apply(&pending);
+        self.set_max_pages(max)?;
+        applied
+    }
+
+    fn set_max_pages(&self, pages: i64) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "max_page_count", pages)
+            .map_err(sql("set max_page_count"))
+    }
+
+    fn apply(&mut self, pending: &[&'static Migration]) -> Result<Vec<u32>, StoreError> {
         let mut applied = Vec::new();
-        for m in self.pending()? {
+        for m in pending {
             let err = |source| StoreError::Migrate {
                 version: m.version,
                 name: m.name,
@@ -674,6 +699,20 @@ mod tests {
         }
     }
 
+    /// A database file as a station built before migration 7 left it.
+    fn database_at_version_6(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version <= 6) {
+            c.execute_batch(m.sql).unwrap();
+        }
+        c.execute(
+            "INSERT INTO schema_version (id, version, updated_at) VALUES (1, 6, 't')",
+            [],
+        )
+        .unwrap();
+        c
+    }
+
     /// Migration 7 rebuilds the certificates table for its compact serial index: a database
     /// from before keeps every certificate (ids, bytes, status), and the new index still
     /// refuses a serial twice for one issuer while another issuer may reuse it.
@@ -687,15 +726,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
-            let c = Connection::open(&path).unwrap();
-            for m in MIGRATIONS.iter().filter(|m| m.version <= 6) {
-                c.execute_batch(m.sql).unwrap();
-            }
-            c.execute(
-                "INSERT INTO schema_version (id, version, updated_at) VALUES (1, 6, 't')",
-                [],
-            )
-            .unwrap();
+            let c = database_at_version_6(&path);
             for (i, status) in ["live", "superseded", "issued"].iter().enumerate() {
                 let serial = format!("{:032x}", 0xabc0 + i);
                 c.execute(
@@ -789,6 +820,52 @@ mod tests {
             "ok\n4\n",
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A migration that copies a table (7 rebuilds certificates) needs room for both copies
+    /// for a moment. `[store] max_size_mb` keeps room for units, not for the schema: a capped
+    /// station whose certificates fill most of its limit still upgrades, and the limit holds
+    /// again afterwards.
+    #[test]
+    fn a_size_limit_does_not_stop_a_migration_and_holds_again_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = database_at_version_6(&path);
+            // ~0.6 MiB of certificates under a 1 MiB limit: two copies do not fit.
+            c.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+                 INSERT INTO certificates (issuer_key_id, serial_hex, registration_id, subject,
+                   profile, not_before, not_after, fingerprint_sha256, der, status, issued_at)
+                 SELECT 'k', printf('%032x', i), 'r', 'CN=r', 'device', 't', 't', 'f',
+                   zeroblob(1000), 'live', 't' FROM n",
+            )
+            .unwrap();
+        }
+        let cfg = StoreConfig {
+            max_size_mb: 1,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&path, &cfg).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 7);
+        let count: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM certificates", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 600);
+        let cap: i64 = store
+            .conn()
+            .query_row("PRAGMA max_page_count", [], |r| r.get(0))
+            .unwrap();
+        let page_count: i64 = store
+            .conn()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            cap,
+            (1024 * 1024 / 4096).max(page_count),
+            "the configured limit again (never below the file's size)"
         );
     }
 

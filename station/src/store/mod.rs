@@ -792,7 +792,7 @@ mod tests {
         assert_eq!(
             insert(&issuer, "not-hex"),
             Err(Some(rusqlite::ErrorCode::ConstraintViolation)),
-            "a serial the index could not key is refused"
+            "a serial that is not lowercase hex is refused"
         );
         let indexes: String = store
             .conn()

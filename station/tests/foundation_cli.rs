@@ -120,7 +120,62 @@ fn init_then_check_passes_and_a_second_init_changes_nothing() {
         .success()
         .stdout(predicate::str::contains("all checks passed"))
         // Column width follows the longest check name, which later parts lengthen.
-        .stdout(predicate::str::is_match(r"\naudit +ok +1 entries, chain intact").unwrap());
+        .stdout(predicate::str::is_match(r"\naudit +ok +1 entries, chain intact").unwrap())
+        // Whether `serve` may hold the write turn at real-time priority: this process has the
+        // same rights as the one `check` runs in.
+        .stdout(
+            predicate::str::is_match(match station::store::priority::available() {
+                Ok(()) => r"\nwrite turn +ok +real-time priority while held".to_owned(),
+                Err(e) => format!(r"\nwrite turn +warn +real-time priority refused \({e}\)"),
+            })
+            .unwrap(),
+        );
+
+    // Turned off, it is not tried.
+    std::fs::write(
+        home.join("config.d/50-turn.toml"),
+        "[store]\nrealtime_write_turn = false\n",
+    )
+    .unwrap();
+    station()
+        .args(["check", "--home"])
+        .arg(&home)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(
+                r"\nwrite turn +ok +normal priority \(\[store\] realtime_write_turn = false\)",
+            )
+            .unwrap(),
+        );
+    std::fs::remove_file(home.join("config.d/50-turn.toml")).unwrap();
+
+    // Without the right to real-time priority (here: root without CAP_SYS_NICE), the check
+    // warns and says how to grant it; nothing fails.
+    let root = nix::unistd::Uid::effective().is_root();
+    let mut unprivileged = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--inh-caps=-sys_nice", "--bounding-set=-sys_nice"])
+            .arg(station().get_program())
+            .env_remove("STATION_HOME")
+            .env_remove("SOFTHSM2_CONF")
+            .env_remove("STATION_LOG");
+        assert_cmd::Command::from_std(c)
+    } else {
+        station()
+    };
+    unprivileged
+        .args(["check", "--home"])
+        .arg(&home)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("all checks passed"))
+        .stdout(
+            predicate::str::is_match(
+                r"\nwrite turn +warn +real-time priority refused \(.*\): under load units wait longer for the database; give the station CAP_SYS_NICE or an RTPRIO limit of 1 \(LimitRTPRIO=1\)",
+            )
+            .unwrap(),
+        );
 
     // Every file, HSM token files included: a second init does not even log in to the HSM.
     let before = snapshot_with(&home, true);

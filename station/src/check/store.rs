@@ -3,7 +3,7 @@
 use super::{CheckLine, Report};
 use crate::config::Config;
 use crate::home::Home;
-use crate::store::{Store, audit, migrations};
+use crate::store::{Store, audit, migrations, priority};
 
 pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
     let path = home.resolve(&config.store.path);
@@ -68,6 +68,29 @@ pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
     }
 
     report.lines.push(clock_line(&store));
+    report.lines.push(write_turn_line(config));
+}
+
+/// Whether `station serve` can hold the write turn at real-time priority
+/// (`[store] realtime_write_turn`, see `store::priority`).
+fn write_turn_line(config: &Config) -> CheckLine {
+    if !config.store.realtime_write_turn {
+        return CheckLine::ok(
+            "write turn",
+            "normal priority ([store] realtime_write_turn = false)",
+        );
+    }
+    match priority::available() {
+        Ok(()) => CheckLine::ok("write turn", "real-time priority while held (SCHED_FIFO 1)"),
+        Err(e) => CheckLine::warn(
+            "write turn",
+            format!(
+                "real-time priority refused ({e}): under load units wait longer for the database; \
+                 give the station CAP_SYS_NICE or an RTPRIO limit of 1 (LimitRTPRIO=1), or set \
+                 [store] realtime_write_turn = false"
+            ),
+        ),
+    }
 }
 
 /// The clock is sane when it is not before the newest audit entry: certificates issued with a

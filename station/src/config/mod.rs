@@ -127,6 +127,10 @@ pub struct StoreConfig {
     /// Largest size the database may grow to, in MiB (0: no limit but the disk's).
     #[serde(default)]
     pub max_size_mb: u32,
+    /// A thread holding the shared writer's turn runs at real-time priority
+    /// (`store::priority`).
+    #[serde(default = "default_true")]
+    pub realtime_write_turn: bool,
 }
 
 impl Default for StoreConfig {
@@ -136,6 +140,7 @@ impl Default for StoreConfig {
             synchronous: Synchronous::default(),
             busy_timeout_ms: default_busy_timeout(),
             max_size_mb: 0,
+            realtime_write_turn: true,
         }
     }
 }
@@ -146,6 +151,10 @@ fn default_db_path() -> PathBuf {
 
 fn default_busy_timeout() -> u32 {
     5000
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// SQLite `synchronous` setting.

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod durable;
 pub mod migrations;
+pub mod priority;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -149,14 +150,19 @@ fn sync_pragma(s: Synchronous) -> &'static str {
 /// keep winning. One connection also keeps its page cache and prepared statements warm across
 /// every writer's transactions, where a connection per writer re-reads the pages the others
 /// changed each time it writes. Other processes (the CLI) still meet `busy_timeout_ms`.
+/// A holder of the turn runs at real-time priority (`[store] realtime_write_turn`, see
+/// [`priority`]).
 #[derive(Debug, Clone)]
 pub struct Writer {
     store: Arc<std::sync::Mutex<Store>>,
+    realtime: bool,
 }
 
-/// The write turn on the shared connection; dropping it gives the turn back.
+/// The write turn on the shared connection; dropping it gives the turn back, then the
+/// holder's real-time priority (fields drop in this order).
 pub struct WriterTurn<'a> {
     store: std::sync::MutexGuard<'a, Store>,
+    _raised: priority::Raised,
 }
 
 impl std::ops::Deref for WriterTurn<'_> {
@@ -184,23 +190,37 @@ impl Writer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(store) = all.get(&key).and_then(std::sync::Weak::upgrade) {
-            return Ok(Self { store });
+            return Ok(Self {
+                store,
+                realtime: cfg.realtime_write_turn,
+            });
         }
         let mut store = Store::open(path, cfg)?;
         store.group_commit()?;
         let store = Arc::new(std::sync::Mutex::new(store));
         all.insert(key, Arc::downgrade(&store));
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            realtime: cfg.realtime_write_turn,
+        })
     }
 
-    /// Takes the process's write turn on this database.
+    /// Takes the process's write turn on this database (and real-time priority until it is
+    /// given back, see [`priority`]).
     pub fn turn(&self) -> WriterTurn<'_> {
+        let store = crate::timing::turn_wait(|| {
+            self.store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        let raised = if self.realtime {
+            priority::raise()
+        } else {
+            priority::Raised::NOTHING
+        };
         WriterTurn {
-            store: crate::timing::turn_wait(|| {
-                self.store
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            }),
+            store,
+            _raised: raised,
         }
     }
 }
@@ -581,6 +601,89 @@ mod tests {
             .query_row("SELECT x FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(x, 42);
+    }
+
+    /// A writer on a fresh database, with `[store] realtime_write_turn` as given.
+    fn writer(realtime: bool) -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let cfg = StoreConfig {
+            realtime_write_turn: realtime,
+            ..StoreConfig::default()
+        };
+        drop(Store::create(&path, &cfg).unwrap());
+        let w = Writer::open(&path, &cfg).unwrap();
+        (dir, w)
+    }
+
+    fn own_nice() -> i32 {
+        // SAFETY: plain system calls about the calling thread.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn the_write_turn_holder_runs_at_real_time_priority_and_returns_to_its_own_after() {
+        let (_dir, w) = writer(true);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A station started with `nice`: the thread keeps its nice value.
+                // SAFETY: a plain system call about the calling thread.
+                let set = unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5)
+                };
+                assert_eq!(set, 0);
+                assert_eq!(priority::current_policy(), libc::SCHED_OTHER);
+                {
+                    let mut turn = w.turn();
+                    let expected = match priority::available() {
+                        Ok(()) => libc::SCHED_FIFO,
+                        // Without the right to it (not root, no RTPRIO limit), the turn runs
+                        // at normal priority and says so once.
+                        Err(_) => libc::SCHED_OTHER,
+                    };
+                    assert_eq!(priority::current_policy(), expected);
+                    assert_eq!(priority::refused(), expected == libc::SCHED_OTHER);
+                    turn.conn_mut()
+                        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)")
+                        .unwrap();
+                }
+                assert_eq!(priority::current_policy(), libc::SCHED_OTHER);
+                assert_eq!(own_nice(), 5);
+                // The turn was given back: another thread takes it.
+                std::thread::scope(|s2| {
+                    s2.spawn(|| drop(w.turn())).join().unwrap();
+                });
+            })
+            .join()
+            .unwrap();
+        });
+    }
+
+    #[test]
+    fn the_write_turn_leaves_the_priority_alone_when_turned_off_or_the_thread_has_its_own() {
+        let (_dir, off) = writer(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _turn = off.turn();
+                assert_eq!(priority::current_policy(), libc::SCHED_OTHER);
+            })
+            .join()
+            .unwrap();
+        });
+        let (_dir2, on) = writer(true);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A thread an operator put at idle priority stays there.
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: a system call on the calling thread; `param` outlives it.
+                let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                assert_eq!(set, 0);
+                let _turn = on.turn();
+                assert_eq!(priority::current_policy(), libc::SCHED_IDLE);
+            })
+            .join()
+            .unwrap();
+        });
     }
 
     #[test]

@@ -195,6 +195,22 @@ pub fn by_serial(conn: &Connection, serial: &str) -> Result<Option<UnitRow>, Uni
     row.map(finish_row).transpose()
 }
 
+/// The serial of the unit other than `unit_id` that holds registration ID `rid`, if any
+/// (compared as the UNIQUE index compares: without case).
+pub fn holder_of_registration_id(
+    conn: &Connection,
+    rid: &str,
+    unit_id: i64,
+) -> Result<Option<String>, UnitStoreError> {
+    Ok(conn
+        .prepare_cached("SELECT serial FROM units WHERE registration_id = ?1 AND id <> ?2")
+        .and_then(|mut st| {
+            st.query_row(rusqlite::params![rid, unit_id], |r| r.get(0))
+                .optional()
+        })
+        .map_err(sql("look up the unit holding a registration ID"))?)
+}
+
 /// The unit with this row id.
 pub fn by_id(conn: &Connection, id: i64) -> Result<Option<UnitRow>, UnitStoreError> {
     let row = conn

@@ -1032,7 +1032,12 @@ impl<'s> Worker<'s> {
         let (rid, device_id) = self.identified(unit_id, actor, values, &id)?;
         let csr =
             x509::keygen_checked(&mut unit, &rid).map_err(|e| self.link_fail(Step::Attest, &e))?;
-        self.advance(
+        // Key-ready is written with the certificate (nothing outside the station acts on it,
+        // and a restart resumes a key-ready unit as an identified one), one transaction fewer
+        // per unit. The registration ID it claims is checked first, so that a clash fails the
+        // unit before the CA signs, not after; the database's UNIQUE index still decides.
+        self.registration_id_free(unit_id, &rid)?;
+        self.later(
             unit_id,
             actor,
             Step::Attest,
@@ -1040,12 +1045,12 @@ impl<'s> Worker<'s> {
                 registration_id: rid.to_string(),
                 material: format!("spki-sha256:{}", hex::encode(Sha256::digest(&csr.spki_der))),
             },
-            &Facts {
-                registration_id: Some(rid.as_str()),
-                device_id: Some(device_id.as_str()),
-                ..Facts::default()
+            Known {
+                registration_id: Some(rid.to_string()),
+                device_id: Some(device_id.to_string()),
+                ..Known::default()
             },
-        )?;
+        );
         self.check_abort(Step::Issue)?;
         // keygen_checked verified the CSR's signature, name, nonce and key type already.
         let key = SubjectKey::from_spki(&csr.spki_der)
@@ -1439,6 +1444,16 @@ impl<'s> Worker<'s> {
         self.ids(values)
     }
 
+    /// Fails the unit at attestation when another unit already holds `rid` (read on the
+    /// fixture's own connection, before anything is signed for it).
+    fn registration_id_free(&self, unit_id: i64, rid: &dps::RegistrationId) -> Result<(), Stop> {
+        match units::holder_of_registration_id(self.store.conn(), rid.as_str(), unit_id) {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(Stop::Unit(Step::Attest, REGISTRATION_ID_TAKEN.into())),
+            Err(e) => Err(Stop::Station(error_text(&e))),
+        }
+    }
+
     /// The registration and device IDs of a non-TPM unit.
     fn ids(&self, values: &mut UnitValues) -> Result<(dps::RegistrationId, dps::DeviceId), Stop> {
         let rid = build::registration_id(&self.product, values)
@@ -1571,6 +1586,10 @@ fn stop_text(s: &Stop) -> String {
 
 /// A UNIQUE clash on a unit's registration ID is the unit's failure (two units, one ID), not
 /// the station's.
+/// Why a unit whose registration ID another unit holds fails.
+const REGISTRATION_ID_TAKEN: &str =
+    "this registration ID already belongs to another unit; one identity cannot serve two units";
+
 fn unique_clash(e: UnitStoreError, step: Step) -> Stop {
     if let UnitStoreError::Store(StoreError::Sql {
         source: rusqlite::Error::SqliteFailure(f, Some(msg)),
@@ -1579,10 +1598,7 @@ fn unique_clash(e: UnitStoreError, step: Step) -> Stop {
         && f.code == rusqlite::ErrorCode::ConstraintViolation
         && msg.contains("registration_id")
     {
-        return Stop::Unit(
-            step,
-            "this registration ID already belongs to another unit; one identity cannot serve two units".into(),
-        );
+        return Stop::Unit(step, REGISTRATION_ID_TAKEN.into());
     }
     e.into()
 }

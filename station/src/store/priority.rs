@@ -48,9 +48,13 @@ impl Raised {
 
 /// The calling thread's scheduling policy.
 pub fn current_policy() -> libc::c_int {
+    raw_policy() & !libc::SCHED_RESET_ON_FORK
+}
+
+/// The calling thread's scheduling policy with its reset-on-fork flag.
+fn raw_policy() -> libc::c_int {
     // SAFETY: a system call on the calling thread (pid 0) with no pointers.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    policy & !libc::SCHED_RESET_ON_FORK
+    unsafe { libc::sched_getscheduler(0) }
 }
 
 /// Raises the calling thread to real-time priority. Changes nothing for a thread that already
@@ -60,15 +64,18 @@ pub fn raise() -> Raised {
     if REFUSED.load(Ordering::Relaxed) {
         return Raised::NOTHING;
     }
-    let own = current_policy();
-    if own != libc::SCHED_OTHER && own != libc::SCHED_BATCH {
+    let own = raw_policy();
+    let base = own & !libc::SCHED_RESET_ON_FORK;
+    if base != libc::SCHED_OTHER && base != libc::SCHED_BATCH {
         return Raised::NOTHING;
     }
     let param = libc::sched_param {
         sched_priority: PRIORITY,
     };
+    // A process started while the turn is held (none is) would not inherit the priority.
+    let fifo = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
     // SAFETY: a system call on the calling thread (pid 0); `param` outlives it.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+    if unsafe { libc::sched_setscheduler(0, fifo, &param) } == 0 {
         return Raised {
             restore: Some(own),
             _thread: std::marker::PhantomData,

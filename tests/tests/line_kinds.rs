@@ -521,7 +521,7 @@ fn a_registration_id_already_used_by_another_unit_is_refused_and_nothing_is_issu
     assert!(!out.status.success());
     assert!(
         text(&out).contains("FAIL SX-000012 at attest")
-            && text(&out).contains("already belongs to another unit"),
+            && text(&out).contains("already belongs to unit SX-000011"),
         "{}",
         text(&out)
     );

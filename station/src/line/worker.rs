@@ -1449,7 +1449,12 @@ impl<'s> Worker<'s> {
     fn registration_id_free(&self, unit_id: i64, rid: &dps::RegistrationId) -> Result<(), Stop> {
         match units::holder_of_registration_id(self.store.conn(), rid.as_str(), unit_id) {
             Ok(None) => Ok(()),
-            Ok(Some(_)) => Err(Stop::Unit(Step::Attest, REGISTRATION_ID_TAKEN.into())),
+            Ok(Some(holder)) => Err(Stop::Unit(
+                Step::Attest,
+                format!(
+                    "this registration ID already belongs to unit {holder}; one identity cannot serve two units"
+                ),
+            )),
             Err(e) => Err(Stop::Station(error_text(&e))),
         }
     }
@@ -1586,10 +1591,6 @@ fn stop_text(s: &Stop) -> String {
 
 /// A UNIQUE clash on a unit's registration ID is the unit's failure (two units, one ID), not
 /// the station's.
-/// Why a unit whose registration ID another unit holds fails.
-const REGISTRATION_ID_TAKEN: &str =
-    "this registration ID already belongs to another unit; one identity cannot serve two units";
-
 fn unique_clash(e: UnitStoreError, step: Step) -> Stop {
     if let UnitStoreError::Store(StoreError::Sql {
         source: rusqlite::Error::SqliteFailure(f, Some(msg)),
@@ -1598,7 +1599,10 @@ fn unique_clash(e: UnitStoreError, step: Step) -> Stop {
         && f.code == rusqlite::ErrorCode::ConstraintViolation
         && msg.contains("registration_id")
     {
-        return Stop::Unit(step, REGISTRATION_ID_TAKEN.into());
+        return Stop::Unit(
+            step,
+            "this registration ID already belongs to another unit; one identity cannot serve two units".into(),
+        );
     }
     e.into()
 }

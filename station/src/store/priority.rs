@@ -16,8 +16,8 @@
 //! real-time priority made the syncs' tail worse.
 //!
 //! Needs `CAP_SYS_NICE` (root) or an `RLIMIT_RTPRIO` of at least 1 (`LimitRTPRIO=1` in a
-//! systemd unit). Refused, the turn works as before and the refusal is logged once;
-//! `[store] realtime_write_turn = false` turns the ceiling off.
+//! systemd unit). Refused, the turn works as before, `station serve` logs the refusal once
+//! and `station check` warns; `[store] realtime_write_turn = false` turns the ceiling off.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -83,7 +83,9 @@ pub fn raise() -> Raised {
     }
     let error = std::io::Error::last_os_error();
     if !REFUSED.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
+        // At info: `station serve` logs it; a one-off command (`station provision`) does not
+        // print it at every run. `station check` warns.
+        tracing::info!(
             %error,
             "the database write turn runs at normal priority: real-time priority was refused \
              (it needs CAP_SYS_NICE or an RTPRIO limit of at least 1, e.g. LimitRTPRIO=1 in a \

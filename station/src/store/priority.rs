@@ -69,19 +69,12 @@ pub fn raise() -> Raised {
     if base != libc::SCHED_OTHER && base != libc::SCHED_BATCH {
         return Raised::NOTHING;
     }
-    let param = libc::sched_param {
-        sched_priority: PRIORITY,
-    };
-    // A process started while the turn is held (none is) would not inherit the priority.
-    let fifo = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
-    // SAFETY: a system call on the calling thread (pid 0); `param` outlives it.
-    if unsafe { libc::sched_setscheduler(0, fifo, &param) } == 0 {
+    let Err(error) = to_real_time() else {
         return Raised {
             restore: Some(own),
             _thread: std::marker::PhantomData,
         };
-    }
-    let error = std::io::Error::last_os_error();
+    };
     if !REFUSED.swap(true, Ordering::Relaxed) {
         // At info: `station serve` logs it; a one-off command (`station provision`) does not
         // print it at every run. `station check` warns.
@@ -102,23 +95,28 @@ pub fn refused() -> bool {
     REFUSED.load(Ordering::Relaxed)
 }
 
+/// Moves the calling thread to `SCHED_FIFO` at [`PRIORITY`]. A process it started would not
+/// inherit the priority (reset on fork; none is started while the turn is held).
+fn to_real_time() -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: PRIORITY,
+    };
+    // SAFETY: a system call on the calling thread (pid 0); `param` outlives it.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) }
+        == 0
+    {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Whether this process may raise a thread to real-time priority, found by trying on a
-/// short-lived thread of its own (`station check`).
+/// short-lived thread of its own (`station check`; the thread ends right after).
 pub fn available() -> Result<(), std::io::Error> {
-    std::thread::spawn(|| {
-        let param = libc::sched_param {
-            sched_priority: PRIORITY,
-        };
-        // SAFETY: a system call on the calling thread (pid 0); `param` outlives it. The
-        // thread ends right after, whatever its policy.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("the probe thread panicked")))
+    std::thread::spawn(to_real_time)
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the probe thread panicked")))
 }
 
 impl Drop for Raised {

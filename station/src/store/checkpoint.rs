@@ -243,6 +243,9 @@ mod tests {
     fn a_group_commit_writer_has_its_wal_checkpointed_by_the_background_connection() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = store(dir.path());
+        let initial = std::fs::metadata(dir.path().join("station.db"))
+            .unwrap()
+            .len();
         // Past the threshold (1,000 frames), short of the writer's own fallback (4,000).
         write(store.conn_mut(), 450);
         let ckpt = store.checkpointer.as_ref().unwrap();
@@ -256,21 +259,20 @@ mod tests {
             0,
             "the writer checkpointed in its own commit"
         );
-        // The checkpoint copied the frames into the database file itself (read without the
-        // WAL here).
-        let file = Connection::open_with_flags(
-            format!(
-                "file:{}?immutable=1",
-                dir.path().join("station.db").display()
-            ),
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .unwrap();
-        let copied: i64 = file
-            .query_row("SELECT count(*) FROM scratch", [], |r| r.get(0))
-            .unwrap();
-        assert!(copied > 0, "no row reached the database file");
-        drop(file);
+        // The checkpoint copied frames into the database file itself: in WAL mode only a
+        // checkpoint writes that file, so it grew from its few schema pages. (The file is not
+        // read as a database here: a PASSIVE checkpoint that ran beside the writer's
+        // transactions copies no page whose newest frame lies past the snapshot a transaction
+        // still reads, and page 1 is rewritten by every commit that grows the file, so until a
+        // checkpoint copies everything the file is consistent only with its WAL; a file-only
+        // read failed as "malformed" about once in 30 runs of the store tests.)
+        let grown = std::fs::metadata(dir.path().join("station.db"))
+            .unwrap()
+            .len();
+        assert!(
+            grown >= initial + 100 * 8192,
+            "no rows reached the database file: {initial} bytes before, {grown} after"
+        );
         write(store.conn_mut(), 10);
         // Dropping the store stops and joins the thread (a hang fails here, not CI's clock).
         let (tx, rx) = std::sync::mpsc::channel();

@@ -338,3 +338,103 @@ fn small_unit_buffer_still_works_by_chunking() {
     assert_eq!(c.read_params().unwrap().buf_size, 128);
     provision_x509(&mut c, Some("SN-SMALLBUF"), &rid("reg-small"), &ca).unwrap();
 }
+
+/// A serial link that counts the bytes the station writes through it.
+struct Counting {
+    inner: SerialLink,
+    out: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl station::link::Port for Counting {
+    fn write_all_bytes(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.out
+            .fetch_add(data.len(), std::sync::atomic::Ordering::SeqCst);
+        self.inner.write_all_bytes(data)
+    }
+
+    fn read_some(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+        self.inner.read_some(buf, timeout)
+    }
+}
+
+/// Identify and keygen on a counting link; the chain the test CA issues for the unit's key.
+fn keyed(
+    case: &Case,
+    serial: &str,
+) -> (
+    UnitClient<Counting>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    station::link::x509::CheckedCsr,
+    station::link::x509::IssuedChain,
+) {
+    use station::link::x509::{LeafIssuer as _, identify_for_x509, keygen_checked};
+    let out = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = settings();
+    let port = Counting {
+        inner: SerialLink::open(&case.sim.pty, s.baud).expect("open pty"),
+        out: std::sync::Arc::clone(&out),
+    };
+    let mut c = UnitClient::new(Transport::new(port, s));
+    identify_for_x509(&mut c, Some(serial)).unwrap();
+    let rid = rid(&format!("reg-{serial}"));
+    let csr = keygen_checked(&mut c, &rid).unwrap();
+    let chain = SoftwareTestIssuer::new().issue(&csr.csr_der, &rid).unwrap();
+    (c, out, csr, chain)
+}
+
+#[test]
+fn a_gated_upload_holds_the_leafs_signature_until_the_gate_opens_then_completes() {
+    use std::sync::atomic::Ordering;
+    let case = start("SN-GATE-1", &[]);
+    let (mut c, out, csr, chain) = keyed(&case, "SN-GATE-1");
+    let before = out.load(Ordering::SeqCst);
+    let mut at_gate = Vec::new();
+    // Never ready on its own: the station reads the unit's answers, then waits for the gate.
+    station::link::x509::deliver_gated(&mut c, &chain, &csr.spki_der, &|| false, &mut || {
+        at_gate.push(out.load(Ordering::SeqCst) - before);
+        // Nothing more may be sent while the gate is shut.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(out.load(Ordering::SeqCst) - before, at_gate[0]);
+        Ok(())
+    })
+    .unwrap();
+    let upload = out.load(Ordering::SeqCst) - before;
+    assert_eq!(at_gate.len(), 1, "the gate is waited for exactly once");
+    // The first chunk (within the leaf's to-be-signed part) went ahead; most of the chain,
+    // the leaf's signature with it, waited.
+    assert!(
+        at_gate[0] > 0 && at_gate[0] * 2 < upload,
+        "{} of {upload} bytes sent before the gate opened",
+        at_gate[0]
+    );
+    assert_eq!(
+        unit_json(&case.sim)["cert_chain_hex"].as_str().unwrap(),
+        hex::encode(chain.blob())
+    );
+}
+
+#[test]
+fn a_gate_that_fails_stops_the_upload_before_the_leafs_signature() {
+    let case = start("SN-GATE-2", &[]);
+    let (mut c, _, csr, issued) = keyed(&case, "SN-GATE-2");
+    let e =
+        station::link::x509::deliver_gated(&mut c, &issued, &csr.spki_der, &|| false, &mut || {
+            Err("disk I/O error".into())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, X509FlowError::Link(LinkError::Held { step: "put_cert", reason }) if reason == "disk I/O error"),
+        "{}",
+        chain(&e)
+    );
+    assert!(
+        chain(&e).contains("put_cert: stopped before the rest was sent: disk I/O error"),
+        "{}",
+        chain(&e)
+    );
+    assert!(
+        unit_json(&case.sim)["cert_chain_hex"].is_null(),
+        "the unit holds a chain"
+    );
+    assert_not_provisioned(&case.sim);
+}

@@ -817,6 +817,21 @@ impl<'s> Worker<'s> {
         commit: Commit,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
+        let (out, durable) = self.commit(commit, f)?;
+        if let Some(d) = durable {
+            wait_durable(&d).map_err(Stop::Station)?;
+        }
+        units::committed();
+        Ok(out)
+    }
+
+    /// [`Worker::persist`] up to the commit: a durable commit's wait for the disk is the
+    /// caller's (then `units::committed`, which passes the crash-test points).
+    fn commit<T>(
+        &mut self,
+        commit: Commit,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
+    ) -> Result<(T, Option<crate::store::Durable>), Stop> {
         let deferred = std::mem::take(&mut self.deferred);
         let (out, durable) = crate::timing::database(|| -> Result<_, Stop> {
             // Writers of this process queue here, not in SQLite's busy handler (see Writer).
@@ -838,11 +853,7 @@ impl<'s> Worker<'s> {
             let durable = (commit == Commit::Durable).then(|| writer.durable());
             Ok((out, durable))
         })?;
-        if let Some(d) = durable {
-            crate::timing::disk_sync(|| d.wait()).map_err(|e| Stop::Station(error_text(&e)))?;
-        }
-        units::committed();
-        Ok(out)
+        Ok((out, durable))
     }
 
     fn advance(
@@ -943,6 +954,24 @@ impl<'s> Worker<'s> {
         key: &SubjectKey,
         rid: &str,
     ) -> Result<IssuedCert, Stop> {
+        let (cert, durable) = self.issue_for_unit_pending(unit_id, actor, key, rid)?;
+        if let Some(d) = durable {
+            wait_durable(&d).map_err(Stop::Station)?;
+        }
+        units::committed();
+        Ok(cert)
+    }
+
+    /// [`Worker::issue_for_unit`] whose commit is still on its way to the disk (syncing in the
+    /// background): nothing of the certificate past its to-be-signed part may leave before
+    /// the returned commit is durable, and `units::committed` follows that wait.
+    fn issue_for_unit_pending(
+        &mut self,
+        unit_id: i64,
+        actor: &str,
+        key: &SubjectKey,
+        rid: &str,
+    ) -> Result<(IssuedCert, Option<crate::store::Durable>), Stop> {
         let cn = CommonName::registration_id(rid)
             .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
         let cert = self
@@ -963,7 +992,7 @@ impl<'s> Worker<'s> {
                 e => Stop::Unit(Step::Issue, error_text(&e)),
             })?;
         let issuer = self.ca.issuer_key_id().to_owned();
-        self.persist(Commit::Durable, |tx, st| {
+        let ((), durable) = self.commit(Commit::Durable, |tx, st| {
             let rec = RecordContext {
                 station: st,
                 actor,
@@ -983,7 +1012,10 @@ impl<'s> Worker<'s> {
             )?;
             Ok(())
         })?;
-        Ok(cert)
+        if let Some(d) = &durable {
+            d.start();
+        }
+        Ok((cert, durable))
     }
 
     /// The certificate reached the unit and was read back: it becomes the unit's live one, and
@@ -1056,7 +1088,9 @@ impl<'s> Worker<'s> {
         let key = SubjectKey::from_spki(&csr.spki_der)
             .and_then(|k| k.check_allowed(&self.leaf_profile).map(|()| k))
             .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
-        let cert = self.issue_for_unit(unit_id, actor, &key, rid.as_str())?;
+        // The certificate's record syncs to disk while its first bytes travel (see
+        // deliver_gated): its signature leaves only once the record is durable.
+        let (cert, durable) = self.issue_for_unit_pending(unit_id, actor, &key, rid.as_str())?;
         let chain = x509::IssuedChain {
             leaf_der: cert.der.clone(),
             chain_der: vec![self.ca.cert_der().to_vec(), self.root_der.clone()],
@@ -1065,7 +1099,33 @@ impl<'s> Worker<'s> {
         x509::check_issued_key(&chain.leaf_der, &csr.spki_der)
             .map_err(|e| Stop::Unit(Step::Issue, error_text(&e)))?;
         self.check_abort(Step::Inject)?;
-        x509::deliver(&mut unit, &chain, &csr.spki_der).map_err(|e| {
+        let ready = || durable.as_ref().is_none_or(crate::store::Durable::is_done);
+        let passed = std::cell::Cell::new(false);
+        let mut on_disk = || -> Result<(), String> {
+            if let Some(d) = &durable {
+                wait_durable(d)?;
+            }
+            units::committed();
+            passed.set(true);
+            Ok(())
+        };
+        let delivered = x509::deliver_gated(&mut unit, &chain, &csr.spki_der, &ready, &mut on_disk);
+        if let Err(x509::X509FlowError::Link(crate::link::LinkError::Held { reason, .. })) =
+            &delivered
+        {
+            return Err(Stop::Station(format!(
+                "the certificate's record did not reach the disk: {reason}"
+            )));
+        }
+        if !passed.get() {
+            // The upload ended before the leaf's signature: the record still reaches the disk
+            // and passes its crash-test points, as after any commit.
+            if let Some(d) = &durable {
+                wait_durable(d).map_err(Stop::Station)?;
+            }
+            units::committed();
+        }
+        delivered.map_err(|e| {
             let step = if matches!(
                 e,
                 x509::X509FlowError::ReadbackDigest | x509::X509FlowError::ReadbackKey
@@ -1580,6 +1640,11 @@ impl<'s> Worker<'s> {
             Ok(())
         })
     }
+}
+
+/// Waits for a durable commit to reach the disk, timed as the unit's disk-sync time.
+fn wait_durable(d: &crate::store::Durable) -> Result<(), String> {
+    crate::timing::disk_sync(|| d.wait()).map_err(|e| error_text(&e))
 }
 
 fn stop_text(s: &Stop) -> String {

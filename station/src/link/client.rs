@@ -1,7 +1,7 @@
 //! The provisioning command group, station side: one method per command.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -35,6 +35,24 @@ pub enum IdentifyError {
         serial: String,
     },
 }
+
+/// A condition the bytes of a `put_cert` blob past `at` wait for (the leaf's signature waits
+/// until the certificate's record is on disk). While the unit still owes answers for chunks
+/// before `at`, the station keeps reading them and asks `ready` between reads; once none is
+/// owed it calls `wait`, timed as the station's own work, not the link's.
+pub struct Gate<'a> {
+    /// Bytes `..at` go at once.
+    pub at: usize,
+    /// Whether the condition holds (does not block).
+    pub ready: &'a dyn Fn() -> bool,
+    /// Blocks until the condition holds; called exactly once, before the first byte past
+    /// `at` is sent. An error stops the upload with [`LinkError::Held`].
+    pub wait: &'a mut dyn FnMut() -> Result<(), String>,
+}
+
+/// How long one read for a chunk's answer lasts while a gate is shut: the gate is asked again
+/// after each.
+const GATE_POLL: Duration = Duration::from_micros(200);
 
 /// A unit on the other end of a link.
 pub struct UnitClient<P: Port> {
@@ -198,10 +216,20 @@ impl<P: Port> UnitClient<P> {
     /// `window` requests in flight. The unit answers each chunk with the next offset it expects;
     /// a lost chunk shows as an offset that did not advance, and sending resumes from there.
     pub fn put_cert(&mut self, blob: &[u8]) -> Result<(), LinkError> {
-        crate::timing::hardware(|| self.put_cert_windowed(blob))
+        crate::timing::hardware(|| self.put_cert_windowed(blob, None))
     }
 
-    fn put_cert_windowed(&mut self, blob: &[u8]) -> Result<(), LinkError> {
+    /// `put_cert` whose bytes past `gate.at` wait for the gate (see [`Gate`]): the first
+    /// chunks travel, and the unit works on them, while the condition comes true.
+    pub fn put_cert_gated(&mut self, blob: &[u8], gate: Gate<'_>) -> Result<(), LinkError> {
+        crate::timing::hardware(|| self.put_cert_windowed(blob, Some(gate)))
+    }
+
+    fn put_cert_windowed(
+        &mut self,
+        blob: &[u8],
+        mut gate: Option<Gate<'_>>,
+    ) -> Result<(), LinkError> {
         let cmd = proto::PUT_CERT;
         let total = u32::try_from(blob.len()).map_err(|_| LinkError::TooLarge {
             step: cmd.name,
@@ -224,12 +252,30 @@ impl<P: Port> UnitClient<P> {
         let mut next: usize = 0;
         let mut inflight: VecDeque<(u8, usize)> = VecDeque::new();
         let mut failures: u32 = 0;
+        // When the oldest answer owed is due (set when a wait for answers starts).
+        let mut due: Option<Instant> = None;
         loop {
+            let mut held = false;
             while inflight.len() < window
                 && (next < blob.len() || (blob.is_empty() && next == 0 && inflight.is_empty()))
             {
                 let first = next == 0;
-                let end = (next + if first { first_cap } else { cap }).min(blob.len());
+                let mut end = (next + if first { first_cap } else { cap }).min(blob.len());
+                if let Some(g) = gate.as_ref().filter(|g| next < g.at) {
+                    // No chunk straddles the gate: the bytes before it all go ahead.
+                    end = end.min(g.at);
+                }
+                if let Some(g) = gate.as_mut().filter(|g| end > g.at) {
+                    if !inflight.is_empty() && !(g.ready)() {
+                        held = true;
+                        break;
+                    }
+                    crate::timing::station(|| (g.wait)()).map_err(|reason| LinkError::Held {
+                        step: cmd.name,
+                        reason,
+                    })?;
+                    gate = None;
+                }
                 let req = PutCertReq {
                     off: u32::try_from(next).unwrap_or(u32::MAX),
                     data: Bytes(blob.get(next..end).unwrap_or_default().to_vec()),
@@ -247,10 +293,19 @@ impl<P: Port> UnitClient<P> {
                 }
             }
             let awaited: Vec<u8> = inflight.iter().map(|(s, _)| *s).collect();
-            match self
-                .transport
-                .recv(&cmd, &awaited, Instant::now() + timeout)?
-            {
+            let until = *due.get_or_insert_with(|| Instant::now() + timeout);
+            let read_until = if held {
+                until.min(Instant::now() + GATE_POLL)
+            } else {
+                until
+            };
+            let answer = self.transport.recv(&cmd, &awaited, read_until)?;
+            if answer.is_none() && read_until < until {
+                // Nothing yet, and not yet overdue: ask the gate again.
+                continue;
+            }
+            due = None;
+            match answer {
                 Some((seq, answer)) => {
                     let rsp: PutCertRsp = decode_answer(&cmd, &answer)?;
                     let off = rsp.off as usize;

@@ -15,6 +15,6 @@ pub mod symkey;
 pub mod transport;
 pub mod x509;
 
-pub use client::{IdentifyError, UnitClient};
+pub use client::{Gate, IdentifyError, UnitClient};
 pub use port::{Port, SerialLink};
 pub use transport::{LinkError, LinkSettings, Transport};

@@ -131,6 +131,15 @@ pub enum LinkError {
         #[source]
         source: CborError,
     },
+    /// The station stopped an upload half-way: what it waited for before sending the rest
+    /// failed (the certificate's record could not be made durable).
+    #[error("{step}: stopped before the rest was sent: {reason}")]
+    Held {
+        /// Command.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The request could not be encoded.
     #[error("{step}: encoding the request failed")]
     Encode {

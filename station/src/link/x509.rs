@@ -9,10 +9,10 @@ use x509_parser::prelude::{FromDer as _, X509Certificate, X509CertificationReque
 use dps::ids::RegistrationId;
 
 use super::IdentifyError;
-use super::UnitClient;
 use super::port::Port;
 use super::proto::{self, NONCE_LEN};
 use super::transport::LinkError;
+use super::{Gate, UnitClient};
 
 /// A certificate chain issued for a unit.
 #[derive(Debug, Clone)]
@@ -285,9 +285,43 @@ pub fn deliver<P: Port>(
 ) -> Result<(), X509FlowError> {
     let blob = chain.blob();
     unit.put_cert(&blob)?;
+    read_back(unit, &blob, spki_der)
+}
+
+/// [`deliver`] for a certificate whose record is still on its way to the disk: the chunks
+/// within the leaf's to-be-signed part (no signature, so no certificate) go at once, and the
+/// unit stores them while the disk syncs; nothing from the leaf's signature on is sent before
+/// `on_disk` returned (`ready` tells, without blocking, whether it would return at once).
+pub fn deliver_gated<P: Port>(
+    unit: &mut UnitClient<P>,
+    chain: &IssuedChain,
+    spki_der: &[u8],
+    ready: &dyn Fn() -> bool,
+    on_disk: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(), X509FlowError> {
+    let blob = chain.blob();
+    // The leaf comes first in the blob; without a parsable TBS nothing goes before the gate.
+    let at = crate::ca::verify::split_signed(&chain.leaf_der).map_or(0, |(tbs, _, _)| tbs.len());
+    unit.put_cert_gated(
+        &blob,
+        Gate {
+            at,
+            ready,
+            wait: on_disk,
+        },
+    )?;
+    read_back(unit, &blob, spki_der)
+}
+
+/// Checks the signed read-back of the chain the unit stored (`blob` as sent).
+fn read_back<P: Port>(
+    unit: &mut UnitClient<P>,
+    blob: &[u8],
+    spki_der: &[u8],
+) -> Result<(), X509FlowError> {
     let rb_nonce = fresh_nonce();
     let rb = unit.get_cert_digest(&rb_nonce)?;
-    let sent = Sha256::digest(&blob);
+    let sent = Sha256::digest(blob);
     if rb.sha.0[..] != sent[..] {
         return Err(X509FlowError::ReadbackDigest);
     }

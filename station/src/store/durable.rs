@@ -31,6 +31,17 @@ pub struct WalSync {
     /// The syncs under way, each by the count it covers (waiters they cover wait on `done`).
     syncing: Mutex<Vec<u64>>,
     done: Condvar,
+    /// What the background syncer was asked to cover (see [`WalSync::start_sync`]).
+    background: Mutex<Background>,
+    asked: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Background {
+    /// The highest ticket asked for.
+    want: u64,
+    /// Its thread runs.
+    started: bool,
 }
 
 /// A commit waiting to be made durable.
@@ -57,6 +68,8 @@ impl WalSync {
                 syncs: AtomicU64::new(0),
                 syncing: Mutex::new(Vec::new()),
                 done: Condvar::new(),
+                background: Mutex::default(),
+                asked: Condvar::new(),
             })
         }))
     }
@@ -71,6 +84,55 @@ impl WalSync {
     /// starts after this call.
     pub fn written(&self) -> Ticket {
         Ticket(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Whether a completed sync covers `ticket`.
+    pub fn is_synced(&self, ticket: Ticket) -> bool {
+        self.synced.load(Ordering::SeqCst) >= ticket.0
+    }
+
+    /// Starts a sync covering `ticket` on the background syncer thread (started at the first
+    /// call) and returns at once, so that the caller works while the disk does. Its later
+    /// [`WalSync::sync_through`] returns at once or joins that sync; should the syncer fail or
+    /// not run yet, the caller syncs itself there, as without this call.
+    pub fn start_sync(self: &Arc<Self>, ticket: Ticket) {
+        if self.is_synced(ticket) {
+            return;
+        }
+        let mut b = self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        b.want = b.want.max(ticket.0);
+        if !b.started {
+            let me = Arc::clone(self);
+            b.started = std::thread::Builder::new()
+                .name("wal-sync".into())
+                .spawn(move || me.run_syncer())
+                .is_ok();
+        }
+        drop(b);
+        self.asked.notify_one();
+    }
+
+    /// The background syncer: syncs whenever asked for a ticket no sync covers yet. It lives as
+    /// long as the process, as this state does.
+    fn run_syncer(&self) {
+        loop {
+            let mut b = self
+                .background
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while b.want <= self.synced.load(Ordering::SeqCst) {
+                b = self.asked.wait(b).unwrap_or_else(PoisonError::into_inner);
+            }
+            let want = Ticket(b.want);
+            drop(b);
+            // A failure reaches the waiter: its own sync_through syncs again and returns it.
+            if self.sync_through(want).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 
     /// Returns once the commit of `ticket` is on disk: at once if a sync already covered it,
@@ -158,6 +220,31 @@ mod tests {
         std::fs::remove_file(dir.path().join("station.db-wal")).unwrap();
         a.sync_through(third).unwrap();
         assert_eq!(a.synced.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_sync_started_in_the_background_covers_the_commit_while_the_caller_works() {
+        let (_dir, wal) = database();
+        let first = wal.written();
+        assert!(!wal.is_synced(first));
+        wal.start_sync(first);
+        let start = std::time::Instant::now();
+        while !wal.is_synced(first) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the background syncer never synced"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(wal.syncs.load(Ordering::SeqCst), 1);
+        // The waiter finds its commit covered: no sync of its own.
+        wal.sync_through(first).unwrap();
+        assert_eq!(wal.syncs.load(Ordering::SeqCst), 1);
+        // The syncer serves later requests too.
+        let second = wal.written();
+        wal.start_sync(second);
+        wal.sync_through(second).unwrap();
+        assert!(wal.is_synced(second));
     }
 
     #[test]

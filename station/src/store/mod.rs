@@ -252,14 +252,32 @@ pub struct Durable(Option<(Arc<WalSync>, Ticket)>);
 
 impl Durable {
     /// Returns once the commit is on disk. Call it after giving up the write turn.
-    pub fn wait(self) -> Result<(), StoreError> {
-        match self.0 {
+    pub fn wait(&self) -> Result<(), StoreError> {
+        match &self.0 {
             None => Ok(()),
-            Some((wal, ticket)) => wal.sync_through(ticket).map_err(|source| StoreError::Sync {
-                path: wal.path().to_path_buf(),
-                source,
-            }),
+            Some((wal, ticket)) => wal
+                .sync_through(*ticket)
+                .map_err(|source| StoreError::Sync {
+                    path: wal.path().to_path_buf(),
+                    source,
+                }),
         }
+    }
+
+    /// Has the commit synced in the background while the caller works on (see
+    /// `WalSync::start_sync`); [`Durable::wait`] still decides.
+    pub fn start(&self) {
+        if let Some((wal, ticket)) = &self.0 {
+            wal.start_sync(*ticket);
+        }
+    }
+
+    /// Whether the commit is on disk already (does not block).
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|(wal, ticket)| wal.is_synced(*ticket))
     }
 }
 

@@ -261,9 +261,13 @@ impl<P: Port> UnitClient<P> {
             {
                 let first = next == 0;
                 let mut end = (next + if first { first_cap } else { cap }).min(blob.len());
-                if let Some(g) = gate.as_ref().filter(|g| next < g.at) {
-                    // No chunk straddles the gate: the bytes before it all go ahead.
-                    end = end.min(g.at);
+                if let Some(g) = gate.as_ref().filter(|g| next < g.at && g.at < end) {
+                    // A chunk straddling the gate ends at it when that costs no extra chunk
+                    // (the bytes before the gate then all go ahead); otherwise it waits.
+                    let chunks_after = |from: usize| (blob.len() - from).div_ceil(cap.max(1));
+                    if chunks_after(g.at) == chunks_after(end) {
+                        end = g.at;
+                    }
                 }
                 if let Some(g) = gate.as_mut().filter(|g| end > g.at) {
                     if !inflight.is_empty() && !(g.ready)() {

@@ -289,8 +289,8 @@ pub fn deliver<P: Port>(
 }
 
 /// [`deliver`] for a certificate whose record is still on its way to the disk: the chunks
-/// within the leaf's to-be-signed part (no signature, so no certificate) go at once, and the
-/// unit stores them while the disk syncs; nothing from the leaf's signature on is sent before
+/// before the leaf's signature (no signature, so no certificate) go at once, and the unit
+/// stores them while the disk syncs; nothing from the signature's bits on is sent before
 /// `on_disk` returned (`ready` tells, without blocking, whether it would return at once).
 pub fn deliver_gated<P: Port>(
     unit: &mut UnitClient<P>,
@@ -300,8 +300,13 @@ pub fn deliver_gated<P: Port>(
     on_disk: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<(), X509FlowError> {
     let blob = chain.blob();
-    // The leaf comes first in the blob; without a parsable TBS nothing goes before the gate.
-    let at = crate::ca::verify::split_signed(&chain.leaf_der).map_or(0, |(tbs, _, _)| tbs.len());
+    // The leaf comes first in the blob: everything before its signature's bits may go (the
+    // signed part, the algorithm, the bit string's header); nothing does if it does not parse.
+    let at = crate::ca::verify::split_signed(&chain.leaf_der).map_or(0, |(_, _, sig)| {
+        sig.as_ptr()
+            .addr()
+            .saturating_sub(chain.leaf_der.as_ptr().addr())
+    });
     unit.put_cert_gated(
         &blob,
         Gate {

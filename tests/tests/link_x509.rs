@@ -438,3 +438,44 @@ fn a_gate_that_fails_stops_the_upload_before_the_leafs_signature() {
     );
     assert_not_provisioned(&case.sim);
 }
+
+#[test]
+fn the_gate_costs_no_extra_chunk_on_the_wire() {
+    use std::sync::atomic::Ordering;
+    let case = start("SN-GATE-3", &[]);
+    let (mut c, out, _, chain) = keyed(&case, "SN-GATE-3");
+    let blob = chain.blob();
+    // Each upload starts over at offset 0: the same chain, plain and then gated at one place
+    // after another within the first chunk (open at once, so only the chunking differs).
+    let before = out.load(Ordering::SeqCst);
+    c.put_cert(&blob).unwrap();
+    let plain = out.load(Ordering::SeqCst) - before;
+    for at in (20..=320).step_by(60) {
+        let before = out.load(Ordering::SeqCst);
+        let mut waits = 0;
+        c.put_cert_gated(
+            &blob,
+            station::link::Gate {
+                at,
+                ready: &|| true,
+                wait: &mut || {
+                    waits += 1;
+                    Ok(())
+                },
+            },
+        )
+        .unwrap();
+        let gated = out.load(Ordering::SeqCst) - before;
+        assert_eq!(waits, 1, "gate at {at}");
+        // A chunk more would add its frame and request header (~40 bytes and up); moving a
+        // chunk boundary changes a length field or a base64 pad at most.
+        assert!(
+            gated <= plain + 8,
+            "gate at {at}: {gated} bytes against {plain} without the gate"
+        );
+        assert_eq!(
+            unit_json(&case.sim)["cert_chain_hex"].as_str().unwrap(),
+            hex::encode(&blob)
+        );
+    }
+}

@@ -818,15 +818,12 @@ impl<'s> Worker<'s> {
         f: impl FnOnce(&rusqlite::Transaction<'_>, &crate::ids::StationId) -> Result<T, Stop>,
     ) -> Result<T, Stop> {
         let (out, durable) = self.commit(commit, f)?;
-        if let Some(d) = durable {
-            wait_durable(&d).map_err(Stop::Station)?;
-        }
-        units::committed();
+        settle(durable.as_ref()).map_err(Stop::Station)?;
         Ok(out)
     }
 
-    /// [`Worker::persist`] up to the commit: a durable commit's wait for the disk is the
-    /// caller's (then `units::committed`, which passes the crash-test points).
+    /// [`Worker::persist`] up to the commit: the caller settles it ([`settle`]: the wait for
+    /// the disk of a durable commit, then the crash-test points).
     fn commit<T>(
         &mut self,
         commit: Commit,
@@ -955,16 +952,13 @@ impl<'s> Worker<'s> {
         rid: &str,
     ) -> Result<IssuedCert, Stop> {
         let (cert, durable) = self.issue_for_unit_pending(unit_id, actor, key, rid)?;
-        if let Some(d) = durable {
-            wait_durable(&d).map_err(Stop::Station)?;
-        }
-        units::committed();
+        settle(durable.as_ref()).map_err(Stop::Station)?;
         Ok(cert)
     }
 
     /// [`Worker::issue_for_unit`] whose commit is still on its way to the disk (syncing in the
-    /// background): nothing of the certificate past its to-be-signed part may leave before
-    /// the returned commit is durable, and `units::committed` follows that wait.
+    /// background): nothing of the certificate's signature may leave before the caller has
+    /// settled the returned commit ([`settle`]).
     fn issue_for_unit_pending(
         &mut self,
         unit_id: i64,
@@ -1102,10 +1096,7 @@ impl<'s> Worker<'s> {
         let ready = || durable.as_ref().is_none_or(crate::store::Durable::is_done);
         let passed = std::cell::Cell::new(false);
         let mut on_disk = || -> Result<(), String> {
-            if let Some(d) = &durable {
-                wait_durable(d)?;
-            }
-            units::committed();
+            settle(durable.as_ref())?;
             passed.set(true);
             Ok(())
         };
@@ -1120,10 +1111,7 @@ impl<'s> Worker<'s> {
         if !passed.get() {
             // The upload ended before the leaf's signature: the record still reaches the disk
             // and passes its crash-test points, as after any commit.
-            if let Some(d) = &durable {
-                wait_durable(d).map_err(Stop::Station)?;
-            }
-            units::committed();
+            settle(durable.as_ref()).map_err(Stop::Station)?;
         }
         delivered.map_err(|e| {
             let step = if matches!(
@@ -1642,9 +1630,14 @@ impl<'s> Worker<'s> {
     }
 }
 
-/// Waits for a durable commit to reach the disk, timed as the unit's disk-sync time.
-fn wait_durable(d: &crate::store::Durable) -> Result<(), String> {
-    crate::timing::disk_sync(|| d.wait()).map_err(|e| error_text(&e))
+/// After a commit ([`Worker::commit`]): waits for a durable one to reach the disk, timed as
+/// the unit's disk-sync time, then passes the crash-test points of the states it entered.
+fn settle(durable: Option<&crate::store::Durable>) -> Result<(), String> {
+    if let Some(d) = durable {
+        crate::timing::disk_sync(|| d.wait()).map_err(|e| error_text(&e))?;
+    }
+    units::committed();
+    Ok(())
 }
 
 fn stop_text(s: &Stop) -> String {

@@ -123,7 +123,7 @@ impl WalSync {
                 .background
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            while b.want <= self.synced.load(Ordering::SeqCst) {
+            while self.is_synced(Ticket(b.want)) {
                 b = self.asked.wait(b).unwrap_or_else(PoisonError::into_inner);
             }
             let want = Ticket(b.want);
@@ -145,12 +145,12 @@ impl WalSync {
     /// sync under way to end and then syncing would cost up to two syncs. The syncs run
     /// outside the lock, and when one ends every waiter is woken at once.
     pub fn sync_through(&self, ticket: Ticket) -> std::io::Result<()> {
-        if self.synced.load(Ordering::SeqCst) >= ticket.0 {
+        if self.is_synced(ticket) {
             return Ok(());
         }
         let mut syncing = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if self.synced.load(Ordering::SeqCst) >= ticket.0 {
+            if self.is_synced(ticket) {
                 return Ok(());
             }
             if !syncing.iter().any(|&covers| covers >= ticket.0) {

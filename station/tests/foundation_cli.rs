@@ -156,10 +156,10 @@ fn init_then_check_passes_and_a_second_init_changes_nothing() {
     let mut unprivileged = if root {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--inh-caps=-sys_nice", "--bounding-set=-sys_nice"])
-            .arg(station().get_program())
-            .env_remove("STATION_HOME")
-            .env_remove("SOFTHSM2_CONF")
-            .env_remove("STATION_LOG");
+            .arg(station().get_program());
+        for var in common::CALLER_ENV {
+            c.env_remove(var);
+        }
         assert_cmd::Command::from_std(c)
     } else {
         station()

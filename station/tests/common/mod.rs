@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
-/// The station binary, run as on a fresh machine: no home, SoftHSM configuration or log level
-/// from the caller's environment.
+/// What the caller's environment may set that a fresh machine has not: a home, a SoftHSM
+/// configuration, a log level.
+pub const CALLER_ENV: [&str; 3] = ["STATION_HOME", "SOFTHSM2_CONF", "STATION_LOG"];
+
+/// The station binary, run as on a fresh machine (without [`CALLER_ENV`]).
 pub fn station() -> Command {
     let mut c = Command::cargo_bin("station").unwrap();
-    c.env_remove("STATION_HOME")
-        .env_remove("SOFTHSM2_CONF")
-        .env_remove("STATION_LOG");
+    for var in CALLER_ENV {
+        c.env_remove(var);
+    }
     c
 }
 

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "certificate_serial_index",
         sql: include_str!("migrations/0007_certificate_serial_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "drop_outbox_pending",
+        sql: include_str!("migrations/0008_drop_outbox_pending.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

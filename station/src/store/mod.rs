@@ -758,6 +758,27 @@ mod tests {
         assert_eq!(open.full_for_new_units().unwrap(), None);
     }
 
+    /// The outbox keeps the indexes its queries search (the test above) and no other: each is
+    /// written by every queued enrollment and every delivery. Migration 8 dropped
+    /// `outbox_pending` (destination, done_at), which no query searched since migration 4.
+    #[test]
+    fn the_outbox_keeps_only_the_indexes_its_queries_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.db"), &StoreConfig::default()).unwrap();
+        let names: Vec<String> = store
+            .conn()
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'
+                 AND sql IS NOT NULL ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, ["outbox_due", "outbox_unit"]);
+    }
+
     /// The lookups a unit's run and an upload pass make search an index, so their cost does
     /// not grow with the units recorded before: a line running for months must not slow down.
     /// Before migration 5, confirming a unit's certificate scanned the whole certificates
@@ -858,7 +879,7 @@ mod tests {
             }
         }
         let store = Store::open(&path, &StoreConfig::default()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 7);
+        assert_eq!(store.schema_version().unwrap(), migrations::latest());
         let rows: Vec<(i64, String, Vec<u8>, String)> = store
             .conn()
             .prepare("SELECT id, serial_hex, der, status FROM certificates ORDER BY id")
@@ -969,7 +990,7 @@ mod tests {
             ..StoreConfig::default()
         };
         let store = Store::open(&path, &cfg).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 7);
+        assert_eq!(store.schema_version().unwrap(), migrations::latest());
         let count: i64 = store
             .conn()
             .query_row("SELECT count(*) FROM certificates", [], |r| r.get(0))

@@ -119,6 +119,11 @@ pub fn serve(
             fixture: "(all)".into(),
             reason: format!("the station HSM: {reason}"),
         })?;
+    // aws-lc seeds its random generator from a jitter-entropy pool at its first use: ~50 ms of
+    // CPU on this project's 2-core VM. Paid here, before any fixture starts, rather than in
+    // the uploader's first TLS handshake, where it took a core from the first units.
+    aws_lc_rs::rand::fill(&mut [0u8; 16])
+        .map_err(|_| std::io::Error::other("the crypto library's random generator failed"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

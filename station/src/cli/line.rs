@@ -168,9 +168,7 @@ pub fn serve(
         }
     });
     tracing::info!("stopping: finishing the running units");
-    for f in running {
-        serve::stop_fixture(f);
-    }
+    serve::stop_fixtures(running);
     signal.stop();
     if let Some(u) = uploader {
         let _ = u.join();

@@ -100,6 +100,13 @@ impl Scanner {
         self.halt();
     }
 
+    /// Tells the reader to stop without waiting for it: it ends within its read timeout or
+    /// its wait before reopening the port (up to `reopen_every`). [`Scanner::stop`] or a
+    /// drop then waits.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -758,7 +758,7 @@ mod tests {
         assert_eq!(open.full_for_new_units().unwrap(), None);
     }
 
-    /// The outbox keeps the indexes its queries search (the test above) and no other: each is
+    /// The outbox keeps the indexes its queries search (the next test) and no other: each is
     /// written by every queued enrollment and every delivery. Migration 8 dropped
     /// `outbox_pending` (destination, done_at), which no query searched since migration 4.
     #[test]

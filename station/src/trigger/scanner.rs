@@ -108,7 +108,7 @@ impl Scanner {
     }
 
     fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.request_stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

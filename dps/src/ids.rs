@@ -6,10 +6,6 @@
 //! - device ID: at most 128 ASCII characters, alphanumerics and `- . % _ * ? ! ( ) , : = @ $ '`;
 //!   case-sensitive.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 /// Longest registration, group or device ID DPS accepts.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -129,15 +125,21 @@ fn check_device_id(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+/// Declares a string identifier that is validated on construction: `new` (and `FromStr`,
+/// and serde's `Deserialize`) run `$check`, which returns `Result<(), $err>`; `Display`,
+/// `AsRef<str>` and `Serialize` give the text as given, `Debug` names the type. Also used by
+/// the station for its own identifiers (serial numbers, fixture names...). The using crate
+/// depends on `serde`.
+#[macro_export]
+macro_rules! validated_id {
+    ($(#[$doc:meta])* $name:ident, $err:ty, $check:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
 
         impl $name {
             /// Validates and wraps an identifier.
-            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+            pub fn new(s: impl Into<String>) -> Result<Self, $err> {
                 let s = s.into();
                 ($check)(&s)?;
                 Ok(Self(s))
@@ -150,21 +152,21 @@ macro_rules! id_type {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}({:?})", stringify!($name), self.0)
             }
         }
 
-        impl std::str::FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
+        impl ::std::str::FromStr for $name {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<Self, $err> {
                 Self::new(s)
             }
         }
@@ -175,37 +177,40 @@ macro_rules! id_type {
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as ::serde::Deserialize>::deserialize(d)?;
+                Self::new(s).map_err(<D::Error as ::serde::de::Error>::custom)
             }
         }
     };
 }
 
-id_type!(
+validated_id!(
     /// A unit's registration ID within a DPS instance (case-insensitive in DPS; the key of an
     /// individual enrollment and, for X.509 units, the leaf certificate's CN).
     RegistrationId,
+    IdError,
     |s: &str| check_registration_like("registration ID", s, MAX_ID_LEN)
 );
 
-id_type!(
+validated_id!(
     /// The ID of an enrollment group.
     EnrollmentGroupId,
+    IdError,
     |s: &str| check_registration_like("enrollment group ID", s, MAX_ID_LEN)
 );
 
-id_type!(
+validated_id!(
     /// A unit's device ID in its assigned IoT hub (case-sensitive).
     DeviceId,
+    IdError,
     check_device_id
 );
 

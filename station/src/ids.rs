@@ -4,10 +4,6 @@
 //! station's own identifiers are here. A serial number may become a registration ID through a
 //! template (`{serial}`), so its alphabet is a subset of the registration ID alphabet.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 pub use dps::ids::{DeviceId, EnrollmentGroupId, IdError, RegistrationId};
 
 /// Why a station identifier was refused.
@@ -51,57 +47,13 @@ fn check(
     Ok(())
 }
 
+/// A station identifier: 1 to `$max` ASCII letters, digits and `$extra`, starting and ending
+/// with a letter or digit.
 macro_rules! station_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $extra:expr, $rule:literal) => {
-        $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            /// Validates and wraps the identifier.
-            pub fn new(s: impl Into<String>) -> Result<Self, BadId> {
-                let s = s.into();
-                check($kind, &s, $max, $extra, $rule)?;
-                Ok(Self(s))
-            }
-
-            /// The identifier as text.
-            #[must_use]
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = BadId;
-            fn from_str(s: &str) -> Result<Self, BadId> {
-                Self::new(s)
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                Self::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
-            }
-        }
+        dps::validated_id!($(#[$doc])* $name, BadId, |s: &str| check(
+            $kind, s, $max, $extra, $rule
+        ));
     };
 }
 

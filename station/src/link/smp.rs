@@ -103,12 +103,23 @@ pub enum MessageError {
 }
 
 /// One SMP message: header and CBOR payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Message {
     /// The header (its length field is derived from `payload`).
     pub header: Header,
     /// CBOR payload.
     pub payload: Vec<u8>,
+}
+
+/// The payload is shown by its length only: a `put_symkey` request carries a unit's
+/// symmetric key in it.
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("header", &self.header)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 impl Message {
@@ -195,5 +206,34 @@ mod tests {
             Message::from_bytes(&b),
             Err(MessageError::LengthMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn debug_leaves_out_the_payload() {
+        use crate::link::proto::{PutSymkeyReq, SecretBytes, to_cbor};
+        let req = PutSymkeyReq {
+            key: SecretBytes(zeroize::Zeroizing::new(vec![0xab; 32])),
+            rid: "unit-1".into(),
+            scope: "0ne00000001".into(),
+            ep: "global.azure-devices-provisioning.net".into(),
+        };
+        let m = Message {
+            header: Header {
+                op: Op::Write,
+                version: SMP_V2,
+                flags: 0,
+                group: 64,
+                seq: 7,
+                command: 5,
+            },
+            payload: to_cbor(&req).unwrap(),
+        };
+        let shown = format!("{m:?}");
+        assert!(
+            shown.contains(&format!("payload_len: {}", m.payload.len())),
+            "{shown}"
+        );
+        assert!(!shown.contains("171, 171"), "{shown}");
+        assert!(!shown.contains("unit-1"), "{shown}");
     }
 }

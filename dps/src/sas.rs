@@ -34,9 +34,16 @@ pub enum SasError {
     /// A token field is missing.
     #[error("SAS token lacks field {0}")]
     MissingField(&'static str),
-    /// A token field appears twice or is unknown.
+    /// A token field appears twice or cannot be decoded.
     #[error("SAS token has a malformed field {0:?}")]
-    BadField(String),
+    BadField(&'static str),
+    /// A token field has a name other than sr, sig, se and skn (counted from 1). Its text is
+    /// not shown: it may be a signature.
+    #[error("SAS token field {0} is not sr, sig, se or skn")]
+    UnknownField(usize),
+    /// A token field is not `name=value`. Its text is not shown: it may be a signature.
+    #[error("SAS token field {0} is not name=value")]
+    FieldWithoutValue(usize),
     /// `se` is not a number.
     #[error("SAS token expiry is not a number")]
     BadExpiry,
@@ -52,9 +59,13 @@ pub enum SasError {
     /// A connection string part is missing.
     #[error("connection string lacks {0}")]
     MissingPart(&'static str),
-    /// A connection string part is not `Name=value`.
-    #[error("connection string part {0:?} is malformed")]
-    BadPart(String),
+    /// A connection string part is not `Name=value` (counted from 1). Its text is not shown:
+    /// it may be a key pasted on its own.
+    #[error("connection string part {0} is not Name=value")]
+    BadPart(usize),
+    /// A connection string names a part twice (two strings run together?).
+    #[error("connection string names {0} twice")]
+    DuplicatePart(&'static str),
 }
 
 /// A decoded shared access key (policy key, enrollment key or group key). Never printed.
@@ -185,19 +196,19 @@ impl SasToken {
             .strip_prefix(SAS_PREFIX)
             .ok_or(SasError::NotSas)?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
-        for part in body.split('&') {
+        for (i, part) in body.split('&').enumerate() {
             let (name, value) = part
                 .split_once('=')
-                .ok_or_else(|| SasError::BadField(part.chars().take(16).collect()))?;
-            let slot = match name {
-                "sr" => &mut sr,
-                "sig" => &mut sig,
-                "se" => &mut se,
-                "skn" => &mut skn,
-                other => return Err(SasError::BadField(other.chars().take(16).collect())),
+                .ok_or(SasError::FieldWithoutValue(i + 1))?;
+            let (slot, name) = match name {
+                "sr" => (&mut sr, "sr"),
+                "sig" => (&mut sig, "sig"),
+                "se" => (&mut se, "se"),
+                "skn" => (&mut skn, "skn"),
+                _ => return Err(SasError::UnknownField(i + 1)),
             };
             if slot.replace(value).is_some() {
-                return Err(SasError::BadField(name.to_owned()));
+                return Err(SasError::BadField(name));
             }
         }
         let sr = sr.ok_or(SasError::MissingField("sr"))?;
@@ -211,7 +222,7 @@ impl SasToken {
         let key_name = match skn {
             Some(n) => Some(
                 urlencoding::decode(n)
-                    .map_err(|_| SasError::BadField("skn".into()))?
+                    .map_err(|_| SasError::BadField("skn"))?
                     .into_owned(),
             ),
             None => None,
@@ -329,15 +340,25 @@ impl FromStr for ConnectionString {
 
     fn from_str(s: &str) -> Result<Self, SasError> {
         let (mut host, mut name, mut key) = (None, None, None);
-        for part in s.trim().split(';').filter(|p| !p.is_empty()) {
+        fn once<T>(slot: &mut Option<T>, part: &'static str, v: T) -> Result<(), SasError> {
+            match slot.replace(v) {
+                Some(_) => Err(SasError::DuplicatePart(part)),
+                None => Ok(()),
+            }
+        }
+        for (i, part) in s.trim().split(';').filter(|p| !p.is_empty()).enumerate() {
             // Split at the first '=' only: base64 keys end in '='.
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| SasError::BadPart(part.split('=').next().unwrap_or("").into()))?;
+            let (k, v) = part.split_once('=').ok_or(SasError::BadPart(i + 1))?;
             match k.trim() {
-                "HostName" => host = Some(v.trim().to_owned()),
-                "SharedAccessKeyName" => name = Some(v.trim().to_owned()),
-                "SharedAccessKey" => key = Some(SharedAccessKey::from_base64(v)?),
+                "HostName" => once(&mut host, "HostName", v.trim().to_owned())?,
+                "SharedAccessKeyName" => {
+                    once(&mut name, "SharedAccessKeyName", v.trim().to_owned())?
+                }
+                "SharedAccessKey" => once(
+                    &mut key,
+                    "SharedAccessKey",
+                    SharedAccessKey::from_base64(v)?,
+                )?,
                 // Other parts (e.g. DeviceId) belong to other connection strings: ignore.
                 _ => {}
             }
@@ -484,6 +505,49 @@ mod tests {
                 .parse::<ConnectionString>()
                 .err(),
             Some(SasError::KeyNotBase64)
+        );
+    }
+
+    #[test]
+    fn connection_string_errors_never_show_a_key() {
+        // A key pasted on its own, or run into the string without its name.
+        let bare = KEY7.trim_end_matches('=');
+        for text in [
+            KEY7.to_owned(),
+            bare.to_owned(),
+            format!("HostName=h;SharedAccessKeyName=x;{bare}"),
+        ] {
+            let shown = text.parse::<ConnectionString>().err().unwrap().to_string();
+            assert!(!shown.contains(bare), "{shown}");
+        }
+        assert_eq!(
+            format!("HostName=h;SharedAccessKeyName=x;{bare}")
+                .parse::<ConnectionString>()
+                .err(),
+            Some(SasError::BadPart(3))
+        );
+        // Two strings run together: refused, not the last one's parts quietly winning.
+        let one = format!("HostName=h;SharedAccessKeyName=x;SharedAccessKey={KEY7}");
+        assert_eq!(
+            format!("{one};{one}").parse::<ConnectionString>().err(),
+            Some(SasError::DuplicatePart("HostName"))
+        );
+        // A signature pasted without its name, with or without its padding.
+        assert_eq!(
+            SasToken::parse(&format!("SharedAccessSignature sr=a&{KEY7}&se=1")),
+            Err(SasError::UnknownField(2))
+        );
+        assert_eq!(
+            SasToken::parse(&format!("SharedAccessSignature sr=a&{bare}&se=1")),
+            Err(SasError::FieldWithoutValue(2))
+        );
+        assert_eq!(
+            SasError::FieldWithoutValue(2).to_string(),
+            "SAS token field 2 is not name=value"
+        );
+        assert_eq!(
+            SasToken::parse("SharedAccessSignature sr=a&sr=b&sig=AA%3D%3D&se=1"),
+            Err(SasError::BadField("sr"))
         );
     }
 }

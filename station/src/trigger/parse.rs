@@ -108,17 +108,30 @@ pub enum ScanRejected {
     Serial(BadId),
 }
 
-/// Escapes bytes for display: printable ASCII as is, everything else as `\xNN`, `\r`, `\n`.
+/// Escapes a scan for display: printable ASCII as is, everything else as `\xNN`, `\r`, `\n`.
+/// What follows a badge prefix (`OP:`, in any case, after leading white space) is not shown,
+/// however malformed the scan: a badge read with line noise or cut off is still a credential.
 #[must_use]
 pub fn escape(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() + 2);
+    let lead = bytes.len() - bytes.trim_ascii_start().len();
+    let (shown, hidden) = match bytes.get(lead..lead + BADGE_PREFIX.len()) {
+        Some(p) if p.eq_ignore_ascii_case(BADGE_PREFIX) => bytes.split_at(lead + p.len()),
+        _ => (bytes, &[][..]),
+    };
+    let mut s = String::with_capacity(shown.len() + 2);
     s.push('"');
-    for &b in bytes {
+    for &b in shown {
         s.extend(std::ascii::escape_default(b).map(char::from));
+    }
+    if !hidden.is_empty() {
+        s.push_str(&format!("<badge code, {} bytes, not shown>", hidden.len()));
     }
     s.push('"');
     s
 }
+
+/// What starts an operator badge scan (the parser takes it in upper case only).
+const BADGE_PREFIX: &[u8] = b"OP:";
 
 /// Parses scans for one product.
 #[derive(Debug, Clone)]
@@ -199,7 +212,6 @@ impl ScanParser {
 
 /// Splits a byte stream into lines ending in CR, LF or CRLF. A line longer than `max_len` is
 /// reported once as too long and the rest of it, up to its terminator, is dropped.
-#[derive(Debug)]
 pub struct LineSplitter {
     buf: Vec<u8>,
     max_len: usize,
@@ -207,8 +219,9 @@ pub struct LineSplitter {
     last_was_cr: bool,
 }
 
-/// One item out of the splitter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One item out of the splitter. Its Debug output escapes the bytes as [`escape`] does, so a
+/// badge line is not shown.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Line {
     /// A complete line, terminator removed.
     Complete(Vec<u8>),
@@ -219,6 +232,28 @@ pub enum Line {
         /// Its first bytes.
         start: Vec<u8>,
     },
+}
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Line::Complete(b) => write!(f, "Complete({})", escape(b)),
+            Line::TooLong { len, start } => {
+                write!(f, "TooLong {{ len: {len}, start: {} }}", escape(start))
+            }
+        }
+    }
+}
+
+/// The bytes of a line still being read are not shown: they may be a badge's.
+impl fmt::Debug for LineSplitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LineSplitter")
+            .field("buffered", &self.buf.len())
+            .field("max_len", &self.max_len)
+            .field("overflowed", &self.overflowed)
+            .finish()
+    }
 }
 
 impl LineSplitter {
@@ -267,10 +302,19 @@ impl LineSplitter {
 }
 
 /// Drops a scan identical to the previous one within a window: scanners double-read labels.
-#[derive(Debug)]
+/// It keeps the last scan's SHA-256, not the scan: that may be a badge. Neither is shown.
 pub struct Debouncer {
     window: std::time::Duration,
-    last: Option<(Vec<u8>, std::time::Instant)>,
+    last: Option<([u8; 32], std::time::Instant)>,
+}
+
+impl fmt::Debug for Debouncer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Debouncer")
+            .field("window", &self.window)
+            .field("last_at", &self.last.as_ref().map(|(_, at)| at))
+            .finish()
+    }
 }
 
 impl Debouncer {
@@ -282,13 +326,15 @@ impl Debouncer {
 
     /// Whether this scan should be acted on (false for a repeat within the window).
     pub fn accept(&mut self, line: &[u8], now: std::time::Instant) -> bool {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(line).into();
         if let Some((prev, at)) = &self.last
-            && prev.as_slice() == line
+            && *prev == digest
             && now.duration_since(*at) < self.window
         {
             return false;
         }
-        self.last = Some((line.to_vec(), now));
+        self.last = Some((digest, now));
         true
     }
 }
@@ -343,6 +389,51 @@ mod tests {
         // A pattern wider than the serial alphabet still cannot smuggle in a bad identifier.
         let wide = ScanParser::new(r".+", DEFAULT_MAX_LEN).unwrap();
         assert!(matches!(wide.parse(b"SN 1"), Err(ScanRejected::Serial(_))));
+    }
+
+    #[test]
+    fn a_malformed_badge_scan_never_shows_the_code() {
+        let p = parser();
+        let code = "4711-secret";
+        let mut long = format!("OP:{code}").into_bytes();
+        long.resize(200, b'x');
+        let mut cut = LineSplitter::new(16);
+        let lines = cut.feed(format!("  OP:{code}{code}\r").as_bytes());
+        let rejections = [
+            // Line noise in a badge scan, a badge too long for a label, a lower-case prefix
+            // (a scanner's caps lock) that makes it read as a serial.
+            p.parse(format!("OP:{code}\x07").as_bytes()).unwrap_err(),
+            p.parse(&long).unwrap_err(),
+            p.parse(format!("op:{code}").as_bytes()).unwrap_err(),
+        ];
+        for e in &rejections {
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("4711"), "{shown}");
+            assert!(shown.contains("<badge code, "), "{shown}");
+        }
+        assert_eq!(
+            rejections[0].to_string(),
+            r#"scan contains binary data: "OP:<badge code, 12 bytes, not shown>""#
+        );
+        assert!(
+            rejections[2]
+                .to_string()
+                .starts_with(r#""op:<badge code, 11 bytes"#)
+        );
+        let shown = format!("{lines:?} {cut:?}");
+        assert!(!shown.contains("4711"), "{shown}");
+        assert!(shown.contains("TooLong { len: 27, "), "{shown}");
+        // A whole badge line, as the splitter hands it on, and the debouncer that saw it.
+        let mut d = Debouncer::new(Duration::from_millis(500));
+        let line = cut.feed(format!("OP:{code}\r").as_bytes());
+        assert!(d.accept(format!("OP:{code}").as_bytes(), Instant::now()));
+        let shown = format!("{line:?} {d:?}");
+        assert!(!shown.contains("4711"), "{shown}");
+        assert!(
+            shown.starts_with(r#"[Complete("OP:<badge code, 11 bytes"#),
+            "{shown}"
+        );
+        assert!(!shown.contains("last: "), "{shown}");
     }
 
     #[test]

@@ -205,10 +205,8 @@ fn handle(
             }
             match parser.parse(&bytes) {
                 Ok(scan) => ScannerEvent::Scan { fixture, scan },
-                Err(reason) => {
-                    tracing::warn!(%fixture, %reason, "scan rejected");
-                    ScannerEvent::Rejected { fixture, reason }
-                }
+                // Logged by whoever receives the event (`station serve`), once.
+                Err(reason) => ScannerEvent::Rejected { fixture, reason },
             }
         }
     }

@@ -94,19 +94,34 @@ fn enrollment_group_and_registration_commands() {
     assert!(ok);
     assert!(out.contains("\"registrationId\": \"tpm-1\""));
     let gk = "O+H9VTcdJP0Tqkl7bh4nVG0OJNrAataMpuWB54D0VEc=";
-    let (ok, _, err) = run_dps(&[
-        "group",
-        "create",
-        "--data",
-        &d,
-        "--enrollment-group-id",
-        "g-1",
-        "--attestation-type",
-        "symmetrickey",
-        "--primary-key",
-        gk,
-    ]);
+    let create_group = |extra: &[&str]| {
+        let mut args = vec![
+            "group",
+            "create",
+            "--data",
+            &d,
+            "--enrollment-group-id",
+            "g-1",
+            "--attestation-type",
+            "symmetrickey",
+            "--primary-key",
+            gk,
+        ];
+        args.extend_from_slice(extra);
+        run_dps(&args)
+    };
+    // The answer to a create leaves the keys out (the secondary one was generated) and says so.
+    let (ok, out, err) = create_group(&[]);
     assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["attestation"]["type"], "symmetricKey", "{out}");
+    assert!(!out.contains(gk) && !out.contains("ondaryKey"), "{out}");
+    assert!(err.contains("not shown: add --show-keys"), "{err}");
+    let (ok, out, err) = create_group(&["--show-keys"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["attestation"]["symmetricKey"]["primaryKey"], gk, "{out}");
+    assert!(v["attestation"]["symmetricKey"]["secondaryKey"].is_string());
     let (_, out, _) = run_dps(&[
         "group",
         "show",

@@ -14,7 +14,7 @@ use crate::server::store::LinkedHub;
 use crate::server::{ServeOptions, files, open_store};
 
 /// `dps linked-hub ...`
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum LinkedHubCommand {
     /// List linked hubs.
     List {
@@ -47,7 +47,7 @@ pub enum LinkedHubCommand {
 }
 
 /// `dps policy ...`
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum PolicyCommand {
     /// List policies and their rights.
     List {

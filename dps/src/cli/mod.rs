@@ -19,7 +19,7 @@ pub use local::{LinkedHubCommand, PolicyCommand};
 pub use remote::{EnrollmentCommand, GroupCommand, RegistrationCommand, Target};
 
 /// The `dps` program.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(
     name = "dps",
     version,
@@ -32,7 +32,7 @@ pub struct Cli {
 }
 
 /// Subcommands.
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run the DPS-compatible local service.
     Serve(ServeArgs),
@@ -69,7 +69,7 @@ pub enum Command {
 }
 
 /// Options of `dps serve`.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct ServeArgs {
     /// Data directory (created on first start).
     #[arg(long)]

@@ -15,7 +15,7 @@ use crate::wire::{
 };
 
 /// Which DPS to talk to.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct Target {
     /// Service connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).
     #[arg(long, env = "DPS_CONNECTION_STRING", hide_env_values = true)]
@@ -72,7 +72,7 @@ pub enum AttestationKind {
 }
 
 /// Fields shared by enrollment and group creation.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct CommonFields {
     /// Primary symmetric key (generated when absent).
     #[arg(long, hide_env_values = true)]
@@ -101,10 +101,14 @@ pub struct CommonFields {
     /// Replace only at this etag.
     #[arg(long)]
     pub etag: Option<String>,
+    /// Print the symmetric keys in the answer (left out otherwise; `show --show-keys` reads
+    /// them later).
+    #[arg(long)]
+    pub show_keys: bool,
 }
 
 /// `dps enrollment ...`
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum EnrollmentCommand {
     /// Create or replace an individual enrollment.
@@ -164,7 +168,7 @@ pub enum EnrollmentCommand {
 }
 
 /// `dps group ...`
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum GroupCommand {
     /// Create or replace an enrollment group.
@@ -221,7 +225,7 @@ pub enum GroupCommand {
 }
 
 /// `dps registration ...`
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum RegistrationCommand {
     /// Show a registration record.
     Show {
@@ -315,6 +319,15 @@ fn read_pem(p: Option<&PathBuf>) -> Result<String, CliError> {
     })
 }
 
+/// Leaves the keys out of a create's answer unless asked for, and says so.
+fn hide_keys(a: &mut AttestationMechanism, show_keys: bool, what: &str) {
+    if !show_keys && a.clear_symmetric_keys() {
+        eprintln!(
+            "the {what}'s symmetric keys are not shown: add --show-keys, or read them with `dps {what} show --show-keys`"
+        );
+    }
+}
+
 fn symmetric(f: &CommonFields) -> AttestationMechanism {
     AttestationMechanism::symmetric_key(
         f.primary_key.clone().map(KeyText::new),
@@ -351,10 +364,11 @@ pub async fn enrollment(c: EnrollmentCommand) -> Result<(), CliError> {
             e.iot_hubs = s.hubs;
             e.allocation_policy = s.allocation;
             e.provisioning_status = s.status;
-            let out = target
+            let mut out = target
                 .client()?
                 .create_or_update_enrollment(&e, fields.etag.as_deref())
                 .await?;
+            hide_keys(&mut out.attestation, fields.show_keys, "enrollment");
             print(&out)
         }
         EnrollmentCommand::Show {
@@ -425,10 +439,11 @@ pub async fn group(c: GroupCommand) -> Result<(), CliError> {
             g.iot_hubs = s.hubs;
             g.allocation_policy = s.allocation;
             g.provisioning_status = s.status;
-            let out = target
+            let mut out = target
                 .client()?
                 .create_or_update_group(&g, fields.etag.as_deref())
                 .await?;
+            hide_keys(&mut out.attestation, fields.show_keys, "group");
             print(&out)
         }
         GroupCommand::Show {

@@ -64,10 +64,7 @@ impl Record for IndividualEnrollment {
 
 /// Removes symmetric keys and certificate text, keeping the certificate `info`.
 pub fn strip_secrets(a: &mut AttestationMechanism) {
-    if let Some(sk) = a.symmetric_key.as_mut() {
-        sk.primary_key = None;
-        sk.secondary_key = None;
-    }
+    a.clear_symmetric_keys();
     if let Some(x) = a.x509.as_mut() {
         for c in [
             x.client_certificates.as_mut(),

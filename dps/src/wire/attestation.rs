@@ -52,6 +52,16 @@ pub struct AttestationMechanism {
 }
 
 impl AttestationMechanism {
+    /// Removes the symmetric keys, for output that must not show them. Whether there were any.
+    pub fn clear_symmetric_keys(&mut self) -> bool {
+        self.symmetric_key.as_mut().is_some_and(|sk| {
+            let had = sk.primary_key.is_some() || sk.secondary_key.is_some();
+            sk.primary_key = None;
+            sk.secondary_key = None;
+            had
+        })
+    }
+
     /// A TPM attestation with the given base64 TPM2B_PUBLIC of the EK.
     #[must_use]
     pub fn tpm(endorsement_key: impl Into<String>) -> Self {

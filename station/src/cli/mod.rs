@@ -84,7 +84,8 @@ pub enum Command {
     /// Enrollment groups in DPS and their keys in the HSM.
     #[command(subcommand)]
     Group(group::GroupCommand),
-    /// The outbox: queue status, drain now, requeue a resolved conflict.
+    /// The outbox: queue status, drain now, requeue a resolved conflict; air-gapped export,
+    /// delivery and receipt.
     Upload(upload::UploadArgs),
 }
 

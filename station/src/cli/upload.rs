@@ -1,18 +1,20 @@
 //! `station upload --status | --now | --requeue ID`: the outbox toward DPS (and later other
-//! destinations).
+//! destinations); `--export FILE | --deliver FILE | --receipt FILE`: the same delivery carried
+//! by hand to a place where DPS is reachable (`outbox::transfer`).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args};
 
 use super::{ActorArg, CliError, Context};
-use crate::outbox::{self, Uploader};
+use crate::outbox::{self, Uploader, transfer};
 use crate::store::audit::{self, AuditEvent};
 use crate::store::sql;
 
 /// What to do with the outbox.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["status", "now", "requeue"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["status", "now", "requeue", "export", "deliver", "receipt"])))]
 pub struct UploadArgs {
     /// Show queue depth, oldest age, attempts, errors and conflicts per destination (offline).
     #[arg(long)]
@@ -23,6 +25,44 @@ pub struct UploadArgs {
     /// Put a conflict row back in the queue, once a supervisor resolved it at the destination.
     #[arg(long, value_name = "ID")]
     pub requeue: Option<i64>,
+    /// Air-gapped transfer: write every row of a DPS target that waits (outside an export) to
+    /// FILE, for `--deliver` where DPS is reachable; the uploader leaves them alone until
+    /// `--receipt`. FILE holds symmetric-key units' keys: carry it as a secret, delete it once
+    /// delivered.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+    /// With --export: the DPS target (needed when more than one is configured).
+    #[arg(long, value_name = "NAME", requires = "export")]
+    pub target: Option<String>,
+    /// With --export: write the rows still travelling in this export again (its file was lost).
+    #[arg(
+        long,
+        value_name = "EXPORT_ID",
+        requires = "export",
+        conflicts_with = "target"
+    )]
+    pub again: Option<String>,
+    /// Deliver an export file to DPS, where DPS is reachable (no station home needed), and
+    /// write its receipt (default: FILE.receipt) to carry back for `--receipt`.
+    #[arg(long, value_name = "FILE")]
+    pub deliver: Option<PathBuf>,
+    /// With --deliver: the file holding the DPS service connection string (else the
+    /// environment variable DPS_CONNECTION_STRING).
+    #[arg(long, value_name = "FILE", requires = "deliver")]
+    pub connection_string_file: Option<PathBuf>,
+    /// With --deliver: extra CA certificates (PEM) to trust for the service.
+    #[arg(long, value_name = "PEM", requires = "deliver")]
+    pub ca_file: Option<PathBuf>,
+    /// With --deliver: where to write the receipt.
+    #[arg(long, value_name = "FILE", requires = "deliver")]
+    pub write_receipt: Option<PathBuf>,
+    /// With --deliver: individual enrollments per bulk operation (1 to 10).
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "deliver")]
+    pub batch: usize,
+    /// Record a delivery's receipt: each exported row delivered, in conflict, or back in the
+    /// queue.
+    #[arg(long, value_name = "FILE")]
+    pub receipt: Option<PathBuf>,
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -42,9 +82,30 @@ pub enum UploadCliError {
     /// JSON output failed.
     #[error("cannot encode the output as JSON")]
     Json(#[source] serde_json::Error),
+    /// An export, delivery or receipt failed.
+    #[error(transparent)]
+    Transfer(#[from] transfer::TransferError),
+    /// --target names no configured target.
+    #[error(transparent)]
+    Target(#[from] crate::dps_target::TargetError),
+    /// --export without --target while several targets are configured.
+    #[error("name the DPS target with --target (configured: {0})")]
+    WhichTarget(String),
+    /// --deliver without a connection string.
+    #[error(
+        "give the DPS service connection string with --connection-string-file FILE or in DPS_CONNECTION_STRING"
+    )]
+    NoConnectionString,
+    /// The connection string could not be read or used (never quoted: it holds the key).
+    #[error("the DPS service connection string {0}")]
+    ConnectionString(String),
 }
 
 pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError> {
+    if let Some(file) = &args.deliver {
+        // Where DPS is reachable: no station home, config or HSM.
+        return deliver(args, file);
+    }
     let loaded = ctx.config()?;
     let config = &loaded.config;
     if let Some(id) = args.requeue {
@@ -77,18 +138,16 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
         println!("outbox row #{id} requeued; it is delivered at the next pass");
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(out) = &args.export {
+        return export(ctx, config, args, out);
+    }
+    if let Some(file) = &args.receipt {
+        return receipt(ctx, config, args, file);
+    }
     if args.now {
         // Sealed rows (symmetric keys) need the HSM's outbox key; without the HSM they wait,
         // with an error naming the missing cipher, and everything else is delivered.
-        let hsm = crate::ca::service::open_hsm(&ctx.home, config)
-            .and_then(|h| crate::ca::service::open_ca_token(&h, &ctx.home, config).map(|s| (h, s)));
-        let hsm = match hsm {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                eprintln!("warning: the HSM is not reachable ({e}); sealed rows stay queued");
-                None
-            }
-        };
+        let hsm = open_hsm(ctx, config, "sealed rows stay queued");
         let cipher = hsm
             .as_ref()
             .and_then(|(_, s)| crate::keys::OutboxCipher::new(s).ok());
@@ -136,8 +195,7 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
     let store = ctx.open_store(config)?;
     let st = outbox::status(store.conn())?;
     if args.json {
-        let text = serde_json::to_string_pretty(&st).map_err(UploadCliError::Json)?;
-        println!("{text}");
+        print_json(&st)?;
         return Ok(ExitCode::SUCCESS);
     }
     if st.queues.is_empty() {
@@ -150,12 +208,13 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
             .oldest_age_s
             .map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
         println!(
-            "{} {}: pending {} (failing {}, max attempts {}), conflicts {}, delivered {}, oldest pending {}",
+            "{} {}: pending {} (failing {}, max attempts {}, in an export {}), conflicts {}, delivered {}, oldest pending {}",
             q.destination,
             q.kind,
             q.pending,
             q.failing,
             q.max_attempts,
+            q.in_export,
             q.conflicts,
             q.done,
             oldest
@@ -163,6 +222,24 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
         if let Some(e) = &q.last_error {
             println!("  last error: {e}");
         }
+        let export_only = q
+            .destination
+            .strip_prefix("dps:")
+            .and_then(|t| config.dps.targets.get(t))
+            .is_some_and(|t| t.delivery == crate::config::Delivery::Export);
+        if export_only && q.pending > q.in_export {
+            println!(
+                "  delivery = \"export\": {} rows wait for `station upload --export FILE --target {}`",
+                q.pending - q.in_export,
+                q.destination.trim_start_matches("dps:")
+            );
+        }
+    }
+    for e in &st.exports {
+        println!(
+            "export {} to {}: {} of {} rows still travelling (file {}, written {} by {}); apply its receipt with `station upload --receipt FILE`",
+            e.id, e.target, e.travelling, e.rows, e.file_name, e.created_at, e.created_by
+        );
     }
     if !st.conflicts.is_empty() {
         println!("conflicts (a supervisor must resolve each, then `station upload --requeue ID`):");
@@ -174,4 +251,215 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(v).map_err(UploadCliError::Json)?;
+    println!("{text}");
+    Ok(())
+}
+
+type HsmPair = (crate::hsm::Hsm, crate::hsm::TokenSession);
+
+/// The HSM and the CA token's session, for the outbox cipher; a warning (ending in `then`)
+/// when it is not reachable.
+fn open_hsm(ctx: &Context, config: &crate::config::Config, then: &str) -> Option<HsmPair> {
+    let hsm = crate::ca::service::open_hsm(&ctx.home, config)
+        .and_then(|h| crate::ca::service::open_ca_token(&h, &ctx.home, config).map(|s| (h, s)));
+    match hsm {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            eprintln!("warning: the HSM is not reachable ({e}); {then}");
+            None
+        }
+    }
+}
+
+fn export(
+    ctx: &Context,
+    config: &crate::config::Config,
+    args: &UploadArgs,
+    out: &Path,
+) -> Result<ExitCode, CliError> {
+    let actor = args.actor.resolve()?;
+    let target;
+    let rows = if let Some(id) = &args.again {
+        transfer::ExportRows::Again(id)
+    } else {
+        target = export_target(config, args.target.as_deref())?;
+        transfer::ExportRows::Target(&target)
+    };
+    // Sealed rows (symmetric keys) are opened with the HSM's outbox key.
+    let hsm = open_hsm(ctx, config, "rows holding keys cannot be exported");
+    let cipher = hsm
+        .as_ref()
+        .and_then(|(_, s)| crate::keys::OutboxCipher::new(s).ok());
+    let mut store = ctx.open_store(config)?;
+    let scope = |t: &str| config.dps.targets.get(t).map(|t| t.id_scope.clone());
+    let s = transfer::export(
+        &mut store,
+        &config.station_id(),
+        cipher
+            .as_ref()
+            .map(|c| c as &dyn crate::outbox::PayloadCipher),
+        &rows,
+        scope,
+        out,
+        &actor,
+    )
+    .map_err(UploadCliError::from)?;
+    ctx.seal_audit(config, &mut store);
+    if args.json {
+        print_json(&s)?;
+    } else {
+        println!(
+            "export {} to DPS target {}: {} individual enrollments, {} group members, written to {} (sha256 {})",
+            s.export_id,
+            s.target,
+            s.individuals,
+            s.group_members,
+            s.file.display(),
+            s.sha256
+        );
+        println!(
+            "deliver it where DPS is reachable: station upload --deliver {} --connection-string-file FILE; then bring the receipt back: station upload --receipt FILE",
+            s.file.display()
+        );
+    }
+    if s.with_keys > 0 {
+        eprintln!(
+            "{} holds the symmetric keys of {} units in clear: carry it as a secret and delete it once delivered",
+            s.file.display(),
+            s.with_keys
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The target named, or the only one configured.
+fn export_target(config: &crate::config::Config, named: Option<&str>) -> Result<String, CliError> {
+    if let Some(t) = named {
+        crate::dps_target::target(config, t).map_err(UploadCliError::from)?;
+        return Ok(t.to_owned());
+    }
+    let names: Vec<&str> = config.dps.targets.keys().map(String::as_str).collect();
+    match names.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(UploadCliError::WhichTarget("none".into()).into()),
+        _ => Err(UploadCliError::WhichTarget(names.join(", ")).into()),
+    }
+}
+
+fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
+    use dps::client::{ClientOptions, RetryPolicy, ServiceClient};
+    let export = transfer::read_export(file).map_err(UploadCliError::from)?;
+    let text = match &args.connection_string_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            UploadCliError::ConnectionString(format!("file {} cannot be read: {e}", p.display()))
+        })?,
+        None => std::env::var("DPS_CONNECTION_STRING")
+            .map_err(|_| UploadCliError::NoConnectionString)?,
+    };
+    let cs: dps::sas::ConnectionString = text
+        .trim()
+        .parse()
+        .map_err(|e| UploadCliError::ConnectionString(format!("is not valid: {e}")))?;
+    let client = ServiceClient::new(
+        cs,
+        ClientOptions {
+            extra_ca_file: args.ca_file.clone(),
+            retry: RetryPolicy {
+                max_attempts: 5,
+                ..RetryPolicy::default()
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .map_err(|e| UploadCliError::ConnectionString(format!("cannot be used: {e}")))?;
+    let receipt = args.write_receipt.clone().unwrap_or_else(|| {
+        let mut p = file.as_os_str().to_owned();
+        p.push(".receipt");
+        PathBuf::from(p)
+    });
+    let (id, target, rows) = (
+        export.header.export_id.clone(),
+        export.header.target.clone(),
+        export.items.len(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UploadCliError::from(outbox::UploadError::Runtime(e)))?;
+    let s = rt
+        .block_on(transfer::deliver(&client, export, args.batch, &receipt))
+        .map_err(UploadCliError::from)?;
+    if args.json {
+        print_json(&s)?;
+    } else {
+        println!(
+            "export {id} ({rows} rows for DPS target {target}): delivered {} ({} already in DPS as the station's), failed {}, conflicts {}, bulk calls {}",
+            s.delivered, s.recovered, s.retrying, s.conflicts, s.bulk_calls
+        );
+        println!(
+            "receipt written to {}: carry it back and run `station upload --receipt {}` on the station",
+            receipt.display(),
+            receipt.display()
+        );
+    }
+    Ok(if s.retrying + s.conflicts == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn receipt(
+    ctx: &Context,
+    config: &crate::config::Config,
+    args: &UploadArgs,
+    file: &Path,
+) -> Result<ExitCode, CliError> {
+    let actor = args.actor.resolve()?;
+    let r = transfer::read_receipt(file).map_err(UploadCliError::from)?;
+    let mut store = ctx.open_store(config)?;
+    let s = transfer::apply_receipt(
+        &mut store,
+        &config.station_id(),
+        r,
+        &outbox::Backoff::from_config(&config.upload),
+        &actor,
+    )
+    .map_err(UploadCliError::from)?;
+    ctx.seal_audit(config, &mut store);
+    if args.json {
+        print_json(&s)?;
+    } else {
+        let rep = &s.report;
+        println!(
+            "receipt of export {}: delivered {} ({} already in DPS as the station's), back in the queue {}, conflicts {}, left alone {}, still travelling {}",
+            s.export_id,
+            rep.delivered,
+            rep.recovered,
+            rep.retrying,
+            rep.conflicts,
+            s.skipped.len(),
+            s.still_travelling
+        );
+        for f in &rep.failures {
+            let what = if f.conflict {
+                "conflict"
+            } else {
+                "back in the queue"
+            };
+            println!("  #{} {} {what}: {}", f.id, f.item_key, f.error);
+        }
+        for k in &s.skipped {
+            println!("  left alone: {k}");
+        }
+    }
+    Ok(if s.report.retrying + s.report.conflicts == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -23,8 +23,14 @@ pub struct DpsConfig {
 pub struct DpsTarget {
     /// File holding the service connection string (`HostName=...;SharedAccessKeyName=...;
     /// SharedAccessKey=...`), relative to the home; keep it mode 0600. The key never goes in
-    /// this file.
-    pub connection_string_file: PathBuf,
+    /// this file. Required unless `delivery = "export"`.
+    #[serde(default)]
+    pub connection_string_file: Option<PathBuf>,
+    /// How the target's rows reach DPS: `online` (the uploader, default) or `export` (an
+    /// air-gapped station: the uploader leaves them alone and they leave with
+    /// `station upload --export`).
+    #[serde(default)]
+    pub delivery: Delivery,
     /// The ID scope devices register under (written to symmetric-key units).
     pub id_scope: String,
     /// The device registration endpoint host (written to symmetric-key units).
@@ -38,6 +44,17 @@ pub struct DpsTarget {
     /// 0: no budget (the service's 429s still slow the uploader down).
     #[serde(default)]
     pub ops_per_min: u32,
+}
+
+/// How a DPS target's rows reach it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// The uploader of `station serve` (or `station upload --now`) sends them.
+    #[default]
+    Online,
+    /// The station cannot reach DPS: rows wait for `station upload --export`.
+    Export,
 }
 
 fn default_global_endpoint() -> String {
@@ -193,6 +210,13 @@ pub(super) fn check(
             return Err(invalid(
                 format!("dps.targets.{name}"),
                 "a target name is 1 to 64 ASCII letters, digits and - _".into(),
+            ));
+        }
+        if t.delivery == Delivery::Online && t.connection_string_file.is_none() {
+            return Err(invalid(
+                format!("dps.targets.{name}.connection_string_file"),
+                "is required (or set delivery = \"export\" for a station that cannot reach DPS)"
+                    .into(),
             ));
         }
         if t.id_scope.trim().is_empty() {

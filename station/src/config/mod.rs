@@ -13,7 +13,7 @@ use crate::ids::StationId;
 use crate::logging::LogFormat;
 
 mod line;
-pub use line::{DpsConfig, DpsTarget, FixtureConfig, LineConfig, UploadConfig};
+pub use line::{Delivery, DpsConfig, DpsTarget, FixtureConfig, LineConfig, UploadConfig};
 
 /// The reference configuration, written by `station init` as `station.toml`.
 pub const REFERENCE: &str = include_str!("reference.toml");

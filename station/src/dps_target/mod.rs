@@ -21,6 +21,11 @@ pub enum TargetError {
         /// The names configured.
         known: String,
     },
+    /// The target is delivered by export only.
+    #[error(
+        "DPS target {0} has no connection string (delivery = \"export\"): its rows leave with `station upload --export`; do this where DPS is reachable"
+    )]
+    ExportOnly(String),
     /// The connection string file could not be read.
     #[error("DPS target {name}: cannot read connection_string_file {path}")]
     ReadConnectionString {
@@ -88,7 +93,11 @@ pub fn client_with(
     tweak: impl FnOnce(&mut ClientOptions),
 ) -> Result<ServiceClient, TargetError> {
     let t = target(cfg, name)?;
-    let path = home.resolve(&t.connection_string_file);
+    let path = home.resolve(
+        t.connection_string_file
+            .as_ref()
+            .ok_or_else(|| TargetError::ExportOnly(name.to_owned()))?,
+    );
     let text =
         std::fs::read_to_string(&path).map_err(|source| TargetError::ReadConnectionString {
             name: name.to_owned(),

@@ -393,8 +393,30 @@ fn differs(ours: &AttestationMechanism, theirs: &AttestationMechanism) -> Option
     }
 }
 
+/// The outcome for each group of these group members: each group read once; when the target
+/// is already known to be down (`down`), not tried.
+pub(super) async fn member_groups<'g>(
+    client: &ServiceClient,
+    target: &str,
+    group_ids: impl Iterator<Item = &'g String>,
+    down: Option<&str>,
+) -> HashMap<String, Outcome> {
+    let groups: Vec<String> = group_ids
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    match down {
+        Some(d) => groups
+            .into_iter()
+            .map(|g| (g, super::uploader::not_reached(target, d)))
+            .collect(),
+        None => group_etags(client, target, &groups).await.0,
+    }
+}
+
 /// Confirms each group exists in the target; one GET per group, shared by its members.
-pub(super) async fn group_etags(
+async fn group_etags(
     client: &ServiceClient,
     target: &str,
     groups: &[String],

@@ -8,6 +8,7 @@
 //! before they reach the database and erased once delivered.
 
 pub mod dps;
+pub mod transfer;
 pub mod uploader;
 
 pub use uploader::{UploadError, UploadReport, UploadSignal, Uploader};
@@ -158,6 +159,8 @@ pub struct Item {
     pub last_error: Option<String>,
     /// The destination's version of the delivered item (a DPS etag).
     pub etag: Option<String>,
+    /// The export (air-gapped transfer) the row travels in; the uploader leaves it alone.
+    pub export_id: Option<String>,
 }
 
 impl std::fmt::Debug for Item {
@@ -175,6 +178,7 @@ impl std::fmt::Debug for Item {
             .field("next_attempt_at", &self.next_attempt_at)
             .field("last_error", &self.last_error)
             .field("etag", &self.etag)
+            .field("export_id", &self.export_id)
             .finish()
     }
 }
@@ -220,7 +224,7 @@ impl Item {
 }
 
 const ITEM_COLUMNS: &str = "id, destination, kind, item_key, unit_id, payload, sealed, state,
-    attempts, created_at, next_attempt_at, last_error, etag";
+    attempts, created_at, next_attempt_at, last_error, etag, export_id";
 
 fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let state: String = r.get(7)?;
@@ -238,27 +242,46 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         next_attempt_at: r.get(10)?,
         last_error: r.get(11)?,
         etag: r.get(12)?,
+        export_id: r.get(13)?,
     })
 }
 
-/// Pending rows of these kinds due at `now` (oldest first, at most `limit`).
+/// `AND destination NOT IN (...)` for `held` (empty when none), with its arguments.
+fn not_held(held: &[String]) -> String {
+    if held.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " AND destination NOT IN ({})",
+            vec!["?"; held.len()].join(", ")
+        )
+    }
+}
+
+/// Pending rows of these kinds due at `now` (oldest first, at most `limit`). Rows travelling
+/// in an export, and rows of the `held` destinations (delivered by export only), are not due.
 pub fn due(
     conn: &Connection,
     kinds: &[&str],
+    held: &[String],
     now: &str,
     limit: usize,
 ) -> Result<Vec<Item>, StoreError> {
     let marks = vec!["?"; kinds.len()].join(", ");
     let mut st = conn
         .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM outbox WHERE state = 'pending'
+            "SELECT {ITEM_COLUMNS} FROM outbox WHERE state = 'pending' AND export_id IS NULL
              AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
-             AND kind IN ({marks}) ORDER BY id LIMIT {limit}"
+             AND kind IN ({marks}){} ORDER BY id LIMIT {limit}",
+            not_held(held)
         ))
         .map_err(sql("read due outbox rows"))?;
     let mut args: Vec<&dyn rusqlite::ToSql> = vec![&now];
     for k in kinds {
         args.push(k);
+    }
+    for h in held {
+        args.push(h);
     }
     st.query_map(args.as_slice(), item_from_row)
         .and_then(Iterator::collect)
@@ -285,14 +308,23 @@ pub fn undelivered(conn: &Connection, kinds: &[&str]) -> Result<i64, StoreError>
     .map_err(sql("count undelivered outbox rows"))
 }
 
-/// The earliest `next_attempt_at` of a pending row of these kinds, if any.
-pub fn next_due(conn: &Connection, kinds: &[&str]) -> Result<Option<String>, StoreError> {
+/// The earliest `next_attempt_at` of a row of these kinds that [`due`] would take, if any.
+pub fn next_due(
+    conn: &Connection,
+    kinds: &[&str],
+    held: &[String],
+) -> Result<Option<String>, StoreError> {
     let marks = vec!["?"; kinds.len()].join(", ");
-    let args: Vec<&dyn rusqlite::ToSql> = kinds.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+    let mut args: Vec<&dyn rusqlite::ToSql> =
+        kinds.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+    for h in held {
+        args.push(h);
+    }
     conn.query_row(
         &format!(
             "SELECT min(coalesce(next_attempt_at, created_at)) FROM outbox
-             WHERE state = 'pending' AND kind IN ({marks})"
+             WHERE state = 'pending' AND export_id IS NULL AND kind IN ({marks}){}",
+            not_held(held)
         ),
         args.as_slice(),
         |r| r.get(0),
@@ -409,8 +441,10 @@ pub struct QueueStatus {
     pub destination: String,
     /// Kind.
     pub kind: String,
-    /// Rows waiting.
+    /// Rows waiting (including those in an export).
     pub pending: i64,
+    /// Waiting rows that travel in an export (air-gapped transfer) until its receipt.
+    pub in_export: i64,
     /// Waiting rows that failed at least once.
     pub failing: i64,
     /// Rows waiting for a supervisor.
@@ -442,6 +476,25 @@ pub struct ConflictRow {
     pub message: String,
 }
 
+/// An export (air-gapped transfer) with rows still travelling.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OpenExport {
+    /// The export's id.
+    pub id: String,
+    /// Its DPS target.
+    pub target: String,
+    /// When it was written.
+    pub created_at: String,
+    /// Who wrote it.
+    pub created_by: String,
+    /// The file's name.
+    pub file_name: String,
+    /// Rows written.
+    pub rows: i64,
+    /// Rows still waiting for its receipt.
+    pub travelling: i64,
+}
+
 /// The outbox at a glance.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
@@ -449,6 +502,8 @@ pub struct Status {
     pub queues: Vec<QueueStatus>,
     /// Every conflict row.
     pub conflicts: Vec<ConflictRow>,
+    /// Exports with rows still travelling.
+    pub exports: Vec<OpenExport>,
 }
 
 impl Status {
@@ -470,29 +525,32 @@ pub fn status(conn: &Connection) -> Result<Status, StoreError> {
         .prepare(
             "SELECT destination, kind,
                 sum(state = 'pending'), sum(state = 'pending' AND attempts > 0),
+                sum(state = 'pending' AND export_id IS NOT NULL),
                 sum(state = 'conflict'), sum(state = 'done'),
                 min(CASE WHEN state = 'pending' THEN created_at END),
                 coalesce(max(CASE WHEN state = 'pending' THEN attempts END), 0),
                 (SELECT o2.last_error FROM outbox o2 WHERE o2.destination = o.destination
                     AND o2.kind = o.kind AND o2.state = 'pending' AND o2.last_error IS NOT NULL
+                    AND o2.export_id IS NULL
                     ORDER BY o2.last_attempt_at DESC, o2.id DESC LIMIT 1)
              FROM outbox o GROUP BY destination, kind ORDER BY destination, kind",
         )
         .map_err(sql("read outbox status"))?;
     let queues = st
         .query_map([], |r| {
-            let oldest: Option<String> = r.get(6)?;
+            let oldest: Option<String> = r.get(7)?;
             Ok(QueueStatus {
                 destination: r.get(0)?,
                 kind: r.get(1)?,
                 pending: r.get(2)?,
                 failing: r.get(3)?,
-                conflicts: r.get(4)?,
-                done: r.get(5)?,
+                in_export: r.get(4)?,
+                conflicts: r.get(5)?,
+                done: r.get(6)?,
                 oldest_age_s: oldest.as_deref().and_then(age_s),
                 oldest_pending_at: oldest,
-                max_attempts: r.get(7)?,
-                last_error: r.get(8)?,
+                max_attempts: r.get(8)?,
+                last_error: r.get(9)?,
             })
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
@@ -515,7 +573,33 @@ pub fn status(conn: &Connection) -> Result<Status, StoreError> {
         })
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(sql("read outbox conflicts"))?;
-    Ok(Status { queues, conflicts })
+    let mut st = conn
+        .prepare(
+            "SELECT e.id, e.target, e.created_at, e.created_by, e.file_name, e.row_count,
+                count(o.id)
+             FROM exports e JOIN outbox o ON o.export_id = e.id AND o.state = 'pending'
+             GROUP BY e.id ORDER BY e.created_at",
+        )
+        .map_err(sql("read open exports"))?;
+    let exports = st
+        .query_map([], |r| {
+            Ok(OpenExport {
+                id: r.get(0)?,
+                target: r.get(1)?,
+                created_at: r.get(2)?,
+                created_by: r.get(3)?,
+                file_name: r.get(4)?,
+                rows: r.get(5)?,
+                travelling: r.get(6)?,
+            })
+        })
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(sql("read open exports"))?;
+    Ok(Status {
+        queues,
+        conflicts,
+        exports,
+    })
 }
 
 #[cfg(test)]
@@ -569,8 +653,8 @@ mod tests {
         }
         tx.commit().unwrap();
         let far = "9999-01-01T00:00:00.000000Z";
-        assert_eq!(due(s.conn(), &["k"], far, 10).unwrap().len(), 3);
-        assert!(due(s.conn(), &["other"], far, 10).unwrap().is_empty());
+        assert_eq!(due(s.conn(), &["k"], &[], far, 10).unwrap().len(), 3);
+        assert!(due(s.conn(), &["other"], &[], far, 10).unwrap().is_empty());
         let b = Backoff {
             min: Duration::from_secs(60),
             max: Duration::from_secs(600),
@@ -581,8 +665,12 @@ mod tests {
         mark_conflict(&tx, ids[2], "not ours").unwrap();
         tx.commit().unwrap();
         // The failed row is not due now, only after its back-off.
-        assert!(due(s.conn(), &["k"], &now_utc(), 10).unwrap().is_empty());
-        assert_eq!(due(s.conn(), &["k"], far, 10).unwrap()[0].id, ids[1]);
+        assert!(
+            due(s.conn(), &["k"], &[], &now_utc(), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(due(s.conn(), &["k"], &[], far, 10).unwrap()[0].id, ids[1]);
         let done = get(s.conn(), ids[0]).unwrap().unwrap();
         assert_eq!(done.state, RowState::Done);
         assert!(done.payload.is_none());
@@ -600,6 +688,9 @@ mod tests {
         assert!(requeue(&tx, ids[2]).unwrap());
         assert!(!requeue(&tx, ids[0]).unwrap());
         tx.commit().unwrap();
-        assert_eq!(due(s.conn(), &["k"], &now_utc(), 10).unwrap()[0].id, ids[2]);
+        assert_eq!(
+            due(s.conn(), &["k"], &[], &now_utc(), 10).unwrap()[0].id,
+            ids[2]
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! own payload cipher; `station serve` spawns [`Uploader::run`], `station upload --now` calls
 //! [`Uploader::drain_once`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,10 +15,10 @@ use serde::Serialize;
 
 use super::dps::{
     GroupMemberPayload, IndividualPayload, KIND_INDIVIDUAL, KINDS, Outcome, deliver_individuals,
-    group_etags,
+    member_groups,
 };
 use super::{Backoff, Item, PayloadCipher};
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::dps_target::{self, TargetError};
 use crate::home::Home;
 use crate::ids::StationId;
@@ -170,6 +170,8 @@ pub struct Uploader<'c> {
     backoff: Backoff,
     signal: Option<UploadSignal>,
     sealer: Option<&'c AuditSealer<'c>>,
+    /// Destinations of targets with `delivery = "export"`: their rows wait for an export.
+    held: Vec<String>,
 }
 
 /// Seals the audit checkpoint with the HSM key inside a delivery's transaction.
@@ -200,9 +202,52 @@ fn target_client(home: &Home, cfg: &Config, name: &str) -> Result<ServiceClient,
 }
 
 /// One decoded row waiting for its delivery.
-enum Work {
+pub(super) enum Work {
     Individual(Item, Box<IndividualPayload>),
     GroupMember(Item, GroupMemberPayload),
+}
+
+/// A row's payload opened (with `cipher` when sealed) and parsed: its target and its work; or
+/// the row with the reason it cannot be read (never quoting the payload, which may hold keys).
+pub(super) fn decode(
+    item: Item,
+    cipher: Option<&dyn PayloadCipher>,
+) -> Result<(String, Work), Box<(Item, String)>> {
+    let plain = match item.open_payload(cipher) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = super::dps::chain(&e);
+            return Err(Box::new((item, msg)));
+        }
+    };
+    // Position only: serde's message may quote a value, and the payload may hold keys.
+    let bad = |e: serde_json::Error| {
+        format!(
+            "outbox row #{}: payload is not a valid {} ({:?} error at line {}, column {})",
+            item.id,
+            item.kind,
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    };
+    if item.kind == KIND_INDIVIDUAL {
+        match serde_json::from_slice::<IndividualPayload>(&plain) {
+            Ok(p) => Ok((p.target.clone(), Work::Individual(item, Box::new(p)))),
+            Err(e) => {
+                let m = bad(e);
+                Err(Box::new((item, m)))
+            }
+        }
+    } else {
+        match serde_json::from_slice::<GroupMemberPayload>(&plain) {
+            Ok(p) => Ok((p.target.clone(), Work::GroupMember(item, p))),
+            Err(e) => {
+                let m = bad(e);
+                Err(Box::new((item, m)))
+            }
+        }
+    }
 }
 
 impl<'c> Uploader<'c> {
@@ -223,11 +268,19 @@ impl<'c> Uploader<'c> {
             .enable_all()
             .build()
             .map_err(UploadError::Runtime)?;
+        let held = cfg
+            .dps
+            .targets
+            .iter()
+            .filter(|(_, t)| t.delivery == Delivery::Export)
+            .map(|(name, _)| super::dps::destination(name))
+            .collect();
         let clients = cfg
             .dps
             .targets
-            .keys()
-            .map(|name| {
+            .iter()
+            .filter(|(_, t)| t.delivery == Delivery::Online)
+            .map(|(name, _)| {
                 let c = target_client(home, cfg, name).map_err(|e| super::dps::chain(&e));
                 (name.clone(), c)
             })
@@ -243,6 +296,7 @@ impl<'c> Uploader<'c> {
             backoff: Backoff::from_config(&cfg.upload),
             signal: None,
             sealer: None,
+            held,
         })
     }
 
@@ -271,11 +325,17 @@ impl<'c> Uploader<'c> {
     /// One pass over every due row: delivers what it can, schedules retries, flags conflicts.
     pub fn drain_once(&mut self) -> Result<UploadReport, UploadError> {
         let mut report = UploadReport::default();
-        let rows = super::due(self.store.conn(), &KINDS, &now_utc(), ROWS_PER_PASS)?;
+        let rows = super::due(
+            self.store.conn(),
+            &KINDS,
+            &self.held,
+            &now_utc(),
+            ROWS_PER_PASS,
+        )?;
         let mut work: BTreeMap<String, Vec<Work>> = BTreeMap::new();
         let mut unreadable = Vec::new();
         for item in rows {
-            match self.decode(item) {
+            match decode(item, self.cipher) {
                 Ok((target, w)) => work.entry(target).or_default().push(w),
                 Err(bad) => {
                     let (item, error) = *bad;
@@ -312,44 +372,6 @@ impl<'c> Uploader<'c> {
         }
         report.remaining = super::undelivered(self.store.conn(), &KINDS)?;
         Ok(report)
-    }
-
-    fn decode(&self, item: Item) -> Result<(String, Work), Box<(Item, String)>> {
-        let plain = match item.open_payload(self.cipher) {
-            Ok(p) => p,
-            Err(e) => {
-                let msg = super::dps::chain(&e);
-                return Err(Box::new((item, msg)));
-            }
-        };
-        // Position only: serde's message may quote a value, and the payload may hold keys.
-        let bad = |e: serde_json::Error| {
-            format!(
-                "outbox row #{}: payload is not a valid {} ({:?} error at line {}, column {})",
-                item.id,
-                item.kind,
-                e.classify(),
-                e.line(),
-                e.column()
-            )
-        };
-        if item.kind == KIND_INDIVIDUAL {
-            match serde_json::from_slice::<IndividualPayload>(&plain) {
-                Ok(p) => Ok((p.target.clone(), Work::Individual(item, Box::new(p)))),
-                Err(e) => {
-                    let m = bad(e);
-                    Err(Box::new((item, m)))
-                }
-            }
-        } else {
-            match serde_json::from_slice::<GroupMemberPayload>(&plain) {
-                Ok(p) => Ok((p.target.clone(), Work::GroupMember(item, p))),
-                Err(e) => {
-                    let m = bad(e);
-                    Err(Box::new((item, m)))
-                }
-            }
-        }
     }
 
     fn fail_all(
@@ -421,22 +443,13 @@ impl<'c> Uploader<'c> {
             self.apply(items.into_iter().zip(outcomes).collect(), report)?;
         }
         if !members.is_empty() {
-            let groups: Vec<String> = members
-                .iter()
-                .map(|(_, g)| g.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let found = if let Some(d) = &down {
-                groups
-                    .iter()
-                    .map(|g| (g.clone(), not_reached(target, d)))
-                    .collect()
-            } else {
-                let Some((found, _)) = self.block_on(group_etags(client, target, &groups)) else {
-                    return Ok(false);
-                };
-                found
+            let Some(found) = self.block_on(member_groups(
+                client,
+                target,
+                members.iter().map(|(_, g)| g),
+                down.as_deref(),
+            )) else {
+                return Ok(false);
             };
             let outcomes = members
                 .into_iter()
@@ -473,54 +486,7 @@ impl<'c> Uploader<'c> {
             .map_err(sql("begin outbox delivery"))?;
         let mut counts = UploadReport::default();
         for (item, outcome) in outcomes {
-            match outcome {
-                Outcome::Delivered { etag, recovered } => {
-                    record_delivery(&tx, &station, &item, &etag, recovered)?;
-                    counts.delivered += 1;
-                    counts.recovered += usize::from(recovered);
-                }
-                Outcome::Retry { error, retry_after } => {
-                    let next = super::mark_retry(&tx, item.id, &error, retry_after, &backoff)?;
-                    tracing::warn!(row = item.id, key = %item.item_key, next_attempt_at = %next, %error, "outbox delivery failed; will retry");
-                    counts.retrying += 1;
-                    counts.failures.push(RowFailure {
-                        id: item.id,
-                        item_key: item.item_key,
-                        error,
-                        conflict: false,
-                    });
-                }
-                Outcome::Conflict { message, details } => {
-                    let message = format!(
-                        "{message}, then run `station upload --requeue {}`)",
-                        item.id
-                    );
-                    super::mark_conflict(&tx, item.id, &message)?;
-                    let mut details = details;
-                    if let Some(o) = details.as_object_mut() {
-                        o.insert("outbox_id".into(), item.id.into());
-                        o.insert("unit_id".into(), item.unit_id.into());
-                    }
-                    audit::append(
-                        &tx,
-                        &station,
-                        &AuditEvent {
-                            actor: ACTOR,
-                            event: "outbox.conflict",
-                            subject: &item.item_key,
-                            details,
-                        },
-                    )?;
-                    tracing::error!(row = item.id, key = %item.item_key, %message, "outbox conflict");
-                    counts.conflicts += 1;
-                    counts.failures.push(RowFailure {
-                        id: item.id,
-                        item_key: item.item_key,
-                        error: message,
-                        conflict: true,
-                    });
-                }
-            }
+            apply_outcome(&tx, &station, item, outcome, &backoff, &mut counts)?;
         }
         if let Some(seal) = sealer
             && let Err(e) = seal(&tx)
@@ -595,14 +561,76 @@ impl<'c> Uploader<'c> {
     }
 
     fn until_next_due(&self) -> Option<Duration> {
-        let next = super::next_due(self.store.conn(), &KINDS).ok()??;
+        let next = super::next_due(self.store.conn(), &KINDS, &self.held).ok()??;
         let at = chrono::DateTime::parse_from_rfc3339(&next).ok()?;
         let d = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
         Some(d.to_std().unwrap_or(Duration::ZERO))
     }
 }
 
-fn not_reached(target: &str, why: &str) -> Outcome {
+/// Records how one row's delivery ended, in the caller's transaction: delivered (row done, unit
+/// uploaded), retried later (with its back-off), or in conflict (audited, for a supervisor).
+/// Shared by the uploader and by an air-gapped transfer's receipt.
+pub(super) fn apply_outcome(
+    tx: &rusqlite::Transaction<'_>,
+    station: &StationId,
+    item: Item,
+    outcome: Outcome,
+    backoff: &Backoff,
+    counts: &mut UploadReport,
+) -> Result<(), UploadError> {
+    match outcome {
+        Outcome::Delivered { etag, recovered } => {
+            record_delivery(tx, station, &item, &etag, recovered)?;
+            counts.delivered += 1;
+            counts.recovered += usize::from(recovered);
+        }
+        Outcome::Retry { error, retry_after } => {
+            let next = super::mark_retry(tx, item.id, &error, retry_after, backoff)?;
+            tracing::warn!(row = item.id, key = %item.item_key, next_attempt_at = %next, %error, "outbox delivery failed; will retry");
+            counts.retrying += 1;
+            counts.failures.push(RowFailure {
+                id: item.id,
+                item_key: item.item_key,
+                error,
+                conflict: false,
+            });
+        }
+        Outcome::Conflict { message, details } => {
+            let message = format!(
+                "{message}, then run `station upload --requeue {}`)",
+                item.id
+            );
+            super::mark_conflict(tx, item.id, &message)?;
+            let mut details = details;
+            if let Some(o) = details.as_object_mut() {
+                o.insert("outbox_id".into(), item.id.into());
+                o.insert("unit_id".into(), item.unit_id.into());
+            }
+            audit::append(
+                tx,
+                station,
+                &AuditEvent {
+                    actor: ACTOR,
+                    event: "outbox.conflict",
+                    subject: &item.item_key,
+                    details,
+                },
+            )?;
+            tracing::error!(row = item.id, key = %item.item_key, %message, "outbox conflict");
+            counts.conflicts += 1;
+            counts.failures.push(RowFailure {
+                id: item.id,
+                item_key: item.item_key,
+                error: message,
+                conflict: true,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn not_reached(target: &str, why: &str) -> Outcome {
     Outcome::Retry {
         error: format!("DPS target {target}: not reached: {why}"),
         retry_after: None,

@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "drop_outbox_pending",
         sql: include_str!("migrations/0008_drop_outbox_pending.sql"),
     },
+    Migration {
+        version: 9,
+        name: "outbox_exports",
+        sql: include_str!("migrations/0009_outbox_exports.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

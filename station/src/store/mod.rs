@@ -761,6 +761,8 @@ mod tests {
     /// The outbox keeps the indexes its queries search (the next test) and no other: each is
     /// written by every queued enrollment and every delivery. Migration 8 dropped
     /// `outbox_pending` (destination, done_at), which no query searched since migration 4.
+    /// `outbox_export` (migration 9) is partial: only rows in an air-gapped export enter it, so
+    /// a unit queued and delivered online never writes it.
     #[test]
     fn the_outbox_keeps_only_the_indexes_its_queries_search() {
         let dir = tempfile::tempdir().unwrap();
@@ -776,7 +778,19 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(names, ["outbox_due", "outbox_unit"]);
+        assert_eq!(names, ["outbox_due", "outbox_export", "outbox_unit"]);
+        let partial: String = store
+            .conn()
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'outbox_export'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            partial.ends_with("WHERE export_id IS NOT NULL"),
+            "{partial}"
+        );
     }
 
     /// The lookups a unit's run and an upload pass make search an index, so their cost does
@@ -819,8 +833,13 @@ mod tests {
                 "state=?",
             ),
             (
-                "SELECT id FROM outbox WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= 'x') AND kind IN ('a') ORDER BY id LIMIT 64",
+                "SELECT id FROM outbox WHERE state = 'pending' AND export_id IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= 'x') AND kind IN ('a') AND destination NOT IN ('dps:b') ORDER BY id LIMIT 64",
                 "state=?",
+            ),
+            // An export's rows (a receipt, an export written again, the status).
+            (
+                "SELECT count(*) FROM outbox WHERE export_id = 'e' AND state = 'pending'",
+                "export_id=?",
             ),
         ] {
             let mut st = store

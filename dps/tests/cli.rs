@@ -316,3 +316,59 @@ fn compute_device_key_matches_the_library() {
         include_str!("vectors/derived-first-device.txt").trim()
     );
 }
+
+#[test]
+fn symmetric_keys_can_come_from_the_environment_instead_of_the_command_line() {
+    let svc = Service::start(&[]);
+    let d = svc.dir.to_str().unwrap().to_owned();
+    let pk = "Jq4lhq2vB7LqkeWZ1C2QPaY9LZ8UXkxuB1nXm1YgKNI=";
+    let sk = "gC9Vh2a0yCBsQw9EYeuGf8Fj1lT2a9Q6pYh1a0uGg1s=";
+    let create = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(support::dps_bin());
+        c.args([
+            "enrollment",
+            "create",
+            "--data",
+            &d,
+            "--registration-id",
+            "env-key-1",
+            "--attestation-type",
+            "symmetrickey",
+            "--show-keys",
+        ])
+        .args(extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A variable that is not set: refused by name, nothing created.
+    let (ok, _, err) = create(&["--primary-key-env", "T_PK_UNSET"], &[]);
+    assert!(
+        !ok && err.contains("environment variable T_PK_UNSET is not set"),
+        "{err}"
+    );
+    // Both keys from the environment: the enrollment holds exactly them.
+    let (ok, out, err) = create(
+        &["--primary-key-env", "T_PK", "--secondary-key-env", "T_SK"],
+        &[("T_PK", pk), ("T_SK", sk)],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["attestation"]["symmetricKey"]["primaryKey"], pk, "{out}");
+    assert_eq!(
+        v["attestation"]["symmetricKey"]["secondaryKey"], sk,
+        "{out}"
+    );
+    // A key given both ways is refused.
+    let (ok, _, err) = create(
+        &["--primary-key", pk, "--primary-key-env", "T_PK"],
+        &[("T_PK", pk)],
+    );
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}

@@ -74,12 +74,20 @@ pub enum AttestationKind {
 /// Fields shared by enrollment and group creation.
 #[derive(Args)]
 pub struct CommonFields {
-    /// Primary symmetric key (generated when absent).
-    #[arg(long, hide_env_values = true)]
+    /// Primary symmetric key (generated when absent). Visible to `ps`: prefer
+    /// --primary-key-env.
+    #[arg(long)]
     pub primary_key: Option<String>,
-    /// Secondary symmetric key (generated when absent).
-    #[arg(long, hide_env_values = true)]
+    /// Read the primary symmetric key from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "primary_key")]
+    pub primary_key_env: Option<String>,
+    /// Secondary symmetric key (generated when absent). Visible to `ps`: prefer
+    /// --secondary-key-env.
+    #[arg(long)]
     pub secondary_key: Option<String>,
+    /// Read the secondary symmetric key from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "secondary_key")]
+    pub secondary_key_env: Option<String>,
     /// PEM file of the primary certificate.
     #[arg(long)]
     pub certificate_path: Option<PathBuf>,
@@ -328,11 +336,21 @@ fn hide_keys(a: &mut AttestationMechanism, show_keys: bool, what: &str) {
     }
 }
 
-fn symmetric(f: &CommonFields) -> AttestationMechanism {
-    AttestationMechanism::symmetric_key(
-        f.primary_key.clone().map(KeyText::new),
-        f.secondary_key.clone().map(KeyText::new),
-    )
+/// A key given on the command line, or read from the environment variable named.
+fn key_from(given: Option<&String>, env: Option<&String>) -> Result<Option<KeyText>, CliError> {
+    if let Some(var) = env {
+        let v = std::env::var(var)
+            .map_err(|_| CliError::Usage(format!("environment variable {var} is not set")))?;
+        return Ok(Some(KeyText::new(v.trim())));
+    }
+    Ok(given.map(|k| KeyText::new(k.as_str())))
+}
+
+fn symmetric(f: &CommonFields) -> Result<AttestationMechanism, CliError> {
+    Ok(AttestationMechanism::symmetric_key(
+        key_from(f.primary_key.as_ref(), f.primary_key_env.as_ref())?,
+        key_from(f.secondary_key.as_ref(), f.secondary_key_env.as_ref())?,
+    ))
 }
 
 /// `dps enrollment`.
@@ -355,7 +373,7 @@ pub async fn enrollment(c: EnrollmentCommand) -> Result<(), CliError> {
                 AttestationKind::X509 => {
                     AttestationMechanism::x509_client(read_pem(fields.certificate_path.as_ref())?)
                 }
-                AttestationKind::Symmetrickey => symmetric(&fields),
+                AttestationKind::Symmetrickey => symmetric(&fields)?,
             };
             let s = shared(&fields)?;
             let mut e = IndividualEnrollment::new(registration_id, attestation);
@@ -431,7 +449,7 @@ pub async fn group(c: GroupCommand) -> Result<(), CliError> {
                 (AttestationKind::X509, None) => {
                     AttestationMechanism::x509_signing(read_pem(fields.certificate_path.as_ref())?)
                 }
-                (AttestationKind::Symmetrickey, _) => symmetric(&fields),
+                (AttestationKind::Symmetrickey, _) => symmetric(&fields)?,
             };
             let s = shared(&fields)?;
             let mut g = EnrollmentGroup::new(enrollment_group_id, attestation);

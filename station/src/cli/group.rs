@@ -1,5 +1,7 @@
-//! `station group sync|show`: the enrollment groups of group-enrolled products, in their DPS
-//! targets, and their keys in the HSM.
+//! `station group sync|show|import-key`: the enrollment groups of group-enrolled products, in
+//! their DPS targets, and their keys in the HSM. A product whose target has
+//! `delivery = "export"` (air-gapped) is not synced: its group is made where DPS is reachable,
+//! and a symmetric group's key is brought in with `import-key`.
 
 use std::process::ExitCode;
 
@@ -32,6 +34,22 @@ pub enum GroupCommand {
         /// The product.
         #[arg(long)]
         product: ProductName,
+    },
+    /// Import a symmetric group's primary key (base64, as DPS shows it) into the HSM as a
+    /// non-extractable key, for a station that cannot reach DPS (its target has
+    /// `delivery = "export"`). The same key again is a no-op; another key is refused.
+    ImportKey {
+        /// The product (a symmetric-key group).
+        #[arg(long)]
+        product: ProductName,
+        /// Read the key from this environment variable.
+        #[arg(long, value_name = "VAR", required_unless_present = "key_stdin")]
+        key_env: Option<String>,
+        /// Read the key from the first line of standard input.
+        #[arg(long, conflicts_with = "key_env")]
+        key_stdin: bool,
+        #[command(flatten)]
+        actor: ActorArg,
     },
 }
 
@@ -78,6 +96,12 @@ pub enum GroupCliError {
         #[source]
         source: KeyError,
     },
+    /// The group key was not given.
+    #[error("{0}")]
+    KeyInput(String),
+    /// `import-key` for a product that is not a symmetric-key group.
+    #[error("product {0} is not enrolled in a symmetric-key group: it has no group key")]
+    NotSymmetricGroup(String),
     /// The async runtime for the DPS client could not start.
     #[error("cannot start the runtime for the DPS client")]
     Runtime(#[source] std::io::Error),
@@ -167,6 +191,12 @@ pub(super) fn run(ctx: &Context, cmd: GroupCommand) -> Result<ExitCode, CliError
     match cmd {
         GroupCommand::Sync { product, actor } => sync(ctx, product.as_ref(), &actor),
         GroupCommand::Show { product } => show(ctx, &product),
+        GroupCommand::ImportKey {
+            product,
+            key_env,
+            key_stdin,
+            actor,
+        } => import_key(ctx, &product, key_env.as_deref(), key_stdin, &actor),
     }
 }
 
@@ -204,6 +234,31 @@ pub(super) fn sync_with(
         };
         let desired = group::desired_group(p, &station, pem.as_deref()).map_err(gerr)?;
         let target = &p.profile.dps_target;
+        if export_only(&cfg, target) {
+            println!(
+                "group {} (product {name}, target {target}): not synced: the target has delivery = \"export\"",
+                desired.enrollment_group_id
+            );
+            println!(
+                "  create it where DPS is reachable ({}){}",
+                if matches!(
+                    p.profile.attestation,
+                    Attestation::X509Link | Attestation::X509Pkcs11 { .. }
+                ) {
+                    "`dps group create --attestation-type x509 --certificate-path` with the issuing CA of `station ca chain`"
+                } else {
+                    "`dps group create --attestation-type symmetrickey --show-keys`"
+                },
+                if p.profile.attestation == Attestation::SymmetricGroup {
+                    format!(
+                        ", then bring its primary key in: `station group import-key --product {name} --key-env VAR`"
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            continue;
+        }
         let client = crate::dps_target::client_with(&ctx.home, &cfg, target, |o| {
             if quick {
                 o.retry.max_attempts = 1;
@@ -347,4 +402,111 @@ fn show(ctx: &Context, product: &ProductName) -> Result<ExitCode, CliError> {
         println!("  hsm key:     not used ({})", p.profile.attestation.kind());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the target is delivered by export only (no connection string).
+fn export_only(cfg: &Config, target: &str) -> bool {
+    cfg.dps
+        .targets
+        .get(target)
+        .is_some_and(|t| t.delivery == crate::config::Delivery::Export)
+}
+
+fn import_key(
+    ctx: &Context,
+    product: &ProductName,
+    key_env: Option<&str>,
+    key_stdin: bool,
+    actor: &ActorArg,
+) -> Result<ExitCode, CliError> {
+    use secrecy::SecretString;
+    let actor = actor.resolve()?;
+    let cfg = ctx.config()?.config;
+    let station = cfg.station_id();
+    let (dir, all) = products(ctx, &cfg)?;
+    let chosen = select(&dir, all, Some(product))?;
+    let Some(p) = chosen.first() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let name = p.name.to_string();
+    if p.profile.attestation != Attestation::SymmetricGroup {
+        return Err(GroupCliError::NotSymmetricGroup(name).into());
+    }
+    let gid = group::group_id(p)
+        .map_err(|source| GroupCliError::Group {
+            product: name.clone(),
+            source: Box::new(source),
+        })?
+        .to_owned();
+    let key: SecretString = match key_env {
+        Some(var) => std::env::var(var).map(SecretString::from).map_err(|_| {
+            GroupCliError::KeyInput(format!("environment variable {var} is not set"))
+        })?,
+        None if key_stdin => {
+            let mut line = String::new();
+            let n = std::io::stdin().read_line(&mut line).unwrap_or(0);
+            let line = zeroize::Zeroizing::new(line);
+            if n == 0 {
+                return Err(GroupCliError::KeyInput(
+                    "standard input ended before the group key was read".into(),
+                )
+                .into());
+            }
+            SecretString::from(line.trim().to_owned())
+        }
+        None => {
+            return Err(GroupCliError::KeyInput(
+                "give the group key with --key-env VAR or --key-stdin".into(),
+            )
+            .into());
+        }
+    };
+    let hsm = service::open_hsm(&ctx.home, &cfg)?;
+    let session = service::open_ca_token(&hsm, &ctx.home, &cfg)?;
+    let imported = keys::import_group_key(&session, &gid, &key);
+    drop(key);
+    let result = match &imported {
+        Ok(i) => i.as_str(),
+        Err(KeyError::GroupKeyMismatch { .. }) => "refused: a different key holds the label",
+        Err(_) => "import failed",
+    };
+    let mut store = ctx.open_store(&cfg)?;
+    let tx = store
+        .conn_mut()
+        .transaction()
+        .map_err(crate::store::sql("begin group key import"))?;
+    audit::append(
+        &tx,
+        &station,
+        &AuditEvent {
+            actor: &actor,
+            event: "group.import-key",
+            subject: &gid,
+            details: serde_json::json!({
+                "product": name,
+                "target": p.profile.dps_target,
+                "hsm_key": result,
+            }),
+        },
+    )?;
+    service::AuditKey::find(&session, &cfg.ca.audit_key_label)
+        .map_err(crate::ca::CaError::from)?
+        .seal(&tx)?;
+    tx.commit()
+        .map_err(crate::store::sql("commit group key import"))?;
+    match imported {
+        Ok(i) => {
+            let what = match i {
+                keys::GroupKeyImport::Imported => "imported into the HSM (non-extractable)",
+                keys::GroupKeyImport::AlreadyPresent => "already in the HSM (the same key)",
+            };
+            println!("group {gid} (product {name}): hsm key {what}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(source) => Err(GroupCliError::Key {
+            product: name,
+            source,
+        }
+        .into()),
+    }
 }

@@ -399,6 +399,11 @@ fn a_lost_export_is_written_again_and_a_failed_delivery_puts_rows_back_in_the_qu
             .exports
             .is_empty()
     );
+    let o = common::ok(st.home.root(), &["unit", "show", "gap-lost-1"]);
+    assert!(
+        o.contains("waiting: 1 failed attempts, next at") && o.contains("last error: DPS target"),
+        "{o}"
+    );
 
     // Now the station's own uploader (DPS reachable again) delivers them.
     let dps = LocalDps::start(&data, client_dps_port);
@@ -438,6 +443,12 @@ fn the_cli_exports_delivers_and_records_and_says_what_to_do_next() {
     let o = common::ok(&home, &["upload", "--status"]);
     assert!(
         o.contains("in an export 1") && o.contains("still travelling"),
+        "{o}"
+    );
+    // Where the unit's enrollment is, for whoever wonders why it is not in DPS yet.
+    let o = common::ok(&home, &["unit", "show", "gap-cli-1"]);
+    assert!(
+        o.contains("dps:local travelling in export") && o.contains("(file cli.export, written"),
         "{o}"
     );
 
@@ -491,6 +502,8 @@ fn the_cli_exports_delivers_and_records_and_says_what_to_do_next() {
     );
     assert!(o.contains("delivered 1"), "{o}");
     assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
+    let o = common::ok(&home, &["unit", "show", "gap-cli-1"]);
+    assert!(o.contains("dps:local delivered 20"), "{o}");
     let (good, _, err) = common::run(
         &home,
         &[

@@ -312,6 +312,9 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
             for (target, id, status, etag) in enr {
                 println!("enrollment       {target}: {id} {status} {etag}");
             }
+            for line in upload_rows(conn, u.id).map_err(|e| read(&e))? {
+                println!("upload           {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         UnitCommand::List { lot, limit } => {
@@ -355,6 +358,49 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Where each of a unit's outbox rows is: delivered, waiting (attempts, next try, last error),
+/// travelling in an air-gapped export, or in conflict (the supervisor's message).
+fn upload_rows(conn: &rusqlite::Connection, unit_id: i64) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT o.id, o.destination, o.state, o.attempts, coalesce(o.next_attempt_at, ''),
+            o.last_error, coalesce(o.etag, ''), coalesce(o.done_at, ''), o.export_id,
+            coalesce(e.created_at, ''), coalesce(e.created_by, ''), coalesce(e.file_name, '')
+         FROM outbox o LEFT JOIN exports e ON e.id = o.export_id
+         WHERE o.unit_id = ?1 ORDER BY o.id",
+    )?;
+    st.query_map([unit_id], |r| {
+        let (id, dest, state): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let attempts: u32 = r.get(3)?;
+        let last_error: Option<String> = r.get(5)?;
+        let export: Option<String> = r.get(8)?;
+        let head = format!("#{id} {dest}");
+        Ok(match (state.as_str(), export) {
+            ("done", _) => format!(
+                "{head} delivered {} (etag {})",
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(6)?
+            ),
+            ("conflict", _) => format!(
+                "{head} in conflict: {}",
+                last_error.unwrap_or_default()
+            ),
+            (_, Some(x)) => format!(
+                "{head} travelling in export {x} (file {}, written {} by {}); waits for its receipt",
+                r.get::<_, String>(11)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?
+            ),
+            _ if attempts == 0 => format!("{head} waiting for its first delivery"),
+            _ => format!(
+                "{head} waiting: {attempts} failed attempts, next at {}, last error: {}",
+                r.get::<_, String>(4)?,
+                last_error.unwrap_or_default()
+            ),
+        })
+    })?
+    .collect()
 }
 
 fn describe_state(s: &crate::line::state::UnitState) -> String {

@@ -441,15 +441,20 @@ impl Drop for StationServe {
 }
 
 /// Waits until `f` holds, failing with `what` after `secs`.
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    assert!(poll_until(secs, f), "timed out waiting for {what}");
+}
+
+/// Waits until `f` holds or `secs` pass; whether it held.
+pub fn poll_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    true
 }
 
 /// Points the symlink `link` at `target` (a fixture's stable port name, as /dev/serial/by-id,

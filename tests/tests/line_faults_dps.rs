@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
 use station_e2e::bin;
-use station_e2e::line::{DpsService, LineRig, StationServe, wait_until};
+use station_e2e::line::{DpsService, LineRig, StationServe, poll_until, wait_until};
 
 const UNITS: i64 = 16;
 
@@ -97,9 +97,28 @@ fn a_lot_drains_through_dps_down_throttled_and_failing() {
             tail.join("\n")
         );
     }
-    wait_until("the whole lot uploaded", 180, || {
+    let drained = poll_until(180, || {
         count(&rig, "SELECT count(*) FROM units WHERE state = 'uploaded'") == UNITS
     });
+    if !drained {
+        // What the outbox and the station say about it.
+        let status = rig.station(&["upload", "--status"]);
+        let log = serve.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "the lot was not uploaded within 180 s; units by state: {:?}\n{}\nstation log (last 60 lines):\n{}",
+            rig.db()
+                .prepare("SELECT state, count(*) FROM units GROUP BY state")
+                .unwrap()
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            station_e2e::text(&status),
+            tail.join("\n")
+        );
+    }
     assert_eq!(count(&rig, "SELECT count(*) FROM units"), UNITS);
     assert_eq!(
         count(&rig, "SELECT count(*) FROM outbox WHERE state != 'done'"),

@@ -14,7 +14,7 @@ use std::path::Path;
 use dps::wire::{AttestationMechanism, EnrollmentGroup, KeyText};
 use station::line::state::UnitState;
 use station::outbox::transfer::{
-    self, ExportRows, ExportSummary, ReceiptSummary, TransferError, TransferFile,
+    self, ExportRows, ExportSummary, ExportTo, ReceiptSummary, TransferError, TransferFile,
 };
 use station::outbox::{self, Backoff, PayloadCipher, RowState, Uploader};
 use upload::{LocalDps, SoftwareTestCipher, Station, TARGET, contains, random_key, symmetric, tpm};
@@ -23,11 +23,11 @@ fn scope(_: &str) -> Option<String> {
     Some("0ne00000001".into())
 }
 
-fn export(
+fn export_to(
     st: &Station,
     cipher: Option<&dyn PayloadCipher>,
     rows: &ExportRows<'_>,
-    out: &Path,
+    to: &ExportTo<'_>,
 ) -> Result<ExportSummary, TransferError> {
     transfer::export(
         &mut st.store(),
@@ -35,16 +35,40 @@ fn export(
         cipher,
         rows,
         scope,
-        out,
+        to,
         "tester",
     )
 }
 
-fn deliver(dps: &LocalDps, file: &Path, receipt: &Path) -> transfer::DeliverySummary {
+/// An export in clear (keys allowed).
+fn export(
+    st: &Station,
+    cipher: Option<&dyn PayloadCipher>,
+    rows: &ExportRows<'_>,
+    out: &Path,
+) -> Result<ExportSummary, TransferError> {
+    let to = ExportTo {
+        path: out,
+        recipients: &[],
+        in_clear: true,
+    };
+    export_to(st, cipher, rows, &to)
+}
+
+fn deliver_with(
+    dps: &LocalDps,
+    file: &Path,
+    identities: &[Box<dyn age::Identity>],
+    receipt: &Path,
+) -> transfer::DeliverySummary {
     let client = dps.client();
-    let export = transfer::read_export(file).unwrap();
+    let export = transfer::read_export(file, identities).unwrap();
     dps.block_on(transfer::deliver(&client, export, 10, receipt))
         .unwrap()
+}
+
+fn deliver(dps: &LocalDps, file: &Path, receipt: &Path) -> transfer::DeliverySummary {
+    deliver_with(dps, file, &[], receipt)
 }
 
 fn apply(st: &Station, receipt: &Path) -> Result<ReceiptSummary, TransferError> {
@@ -96,13 +120,59 @@ fn an_export_travels_to_dps_and_its_receipt_records_every_unit_once() {
     let (u_m2, _) = st.queue_member("gap-member-2", "gap-sensors");
 
     let out = tmp.path().join("lot-7.export");
-    let s = export(&st, Some(&cipher), &ExportRows::Target(TARGET), &out).unwrap();
+    // Keys in a file: not in clear unless asked for; nothing is marked.
+    let unsafe_to = ExportTo {
+        path: &out,
+        recipients: &[],
+        in_clear: false,
+    };
+    let e = export_to(&st, Some(&cipher), &ExportRows::Target(TARGET), &unsafe_to).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("the export would hold the symmetric keys of 12 units in clear"),
+        "{e}"
+    );
+    assert_eq!(travelling(&st), 0);
+    assert!(!out.exists());
+    // Encrypted to the key of the place where it is delivered.
+    let id_file = tmp.path().join("delivery.identity");
+    let recipient = transfer::new_identity(&id_file).unwrap();
+    let s = export_to(
+        &st,
+        Some(&cipher),
+        &ExportRows::Target(TARGET),
+        &ExportTo {
+            path: &out,
+            recipients: &[recipient],
+            in_clear: false,
+        },
+    )
+    .unwrap();
     assert_eq!((s.individuals, s.group_members, s.with_keys), (14, 2, 12));
+    assert!(s.encrypted);
     assert_eq!(travelling(&st), 16);
-    // DPS needs the keys, so the file holds them: it is the owner's alone.
+    // The file is the owner's alone, and holds no key (nor anything else) in clear.
     let mode = std::fs::metadata(&out).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "export file mode {mode:o}");
-    assert!(contains(&std::fs::read(&out).unwrap(), keys[0].as_bytes()));
+    let sealed = std::fs::read(&out).unwrap();
+    assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+    assert!(!contains(&sealed, keys[0].as_bytes()));
+    assert!(!contains(&sealed, b"gap-sym-00"));
+    let mode = std::fs::metadata(&id_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "identity file mode {mode:o}");
+    // Without the identity, or with another one, nothing is read.
+    let e = transfer::read_export(&out, &[]).unwrap_err().to_string();
+    assert!(e.contains("is encrypted: give the identity"), "{e}");
+    let other = tmp.path().join("other.identity");
+    transfer::new_identity(&other).unwrap();
+    let e = transfer::read_export(&out, &transfer::load_identities(&other).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot be decrypted with the identity given"),
+        "{e}"
+    );
+    let ids = transfer::load_identities(&id_file).unwrap();
     // The database still holds them sealed only.
     assert!(!contains(
         st.row(sym[0].2).payload.as_ref().unwrap(),
@@ -148,7 +218,7 @@ fn an_export_travels_to_dps_and_its_receipt_records_every_unit_once() {
         ))
         .unwrap();
     let receipt = tmp.path().join("lot-7.receipt");
-    let d = deliver(&dps, &out, &receipt);
+    let d = deliver_with(&dps, &out, &ids, &receipt);
     assert_eq!(
         (d.delivered, d.recovered, d.conflicts, d.retrying),
         (15, 1, 1, 0),
@@ -290,7 +360,7 @@ fn damaged_cut_short_foreign_and_mistaken_files_are_refused_and_change_nothing()
     let check = |bytes: &[u8], want: &str| {
         let p = tmp.path().join("copy.export");
         std::fs::write(&p, bytes).unwrap();
-        let err = transfer::read_export(&p).unwrap_err().to_string();
+        let err = transfer::read_export(&p, &[]).unwrap_err().to_string();
         assert!(err.contains(want), "{want:?} not in {err:?}");
         assert!(err.ends_with("nothing was read from it"), "{err}");
         assert!(!err.contains(&key), "an error quotes no key: {err}");
@@ -316,7 +386,9 @@ fn damaged_cut_short_foreign_and_mistaken_files_are_refused_and_change_nothing()
     // A receipt is not an export.
     let receipt = tmp.path().join("good.receipt");
     deliver(&dps, &out, &receipt);
-    let err = transfer::read_export(&receipt).unwrap_err().to_string();
+    let err = transfer::read_export(&receipt, &[])
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("is a station-outbox-receipt (version 1) file, not a station-outbox-export"),
         "{err}"
@@ -380,7 +452,7 @@ fn a_lost_export_is_written_again_and_a_failed_delivery_puts_rows_back_in_the_qu
     let d = dps
         .block_on(transfer::deliver(
             &client,
-            transfer::read_export(&second).unwrap(),
+            transfer::read_export(&second, &[]).unwrap(),
             10,
             &receipt,
         ))
@@ -593,5 +665,124 @@ fn a_target_delivered_by_export_is_left_alone_by_the_uploader_and_needs_no_conne
     assert!(
         !good && err.contains("name the DPS target with --target (configured: local, offline)"),
         "{err}"
+    );
+}
+
+#[test]
+fn the_cli_encrypts_an_export_holding_keys_to_the_delivering_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dps = LocalDps::start(&tmp.path().join("dps"), 0);
+    let st = Station::new(&dps, 10);
+    let e = symmetric("gap-enc-1");
+    let key = e
+        .attestation
+        .symmetric_key
+        .clone()
+        .unwrap()
+        .primary_key
+        .unwrap()
+        .expose()
+        .to_owned();
+    let (unit, _) = st.queue_unit(&e, None);
+    let home = st.home.root().to_owned();
+    let out = tmp.path().join("enc.export");
+    let out_s = out.to_str().unwrap();
+    let (good, _, err) = common::run(&home, &["upload", "--export", out_s, "--actor", "t"]);
+    assert!(
+        !good && err.contains("would hold the symmetric keys of 1 units in clear"),
+        "{err}"
+    );
+
+    // Where it is delivered: a key pair, made without a station home.
+    let nowhere = tmp.path().join("no-home");
+    let id_file = tmp.path().join("plant-it.identity");
+    let (good, public, err) = common::run(
+        &nowhere,
+        &["upload", "--new-identity", id_file.to_str().unwrap()],
+    );
+    assert!(good && err.contains("keep it secret"), "{err}");
+    let public = public.trim().to_owned();
+    assert!(public.starts_with("age1"), "{public}");
+    let (good, _, err) = common::run(
+        &home,
+        &["upload", "--export", out_s, "--recipient", "age1nope"],
+    );
+    assert!(!good && err.contains("is not an age public key"), "{err}");
+    let o = common::ok(
+        &home,
+        &[
+            "upload",
+            "--export",
+            out_s,
+            "--recipient",
+            &public,
+            "--actor",
+            "t",
+        ],
+    );
+    assert!(o.contains("--identity FILE"), "{o}");
+    assert!(!contains(&std::fs::read(&out).unwrap(), key.as_bytes()));
+
+    let cs = dps.data.join("connection-string");
+    let ca = dps.data.join("ca.pem");
+    let deliver = |file: &Path, identity: Option<&Path>| {
+        let mut args = vec![
+            "upload".to_owned(),
+            "--deliver".into(),
+            file.to_str().unwrap().into(),
+            "--connection-string-file".into(),
+            cs.to_str().unwrap().into(),
+            "--ca-file".into(),
+            ca.to_str().unwrap().into(),
+        ];
+        if let Some(i) = identity {
+            args.push("--identity".into());
+            args.push(i.to_str().unwrap().into());
+        }
+        common::run(
+            &nowhere,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let (good, _, err) = deliver(&out, None);
+    assert!(
+        !good && err.contains("is encrypted: give the identity"),
+        "{err}"
+    );
+    // A bit flipped in transfer: the encryption's own check refuses it.
+    let bad = tmp.path().join("bad.export");
+    let mut bytes = std::fs::read(&out).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x01;
+    std::fs::write(&bad, bytes).unwrap();
+    let (good, _, err) = deliver(&bad, Some(&id_file));
+    assert!(
+        !good && err.contains("cannot be decrypted with the identity given"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("bad.export.receipt").exists());
+    let (good, o, err) = deliver(&out, Some(&id_file));
+    assert!(good && o.contains("delivered 1"), "{o}{err}");
+    let receipt = tmp.path().join("enc.export.receipt");
+    assert!(!contains(&std::fs::read(&receipt).unwrap(), key.as_bytes()));
+    let o = common::ok(
+        &home,
+        &[
+            "upload",
+            "--receipt",
+            receipt.to_str().unwrap(),
+            "--actor",
+            "t",
+        ],
+    );
+    assert!(o.contains("delivered 1"), "{o}");
+    assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
+    // DPS holds the unit's own key.
+    let held = dps
+        .block_on(dps.client().enrollment_attestation(&e.registration_id))
+        .unwrap();
+    assert_eq!(
+        held.symmetric_key.unwrap().primary_key.unwrap().expose(),
+        key
     );
 }

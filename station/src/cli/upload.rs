@@ -14,7 +14,7 @@ use crate::store::sql;
 
 /// What to do with the outbox.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["status", "now", "requeue", "export", "deliver", "receipt"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["status", "now", "requeue", "export", "deliver", "receipt", "new_identity"])))]
 pub struct UploadArgs {
     /// Show queue depth, oldest age, attempts, errors and conflicts per destination (offline).
     #[arg(long)]
@@ -27,10 +27,16 @@ pub struct UploadArgs {
     pub requeue: Option<i64>,
     /// Air-gapped transfer: write every row of a DPS target that waits (outside an export) to
     /// FILE, for `--deliver` where DPS is reachable; the uploader leaves them alone until
-    /// `--receipt`. FILE holds symmetric-key units' keys: carry it as a secret, delete it once
-    /// delivered.
+    /// `--receipt`. An export holding units' symmetric keys needs --recipient (or --in-clear).
     #[arg(long, value_name = "FILE")]
     pub export: Option<PathBuf>,
+    /// With --export: encrypt the file to this age public key (`age1...`) of the delivering
+    /// side (`station upload --new-identity FILE` there); repeatable.
+    #[arg(long, value_name = "AGE_PUBLIC_KEY", requires = "export")]
+    pub recipient: Vec<String>,
+    /// With --export: allow units' symmetric keys in a file that is not encrypted.
+    #[arg(long, requires = "export", conflicts_with = "recipient")]
+    pub in_clear: bool,
     /// With --export: the DPS target (needed when more than one is configured).
     #[arg(long, value_name = "NAME", requires = "export")]
     pub target: Option<String>,
@@ -53,6 +59,13 @@ pub struct UploadArgs {
     /// With --deliver: extra CA certificates (PEM) to trust for the service.
     #[arg(long, value_name = "PEM", requires = "deliver")]
     pub ca_file: Option<PathBuf>,
+    /// With --deliver: the age identity file that opens an encrypted export.
+    #[arg(long, value_name = "FILE", requires = "deliver")]
+    pub identity: Option<PathBuf>,
+    /// Make an age identity (key pair) in the new file FILE, mode 0600, and print its public
+    /// key for `--export --recipient` at the station. No station home needed.
+    #[arg(long, value_name = "FILE")]
+    pub new_identity: Option<PathBuf>,
     /// With --deliver: where to write the receipt.
     #[arg(long, value_name = "FILE", requires = "deliver")]
     pub write_receipt: Option<PathBuf>,
@@ -96,6 +109,9 @@ pub enum UploadCliError {
         "give the DPS service connection string with --connection-string-file FILE or in DPS_CONNECTION_STRING"
     )]
     NoConnectionString,
+    /// A --recipient that is not an age public key.
+    #[error("--recipient {0:?} is not an age public key (age1...): {1}")]
+    BadRecipient(String, &'static str),
     /// The connection string could not be read or used (never quoted: it holds the key).
     #[error("the DPS service connection string {0}")]
     ConnectionString(String),
@@ -105,6 +121,15 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
     if let Some(file) = &args.deliver {
         // Where DPS is reachable: no station home, config or HSM.
         return deliver(args, file);
+    }
+    if let Some(file) = &args.new_identity {
+        let public = transfer::new_identity(file).map_err(UploadCliError::from)?;
+        println!("{public}");
+        eprintln!(
+            "age identity written to {} (keep it secret); give the public key above to the station: station upload --export FILE --recipient {public}",
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let loaded = ctx.config()?;
     let config = &loaded.config;
@@ -282,6 +307,14 @@ fn export(
     out: &Path,
 ) -> Result<ExitCode, CliError> {
     let actor = args.actor.resolve()?;
+    let recipients = args
+        .recipient
+        .iter()
+        .map(|r| {
+            r.parse::<transfer::AgeRecipient>()
+                .map_err(|e| UploadCliError::BadRecipient(r.clone(), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let target;
     let rows = if let Some(id) = &args.again {
         transfer::ExportRows::Again(id)
@@ -304,7 +337,11 @@ fn export(
             .map(|c| c as &dyn crate::outbox::PayloadCipher),
         &rows,
         scope,
-        out,
+        &transfer::ExportTo {
+            path: out,
+            recipients: &recipients,
+            in_clear: args.in_clear,
+        },
         &actor,
     )
     .map_err(UploadCliError::from)?;
@@ -322,11 +359,16 @@ fn export(
             s.sha256
         );
         println!(
-            "deliver it where DPS is reachable: station upload --deliver {} --connection-string-file FILE; then bring the receipt back: station upload --receipt FILE",
-            s.file.display()
+            "deliver it where DPS is reachable: station upload --deliver {} --connection-string-file FILE{}; then bring the receipt back: station upload --receipt FILE",
+            s.file.display(),
+            if s.encrypted {
+                " --identity FILE (it is encrypted to the recipient's key)"
+            } else {
+                ""
+            }
         );
     }
-    if s.with_keys > 0 {
+    if s.with_keys > 0 && !s.encrypted {
         eprintln!(
             "{} holds the symmetric keys of {} units in clear: carry it as a secret and delete it once delivered",
             s.file.display(),
@@ -352,7 +394,11 @@ fn export_target(config: &crate::config::Config, named: Option<&str>) -> Result<
 
 fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
     use dps::client::{ClientOptions, RetryPolicy, ServiceClient};
-    let export = transfer::read_export(file).map_err(UploadCliError::from)?;
+    let identities = match &args.identity {
+        Some(p) => transfer::load_identities(p).map_err(UploadCliError::from)?,
+        None => Vec::new(),
+    };
+    let export = transfer::read_export(file, &identities).map_err(UploadCliError::from)?;
     let text = match &args.connection_string_file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
             UploadCliError::ConnectionString(format!("file {} cannot be read: {e}", p.display()))

@@ -13,9 +13,10 @@
 //!
 //! Both files are JSON lines: a header, one line per row, and a closing line with the count and
 //! the SHA-256 of every byte before it, so a file cut short or changed in transfer is refused
-//! before anything is read from it. An export holds symmetric-key units' keys in clear (DPS
-//! needs them): it is written mode 0600 and is to be carried and deleted as a secret. A receipt
-//! holds no key.
+//! before anything is read from it. An export that holds symmetric-key units' keys (DPS needs
+//! them) is encrypted to the delivering side's age key (`--recipient`, from
+//! `station upload --new-identity` run there), or written in clear only when asked
+//! (`--in-clear`); either way mode 0600. A receipt holds no key and is never encrypted.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,37 @@ pub enum TransferError {
         "export {0} has no row left travelling in it (its receipt was applied, or it is unknown)"
     )]
     NothingLeft(String),
+    /// An export holding keys, with nowhere safe to put them.
+    #[error(
+        "the export would hold the symmetric keys of {0} units in clear: encrypt it to the delivering side's key with --recipient AGE_PUBLIC_KEY (`station upload --new-identity FILE` makes one there), or write it in clear with --in-clear; nothing was exported"
+    )]
+    KeysInClear(usize),
+    /// An encrypted file read without an identity.
+    #[error(
+        "{0} is encrypted: give the identity it was encrypted to with --identity FILE; nothing was read from it"
+    )]
+    Encrypted(PathBuf),
+    /// An encrypted file the identities given cannot open.
+    #[error(
+        "{path} cannot be decrypted with the identity given ({reason}); nothing was read from it"
+    )]
+    Decrypt {
+        /// The file.
+        path: PathBuf,
+        /// age's reason (names no key).
+        reason: String,
+    },
+    /// Encrypting failed.
+    #[error("the export could not be encrypted ({0}); nothing was exported")]
+    Encrypt(String),
+    /// An identity file that cannot be read.
+    #[error("cannot read the identity file {path} ({reason})")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// Why (names no key).
+        reason: String,
+    },
     /// A waiting row cannot be read (sealed without the HSM, or a bad payload).
     #[error("{0}; nothing was exported")]
     Unreadable(String),
@@ -349,15 +381,16 @@ fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Writes header, items and closing line to `path` (mode 0600), on disk before it returns:
-/// a temporary file beside it, synced, renamed into place, the directory synced. Refuses an
-/// existing `path`. Returns the SHA-256 of the content.
+/// Writes header, items and closing line to `path` (mode 0600), encrypted to `recipients`
+/// when there are any, on disk before it returns: a temporary file beside it, synced, renamed
+/// into place, the directory synced. Refuses an existing `path`. Returns the SHA-256 of the
+/// content (in clear).
 fn write_file<T: Serialize>(
     path: &Path,
     header: &Header,
     items: &[T],
+    recipients: &[AgeRecipient],
 ) -> Result<String, TransferError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     if path.exists() {
         return Err(TransferError::Exists(path.to_owned()));
     }
@@ -375,6 +408,29 @@ fn write_file<T: Serialize>(
             sha256: sha256.clone(),
         },
     );
+    if !recipients.is_empty() {
+        body = encrypt(&body, recipients)?;
+    }
+    write_private(path, &body)?;
+    Ok(sha256)
+}
+
+/// `plain` as an age file for `recipients`.
+fn encrypt(plain: &[u8], recipients: &[AgeRecipient]) -> Result<Zeroizing<Vec<u8>>, TransferError> {
+    let bad = |e: &dyn std::fmt::Display| TransferError::Encrypt(e.to_string());
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| bad(&e))?;
+    let mut out = Zeroizing::new(Vec::with_capacity(plain.len() + 256));
+    let mut w = enc.wrap_output(&mut *out).map_err(|e| bad(&e))?;
+    w.write_all(plain).map_err(|e| bad(&e))?;
+    w.finish().map_err(|e| bad(&e))?;
+    Ok(out)
+}
+
+/// Writes `bytes` to a new file `path`, mode 0600, durably (temporary file, sync, rename,
+/// directory sync).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TransferError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -391,14 +447,14 @@ fn write_file<T: Serialize>(
         .mode(0o600)
         .open(&tmp)
         .map_err(io("cannot create", &tmp))?;
-    f.write_all(&body).map_err(io("cannot write", &tmp))?;
+    f.write_all(bytes).map_err(io("cannot write", &tmp))?;
     f.sync_all().map_err(io("cannot sync", &tmp))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io("cannot rename into place", path))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("cannot sync directory", dir))?;
-    Ok(sha256)
+    Ok(())
 }
 
 /// Appends `v` as one JSON line (these plain data types always serialise).
@@ -414,8 +470,15 @@ fn read_file<T: serde::de::DeserializeOwned>(
     path: &Path,
     format: &'static str,
     what: &'static str,
+    identities: &[Box<dyn age::Identity>],
 ) -> Result<TransferFile<T>, TransferError> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(io("cannot read", path))?);
+    let mut bytes = Zeroizing::new(std::fs::read(path).map_err(io("cannot read", path))?);
+    if bytes.starts_with(AGE_MAGIC) {
+        if identities.is_empty() {
+            return Err(TransferError::Encrypted(path.to_owned()));
+        }
+        bytes = decrypt(path, &bytes, identities)?;
+    }
     let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
     let Some(cut) = text.iter().rposition(|&b| b == b'\n') else {
         return Err(TransferError::Truncated(path.to_owned()));
@@ -479,14 +542,75 @@ fn read_file<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Reads an export file, refusing one that is cut short, changed, or not an export.
-pub fn read_export(path: &Path) -> Result<TransferFile<ExportItem>, TransferError> {
-    read_file(path, EXPORT_FORMAT, "export row")
+/// How every age file starts.
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+/// The content of the age file `sealed`, opened with one of `identities`.
+fn decrypt(
+    path: &Path,
+    sealed: &[u8],
+    identities: &[Box<dyn age::Identity>],
+) -> Result<Zeroizing<Vec<u8>>, TransferError> {
+    use std::io::Read as _;
+    let bad = |e: &dyn std::fmt::Display| TransferError::Decrypt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut r = age::Decryptor::new(sealed)
+        .and_then(|d| d.decrypt(identities.iter().map(|i| i.as_ref())))
+        .map_err(|e| bad(&e))?;
+    let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
+    r.read_to_end(&mut plain).map_err(|e| bad(&e))?;
+    Ok(plain)
+}
+
+/// Reads an export file (decrypted with one of `identities` if it is encrypted), refusing one
+/// that is cut short, changed, or not an export.
+pub fn read_export(
+    path: &Path,
+    identities: &[Box<dyn age::Identity>],
+) -> Result<TransferFile<ExportItem>, TransferError> {
+    read_file(path, EXPORT_FORMAT, "export row", identities)
 }
 
 /// Reads a receipt file, refusing one that is cut short, changed, or not a receipt.
 pub fn read_receipt(path: &Path) -> Result<TransferFile<ReceiptItem>, TransferError> {
-    read_file(path, RECEIPT_FORMAT, "receipt row")
+    read_file(path, RECEIPT_FORMAT, "receipt row", &[])
+}
+
+/// The identities of an age identity file (`station upload --new-identity`, or `age-keygen`).
+pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, TransferError> {
+    let bad = |reason: String| TransferError::Identity {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = Zeroizing::new(std::fs::read(path).map_err(|e| bad(e.to_string()))?);
+    let ids = age::IdentityFile::from_buffer(text.as_slice())
+        .map_err(|_| bad("not an age identity file".into()))?
+        .into_identities()
+        .map_err(|e| bad(e.to_string()))?;
+    if ids.is_empty() {
+        return Err(bad("it holds no identity".into()));
+    }
+    Ok(ids)
+}
+
+/// Makes a new age identity in the new file `path` (mode 0600, the layout of `age-keygen`)
+/// and returns its public key, for `--recipient` where the export is written.
+pub fn new_identity(path: &Path) -> Result<AgeRecipient, TransferError> {
+    use age::secrecy::ExposeSecret as _;
+    if path.exists() {
+        return Err(TransferError::Exists(path.to_owned()));
+    }
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public();
+    let text = Zeroizing::new(format!(
+        "# created: {}\n# public key: {public}\n{}\n",
+        now_utc(),
+        id.to_string().expose_secret()
+    ));
+    write_private(path, text.as_bytes())?;
+    Ok(public)
 }
 
 /// What an export wrote.
@@ -506,6 +630,22 @@ pub struct ExportSummary {
     pub group_members: usize,
     /// Of the individual enrollments, those holding a unit's symmetric keys.
     pub with_keys: usize,
+    /// Whether the file is encrypted (age).
+    pub encrypted: bool,
+}
+
+/// An age recipient (public key, `age1...`).
+pub use age::x25519::Recipient as AgeRecipient;
+
+/// Where and how an export is written.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportTo<'a> {
+    /// The new file.
+    pub path: &'a Path,
+    /// Encrypt to these keys (the delivering side's); none: in clear.
+    pub recipients: &'a [AgeRecipient],
+    /// Allow units' keys in clear when there is no recipient.
+    pub in_clear: bool,
 }
 
 /// Where an export's rows come from.
@@ -528,9 +668,10 @@ pub fn export(
     cipher: Option<&dyn PayloadCipher>,
     rows: &ExportRows<'_>,
     id_scope: impl Fn(&str) -> Option<String>,
-    out: &Path,
+    to: &ExportTo<'_>,
     actor: &str,
 ) -> Result<ExportSummary, TransferError> {
+    let out = to.path;
     if out.exists() {
         return Err(TransferError::Exists(out.to_owned()));
     }
@@ -626,7 +767,10 @@ pub fn export(
         id_scope: id_scope(&target),
         written_at: now_utc(),
     };
-    let sha256 = write_file(out, &header, &items)?;
+    if with_keys > 0 && to.recipients.is_empty() && !to.in_clear {
+        return Err(TransferError::KeysInClear(with_keys));
+    }
+    let sha256 = write_file(out, &header, &items, to.recipients)?;
     drop(items);
     let file_name = out
         .file_name()
@@ -693,6 +837,7 @@ pub fn export(
         individuals,
         group_members,
         with_keys,
+        encrypted: !to.recipients.is_empty(),
     })
 }
 
@@ -793,7 +938,7 @@ pub async fn deliver(
         written_at: now_utc(),
         ..export.header
     };
-    write_file(receipt, &header, &out)?;
+    write_file(receipt, &header, &out, &[])?;
     Ok(summary)
 }
 

@@ -82,6 +82,30 @@ fn apply(st: &Station, receipt: &Path) -> Result<ReceiptSummary, TransferError> 
     )
 }
 
+/// `station upload --deliver FILE` with the service's connection string and CA, run with
+/// `home` as the (absent) station home: whether it succeeded, stdout, stderr.
+fn cli_deliver(
+    dps: &LocalDps,
+    home: &Path,
+    file: &Path,
+    identity: Option<&Path>,
+) -> (bool, String, String) {
+    let mut args = vec![
+        "upload".to_owned(),
+        "--deliver".into(),
+        file.to_str().unwrap().into(),
+        "--connection-string-file".into(),
+        dps.data.join("connection-string").to_str().unwrap().into(),
+        "--ca-file".into(),
+        dps.data.join("ca.pem").to_str().unwrap().into(),
+    ];
+    if let Some(i) = identity {
+        args.push("--identity".into());
+        args.push(i.to_str().unwrap().into());
+    }
+    common::run(home, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Rows travelling in an export.
 fn travelling(st: &Station) -> i64 {
     st.store()
@@ -530,36 +554,15 @@ fn the_cli_exports_delivers_and_records_and_says_what_to_do_next() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x20;
     std::fs::write(&bad, bytes).unwrap();
-    let cs = dps.data.join("connection-string");
-    let ca = dps.data.join("ca.pem");
-    let deliver_args = |f: &Path| {
-        vec![
-            "upload".to_owned(),
-            "--deliver".into(),
-            f.to_str().unwrap().into(),
-            "--connection-string-file".into(),
-            cs.to_str().unwrap().into(),
-            "--ca-file".into(),
-            ca.to_str().unwrap().into(),
-        ]
-    };
     // --deliver needs no station home.
     let nowhere = tmp.path().join("no-home");
-    let args = deliver_args(&bad);
-    let (good, _, err) = common::run(
-        &nowhere,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let (good, _, err) = cli_deliver(&dps, &nowhere, &bad, None);
     assert!(!good);
     assert!(err.contains("was changed or damaged"), "{err}");
     assert!(!tmp.path().join("bad.export.receipt").exists());
 
-    let args = deliver_args(&out);
-    let o = common::ok(
-        &nowhere,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert!(o.contains("delivered 1"), "{o}");
+    let (good, o, err) = cli_deliver(&dps, &nowhere, &out, None);
+    assert!(good && o.contains("delivered 1"), "{o}{err}");
     let receipt = tmp.path().join("cli.export.receipt");
     assert!(receipt.exists(), "{o}");
     let o = common::ok(
@@ -723,27 +726,8 @@ fn the_cli_encrypts_an_export_holding_keys_to_the_delivering_side() {
     assert!(o.contains("--identity FILE"), "{o}");
     assert!(!contains(&std::fs::read(&out).unwrap(), key.as_bytes()));
 
-    let cs = dps.data.join("connection-string");
-    let ca = dps.data.join("ca.pem");
-    let deliver = |file: &Path, identity: Option<&Path>| {
-        let mut args = vec![
-            "upload".to_owned(),
-            "--deliver".into(),
-            file.to_str().unwrap().into(),
-            "--connection-string-file".into(),
-            cs.to_str().unwrap().into(),
-            "--ca-file".into(),
-            ca.to_str().unwrap().into(),
-        ];
-        if let Some(i) = identity {
-            args.push("--identity".into());
-            args.push(i.to_str().unwrap().into());
-        }
-        common::run(
-            &nowhere,
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-    };
+    let deliver =
+        |file: &Path, identity: Option<&Path>| cli_deliver(&dps, &nowhere, file, identity);
     let (good, _, err) = deliver(&out, None);
     assert!(
         !good && err.contains("is encrypted: give the identity"),

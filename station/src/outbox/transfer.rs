@@ -38,6 +38,9 @@ use crate::ids::StationId;
 use crate::store::audit::{self, AuditEvent};
 use crate::store::{Store, StoreError, now_utc, sql};
 
+/// An age recipient (public key, `age1...`).
+pub use age::x25519::Recipient as AgeRecipient;
+
 /// The `format` of an export file's header.
 pub const EXPORT_FORMAT: &str = "station-outbox-export";
 /// The `format` of a receipt file's header.
@@ -634,9 +637,6 @@ pub struct ExportSummary {
     pub encrypted: bool,
 }
 
-/// An age recipient (public key, `age1...`).
-pub use age::x25519::Recipient as AgeRecipient;
-
 /// Where and how an export is written.
 #[derive(Debug, Clone, Copy)]
 pub struct ExportTo<'a> {
@@ -657,7 +657,7 @@ pub enum ExportRows<'a> {
     Again(&'a str),
 }
 
-/// Writes the chosen rows to `out` and marks them as travelling in the export, in one
+/// Writes the chosen rows to `to.path` and marks them as travelling in the export, in one
 /// transaction taken before the file is written (the uploader cannot deliver a row meanwhile).
 /// The file is on disk before the rows are marked; a crash between the two leaves the rows
 /// waiting and the file unrecorded, and a receipt for it is refused.

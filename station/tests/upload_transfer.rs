@@ -541,6 +541,21 @@ fn the_cli_exports_delivers_and_records_and_says_what_to_do_next() {
         o.contains("in an export 1") && o.contains("still travelling"),
         "{o}"
     );
+    // station check counts it, and warns once its receipt is a week overdue.
+    let (_, o, _) = common::run(&home, &["check"]);
+    assert!(o.contains("1 undelivered (1 travelling in exports)"), "{o}");
+    st.store()
+        .conn()
+        .execute(
+            "UPDATE exports SET created_at = '2020-01-01T00:00:00.000000Z'",
+            [],
+        )
+        .unwrap();
+    let (_, o, _) = common::run(&home, &["check"]);
+    assert!(
+        o.contains("1 rows travelling for") && o.contains("days without a receipt"),
+        "{o}"
+    );
     // Where the unit's enrollment is, for whoever wonders why it is not in DPS yet.
     let o = common::ok(&home, &["unit", "show", "gap-cli-1"]);
     assert!(

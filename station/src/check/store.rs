@@ -67,8 +67,61 @@ pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
         Err(e) => report.lines.push(CheckLine::fail("audit", e.to_string())),
     }
 
+    if store.schema_version().ok() == Some(migrations::latest()) {
+        report.lines.extend(outbox_lines(&store));
+    }
     report.lines.push(clock_line(&store));
     report.lines.push(write_turn_line(config));
+}
+
+/// An air-gapped export whose receipt has not come back after this long is worth a look.
+const EXPORT_OVERDUE_S: i64 = 7 * 24 * 3600;
+
+/// The outbox: what waits, conflicts for a supervisor, and exports whose receipt is overdue.
+fn outbox_lines(store: &Store) -> Vec<CheckLine> {
+    let st = match crate::outbox::status(store.conn()) {
+        Ok(s) => s,
+        Err(e) => return vec![CheckLine::fail("outbox", e.to_string())],
+    };
+    let in_export: i64 = st.queues.iter().map(|q| q.in_export).sum();
+    let mut lines = vec![if st.conflicts.is_empty() {
+        CheckLine::ok(
+            "outbox",
+            format!(
+                "{} undelivered ({in_export} travelling in exports), no conflict",
+                st.undelivered()
+            ),
+        )
+    } else {
+        CheckLine::warn(
+            "outbox",
+            format!(
+                "{} rows in conflict wait for a supervisor (`station upload --status`, then `station upload --requeue ID`)",
+                st.conflicts.len()
+            ),
+        )
+    }];
+    let now = chrono::Utc::now();
+    for e in &st.exports {
+        let age_s = chrono::DateTime::parse_from_rfc3339(&e.created_at)
+            .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds())
+            .unwrap_or(0);
+        if age_s > EXPORT_OVERDUE_S {
+            lines.push(CheckLine::warn(
+                "outbox export",
+                format!(
+                    "export {} ({}) to {}: {} rows travelling for {} days without a receipt; deliver it and run `station upload --receipt FILE`, or write it again with `station upload --export FILE --again {}`",
+                    e.id,
+                    e.file_name,
+                    e.target,
+                    e.travelling,
+                    age_s / 86400,
+                    e.id
+                ),
+            ));
+        }
+    }
+    lines
 }
 
 /// Whether `station serve` can hold the write turn at real-time priority

@@ -394,6 +394,7 @@ mod tests {
     #[test]
     fn a_malformed_badge_scan_never_shows_the_code() {
         let p = parser();
+        // Checked by its letters: the digits could turn up in a Debug-printed Instant.
         let code = "4711-secret";
         let mut long = format!("OP:{code}").into_bytes();
         long.resize(200, b'x');
@@ -408,7 +409,7 @@ mod tests {
         ];
         for e in &rejections {
             let shown = format!("{e} {e:?}");
-            assert!(!shown.contains("4711"), "{shown}");
+            assert!(!shown.contains("secret"), "{shown}");
             assert!(shown.contains("<badge code, "), "{shown}");
         }
         assert_eq!(
@@ -421,14 +422,14 @@ mod tests {
                 .starts_with(r#""op:<badge code, 11 bytes"#)
         );
         let shown = format!("{lines:?} {cut:?}");
-        assert!(!shown.contains("4711"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("TooLong { len: 27, "), "{shown}");
         // A whole badge line, as the splitter hands it on, and the debouncer that saw it.
         let mut d = Debouncer::new(Duration::from_millis(500));
         let line = cut.feed(format!("OP:{code}\r").as_bytes());
         assert!(d.accept(format!("OP:{code}").as_bytes(), Instant::now()));
         let shown = format!("{line:?} {d:?}");
-        assert!(!shown.contains("4711"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
         assert!(
             shown.starts_with(r#"[Complete("OP:<badge code, 11 bytes"#),
             "{shown}"

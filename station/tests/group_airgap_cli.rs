@@ -172,6 +172,14 @@ fn an_air_gapped_group_is_made_elsewhere_and_its_key_imported_from_the_environme
     );
     assert!(!good && err.contains("standard input ended"), "{err}");
 
+    // Show asks no DPS, and reads the key's presence from the HSM.
+    let out = ok(&home, &["group", "show", "--product", "sy-20"]);
+    assert!(
+        out.contains("in DPS:      not asked (delivery = \"export\"")
+            && out.contains("hsm key:     present"),
+        "{out}"
+    );
+
     // Every attempt is audited, and the key is nowhere: not in the audit log, not in any file
     // of the home (SoftHSM's token files hold it encrypted).
     let (good, audit, _) = run(&home, &["audit", "list", "--json"]);

@@ -353,23 +353,30 @@ fn show(ctx: &Context, product: &ProductName) -> Result<ExitCode, CliError> {
     };
     let desired = group::desired_group(p, &station, pem.as_deref()).map_err(gerr)?;
     let target = &p.profile.dps_target;
-    let client =
-        crate::dps_target::client(&ctx.home, &cfg, target).map_err(GroupCliError::Target)?;
     let gid = desired.enrollment_group_id.clone();
-    let rt = runtime()?;
-    let actual = match rt.block_on(client.get_group(&gid)) {
-        Ok(g) => Some(g),
-        Err(e) if e.status() == Some(404) => None,
-        Err(source) => {
-            return Err(gerr(GroupError::Fetch {
-                group_id: gid.to_string(),
-                source,
-            })
-            .into());
+    // An air-gapped target is not asked: the station cannot reach it.
+    let actual = if export_only(&cfg, target) {
+        None
+    } else {
+        let client =
+            crate::dps_target::client(&ctx.home, &cfg, target).map_err(GroupCliError::Target)?;
+        match runtime()?.block_on(client.get_group(&gid)) {
+            Ok(g) => Some(g),
+            Err(e) if e.status() == Some(404) => None,
+            Err(source) => {
+                return Err(gerr(GroupError::Fetch {
+                    group_id: gid.to_string(),
+                    source,
+                })
+                .into());
+            }
         }
     };
     println!("group {gid} (product {name}, target {target})");
     match &actual {
+        None if export_only(&cfg, target) => println!(
+            "  in DPS:      not asked (delivery = \"export\": made where DPS is reachable, see `station group sync`)"
+        ),
         None => println!("  in DPS:      absent (run `station group sync`)"),
         Some(g) => {
             let diffs = group::differences(&desired, g);

@@ -97,7 +97,7 @@ pub(super) fn target_down(e: &ClientError) -> bool {
 
 /// Delivers up to `batch` individual enrollments of one target with one bulk create; returns
 /// one outcome per item, in order, and whether the target is down for the rest of the pass.
-pub(super) async fn deliver_individuals(
+async fn deliver_individuals(
     client: &ServiceClient,
     target: &str,
     items: &[IndividualEnrollment],
@@ -393,26 +393,54 @@ fn differs(ours: &AttestationMechanism, theirs: &AttestationMechanism) -> Option
     }
 }
 
-/// The outcome for each group of these group members: each group read once; when the target
-/// is already known to be down (`down`), not tried.
-pub(super) async fn member_groups<'g>(
+/// One bulk of individual enrollments in a pass over a target: delivered with one bulk create,
+/// or, once the target is known to be down (`down`), not tried. A failure that says the target
+/// is down sets `down` for the rest of the pass. One outcome per item, in order.
+pub(super) async fn deliver_bulk(
     client: &ServiceClient,
     target: &str,
-    group_ids: impl Iterator<Item = &'g String>,
+    items: &[IndividualEnrollment],
+    down: &mut Option<String>,
+    bulk_calls: &mut usize,
+) -> Vec<Outcome> {
+    if let Some(d) = down {
+        return vec![super::uploader::not_reached(target, d); items.len()];
+    }
+    let (outcomes, now_down) = deliver_individuals(client, target, items, bulk_calls).await;
+    *down = now_down;
+    outcomes
+}
+
+/// The outcome for each of these group members (by its group id, in order): each group read
+/// once; when the target is already known to be down (`down`), not tried.
+pub(super) async fn member_outcomes(
+    client: &ServiceClient,
+    target: &str,
+    group_ids: &[&str],
     down: Option<&str>,
-) -> HashMap<String, Outcome> {
+) -> Vec<Outcome> {
     let groups: Vec<String> = group_ids
-        .cloned()
+        .iter()
+        .map(|g| (*g).to_owned())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    match down {
+    let found: HashMap<String, Outcome> = match down {
         Some(d) => groups
             .into_iter()
             .map(|g| (g, super::uploader::not_reached(target, d)))
             .collect(),
         None => group_etags(client, target, &groups).await.0,
-    }
+    };
+    group_ids
+        .iter()
+        .map(|g| {
+            found
+                .get(*g)
+                .cloned()
+                .unwrap_or_else(|| super::uploader::not_reached(target, "no answer"))
+        })
+        .collect()
 }
 
 /// Confirms each group exists in the target; one GET per group, shared by its members.

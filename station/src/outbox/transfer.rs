@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use super::dps::{
     GroupMemberPayload, IndividualPayload, KIND_GROUP_MEMBER, KIND_INDIVIDUAL, Outcome,
-    deliver_individuals, destination, member_groups,
+    deliver_bulk, destination, member_outcomes,
 };
 use super::uploader::{UploadError, UploadReport, Work, apply_outcome, decode};
 use super::{Backoff, Item, PayloadCipher, RowState};
@@ -890,14 +890,14 @@ pub async fn deliver(
     let mut down: Option<String> = None;
     for chunk in individuals.chunks(batch) {
         let enrollments: Vec<IndividualEnrollment> = chunk.iter().map(|(_, e)| e.clone()).collect();
-        let outcomes = if let Some(d) = &down {
-            vec![super::uploader::not_reached(&target, d); chunk.len()]
-        } else {
-            let (o, dn) =
-                deliver_individuals(client, &target, &enrollments, &mut summary.bulk_calls).await;
-            down = dn;
-            o
-        };
+        let outcomes = deliver_bulk(
+            client,
+            &target,
+            &enrollments,
+            &mut down,
+            &mut summary.bulk_calls,
+        )
+        .await;
         for ((id, e), o) in chunk.iter().zip(outcomes) {
             out.push(ReceiptItem::from_outcome(
                 *id,
@@ -907,18 +907,9 @@ pub async fn deliver(
         }
     }
     if !members.is_empty() {
-        let found = member_groups(
-            client,
-            &target,
-            members.iter().map(|(_, _, g)| g),
-            down.as_deref(),
-        )
-        .await;
-        for (id, rid, g) in &members {
-            let o = found
-                .get(g)
-                .cloned()
-                .unwrap_or_else(|| super::uploader::not_reached(&target, "no answer"));
+        let groups: Vec<&str> = members.iter().map(|(_, _, g)| g.as_str()).collect();
+        let outcomes = member_outcomes(client, &target, &groups, down.as_deref()).await;
+        for ((id, rid, _), o) in members.iter().zip(outcomes) {
             out.push(ReceiptItem::from_outcome(*id, rid, o));
         }
     }

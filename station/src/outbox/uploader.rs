@@ -14,8 +14,8 @@ use rusqlite::{TransactionBehavior, params};
 use serde::Serialize;
 
 use super::dps::{
-    GroupMemberPayload, IndividualPayload, KIND_INDIVIDUAL, KINDS, Outcome, deliver_individuals,
-    member_groups,
+    GroupMemberPayload, IndividualPayload, KIND_INDIVIDUAL, KINDS, Outcome, deliver_bulk,
+    member_outcomes,
 };
 use super::{Backoff, Item, PayloadCipher};
 use crate::config::{Config, Delivery};
@@ -424,44 +424,28 @@ impl<'c> Uploader<'c> {
         for chunk in chunks {
             let (items, enrollments): (Vec<Item>, Vec<IndividualEnrollment>) =
                 chunk.into_iter().unzip();
-            let outcomes = if let Some(d) = &down {
-                vec![not_reached(target, d); items.len()]
-            } else {
-                let mut calls = 0;
-                let Some((o, dn)) = self.block_on(deliver_individuals(
-                    client,
-                    target,
-                    &enrollments,
-                    &mut calls,
-                )) else {
-                    return Ok(false);
-                };
-                report.bulk_calls += calls;
-                down = dn;
-                o
-            };
-            self.apply(items.into_iter().zip(outcomes).collect(), report)?;
-        }
-        if !members.is_empty() {
-            let Some(found) = self.block_on(member_groups(
+            let mut calls = 0;
+            let Some(outcomes) = self.block_on(deliver_bulk(
                 client,
                 target,
-                members.iter().map(|(_, g)| g),
-                down.as_deref(),
+                &enrollments,
+                &mut down,
+                &mut calls,
             )) else {
                 return Ok(false);
             };
-            let outcomes = members
-                .into_iter()
-                .map(|(item, g)| {
-                    let o = found
-                        .get(&g)
-                        .cloned()
-                        .unwrap_or_else(|| not_reached(target, "no answer"));
-                    (item, o)
-                })
-                .collect();
-            self.apply(outcomes, report)?;
+            report.bulk_calls += calls;
+            self.apply(items.into_iter().zip(outcomes).collect(), report)?;
+        }
+        if !members.is_empty() {
+            let groups: Vec<&str> = members.iter().map(|(_, g)| g.as_str()).collect();
+            let Some(outcomes) =
+                self.block_on(member_outcomes(client, target, &groups, down.as_deref()))
+            else {
+                return Ok(false);
+            };
+            let rows = members.into_iter().map(|(item, _)| item);
+            self.apply(rows.zip(outcomes).collect(), report)?;
         }
         Ok(true)
     }

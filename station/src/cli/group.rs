@@ -96,9 +96,6 @@ pub enum GroupCliError {
         #[source]
         source: KeyError,
     },
-    /// The group key was not given.
-    #[error("{0}")]
-    KeyInput(String),
     /// `import-key` for a product that is not a symmetric-key group.
     #[error("product {0} is not enrolled in a symmetric-key group: it has no group key")]
     NotSymmetricGroup(String),
@@ -426,7 +423,6 @@ fn import_key(
     key_stdin: bool,
     actor: &ActorArg,
 ) -> Result<ExitCode, CliError> {
-    use secrecy::SecretString;
     let actor = actor.resolve()?;
     let cfg = ctx.config()?.config;
     let station = cfg.station_id();
@@ -445,29 +441,9 @@ fn import_key(
             source: Box::new(source),
         })?
         .to_owned();
-    let key: SecretString = match key_env {
-        Some(var) => std::env::var(var).map(SecretString::from).map_err(|_| {
-            GroupCliError::KeyInput(format!("environment variable {var} is not set"))
-        })?,
-        None if key_stdin => {
-            let mut line = String::new();
-            let n = std::io::stdin().read_line(&mut line).unwrap_or(0);
-            let line = zeroize::Zeroizing::new(line);
-            if n == 0 {
-                return Err(GroupCliError::KeyInput(
-                    "standard input ended before the group key was read".into(),
-                )
-                .into());
-            }
-            SecretString::from(line.trim().to_owned())
-        }
-        None => {
-            return Err(GroupCliError::KeyInput(
-                "give the group key with --key-env VAR or --key-stdin".into(),
-            )
-            .into());
-        }
-    };
+    // Clap requires one of --key-env and --key-stdin.
+    let key = super::user::read_one(&mut std::io::stdin().lock(), key_stdin, key_env, "key")?
+        .ok_or(super::user::SecretInputError::NotGiven("key"))?;
     let hsm = service::open_hsm(&ctx.home, &cfg)?;
     let session = service::open_ca_token(&hsm, &ctx.home, &cfg)?;
     let imported = keys::import_group_key(&session, &gid, &key);

@@ -113,7 +113,9 @@ impl SecretArgs {
     }
 }
 
-fn read_one(
+/// A secret from the environment variable `env`, else (when `from_stdin`) the next line of
+/// standard input; `None` when neither is asked for.
+pub(super) fn read_one(
     stdin: &mut impl BufRead,
     from_stdin: bool,
     env: Option<&str>,

@@ -231,7 +231,7 @@ pub(super) fn sync_with(
         };
         let desired = group::desired_group(p, &station, pem.as_deref()).map_err(gerr)?;
         let target = &p.profile.dps_target;
-        if export_only(&cfg, target) {
+        if cfg.dps.export_only(target) {
             println!(
                 "group {} (product {name}, target {target}): not synced: the target has delivery = \"export\"",
                 desired.enrollment_group_id
@@ -352,7 +352,8 @@ fn show(ctx: &Context, product: &ProductName) -> Result<ExitCode, CliError> {
     let target = &p.profile.dps_target;
     let gid = desired.enrollment_group_id.clone();
     // An air-gapped target is not asked: the station cannot reach it.
-    let actual = if export_only(&cfg, target) {
+    let offline = cfg.dps.export_only(target);
+    let actual = if offline {
         None
     } else {
         let client =
@@ -371,7 +372,7 @@ fn show(ctx: &Context, product: &ProductName) -> Result<ExitCode, CliError> {
     };
     println!("group {gid} (product {name}, target {target})");
     match &actual {
-        None if export_only(&cfg, target) => println!(
+        None if offline => println!(
             "  in DPS:      not asked (delivery = \"export\": made where DPS is reachable, see `station group sync`)"
         ),
         None => println!("  in DPS:      absent (run `station group sync`)"),
@@ -406,14 +407,6 @@ fn show(ctx: &Context, product: &ProductName) -> Result<ExitCode, CliError> {
         println!("  hsm key:     not used ({})", p.profile.attestation.kind());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether the target is delivered by export only (no connection string).
-fn export_only(cfg: &Config, target: &str) -> bool {
-    cfg.dps
-        .targets
-        .get(target)
-        .is_some_and(|t| t.delivery == crate::config::Delivery::Export)
 }
 
 fn import_key(

@@ -250,8 +250,7 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
         let export_only = q
             .destination
             .strip_prefix("dps:")
-            .and_then(|t| config.dps.targets.get(t))
-            .is_some_and(|t| t.delivery == crate::config::Delivery::Export);
+            .is_some_and(|t| config.dps.export_only(t));
         if export_only && q.pending > q.in_export {
             println!(
                 "  delivery = \"export\": {} rows wait for `station upload --export FILE --target {}`",

@@ -17,6 +17,17 @@ pub struct DpsConfig {
     pub targets: BTreeMap<String, DpsTarget>,
 }
 
+impl DpsConfig {
+    /// Whether the target called `name` is configured with `delivery = "export"` (the
+    /// station cannot reach it).
+    #[must_use]
+    pub fn export_only(&self, name: &str) -> bool {
+        self.targets
+            .get(name)
+            .is_some_and(|t| t.delivery == Delivery::Export)
+    }
+}
+
 /// `[dps.targets.NAME]`: one DPS instance (one tenant).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

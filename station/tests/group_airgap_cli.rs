@@ -73,69 +73,41 @@ fn an_air_gapped_group_is_made_elsewhere_and_its_key_imported_from_the_environme
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
+    // `--key-env T_KEY` for `product`, with T_KEY set to `value` (unset: None).
+    let from_env = |product: &str, value: Option<&str>| {
+        let env: Vec<(&str, &str)> = value.map(|v| ("T_KEY", v)).into_iter().collect();
+        import(
+            &[
+                "--product",
+                product,
+                "--key-env",
+                "T_KEY",
+                "--actor",
+                "tester",
+            ],
+            &env,
+            None,
+        )
+    };
     // Not given, not set, or not base64: refused by what is wrong, without the text.
     let (good, _, err) = import(&["--product", "sy-20", "--actor", "tester"], &[], None);
     assert!(!good && err.contains("--key-env"), "{err}");
-    let (good, _, err) = import(
-        &[
-            "--product",
-            "sy-20",
-            "--key-env",
-            "T_UNSET",
-            "--actor",
-            "tester",
-        ],
-        &[],
-        None,
-    );
+    let (good, _, err) = from_env("sy-20", None);
     assert!(
-        !good && err.contains("environment variable T_UNSET is not set"),
+        !good && err.contains("environment variable T_KEY is not set"),
         "{err}"
     );
-    let (good, _, err) = import(
-        &[
-            "--product",
-            "sy-20",
-            "--key-env",
-            "T_KEY",
-            "--actor",
-            "tester",
-        ],
-        &[("T_KEY", "not base64 at all!")],
-        None,
-    );
+    let (good, _, err) = from_env("sy-20", Some("not base64 at all!"));
     assert!(!good && !err.contains("not base64 at all"), "{err}");
     // An x509 group has no key.
-    let (good, _, err) = import(
-        &[
-            "--product",
-            "sx-200",
-            "--key-env",
-            "T_KEY",
-            "--actor",
-            "tester",
-        ],
-        &[("T_KEY", KEY)],
-        None,
-    );
+    let (good, _, err) = from_env("sx-200", Some(KEY));
     assert!(
         !good && err.contains("product sx-200 is not enrolled in a symmetric-key group"),
         "{err}"
     );
 
     // The key, from the environment: imported; the same key again from stdin: already there.
-    let (good, out, err) = import(
-        &[
-            "--product",
-            "sy-20",
-            "--key-env",
-            "T_KEY",
-            "--actor",
-            "tester",
-        ],
-        &[("T_KEY", KEY)],
-        None,
-    );
+    let (good, out, err) = from_env("sy-20", Some(KEY));
     assert!(good, "{out}{err}");
     assert!(
         out.contains("group sy-20-fleet (product sy-20): hsm key imported"),
@@ -152,18 +124,7 @@ fn an_air_gapped_group_is_made_elsewhere_and_its_key_imported_from_the_environme
         "{out}"
     );
     // Another key under the group's label: refused, the first one stays.
-    let (good, _, err) = import(
-        &[
-            "--product",
-            "sy-20",
-            "--key-env",
-            "T_KEY",
-            "--actor",
-            "tester",
-        ],
-        &[("T_KEY", OTHER)],
-        None,
-    );
+    let (good, _, err) = from_env("sy-20", Some(OTHER));
     assert!(!good && err.contains("could not be imported"), "{err}");
     let (good, _, err) = import(
         &["--product", "sy-20", "--key-stdin", "--actor", "tester"],

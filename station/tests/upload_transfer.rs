@@ -106,6 +106,20 @@ fn cli_deliver(
     common::run(home, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// `station upload --receipt FILE` on the station in `home`: success, stdout, stderr.
+fn cli_receipt(home: &Path, receipt: &Path) -> (bool, String, String) {
+    common::run(
+        home,
+        &[
+            "upload",
+            "--receipt",
+            receipt.to_str().unwrap(),
+            "--actor",
+            "tester",
+        ],
+    )
+}
+
 /// Rows travelling in an export.
 fn travelling(st: &Station) -> i64 {
     st.store()
@@ -580,30 +594,12 @@ fn the_cli_exports_delivers_and_records_and_says_what_to_do_next() {
     assert!(good && o.contains("delivered 1"), "{o}{err}");
     let receipt = tmp.path().join("cli.export.receipt");
     assert!(receipt.exists(), "{o}");
-    let o = common::ok(
-        &home,
-        &[
-            "upload",
-            "--receipt",
-            receipt.to_str().unwrap(),
-            "--actor",
-            "tester",
-        ],
-    );
-    assert!(o.contains("delivered 1"), "{o}");
+    let (good, o, err) = cli_receipt(&home, &receipt);
+    assert!(good && o.contains("delivered 1"), "{o}{err}");
     assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
     let o = common::ok(&home, &["unit", "show", "gap-cli-1"]);
     assert!(o.contains("dps:local delivered 20"), "{o}");
-    let (good, _, err) = common::run(
-        &home,
-        &[
-            "upload",
-            "--receipt",
-            receipt.to_str().unwrap(),
-            "--actor",
-            "tester",
-        ],
-    );
+    let (good, _, err) = cli_receipt(&home, &receipt);
     assert!(!good && err.contains("was applied at"), "{err}");
     let (good, _, err) = common::run(&home, &["upload", "--export", out.to_str().unwrap()]);
     assert!(!good && err.contains("exists already"), "{err}");
@@ -764,17 +760,8 @@ fn the_cli_encrypts_an_export_holding_keys_to_the_delivering_side() {
     assert!(good && o.contains("delivered 1"), "{o}{err}");
     let receipt = tmp.path().join("enc.export.receipt");
     assert!(!contains(&std::fs::read(&receipt).unwrap(), key.as_bytes()));
-    let o = common::ok(
-        &home,
-        &[
-            "upload",
-            "--receipt",
-            receipt.to_str().unwrap(),
-            "--actor",
-            "t",
-        ],
-    );
-    assert!(o.contains("delivered 1"), "{o}");
+    let (good, o, err) = cli_receipt(&home, &receipt);
+    assert!(good && o.contains("delivered 1"), "{o}{err}");
     assert!(matches!(st.unit_state(unit), UnitState::Uploaded { .. }));
     // DPS holds the unit's own key.
     let held = dps

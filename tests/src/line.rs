@@ -348,6 +348,32 @@ impl LineRig {
     }
 }
 
+impl LineRig {
+    /// `line-sim` for the demo line ([`LineRig::demo_line`]): `units` units at zero wire
+    /// delay, scanned in by the operator with `badge`, unit tokens made with `unit_pin`, its
+    /// work under the rig's directory. Add arguments, then run it.
+    pub fn line_sim(&self, units: i64, badge: &str, unit_pin: &str) -> Command {
+        let mut c = Command::new(bin("line-sim"));
+        c.arg("--home")
+            .arg(&self.home)
+            .args([
+                "--units",
+                &units.to_string(),
+                "--badge-env",
+                "T_BADGE",
+                "--zero-wire-delay",
+            ])
+            .arg("--work-dir")
+            .arg(self.dir.path().join("line"))
+            .arg("--tpm-vendor")
+            .arg(self.dir.path().join("tpm-vendor"))
+            .env("T_BADGE", badge)
+            .env("UNIT_SE_PIN", unit_pin)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
 /// A running `station serve`, killed on drop.
 pub struct StationServe {
     child: Child,

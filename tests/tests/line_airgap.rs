@@ -7,7 +7,7 @@
 //! individually, every unit is uploaded once, and the audit chain holds.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use station_e2e::line::{LineRig, StationServe, wait_until};
 use station_e2e::{bin, text};
@@ -51,25 +51,7 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
         "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n",
     );
     let serve = StationServe::start(&rig, &[("UNIT_SE_PIN", "864209")]);
-    let out = Command::new(bin("line-sim"))
-        .arg("--home")
-        .arg(&rig.home)
-        .args([
-            "--units",
-            &UNITS.to_string(),
-            "--badge-env",
-            "T_BADGE",
-            "--zero-wire-delay",
-        ])
-        .arg("--work-dir")
-        .arg(rig.dir.path().join("line"))
-        .arg("--tpm-vendor")
-        .arg(rig.dir.path().join("tpm-vendor"))
-        .env("T_BADGE", badge)
-        .env("UNIT_SE_PIN", "864209")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = rig.line_sim(UNITS, badge, "864209").output().unwrap();
     assert!(
         out.status.success(),
         "line-sim: {}\nstation log:\n{}",

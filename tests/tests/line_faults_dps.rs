@@ -5,9 +5,7 @@
 //! (Each of these answers is also tested on the uploader alone in station/tests/upload_*.rs.)
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 
-use station_e2e::bin;
 use station_e2e::line::{DpsService, LineRig, StationServe, poll_until, wait_until};
 
 const UNITS: i64 = 16;
@@ -31,30 +29,8 @@ fn a_lot_drains_through_dps_down_throttled_and_failing() {
     dps.stop();
 
     let serve = StationServe::start(&rig, &[("UNIT_SE_PIN", "864209")]);
-    let work = rig.dir.path().join("line");
-    let home = rig.home.clone();
-    let vendor = rig.dir.path().join("tpm-vendor");
-    let sim = std::thread::spawn(move || {
-        Command::new(bin("line-sim"))
-            .arg("--home")
-            .arg(&home)
-            .args([
-                "--units",
-                &UNITS.to_string(),
-                "--badge-env",
-                "T_BADGE",
-                "--zero-wire-delay",
-            ])
-            .arg("--work-dir")
-            .arg(&work)
-            .arg("--tpm-vendor")
-            .arg(&vendor)
-            .env("T_BADGE", badge)
-            .env("UNIT_SE_PIN", "864209")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    });
+    let mut sim = rig.line_sim(UNITS, badge, "864209");
+    let sim = std::thread::spawn(move || sim.output().unwrap());
     // Part of the lot runs with DPS down: units queue, nothing is delivered, the uploader says so.
     wait_until("a third of the lot queued", 120, || {
         count(&rig, "SELECT count(*) FROM units WHERE state = 'queued'") >= UNITS / 3

@@ -5,7 +5,7 @@
 //! key are searched (raw, hex and base64) in every log file, the database and its WAL, the
 //! daemon's output, and the Debug output of the configuration and the key types.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -60,24 +60,9 @@ fn no_secret_reaches_a_log_the_database_or_debug_output() {
         .spawn()
         .unwrap();
     let work = rig.dir.path().join("line");
-    let sim = Command::new(bin("line-sim"))
-        .arg("--home")
-        .arg(&rig.home)
-        .args([
-            "--units",
-            "25",
-            "--badge-env",
-            "T_BADGE",
-            "--zero-wire-delay",
-            "--keep",
-        ])
-        .arg("--work-dir")
-        .arg(&work)
-        .arg("--tpm-vendor")
-        .arg(rig.dir.path().join("tpm-vendor"))
-        .env("T_BADGE", badge)
-        .env("UNIT_SE_PIN", unit_pin)
-        .stdin(Stdio::null())
+    let sim = rig
+        .line_sim(25, badge, unit_pin)
+        .arg("--keep")
         .output()
         .unwrap();
     let sim_text = format!(

@@ -22,3 +22,4 @@ pub mod store;
 pub mod timing;
 pub mod tpm;
 pub mod trigger;
+pub mod web;

@@ -6,6 +6,7 @@
 mod hsm;
 mod store;
 pub mod tpm;
+mod web;
 
 use std::fmt;
 
@@ -128,6 +129,7 @@ pub fn run_all(home: &Home) -> Report {
     store::run(home, &loaded.config, &mut report);
     hsm::run(home, &loaded.config, &mut report);
     tpm::run(home, &loaded.config, &mut report);
+    web::run(&loaded.config, &mut report);
     report
 }
 

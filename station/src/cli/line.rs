@@ -7,10 +7,10 @@ use std::sync::atomic::AtomicBool;
 use clap::{Args, Subcommand};
 
 use super::{ActorArg, CliError, Context};
+use crate::line::report;
 use crate::line::serve::{self, ServeError};
 use crate::line::setup::LineSetup;
-use crate::line::units;
-use crate::line::worker::{UnitOutcome, Worker, WorkerHsm};
+use crate::line::worker::{UnitOutcome, Worker, WorkerHsm, error_text};
 
 /// Arguments of `station serve`.
 #[derive(Debug, Clone, Args)]
@@ -83,6 +83,9 @@ pub enum LineCliError {
     /// Reading failed.
     #[error("reading the database failed: {0}")]
     Read(String),
+    /// The web UI could not start.
+    #[error("{0}")]
+    Web(String),
 }
 
 fn setup(ctx: &Context) -> Result<LineSetup, CliError> {
@@ -124,6 +127,8 @@ pub fn serve(
     // the uploader's first TLS handshake, where it took a core from the first units.
     aws_lc_rs::rand::fill(&mut [0u8; 16])
         .map_err(|_| std::io::Error::other("the crypto library's random generator failed"))?;
+    // Bound before any fixture starts: a taken port stops the daemon before it takes units.
+    let web = crate::web::bind(&setup).map_err(|e| LineCliError::Web(error_text(&e)))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,14 +139,44 @@ pub fn serve(
     } else {
         Some(serve::start_uploader(&setup, &station_hsm, &signal).map_err(LineCliError::from)?)
     };
+    let board = crate::line::board::Board::new(names.iter().filter_map(|n| {
+        setup
+            .cfg
+            .fixtures
+            .get(n)
+            .map(|f| (n.as_str(), f.product.as_str()))
+    }));
     let running = serve::start_fixtures(
         &setup,
         &station_hsm,
         uploader.as_ref().map(|_| &signal),
+        &board,
         &names,
         rt.handle(),
     )
     .map_err(LineCliError::from)?;
+    let web_stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let web_task = match web {
+        Some(listener) => {
+            let handles = running.iter().map(|f| (f.name.as_str(), &f.jobs, &f.abort));
+            let state = match crate::web::WebState::new(&setup, handles, &board, listener.port) {
+                Ok(s) => s,
+                Err(e) => {
+                    serve::stop_fixtures(running);
+                    return Err(LineCliError::Web(error_text(&e)).into());
+                }
+            };
+            tracing::info!(url = %listener.url, "web UI listening");
+            eprintln!("station serve: web UI at {}", listener.url);
+            let stop = std::sync::Arc::clone(&web_stop);
+            Some(rt.spawn(async move {
+                if let Err(e) = crate::web::serve(listener, state, stop).await {
+                    tracing::error!(error = %e, "the web UI stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(
         fixtures = running.len(),
         station = %setup.station,
@@ -168,6 +203,12 @@ pub fn serve(
         }
     });
     tracing::info!("stopping: finishing the running units");
+    web_stop.notify_one();
+    if let Some(t) = web_task {
+        // A browser's request in flight is given a moment; an open connection does not hold
+        // the stop.
+        let _ = rt.block_on(tokio::time::timeout(std::time::Duration::from_secs(2), t));
+    }
     serve::stop_fixtures(running);
     signal.stop();
     if let Some(u) = uploader {
@@ -249,33 +290,29 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
     let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
     match cmd {
         UnitCommand::Show { serial } => {
-            let u = units::by_serial(conn, serial)
+            let r = report::unit(conn, serial)
                 .map_err(|e| read(&e))?
                 .ok_or_else(|| LineCliError::NoUnit(serial.clone()))?;
+            let u = &r.unit;
+            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
             println!("serial           {}", u.serial);
             println!("product          {}", u.product);
-            println!("lot              {}", u.lot_id.as_deref().unwrap_or("-"));
-            println!("state            {}", describe_state(&u.state));
-            println!(
-                "registration ID  {}",
-                u.registration_id.as_deref().unwrap_or("-")
-            );
-            println!("device ID        {}", u.device_id.as_deref().unwrap_or("-"));
+            println!("lot              {}", or_dash(&u.lot_id));
+            println!("state            {}", r.state);
+            println!("registration ID  {}", or_dash(&u.registration_id));
+            println!("device ID        {}", or_dash(&u.device_id));
             println!(
                 "model/hw/fw      {} / {} / {}",
-                u.model.as_deref().unwrap_or("-"),
-                u.hw_rev.as_deref().unwrap_or("-"),
-                u.fw_version.as_deref().unwrap_or("-")
+                or_dash(&u.model),
+                or_dash(&u.hw_rev),
+                or_dash(&u.fw_version)
             );
-            println!(
-                "attestation      {}",
-                u.attestation.as_deref().unwrap_or("-")
-            );
-            println!("fixture          {}", u.fixture.as_deref().unwrap_or("-"));
-            println!("operator         {}", u.operator.as_deref().unwrap_or("-"));
+            println!("attestation      {}", or_dash(&u.attestation));
+            println!("fixture          {}", or_dash(&u.fixture));
+            println!("operator         {}", or_dash(&u.operator));
             println!("first scanned    {}", u.created_at);
             println!("steps:");
-            for t in units::history(conn, u.id).map_err(|e| read(&e))? {
+            for t in &r.steps {
                 let data = if t.data == "{}" {
                     String::new()
                 } else {
@@ -290,125 +327,41 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
                     data
                 );
             }
-            let mut st = conn
-                .prepare(
-                    "SELECT serial_hex, status, fingerprint_sha256, issued_at FROM certificates WHERE unit_id = ?1 ORDER BY id",
-                )
-                .map_err(|e| read(&e))?;
-            let certs: Vec<(String, String, String, String)> = st
-                .query_map([u.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .and_then(Iterator::collect)
-                .map_err(|e| read(&e))?;
-            for (serial_hex, status, fp, at) in certs {
-                println!("certificate      {serial_hex} {status} sha256 {fp} issued {at}");
+            for c in &r.certificates {
+                println!(
+                    "certificate      {} {} sha256 {} issued {}",
+                    c.serial_hex, c.status, c.fingerprint, c.issued_at
+                );
             }
-            let mut st = conn
-                .prepare("SELECT dps_target, enrollment_id, status, coalesce(etag, '') FROM enrollments WHERE unit_id = ?1")
-                .map_err(|e| read(&e))?;
-            let enr: Vec<(String, String, String, String)> = st
-                .query_map([u.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .and_then(Iterator::collect)
-                .map_err(|e| read(&e))?;
-            for (target, id, status, etag) in enr {
-                println!("enrollment       {target}: {id} {status} {etag}");
+            for e in &r.enrollments {
+                println!(
+                    "enrollment       {}: {} {} {}",
+                    e.target, e.enrollment_id, e.status, e.etag
+                );
             }
-            for line in upload_rows(conn, u.id).map_err(|e| read(&e))? {
+            for line in &r.uploads {
                 println!("upload           {line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         UnitCommand::List { lot, limit } => {
-            let mut st = conn
-                .prepare(
-                    "SELECT serial, product, coalesce(lot_id,''), state, coalesce(registration_id,''),
-                     coalesce(fixture,''), coalesce(operator,''), updated_at FROM units
-                     WHERE (?1 IS NULL OR lot_id = ?1) ORDER BY id DESC LIMIT ?2",
-                )
-                .map_err(|e| read(&e))?;
-            let rows: Vec<[String; 8]> = st
-                .query_map(rusqlite::params![lot, limit], |r| {
-                    Ok([
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ])
-                })
-                .and_then(Iterator::collect)
-                .map_err(|e| read(&e))?;
+            let rows = report::list(conn, lot.as_deref(), *limit).map_err(|e| read(&e))?;
             println!(
                 "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} updated",
                 "serial", "product", "lot", "state", "registration ID", "fixture", "operator"
             );
             for r in rows {
-                let rid = if r[4].len() > 28 {
-                    format!("{}...", &r[4][..25])
+                let rid = if r.registration_id.len() > 28 {
+                    format!("{}...", &r.registration_id[..25])
                 } else {
-                    r[4].clone()
+                    r.registration_id.clone()
                 };
                 println!(
                     "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} {}",
-                    r[0], r[1], r[2], r[3], rid, r[5], r[6], r[7]
+                    r.serial, r.product, r.lot, r.state, rid, r.fixture, r.operator, r.updated_at
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// Where each of a unit's outbox rows is: delivered, waiting (attempts, next try, last error),
-/// travelling in an air-gapped export, or in conflict (the supervisor's message).
-fn upload_rows(conn: &rusqlite::Connection, unit_id: i64) -> rusqlite::Result<Vec<String>> {
-    let mut st = conn.prepare(
-        "SELECT o.id, o.destination, o.state, o.attempts, coalesce(o.next_attempt_at, ''),
-            o.last_error, coalesce(o.etag, ''), coalesce(o.done_at, ''), o.export_id,
-            coalesce(e.created_at, ''), coalesce(e.created_by, ''), coalesce(e.file_name, '')
-         FROM outbox o LEFT JOIN exports e ON e.id = o.export_id
-         WHERE o.unit_id = ?1 ORDER BY o.id",
-    )?;
-    st.query_map([unit_id], |r| {
-        let (id, dest, state): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        let attempts: u32 = r.get(3)?;
-        let last_error: Option<String> = r.get(5)?;
-        let export: Option<String> = r.get(8)?;
-        let head = format!("#{id} {dest}");
-        Ok(match (state.as_str(), export) {
-            ("done", _) => format!(
-                "{head} delivered {} (etag {})",
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(6)?
-            ),
-            ("conflict", _) => format!(
-                "{head} in conflict: {}",
-                last_error.unwrap_or_default()
-            ),
-            (_, Some(x)) => format!(
-                "{head} travelling in export {x} (file {}, written {} by {}); waits for its receipt",
-                r.get::<_, String>(11)?,
-                r.get::<_, String>(9)?,
-                r.get::<_, String>(10)?
-            ),
-            _ if attempts == 0 => format!("{head} waiting for its first delivery"),
-            _ => format!(
-                "{head} waiting: {attempts} failed attempts, next at {}, last error: {}",
-                r.get::<_, String>(4)?,
-                last_error.unwrap_or_default()
-            ),
-        })
-    })?
-    .collect()
-}
-
-fn describe_state(s: &crate::line::state::UnitState) -> String {
-    use crate::line::state::UnitState as S;
-    match s {
-        S::Failed { step, reason } => format!("failed at {}: {reason}", step.as_str()),
-        S::Uploaded { etag } => format!("uploaded (etag {etag})"),
-        S::Queued { outbox_id } => format!("queued for DPS (outbox #{outbox_id})"),
-        other => other.name().to_owned(),
     }
 }

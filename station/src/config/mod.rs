@@ -13,7 +13,9 @@ use crate::ids::StationId;
 use crate::logging::LogFormat;
 
 mod line;
+mod web;
 pub use line::{Delivery, DpsConfig, DpsTarget, FixtureConfig, LineConfig, UploadConfig};
+pub use web::WebConfig;
 
 /// The reference configuration, written by `station init` as `station.toml`.
 pub const REFERENCE: &str = include_str!("reference.toml");
@@ -100,6 +102,9 @@ pub struct Config {
     /// The fixtures, by name.
     #[serde(default)]
     pub fixtures: BTreeMap<String, FixtureConfig>,
+    /// The operator web UI.
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
 /// `[station]`
@@ -260,6 +265,7 @@ impl Config {
             message: e.to_string(),
         })?;
         line::check(&self.dps, &self.upload, &self.fixtures)?;
+        self.web.check()?;
         if self.store.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "store.path".into(),

@@ -85,6 +85,12 @@ impl Home {
         self.secrets_dir().join("badge.key")
     }
 
+    /// `H/run`: what a running daemon leaves for others (fixture locks, the web UI's URL).
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
     /// Resolves a configured path: absolute paths stay, relative ones are under the home.
     #[must_use]
     pub fn resolve(&self, p: &Path) -> PathBuf {

@@ -36,7 +36,7 @@ pub struct FixtureLock {
 impl FixtureLock {
     /// Takes fixture `name`'s lock, or says who has it.
     pub fn take(home: &Home, name: &str) -> Result<Self, LockError> {
-        let dir = home.root().join("run");
+        let dir = home.run_dir();
         let path = dir.join(format!("fixture-{name}.lock"));
         let io = |source| LockError::Io {
             path: path.clone(),

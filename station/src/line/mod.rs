@@ -1,8 +1,10 @@
 //! The line: lots (work orders), the unit state machine, and (later) fixtures.
 
+pub mod board;
 pub mod crash;
 pub mod lock;
 pub mod lots;
+pub mod report;
 pub mod serve;
 pub mod setup;
 pub mod state;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::unbounded_channel;
 
+use super::board::Board;
 use super::setup::LineSetup;
 use super::state::{Recovery, Step};
 use super::units::{self, UnitRow};
@@ -22,8 +23,14 @@ use crate::trigger::scanner::{Scanner, ScannerEvent, ScannerSettings};
 
 /// What a fixture's hardware thread is asked to do.
 pub enum FixtureJob {
-    /// A scan from the fixture's scanner (or the web scan box).
-    Scan(Scan),
+    /// A scan from the fixture's scanner, or from the web scan box by a signed-in user (who
+    /// runs the unit unless someone is logged on at the fixture).
+    Scan {
+        /// What was scanned.
+        scan: Scan,
+        /// The web user who scanned it.
+        operator: Option<String>,
+    },
     /// Run this serial with this operator (the CLI), answering on `reply`.
     Provision {
         /// Serial.
@@ -128,6 +135,8 @@ pub struct Shared {
     pub badge_key: Option<Arc<BadgeKey>>,
     /// Woken when a unit was queued.
     pub upload: Option<UploadSignal>,
+    /// What each fixture is doing, for the web UI.
+    pub board: Arc<Board>,
 }
 
 /// How a fixture's stretch of work on one HSM session ended.
@@ -179,6 +188,7 @@ pub fn fixture_thread(
                     fixture = name,
                     "fixture {name}: HSM unavailable: {reason}; retrying"
                 );
+                shared.board.hsm(name, Some(reason));
                 // The old session's handle may, once the module restarts, number a session
                 // another thread opened: closing it could close that one, so it is left.
                 let WorkerHsm { hsm: _, session } = hsm;
@@ -186,6 +196,7 @@ pub fn fixture_thread(
                 match wait_for_hsm(shared, name, jobs, &mut seen) {
                     Some(h) => {
                         tracing::info!(fixture = name, "fixture {name}: HSM back");
+                        shared.board.hsm(name, None);
                         hsm = h;
                     }
                     None => break,
@@ -217,19 +228,27 @@ fn wait_for_hsm(
         match jobs.recv_timeout(Duration::from_secs(1)) {
             Ok(FixtureJob::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             Ok(FixtureJob::Provision { serial, reply, .. }) => {
-                let _ = reply.send(UnitOutcome::Refused {
+                let o = UnitOutcome::Refused {
                     reason: refusal(&serial),
-                });
+                };
+                shared.board.outcome(name, &o);
+                let _ = reply.send(o);
             }
-            Ok(FixtureJob::Scan(Scan::Serial(serial))) => {
-                tracing::warn!(fixture = name, "{}", refusal(serial.as_str()));
+            Ok(FixtureJob::Scan {
+                scan: Scan::Serial(serial),
+                ..
+            }) => {
+                let text = refusal(serial.as_str());
+                tracing::warn!(fixture = name, "{text}");
+                shared.board.refused(name, text);
             }
-            Ok(FixtureJob::Scan(other)) => {
-                tracing::warn!(
-                    fixture = name,
+            Ok(FixtureJob::Scan { scan: other, .. }) => {
+                let text = format!(
                     "fixture {name}: {} ignored: the HSM is unavailable",
                     other.describe()
                 );
+                tracing::warn!(fixture = name, "{text}");
+                shared.board.refused(name, text);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -250,6 +269,7 @@ fn run_epoch(
     let setup = &*shared.setup;
     let badge_key = shared.badge_key.as_deref();
     let upload = shared.upload.as_ref();
+    let board = &*shared.board;
     let fail = |e: String| match ready {
         Some(r) => {
             let _ = r.send(Err(e));
@@ -273,6 +293,7 @@ fn run_epoch(
     };
     for o in recover_fixture(&mut worker, &mine) {
         tracing::info!(fixture = name, "recovered: {o}");
+        board.outcome(name, &o);
         wake(&o);
     }
     if let Some(r) = ready {
@@ -295,7 +316,9 @@ fn run_epoch(
                 operator,
                 reply,
             } => {
+                board.started(name, &serial);
                 let o = worker.run_serial(&serial, operator.as_deref());
+                board.outcome(name, &o);
                 wake(&o);
                 let gone = lost(&worker, &o);
                 let _ = reply.send(o);
@@ -303,8 +326,8 @@ fn run_epoch(
                     return EpochEnd::HsmLost(why, worker.carry());
                 }
             }
-            FixtureJob::Scan(scan) => {
-                if let Some(o) = handle_scan(&mut worker, badge_key, scan) {
+            FixtureJob::Scan { scan, operator } => {
+                if let Some(o) = handle_scan(&mut worker, board, badge_key, scan, operator) {
                     wake(&o);
                     if let Some(why) = lost(&worker, &o) {
                         return EpochEnd::HsmLost(why, worker.carry());
@@ -327,42 +350,59 @@ fn report(worker: &Worker<'_>, o: &UnitOutcome) {
     }
 }
 
+/// Runs one scan on the fixture: a serial (run by `operator`, the web user who scanned it, else
+/// by whoever is logged on at the fixture), a badge, or a command; the board shows what came
+/// of it.
 fn handle_scan(
     worker: &mut Worker<'_>,
+    board: &Board,
     badge_key: Option<&BadgeKey>,
     scan: Scan,
+    operator: Option<String>,
 ) -> Option<UnitOutcome> {
+    let fixture = worker.fixture().as_str().to_owned();
+    let operator = operator.or_else(|| worker.operator().map(str::to_owned));
+    let run = |worker: &mut Worker<'_>, serial: &str| {
+        board.started(&fixture, serial);
+        let o = worker.run_serial(serial, operator.as_deref());
+        report(worker, &o);
+        board.outcome(&fixture, &o);
+        Some(o)
+    };
     match scan {
-        Scan::Serial(serial) => {
-            let o = worker.run_serial(serial.as_str(), None);
-            report(worker, &o);
-            return Some(o);
-        }
+        Scan::Serial(serial) => return run(worker, serial.as_str()),
         Scan::Operator(badge) => match badge_key {
             Some(key) => match worker.badge(key, &badge) {
                 Ok(user) => {
-                    tracing::info!(fixture = %worker.fixture(), operator = %user, "operator logged on")
+                    tracing::info!(fixture = %fixture, operator = %user, "operator logged on");
+                    board.logged_on(&fixture, &user);
                 }
-                Err(reason) => tracing::warn!(fixture = %worker.fixture(), "{reason}"),
+                Err(reason) => {
+                    tracing::warn!(fixture = %fixture, "{reason}");
+                    board.refused(&fixture, reason);
+                }
             },
             None => {
-                tracing::warn!(fixture = %worker.fixture(), "badge refused: this station has no badge key (run `station init`)")
+                let text = "badge refused: this station has no badge key (run `station init`)";
+                tracing::warn!(fixture = %fixture, "{text}");
+                board.refused(&fixture, text.to_owned());
             }
         },
         Scan::Retry => match worker.last_failed().map(str::to_owned) {
-            Some(serial) => {
-                let o = worker.run_serial(&serial, None);
-                report(worker, &o);
-                return Some(o);
-            }
+            Some(serial) => return run(worker, &serial),
             None => {
-                tracing::warn!(fixture = %worker.fixture(), "CMD:RETRY: no failed unit on this fixture to retry")
+                let text = format!(
+                    "fixture {fixture}: CMD:RETRY: no failed unit on this fixture to retry"
+                );
+                tracing::warn!(fixture = %fixture, "{text}");
+                board.refused(&fixture, text);
             }
         },
         // An abort is handled by the scanner task (it sets the flag the running unit checks);
         // between units there is nothing to abort.
         Scan::Abort => {
-            tracing::info!(fixture = %worker.fixture(), "CMD:ABORT: no unit running");
+            tracing::info!(fixture = %fixture, "CMD:ABORT: no unit running");
+            board.info(&fixture, "CMD:ABORT: no unit running".to_owned());
         }
     }
     None
@@ -463,6 +503,7 @@ pub fn start_fixtures(
     setup: &Arc<LineSetup>,
     station_hsm: &crate::hsm::Hsm,
     upload: Option<&UploadSignal>,
+    board: &Arc<Board>,
     names: &[String],
     rt: &tokio::runtime::Handle,
 ) -> Result<Vec<RunningFixture>, ServeError> {
@@ -486,6 +527,7 @@ pub fn start_fixtures(
                 let badge_key = badge_key.clone();
                 let station_hsm = station_hsm.clone();
                 let upload = upload.cloned();
+                let board = Arc::clone(board);
                 std::thread::Builder::new()
                     .name(format!("fixture-{name}"))
                     .spawn(move || {
@@ -494,6 +536,7 @@ pub fn start_fixtures(
                             station_hsm,
                             badge_key,
                             upload,
+                            board,
                         };
                         fixture_thread(&shared, &name, abort, &jobs_rx, &ready_tx);
                     })
@@ -516,7 +559,7 @@ pub fn start_fixtures(
             tracing::warn!(fixture = %name, attempt, %reason, "fixture could not start; trying again");
             std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
         };
-        let scanner = start_scanner(setup, name, &jobs_tx, &abort, rt)?;
+        let scanner = start_scanner(setup, name, &jobs_tx, &abort, board, rt)?;
         running.push(RunningFixture {
             name: name.clone(),
             jobs: jobs_tx,
@@ -533,6 +576,7 @@ fn start_scanner(
     name: &str,
     jobs: &mpsc::Sender<FixtureJob>,
     abort: &Arc<AtomicBool>,
+    board: &Arc<Board>,
     rt: &tokio::runtime::Handle,
 ) -> Result<Option<Scanner>, ServeError> {
     let (fixture, fcfg, product) = setup.fixture(name).map_err(|e| ServeError::Fixture {
@@ -563,6 +607,7 @@ fn start_scanner(
     .map_err(ServeError::Runtime)?;
     let jobs = jobs.clone();
     let abort = Arc::clone(abort);
+    let board = Arc::clone(board);
     rt.spawn(async move {
         while let Some(ev) = rx.recv().await {
             match ev {
@@ -571,30 +616,47 @@ fn start_scanner(
                     fixture,
                 } => {
                     tracing::warn!(%fixture, "CMD:ABORT scanned: the running unit stops at its next step");
-                    abort.store(true, Ordering::Relaxed);
+                    abort_unit(&abort, &board, fixture.as_str());
                 }
                 ScannerEvent::Scan { scan, fixture } => {
                     tracing::info!(%fixture, "scanned {}", scan.describe());
-                    if jobs.send(FixtureJob::Scan(scan)).is_err() {
+                    let job = FixtureJob::Scan {
+                        scan,
+                        operator: None,
+                    };
+                    if jobs.send(job).is_err() {
                         break;
                     }
                 }
                 ScannerEvent::Rejected { fixture, reason } => {
                     tracing::warn!(%fixture, "scan refused: {reason}");
+                    board.refused(fixture.as_str(), format!("scan refused: {reason}"));
                 }
                 ScannerEvent::Repeated { fixture } => {
                     tracing::info!(%fixture, "repeated scan ignored (debounce)");
                 }
                 ScannerEvent::Connected { fixture, port } => {
                     tracing::info!(%fixture, port = %port.display(), "scanner connected");
+                    board.scanner(fixture.as_str(), None);
                 }
                 ScannerEvent::Disconnected { fixture, reason } => {
                     tracing::warn!(%fixture, %reason, "scanner disconnected; waiting for it to come back");
+                    board.scanner(fixture.as_str(), Some(reason));
                 }
             }
         }
     });
     Ok(Some(scanner))
+}
+
+/// `CMD:ABORT` from a scanner or the web: the unit running on the fixture stops at its next
+/// step (the flag is cleared when the next unit starts).
+pub fn abort_unit(abort: &AtomicBool, board: &Board, fixture: &str) {
+    abort.store(true, Ordering::Relaxed);
+    board.info(
+        fixture,
+        "CMD:ABORT: the running unit stops at its next step".to_owned(),
+    );
 }
 
 /// Stops fixtures after their current units. All are told first, then each is waited for:

@@ -1,0 +1,207 @@
+//! What the station knows about units, as people read it: one unit's whole record (`station
+//! unit show`, the web UI's unit page) and the newest units (`station unit list`, the web UI's
+//! unit list). Reads only.
+
+use rusqlite::Connection;
+
+use super::state::UnitState;
+use super::units::{self, TransitionRow, UnitRow, UnitStoreError};
+use crate::store::sql;
+
+/// One unit's record.
+#[derive(Debug)]
+pub struct UnitReport {
+    /// The unit row.
+    pub unit: UnitRow,
+    /// Its state, in words.
+    pub state: String,
+    /// Every step of every run, oldest first.
+    pub steps: Vec<TransitionRow>,
+    /// Certificates issued to it.
+    pub certificates: Vec<CertificateLine>,
+    /// Its enrollments.
+    pub enrollments: Vec<EnrollmentLine>,
+    /// Where each of its outbox rows is, in words.
+    pub uploads: Vec<String>,
+}
+
+/// A certificate issued to a unit.
+#[derive(Debug)]
+pub struct CertificateLine {
+    /// Serial number, hex.
+    pub serial_hex: String,
+    /// `issued`, `live`, `superseded`.
+    pub status: String,
+    /// SHA-256 fingerprint, hex.
+    pub fingerprint: String,
+    /// When.
+    pub issued_at: String,
+}
+
+/// A unit's enrollment.
+#[derive(Debug)]
+pub struct EnrollmentLine {
+    /// The DPS target.
+    pub target: String,
+    /// Registration ID or group ID.
+    pub enrollment_id: String,
+    /// Its status.
+    pub status: String,
+    /// DPS's etag once delivered; empty before.
+    pub etag: String,
+}
+
+/// A unit in a list.
+#[derive(Debug)]
+pub struct UnitListRow {
+    /// Serial.
+    pub serial: String,
+    /// Product.
+    pub product: String,
+    /// Lot, or empty.
+    pub lot: String,
+    /// State tag.
+    pub state: String,
+    /// Registration ID, or empty.
+    pub registration_id: String,
+    /// Fixture, or empty.
+    pub fixture: String,
+    /// Operator, or empty.
+    pub operator: String,
+    /// Last change.
+    pub updated_at: String,
+}
+
+/// Everything about the unit with this serial; `None` when there is no such unit.
+pub fn unit(conn: &Connection, serial: &str) -> Result<Option<UnitReport>, UnitStoreError> {
+    let Some(unit) = units::by_serial(conn, serial)? else {
+        return Ok(None);
+    };
+    let steps = units::history(conn, unit.id)?;
+    let certificates = conn
+        .prepare(
+            "SELECT serial_hex, status, fingerprint_sha256, issued_at FROM certificates
+             WHERE unit_id = ?1 ORDER BY id",
+        )
+        .and_then(|mut st| {
+            st.query_map([unit.id], |r| {
+                Ok(CertificateLine {
+                    serial_hex: r.get(0)?,
+                    status: r.get(1)?,
+                    fingerprint: r.get(2)?,
+                    issued_at: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(sql("read the unit's certificates"))?;
+    let enrollments = conn
+        .prepare(
+            "SELECT dps_target, enrollment_id, status, coalesce(etag, '') FROM enrollments
+             WHERE unit_id = ?1",
+        )
+        .and_then(|mut st| {
+            st.query_map([unit.id], |r| {
+                Ok(EnrollmentLine {
+                    target: r.get(0)?,
+                    enrollment_id: r.get(1)?,
+                    status: r.get(2)?,
+                    etag: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(sql("read the unit's enrollments"))?;
+    let uploads = upload_rows(conn, unit.id).map_err(sql("read the unit's outbox rows"))?;
+    Ok(Some(UnitReport {
+        state: describe_state(&unit.state),
+        unit,
+        steps,
+        certificates,
+        enrollments,
+        uploads,
+    }))
+}
+
+/// The newest units, of one lot or all; at most `limit`.
+pub fn list(
+    conn: &Connection,
+    lot: Option<&str>,
+    limit: u32,
+) -> Result<Vec<UnitListRow>, UnitStoreError> {
+    conn.prepare(
+        "SELECT serial, product, coalesce(lot_id,''), state, coalesce(registration_id,''),
+         coalesce(fixture,''), coalesce(operator,''), updated_at FROM units
+         WHERE (?1 IS NULL OR lot_id = ?1) ORDER BY id DESC LIMIT ?2",
+    )
+    .and_then(|mut st| {
+        st.query_map(rusqlite::params![lot, limit], |r| {
+            Ok(UnitListRow {
+                serial: r.get(0)?,
+                product: r.get(1)?,
+                lot: r.get(2)?,
+                state: r.get(3)?,
+                registration_id: r.get(4)?,
+                fixture: r.get(5)?,
+                operator: r.get(6)?,
+                updated_at: r.get(7)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(|e| sql("list units")(e).into())
+}
+
+/// Where each of a unit's outbox rows is: delivered, waiting (attempts, next try, last error),
+/// travelling in an air-gapped export, or in conflict (the supervisor's message).
+fn upload_rows(conn: &Connection, unit_id: i64) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT o.id, o.destination, o.state, o.attempts, coalesce(o.next_attempt_at, ''),
+            o.last_error, coalesce(o.etag, ''), coalesce(o.done_at, ''), o.export_id,
+            coalesce(e.created_at, ''), coalesce(e.created_by, ''), coalesce(e.file_name, '')
+         FROM outbox o LEFT JOIN exports e ON e.id = o.export_id
+         WHERE o.unit_id = ?1 ORDER BY o.id",
+    )?;
+    st.query_map([unit_id], |r| {
+        let (id, dest, state): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let attempts: u32 = r.get(3)?;
+        let last_error: Option<String> = r.get(5)?;
+        let export: Option<String> = r.get(8)?;
+        let head = format!("#{id} {dest}");
+        Ok(match (state.as_str(), export) {
+            ("done", _) => format!(
+                "{head} delivered {} (etag {})",
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(6)?
+            ),
+            ("conflict", _) => format!(
+                "{head} in conflict: {}",
+                last_error.unwrap_or_default()
+            ),
+            (_, Some(x)) => format!(
+                "{head} travelling in export {x} (file {}, written {} by {}); waits for its receipt",
+                r.get::<_, String>(11)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?
+            ),
+            _ if attempts == 0 => format!("{head} waiting for its first delivery"),
+            _ => format!(
+                "{head} waiting: {attempts} failed attempts, next at {}, last error: {}",
+                r.get::<_, String>(4)?,
+                last_error.unwrap_or_default()
+            ),
+        })
+    })?
+    .collect()
+}
+
+/// A unit's state in words: a failure with its step and reason, an upload with its etag.
+#[must_use]
+pub fn describe_state(s: &UnitState) -> String {
+    match s {
+        UnitState::Failed { step, reason } => format!("failed at {}: {reason}", step.as_str()),
+        UnitState::Uploaded { etag } => format!("uploaded (etag {etag})"),
+        UnitState::Queued { outbox_id } => format!("queued for DPS (outbox #{outbox_id})"),
+        other => other.name().to_owned(),
+    }
+}

@@ -1,0 +1,240 @@
+//! The operator web UI of `station serve` (axum, askama templates in `templates/`).
+//!
+//! One file per page; each route extracts, makes one call on the line or the store, and maps
+//! the error. Users sign in with their password or their badge (`station user`); a signed-in
+//! user's scans in a fixture's scan box go to that fixture's hardware thread exactly as its
+//! scanner's do, run under the user's name. What the fixtures are doing comes from the line's
+//! [`Board`]; units and lots come from the database, read on a connection of the UI's own.
+
+mod assets;
+mod error;
+mod fixture;
+mod line;
+mod login;
+mod lots;
+mod session;
+mod units;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, mpsc};
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::line::board::Board;
+use crate::line::serve::FixtureJob;
+use crate::line::setup::LineSetup;
+use crate::operators::BadgeKey;
+use crate::store::Store;
+use crate::trigger::parse::ScanParser;
+
+pub use error::WebError;
+use session::Sessions;
+
+/// A fixture as the web UI drives it.
+pub struct FixtureHandle {
+    /// Its product.
+    pub product: String,
+    jobs: mpsc::Sender<FixtureJob>,
+    abort: Arc<AtomicBool>,
+    parser: ScanParser,
+}
+
+/// What every request shares.
+pub struct WebState {
+    setup: Arc<LineSetup>,
+    fixtures: BTreeMap<String, FixtureHandle>,
+    board: Arc<Board>,
+    sessions: Sessions,
+    badge_key: Option<Arc<BadgeKey>>,
+    db: Mutex<Store>,
+    cookie_name: String,
+}
+
+/// Why the web UI could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebStartError {
+    /// The address is taken or not ours.
+    #[error("the web UI cannot listen on {addr} (set [web] listen to a free address)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fixture's serial pattern does not compile.
+    #[error("fixture {fixture}: serial pattern")]
+    Pattern {
+        /// The fixture.
+        fixture: String,
+        /// Why.
+        #[source]
+        source: regex::Error,
+    },
+    /// The database cannot be opened for reading.
+    #[error("the web UI cannot open the database")]
+    Store(#[source] crate::store::StoreError),
+    /// The URL file cannot be written.
+    #[error("cannot write {path}")]
+    UrlFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl WebState {
+    /// The state for the running fixtures: each by name, with its job queue and abort flag.
+    pub fn new<'a>(
+        setup: &Arc<LineSetup>,
+        running: impl IntoIterator<Item = (&'a str, &'a mpsc::Sender<FixtureJob>, &'a Arc<AtomicBool>)>,
+        board: &Arc<Board>,
+        port: u16,
+    ) -> Result<Arc<Self>, WebStartError> {
+        let mut fixtures = BTreeMap::new();
+        for (name, jobs, abort) in running {
+            let Some(fcfg) = setup.cfg.fixtures.get(name) else {
+                continue;
+            };
+            let Some(product) = setup.products.get(&fcfg.product) else {
+                continue;
+            };
+            let parser =
+                ScanParser::new(&product.profile.serial_pattern, setup.cfg.line.max_scan_len)
+                    .map_err(|source| WebStartError::Pattern {
+                        fixture: name.to_owned(),
+                        source,
+                    })?;
+            fixtures.insert(
+                name.to_owned(),
+                FixtureHandle {
+                    product: fcfg.product.clone(),
+                    jobs: jobs.clone(),
+                    abort: Arc::clone(abort),
+                    parser,
+                },
+            );
+        }
+        let db =
+            Store::open_unmigrated(&setup.home.resolve(&setup.cfg.store.path), &setup.cfg.store)
+                .map_err(WebStartError::Store)?;
+        Ok(Arc::new(Self {
+            setup: Arc::clone(setup),
+            fixtures,
+            board: Arc::clone(board),
+            sessions: Sessions::new(std::time::Duration::from_secs(
+                u64::from(setup.cfg.web.idle_minutes) * 60,
+            )),
+            badge_key: BadgeKey::load(&setup.home.badge_key_file())
+                .ok()
+                .map(Arc::new),
+            db: Mutex::new(db),
+            // Cookies are per host, not per port: two stations on one host keep apart.
+            cookie_name: format!("station_session_{port}"),
+        }))
+    }
+
+    /// Runs `f` on the UI's database connection, off the async workers.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, WebError> + Send + 'static,
+    ) -> Result<T, WebError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let db = me
+                .db
+                .lock()
+                .map_err(|_| WebError::Internal("the database connection is unusable".into()))?;
+            f(db.conn())
+        })
+        .await
+        .map_err(|e| WebError::Internal(format!("a database read stopped: {e}")))?
+    }
+}
+
+/// `s` as one path segment of a URL (serials and names keep their `-`, `.`, `_`).
+fn path_segment(s: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Every route of the UI.
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/", get(line::page))
+        .route("/board", get(line::board))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/fixtures/{name}", get(fixture::page))
+        .route("/fixtures/{name}/status", get(fixture::status))
+        .route("/fixtures/{name}/scan", post(fixture::scan))
+        .route("/fixtures/{name}/retry", post(fixture::retry))
+        .route("/fixtures/{name}/abort", post(fixture::abort_button))
+        .route("/units", get(units::list))
+        .route("/units/{serial}", get(units::show))
+        .route("/lots", get(lots::list))
+        .route("/static/station.css", get(assets::css))
+        .route("/static/station.js", get(assets::js))
+        .layer(axum::middleware::from_fn(session::same_origin))
+        .with_state(state)
+}
+
+/// A bound listener and the URL it serves.
+pub struct Listener {
+    listener: std::net::TcpListener,
+    /// `http://ADDR:PORT/`.
+    pub url: String,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// Binds the configured address (before the fixtures start, so a taken port stops the
+/// daemon at once) and writes the URL to `H/run/web.url`.
+pub fn bind(setup: &LineSetup) -> Result<Option<Listener>, WebStartError> {
+    let Ok(Some(addr)) = setup.cfg.web.address() else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| WebStartError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| WebStartError::Bind { addr, source })?;
+    let url = format!("http://{local}/");
+    let path = setup.home.run_dir().join("web.url");
+    std::fs::create_dir_all(setup.home.run_dir())
+        .and_then(|()| std::fs::write(&path, format!("{url}\n")))
+        .map_err(|source| WebStartError::UrlFile { path, source })?;
+    Ok(Some(Listener {
+        listener,
+        url,
+        port: local.port(),
+    }))
+}
+
+/// Serves the UI on `listener` until `stop` is notified.
+pub async fn serve(
+    listener: Listener,
+    state: Arc<WebState>,
+    stop: Arc<tokio::sync::Notify>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener.listener)?;
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.notified().await })
+    .await
+}

@@ -1,0 +1,315 @@
+//! The routes through `Router::oneshot`, on a real SQLite store with real users and a fixture
+//! whose job queue is a channel the test reads (as the fixture's hardware thread would).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use secrecy::SecretString;
+use tower::ServiceExt as _;
+
+use super::{WebState, router};
+use crate::config::Config;
+use crate::home::Home;
+use crate::line::board::Board;
+use crate::line::serve::FixtureJob;
+use crate::line::setup::LineSetup;
+use crate::operators::{BadgeKey, NewOperator, Operators, Role};
+use crate::store::Store;
+use crate::trigger::parse::{Badge, Scan};
+
+const PASSWORD: &str = "a-long-password";
+const BADGE: &str = "B-77-ann";
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    app: axum::Router,
+    jobs: mpsc::Receiver<FixtureJob>,
+    board: Arc<Board>,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let products = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/products");
+    let cfg: Config = toml::from_str(&format!(
+        "[line]\nproducts_dir = \"{}\"\n[dps.targets.local]\ndelivery = \"export\"\nid_scope = \"0ne00000001\"\n\
+         [fixtures.fx1]\nproduct = \"sensor-x509\"\nserial_port = \"/dev/null\"\n",
+        products.display()
+    ))
+    .unwrap();
+    let home = Home::new(dir.path());
+    std::fs::create_dir_all(home.secrets_dir()).unwrap();
+    std::fs::write(home.badge_key_file(), "00112233445566778899aabbccddeeff").unwrap();
+    let mut store = Store::create(&home.resolve(&cfg.store.path), &cfg.store).unwrap();
+    let key = BadgeKey::load(&home.badge_key_file()).unwrap();
+    Operators::new(&mut store, cfg.station_id(), &key)
+        .add(
+            "test",
+            &NewOperator {
+                username: crate::ids::Username::new("ann".to_owned()).unwrap(),
+                display_name: "Ann".into(),
+                role: Role::Operator,
+                password: Some(SecretString::from(PASSWORD)),
+                badge: Some(Badge::new(SecretString::from(BADGE))),
+            },
+        )
+        .unwrap();
+    drop(store);
+    let setup = Arc::new(LineSetup::load(&home, &cfg).unwrap());
+    let board = Board::new([("fx1", "sensor-x509")]);
+    let (tx, jobs) = mpsc::channel();
+    let abort = Arc::new(AtomicBool::new(false));
+    let state = WebState::new(&setup, [("fx1", &tx, &abort)], &board, 8480).unwrap();
+    let app = router(state).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    Rig {
+        _dir: dir,
+        app,
+        jobs,
+        board,
+    }
+}
+
+async fn send(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, Option<String>, String, String) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let location = res
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let cookie = res
+        .headers()
+        .get(header::SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        location,
+        cookie,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn post(uri: &str, form: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut b =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::from(form.to_owned())).unwrap()
+}
+
+fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(uri);
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// Signs in with the password; the session cookie as a request sends it.
+async fn sign_in(app: &axum::Router) -> String {
+    let (status, location, cookie, _) = send(
+        app,
+        post("/login", &format!("user=ann&password={PASSWORD}"), None),
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/"))
+    );
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_a_wrong_password_says_so() {
+    let r = rig();
+    for uri in [
+        "/",
+        "/board",
+        "/fixtures/fx1",
+        "/units",
+        "/lots",
+        "/units/SX-000001",
+    ] {
+        let (status, location, _, _) = send(&r.app, get(uri, None)).await;
+        assert_eq!(
+            (status, location.as_deref()),
+            (StatusCode::SEE_OTHER, Some("/login")),
+            "{uri}"
+        );
+    }
+    let (status, _, cookie, body) = send(
+        &r.app,
+        post("/login", "user=ann&password=wrong-password", None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookie.is_empty(), "no session for a wrong password");
+    assert!(body.contains("Wrong user name or password."), "{body}");
+    assert!(
+        !body.contains("wrong-password"),
+        "the password is not echoed"
+    );
+    // A made-up session token is no session.
+    let (_, location, _, _) = send(&r.app, get("/", Some("station_session_8480=forged"))).await;
+    assert_eq!(location.as_deref(), Some("/login"));
+}
+
+#[tokio::test]
+async fn a_badge_signs_in_and_a_wrong_one_is_refused_without_showing_it() {
+    let r = rig();
+    let (status, location, cookie, _) =
+        send(&r.app, post("/login", &format!("badge=OP%3A{BADGE}"), None)).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/"))
+    );
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let (_, _, cookie, body) = send(&r.app, post("/login", "badge=OP%3Anot-a-badge-9", None)).await;
+    assert!(cookie.is_empty());
+    assert!(body.contains("Unknown badge"), "{body}");
+    assert!(!body.contains("not-a-badge-9"));
+}
+
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_name_out() {
+    let r = rig();
+    for _ in 0..5 {
+        send(
+            &r.app,
+            post("/login", "user=ann&password=wrong-password", None),
+        )
+        .await;
+    }
+    // Even the right password waits now.
+    let (_, _, cookie, body) = send(
+        &r.app,
+        post("/login", &format!("user=ann&password={PASSWORD}"), None),
+    )
+    .await;
+    assert!(cookie.is_empty());
+    assert!(body.contains("Too many wrong attempts"), "{body}");
+}
+
+#[tokio::test]
+async fn a_scan_goes_to_the_fixture_under_the_users_name_and_a_bad_one_to_the_banner() {
+    let r = rig();
+    let c = sign_in(&r.app).await;
+    let (status, location, _, _) = send(
+        &r.app,
+        post("/fixtures/fx1/scan", "code=SX-000042", Some(&c)),
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/fixtures/fx1"))
+    );
+    match r.jobs.try_recv() {
+        Ok(FixtureJob::Scan {
+            scan: Scan::Serial(s),
+            operator,
+        }) => assert_eq!(
+            (s.as_str(), operator.as_deref()),
+            ("SX-000042", Some("ann"))
+        ),
+        other => panic!(
+            "expected the serial on the fixture's queue, got {:?}",
+            other.is_ok()
+        ),
+    }
+    // Not this product's serial: nothing reaches the fixture; the banner says why.
+    send(&r.app, post("/fixtures/fx1/scan", "code=XX-1", Some(&c))).await;
+    assert!(r.jobs.try_recv().is_err());
+    let (_, _, _, body) = send(&r.app, get("/fixtures/fx1/status", Some(&c))).await;
+    assert!(
+        body.contains("REFUSED") && body.contains("XX-1") && body.contains("SX-[0-9]{6}"),
+        "{body}"
+    );
+    // CMD:RETRY from the button.
+    send(&r.app, post("/fixtures/fx1/retry", "", Some(&c))).await;
+    assert!(matches!(
+        r.jobs.try_recv(),
+        Ok(FixtureJob::Scan {
+            scan: Scan::Retry,
+            ..
+        })
+    ));
+    // Abort with nothing running says so, and queues nothing.
+    send(&r.app, post("/fixtures/fx1/abort", "", Some(&c))).await;
+    assert!(r.jobs.try_recv().is_err());
+    assert_eq!(
+        r.board.snapshot()["fx1"]
+            .last
+            .as_ref()
+            .map(|m| m.text.clone())
+            .as_deref(),
+        Some("CMD:ABORT: no unit running")
+    );
+    // A fixture this station does not run.
+    let (status, _, _, body) = send(
+        &r.app,
+        post("/fixtures/fx9/scan", "code=SX-000001", Some(&c)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("no fixture called fx9"), "{body}");
+}
+
+#[tokio::test]
+async fn a_post_from_another_site_is_refused() {
+    let r = rig();
+    let c = sign_in(&r.app).await;
+    let req = Request::post("/fixtures/fx1/scan")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::COOKIE, &c)
+        .header(header::HOST, "127.0.0.1:8480")
+        .header(header::ORIGIN, "http://evil.example")
+        .body(Body::from("code=SX-000042"))
+        .unwrap();
+    let (status, _, _, body) = send(&r.app, req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("another site"));
+    assert!(r.jobs.try_recv().is_err(), "nothing reached the fixture");
+}
+
+#[tokio::test]
+async fn units_and_lots_read_the_database() {
+    let r = rig();
+    let c = sign_in(&r.app).await;
+    let (status, _, _, body) = send(&r.app, get("/units/SX-404404", Some(&c))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("No unit with serial SX-404404"), "{body}");
+    let (status, location, _, body) = send(&r.app, get("/units?q=SX-404404", Some(&c))).await;
+    assert_eq!((status, location), (StatusCode::OK, None));
+    assert!(body.contains("No unit with serial SX-404404"), "{body}");
+    let (status, _, _, body) = send(&r.app, get("/lots", Some(&c))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("No lot yet"), "{body}");
+    let (status, _, _, body) = send(&r.app, get("/", Some(&c))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("id=\"fixture-fx1\"") && body.contains("READY"),
+        "{body}"
+    );
+    // Signing out ends the session.
+    let (_, location, cleared, _) = send(&r.app, post("/logout", "", Some(&c))).await;
+    assert_eq!(location.as_deref(), Some("/login"));
+    assert!(
+        cleared.contains("Max-Age=0") || cleared.contains("Expires"),
+        "{cleared}"
+    );
+    let (_, location, _, _) = send(&r.app, get("/", Some(&c))).await;
+    assert_eq!(location.as_deref(), Some("/login"));
+}

@@ -1,0 +1,100 @@
+//! `/units`: find a unit by its serial (type or scan it into the search box) or see the newest;
+//! `/units/SERIAL`: everything the station knows about one unit, as `station unit show`.
+
+use std::sync::Arc;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::session::SignedIn;
+use super::{WebError, WebState, path_segment};
+use crate::line::report::{self, UnitListRow, UnitReport};
+
+#[derive(Template, WebTemplate)]
+#[template(path = "units.html")]
+struct UnitsPage {
+    user: String,
+    role: String,
+    q: String,
+    lot: String,
+    not_found: bool,
+    units: Vec<UnitListRow>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "unit.html")]
+struct UnitPage {
+    user: String,
+    role: String,
+    r: UnitReport,
+}
+
+/// The search box and filter.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UnitQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    lot: String,
+}
+
+/// `GET /units[?q=SERIAL][&lot=LOT]`
+pub async fn list(
+    State(state): State<Arc<WebState>>,
+    Query(query): Query<UnitQuery>,
+    who: SignedIn,
+) -> Result<Response, WebError> {
+    let q = query.q.trim().to_owned();
+    let lot = query.lot.trim().to_owned();
+    let (found, units) = {
+        let (q, lot) = (q.clone(), lot.clone());
+        state
+            .read(move |conn| {
+                let found = if q.is_empty() {
+                    false
+                } else {
+                    crate::line::units::by_serial(conn, &q)?.is_some()
+                };
+                let units = report::list(conn, (!lot.is_empty()).then_some(lot.as_str()), 100)?;
+                Ok((found, units))
+            })
+            .await?
+    };
+    if found {
+        return Ok(Redirect::to(&format!("/units/{}", path_segment(&q))).into_response());
+    }
+    Ok(UnitsPage {
+        user: who.user,
+        role: who.role.to_string(),
+        not_found: !q.is_empty(),
+        q,
+        lot,
+        units,
+    }
+    .into_response())
+}
+
+/// `GET /units/SERIAL`
+pub async fn show(
+    State(state): State<Arc<WebState>>,
+    Path(serial): Path<String>,
+    who: SignedIn,
+) -> Result<Response, WebError> {
+    let wanted = serial.clone();
+    let r = state
+        .read(move |conn| Ok(report::unit(conn, &wanted)?))
+        .await?
+        .ok_or_else(|| {
+            WebError::NotFound(format!(
+                "No unit with serial {serial} in this station's records."
+            ))
+        })?;
+    Ok(UnitPage {
+        user: who.user,
+        role: who.role.to_string(),
+        r,
+    }
+    .into_response())
+}

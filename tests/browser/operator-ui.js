@@ -1,0 +1,97 @@
+// Drives Debian's chromium through the operator web UI of a running `station serve`, as an
+// operator does, and prints what the pages showed as one JSON line. The Rust test
+// (tests/tests/web_ui.rs) sets up the station and checks both this output and the database.
+//
+// Environment: STATION_URL, WEB_USER, WEB_PASSWORD (from the environment, never an argument),
+// WEB_BADGE, FIXTURE, SERIAL (a unit on the fixture's link), BAD_SCAN (not a serial).
+'use strict';
+const { chromium } = require('playwright-core');
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+
+(async () => {
+  const url = env('STATION_URL').replace(/\/$/, '');
+  const fixture = env('FIXTURE');
+  const out = {};
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage();
+    page.setDefaultTimeout(60000);
+
+    // Not signed in: the line sends the browser to the sign-in page.
+    await page.goto(`${url}/`);
+    out.unsignedPath = new URL(page.url()).pathname;
+
+    // A wrong password is refused with a clear message.
+    await page.fill('#user', env('WEB_USER'));
+    await page.fill('#password', 'not-the-password');
+    await page.press('#password', 'Enter');
+    await page.waitForSelector('#error');
+    out.wrongPassword = (await page.textContent('#error')).trim();
+
+    // A badge scanned into the badge box (a keyboard-mode scanner types it and Enter).
+    await page.fill('#badge', `OP:${env('WEB_BADGE')}`);
+    await page.press('#badge', 'Enter');
+    await page.waitForSelector(`#fixture-${fixture}`);
+    out.signedInAs = (await page.textContent('#user')).trim();
+
+    // The fixture's page: the scan box has the focus.
+    await page.click(`#fixture-${fixture}`);
+    await page.waitForSelector('#scan');
+    out.scanFocused = await page.evaluate(() => document.activeElement && document.activeElement.id === 'scan');
+
+    // Something that is not a serial of this product: refused, with what was read.
+    await page.keyboard.type(env('BAD_SCAN'));
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => /REFUSED/.test(document.querySelector('#banner').textContent));
+    out.refused = (await page.textContent('#banner')).trim().replace(/\s+/g, ' ');
+
+    // The unit's serial, typed as a scanner types it: the banner shows it running, then PASS
+    // (the status refreshes by itself).
+    await page.waitForSelector('#scan');
+    await page.keyboard.type(env('SERIAL'));
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(
+      () => /PASS|FAIL/.test(document.querySelector('#banner').textContent),
+      null, { timeout: 90000 });
+    out.outcome = (await page.textContent('#banner')).trim().replace(/\s+/g, ' ');
+
+    // The unit's page, through the link under the banner.
+    await page.click(`a[href^="/units/"]`);
+    await page.waitForSelector('#steps');
+    out.unitState = (await page.textContent('#state')).trim();
+    out.unitOperator = (await page.textContent('#operator')).trim();
+    out.unitSteps = await page.$$eval('#steps tr', (rows) => rows.length - 1);
+
+    // The units list finds it by serial.
+    await page.goto(`${url}/units`);
+    await page.fill('#q', env('SERIAL'));
+    await page.press('#q', 'Enter');
+    await page.waitForSelector('#steps');
+    out.foundBySearch = new URL(page.url()).pathname;
+
+    // Lots show the unit counted.
+    await page.goto(`${url}/lots`);
+    out.lots = (await page.textContent('main')).replace(/\s+/g, ' ').trim();
+
+    // Signing out ends the session: the line sends the browser to sign in again.
+    await page.click('text=Sign out');
+    await page.waitForSelector('#badge');
+    await page.goto(`${url}/`);
+    out.afterSignOutPath = new URL(page.url()).pathname;
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+})().catch((e) => {
+  process.stderr.write(`operator-ui: ${e.stack || e}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,152 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The operator web UI of `station serve`, driven by Debian's chromium (playwright-core in
+//! tests/browser): sign-in refused with a wrong password, sign-in by badge scanned into the
+//! badge box, a malformed scan refused on the fixture's banner, a unit run from the scan box to
+//! PASS under the signed-in user's name, its record and the lot found, sign-out. The database
+//! then holds the unit with that operator, and no password or badge is in the log. Needs
+//! chromium and `npm ci` in tests/browser; fails (never skips) without them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use station_e2e::UnitSim;
+use station_e2e::line::{LineRig, StationServe, wait_until};
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
+}
+
+#[test]
+fn an_operator_runs_a_unit_from_the_browser() {
+    let dir = browser_dir();
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "chromium is missing: run scripts/bootstrap (Debian package `chromium`)"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "the pinned npm packages are missing: run scripts/test-deps (npm ci in tests/browser)"
+    );
+    let rig = LineRig::new();
+    let badge = "BADGE-5512-ann";
+    let password = "pw-for-ann-4711";
+    let out = rig.station_env(
+        &[
+            "user",
+            "add",
+            "ann",
+            "--role",
+            "operator",
+            "--password-env",
+            "T_PW",
+            "--badge-env",
+            "T_BADGE",
+            "--actor",
+            "sup",
+        ],
+        &[("T_PW", password), ("T_BADGE", badge)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rig.open_lot("sensor-x509");
+    let serial = "SX-000211";
+    let sim = UnitSim::start(
+        &rig.dir.path().join("unit"),
+        &["--serial", serial, "--model", "SX-100"],
+    );
+    rig.config(
+        "30-web.toml",
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:0\"\nrefresh_ms = 200\n[fixtures.bench-3]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    let serve = StationServe::start(&rig, &[]);
+    let url_file = rig.home.join("run/web.url");
+    wait_until("the web UI's URL", 60, || {
+        serve.logged("fixture(s) ready") || serve.logged("web UI listening")
+    });
+    serve.wait_logged("web UI listening", 60);
+    let url = std::fs::read_to_string(&url_file).unwrap();
+
+    let out = Command::new("node")
+        .arg(dir.join("operator-ui.js"))
+        .current_dir(&dir)
+        .env("STATION_URL", url.trim())
+        .env("WEB_USER", "ann")
+        .env("WEB_PASSWORD", password)
+        .env("WEB_BADGE", badge)
+        .env("FIXTURE", "bench-3")
+        .env("SERIAL", serial)
+        .env("BAD_SCAN", "SX-12")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{stderr}\nstation log:\n{}",
+        serve.log_text()
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let text = |k: &str| seen[k].as_str().unwrap_or_default().to_owned();
+
+    assert_eq!(text("unsignedPath"), "/login");
+    assert_eq!(text("wrongPassword"), "Wrong user name or password.");
+    assert_eq!(text("signedInAs"), "ann");
+    assert_eq!(seen["scanFocused"], true);
+    let refused = text("refused");
+    assert!(
+        refused.starts_with("REFUSED")
+            && refused.contains("\"SX-12\"")
+            && refused.contains("SX-[0-9]{6}"),
+        "{refused}"
+    );
+    let outcome = text("outcome");
+    assert!(
+        outcome.starts_with("PASS") && outcome.contains(serial),
+        "{outcome}\nstation log:\n{}",
+        serve.log_text()
+    );
+    assert!(
+        text("unitState").starts_with("queued") || text("unitState").starts_with("uploaded"),
+        "{seen}"
+    );
+    assert_eq!(text("unitOperator"), "ann");
+    assert!(seen["unitSteps"].as_u64().unwrap() >= 4, "{seen}");
+    assert_eq!(text("foundBySearch"), format!("/units/{serial}"));
+    let lots = text("lots");
+    assert!(
+        lots.contains("1 of 50 units") && lots.contains("sensor-x509"),
+        "{lots}"
+    );
+    assert_eq!(text("afterSignOutPath"), "/login");
+
+    // The record: the unit passed on that fixture under the web user's name.
+    let (state, operator, fixture): (String, String, String) = rig
+        .db()
+        .query_row(
+            "SELECT state, operator, fixture FROM units WHERE serial = ?1",
+            [serial],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(state == "queued" || state == "uploaded", "{state}");
+    assert_eq!((operator.as_str(), fixture.as_str()), ("ann", "bench-3"));
+    // The malformed scan started nothing.
+    let units: i64 = rig
+        .db()
+        .query_row("SELECT count(*) FROM units", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(units, 1);
+    // Sign-ins are logged, secrets are not.
+    let log = serve.log_text();
+    assert!(log.contains("signed in to the web UI") && log.contains("web sign-in refused"));
+    for secret in [password, badge, "not-the-password"] {
+        assert!(!log.contains(secret), "{secret} is in the station log");
+    }
+}

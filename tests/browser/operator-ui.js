@@ -2,8 +2,9 @@
 // operator does, and prints what the pages showed as one JSON line. The Rust test
 // (tests/tests/web_ui.rs) sets up the station and checks both this output and the database.
 //
-// Environment: STATION_URL, WEB_USER, WEB_PASSWORD (from the environment, never an argument),
-// WEB_BADGE, FIXTURE, SERIAL (a unit on the fixture's link), BAD_SCAN (not a serial).
+// Environment: STATION_URL; SUPERVISOR, SUPERVISOR_PASSWORD, PRODUCT, LOT (the supervisor opens
+// the lot first); WEB_USER, WEB_PASSWORD (from the environment, never an argument), WEB_BADGE,
+// FIXTURE, SERIAL (a unit on the fixture's link), BAD_SCAN (not a serial).
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -29,6 +30,21 @@ const env = (k) => {
     // Not signed in: the line sends the browser to the sign-in page.
     await page.goto(`${url}/`);
     out.unsignedPath = new URL(page.url()).pathname;
+
+    // The supervisor opens the lot, then signs out.
+    await page.fill('#user', env('SUPERVISOR'));
+    await page.fill('#password', env('SUPERVISOR_PASSWORD'));
+    await page.press('#password', 'Enter');
+    await page.waitForSelector('#board');
+    await page.click('text=Lots');
+    await page.selectOption('#product', env('PRODUCT'));
+    await page.fill('#quantity', '50');
+    await page.fill('#lot-id', env('LOT'));
+    await page.click('#open-lot');
+    await page.waitForSelector('#flash');
+    out.lotOpened = (await page.textContent('#flash')).trim();
+    await page.click('text=Sign out');
+    await page.waitForSelector('#badge');
 
     // A wrong password is refused with a clear message.
     await page.fill('#user', env('WEB_USER'));

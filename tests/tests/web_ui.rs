@@ -1,9 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The operator web UI of `station serve`, driven by Debian's chromium (playwright-core in
-//! tests/browser): sign-in refused with a wrong password, sign-in by badge scanned into the
-//! badge box, a malformed scan refused on the fixture's banner, a unit run from the scan box to
+//! tests/browser): a supervisor opens the lot, sign-in refused with a wrong password, sign-in by
+//! badge scanned into the badge box, a malformed scan refused on the fixture's banner, a unit run from the scan box to
 //! PASS under the signed-in user's name, its record and the lot found, sign-out. The database
-//! then holds the unit with that operator, and no password or badge is in the log. Needs
+//! then holds the unit with that operator and the lot opened by the supervisor, the audit chain
+//! and its keyed checkpoint verify, and no password or badge is in the log. Needs
 //! chromium and `npm ci` in tests/browser; fails (never skips) without them.
 
 use std::path::PathBuf;
@@ -52,7 +53,25 @@ fn an_operator_runs_a_unit_from_the_browser() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    rig.open_lot("sensor-x509");
+    let out = rig.station_env(
+        &[
+            "user",
+            "add",
+            "sam",
+            "--role",
+            "supervisor",
+            "--password-env",
+            "T_PW",
+            "--actor",
+            "sup",
+        ],
+        &[("T_PW", "pw-for-sam-1234")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let serial = "SX-000211";
     let sim = UnitSim::start(
         &rig.dir.path().join("unit"),
@@ -77,6 +96,10 @@ fn an_operator_runs_a_unit_from_the_browser() {
         .arg(dir.join("operator-ui.js"))
         .current_dir(&dir)
         .env("STATION_URL", url.trim())
+        .env("SUPERVISOR", "sam")
+        .env("SUPERVISOR_PASSWORD", "pw-for-sam-1234")
+        .env("PRODUCT", "sensor-x509")
+        .env("LOT", "WO-77")
         .env("WEB_USER", "ann")
         .env("WEB_PASSWORD", password)
         .env("WEB_BADGE", badge)
@@ -96,6 +119,10 @@ fn an_operator_runs_a_unit_from_the_browser() {
     let text = |k: &str| seen[k].as_str().unwrap_or_default().to_owned();
 
     assert_eq!(text("unsignedPath"), "/login");
+    assert!(
+        text("lotOpened").starts_with("Opened lot WO-77 for 50"),
+        "{seen}"
+    );
     assert_eq!(text("wrongPassword"), "Wrong user name or password.");
     assert_eq!(text("signedInAs"), "ann");
     assert_eq!(seen["scanFocused"], true);
@@ -127,16 +154,31 @@ fn an_operator_runs_a_unit_from_the_browser() {
     assert_eq!(text("afterSignOutPath"), "/login");
 
     // The record: the unit passed on that fixture under the web user's name.
-    let (state, operator, fixture): (String, String, String) = rig
+    let (state, operator, fixture, lot): (String, String, String, String) = rig
         .db()
         .query_row(
-            "SELECT state, operator, fixture FROM units WHERE serial = ?1",
+            "SELECT u.state, u.operator, u.fixture, l.id || ' ' || l.opened_by FROM units u
+             JOIN lots l ON l.id = u.lot_id WHERE u.serial = ?1",
             [serial],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();
     assert!(state == "queued" || state == "uploaded", "{state}");
-    assert_eq!((operator.as_str(), fixture.as_str()), ("ann", "bench-3"));
+    assert_eq!(
+        (operator.as_str(), fixture.as_str(), lot.as_str()),
+        ("ann", "bench-3", "WO-77 sam")
+    );
+    // The lot's audit entry is under the keyed checkpoint like every other.
+    drop(serve);
+    let out = rig.station(&["audit", "verify"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.contains("keyed checkpoint intact")
+            && !said.contains("hash chain only"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The malformed scan started nothing.
     let units: i64 = rig
         .db()
@@ -144,9 +186,9 @@ fn an_operator_runs_a_unit_from_the_browser() {
         .unwrap();
     assert_eq!(units, 1);
     // Sign-ins are logged, secrets are not.
-    let log = serve.log_text();
+    let log = std::fs::read_to_string(rig.home.join("logs/station.log")).unwrap();
     assert!(log.contains("signed in to the web UI") && log.contains("web sign-in refused"));
-    for secret in [password, badge, "not-the-password"] {
+    for secret in [password, badge, "not-the-password", "pw-for-sam-1234"] {
         assert!(!log.contains(secret), "{secret} is in the station log");
     }
 }

@@ -45,6 +45,27 @@ pub fn open_ca_token(hsm: &Hsm, home: &Home, cfg: &Config) -> Result<TokenSessio
     Ok(hsm.open(&cfg.hsm.ca_token(), |p| home.resolve(p))?)
 }
 
+/// Seals the audit checkpoint with the HSM key in a transaction of its own, after entries
+/// written outside an HSM transaction (a command's, a web action's).
+pub fn seal_checkpoint(
+    hsm: &Hsm,
+    home: &Home,
+    cfg: &Config,
+    store: &mut Store,
+) -> Result<(), CaServiceError> {
+    let session = open_ca_token(hsm, home, cfg)?;
+    let key = AuditKey::find(&session, &cfg.ca.audit_key_label)?;
+    // Immediate, as every audit writer beside a running line: see outbox::requeue_conflict.
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(crate::store::sql("begin audit seal"))?;
+    key.seal(&tx)?;
+    tx.commit()
+        .map_err(crate::store::sql("commit audit seal"))?;
+    Ok(())
+}
+
 /// A logged-in session on the root token, if one is configured.
 pub fn open_root_token(
     hsm: &Hsm,

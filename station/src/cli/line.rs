@@ -159,7 +159,13 @@ pub fn serve(
     let web_task = match web {
         Some(listener) => {
             let handles = running.iter().map(|f| (f.name.as_str(), &f.jobs, &f.abort));
-            let state = match crate::web::WebState::new(&setup, handles, &board, listener.port) {
+            let state = match crate::web::WebState::new(
+                &setup,
+                handles,
+                &board,
+                Some(&station_hsm),
+                listener.port,
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     serve::stop_fixtures(running);

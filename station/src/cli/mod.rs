@@ -214,15 +214,7 @@ impl Context {
     pub fn seal_audit(&self, config: &Config, store: &mut Store) {
         let sealed = (|| -> Result<(), CliError> {
             let hsm = crate::ca::service::open_hsm(&self.home, config)?;
-            let session = crate::ca::service::open_ca_token(&hsm, &self.home, config)?;
-            let key = crate::ca::service::AuditKey::find(&session, &config.ca.audit_key_label)?;
-            let tx = store
-                .conn_mut()
-                .transaction()
-                .map_err(crate::store::sql("begin audit seal"))?;
-            key.seal(&tx)?;
-            tx.commit()
-                .map_err(crate::store::sql("commit audit seal"))?;
+            crate::ca::service::seal_checkpoint(&hsm, &self.home, config, store)?;
             Ok(())
         })();
         if let Err(e) = sealed {

@@ -9,8 +9,6 @@ use clap::{ArgGroup, Args};
 
 use super::{ActorArg, CliError, Context};
 use crate::outbox::{self, Uploader, transfer};
-use crate::store::audit::{self, AuditEvent};
-use crate::store::sql;
 
 /// What to do with the outbox.
 #[derive(Debug, Args)]
@@ -136,29 +134,9 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
     if let Some(id) = args.requeue {
         let actor = args.actor.resolve()?;
         let mut store = ctx.open_store(config)?;
-        let tx = store
-            .conn_mut()
-            .transaction()
-            .map_err(sql("begin outbox requeue"))?;
-        let row = outbox::get(&tx, id)?;
-        let key = row.as_ref().map(|r| r.item_key.clone()).unwrap_or_default();
-        if !outbox::requeue(&tx, id)? {
+        if !outbox::requeue_conflict(&mut store, &config.station_id(), &actor, id)? {
             return Err(UploadCliError::NotInConflict(id).into());
         }
-        audit::append(
-            &tx,
-            &config.station_id(),
-            &AuditEvent {
-                actor: &actor,
-                event: "outbox.requeue",
-                subject: &key,
-                details: serde_json::json!({
-                    "outbox_id": id,
-                    "was": row.and_then(|r| r.last_error),
-                }),
-            },
-        )?;
-        tx.commit().map_err(sql("commit outbox requeue"))?;
         ctx.seal_audit(config, &mut store);
         println!("outbox row #{id} requeued; it is delivered at the next pass");
         return Ok(ExitCode::SUCCESS);

@@ -630,7 +630,7 @@ fn start_scanner(
                 }
                 ScannerEvent::Rejected { fixture, reason } => {
                     tracing::warn!(%fixture, "scan refused: {reason}");
-                    board.refused(fixture.as_str(), format!("scan refused: {reason}"));
+                    board.refused(fixture.as_str(), reason.to_string());
                 }
                 ScannerEvent::Repeated { fixture } => {
                     tracing::info!(%fixture, "repeated scan ignored (debounce)");

@@ -434,6 +434,42 @@ pub fn requeue(tx: &Transaction<'_>, id: i64) -> Result<bool, StoreError> {
     Ok(n == 1)
 }
 
+/// A supervisor's requeue of a conflict row, with its audit entry, in one transaction.
+/// Returns whether the row was in conflict (nothing changes otherwise).
+pub fn requeue_conflict(
+    store: &mut crate::store::Store,
+    station: &crate::ids::StationId,
+    actor: &str,
+    id: i64,
+) -> Result<bool, StoreError> {
+    // Immediate: the audit append reads the chain's head, then writes after it; a deferred
+    // transaction could find the head moved by a fixture's commit and fail instead of waiting.
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("begin outbox requeue"))?;
+    let row = get(&tx, id)?;
+    let key = row.as_ref().map(|r| r.item_key.clone()).unwrap_or_default();
+    if !requeue(&tx, id)? {
+        return Ok(false);
+    }
+    crate::store::audit::append(
+        &tx,
+        station,
+        &crate::store::audit::AuditEvent {
+            actor,
+            event: "outbox.requeue",
+            subject: &key,
+            details: serde_json::json!({
+                "outbox_id": id,
+                "was": row.and_then(|r| r.last_error),
+            }),
+        },
+    )?;
+    tx.commit().map_err(sql("commit outbox requeue"))?;
+    Ok(true)
+}
+
 /// The queue of one destination and kind.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueStatus {

@@ -102,9 +102,7 @@ pub async fn scan(
         }
         Err(reason) => {
             tracing::warn!(fixture = %name, user = %who.user, "web scan refused: {reason}");
-            state
-                .board
-                .refused(&name, format!("scan refused: {reason}"));
+            state.board.refused(&name, reason.to_string());
         }
     }
     Ok(back(&name))

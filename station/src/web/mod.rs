@@ -12,6 +12,7 @@ mod fixture;
 mod line;
 mod login;
 mod lots;
+mod outbox;
 mod session;
 mod units;
 
@@ -53,6 +54,7 @@ pub struct WebState {
     sessions: Sessions,
     badge_key: Option<Arc<BadgeKey>>,
     db: Mutex<Store>,
+    hsm: Option<crate::hsm::Hsm>,
     cookie_name: String,
 }
 
@@ -97,6 +99,7 @@ impl WebState {
         setup: &Arc<LineSetup>,
         running: impl IntoIterator<Item = (&'a str, &'a mpsc::Sender<FixtureJob>, &'a Arc<AtomicBool>)>,
         board: &Arc<Board>,
+        hsm: Option<&crate::hsm::Hsm>,
         port: u16,
     ) -> Result<Arc<Self>, WebStartError> {
         let mut fixtures = BTreeMap::new();
@@ -137,6 +140,7 @@ impl WebState {
                 .ok()
                 .map(Arc::new),
             db: Mutex::new(db),
+            hsm: hsm.cloned(),
             // Cookies are per host, not per port: two stations on one host keep apart.
             cookie_name: format!("station_session_{port}"),
         }))
@@ -157,6 +161,39 @@ impl WebState {
         })
         .await
         .map_err(|e| WebError::Internal(format!("a database read stopped: {e}")))?
+    }
+}
+
+impl WebState {
+    /// Runs a supervisor's change on the UI's database connection (each change is one
+    /// transaction with its audit entry), then seals the audit checkpoint with the HSM key as
+    /// a command does. `Err` is the refusal to show.
+    async fn change<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Store, &crate::ids::StationId) -> Result<T, String> + Send + 'static,
+    ) -> Result<Result<T, String>, WebError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut db = me
+                .db
+                .lock()
+                .map_err(|_| WebError::Internal("the database connection is unusable".into()))?;
+            let done = f(&mut db, &me.setup.station);
+            if done.is_ok()
+                && let Some(hsm) = &me.hsm
+                && let Err(e) = crate::ca::service::seal_checkpoint(
+                    hsm,
+                    &me.setup.home,
+                    &me.setup.cfg,
+                    &mut db,
+                )
+            {
+                tracing::warn!(error = %crate::line::worker::error_text(&e), "could not seal the audit checkpoint with the HSM key; the hash chain still covers the new entries");
+            }
+            Ok(done)
+        })
+        .await
+        .map_err(|e| WebError::Internal(format!("a database change stopped: {e}")))?
     }
 }
 
@@ -184,7 +221,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/fixtures/{name}/abort", post(fixture::abort_button))
         .route("/units", get(units::list))
         .route("/units/{serial}", get(units::show))
-        .route("/lots", get(lots::list))
+        .route("/lots", get(lots::list).post(lots::open))
+        .route("/lots/{id}/close", post(lots::close))
+        .route("/outbox", get(outbox::page))
+        .route("/outbox/{id}/requeue", post(outbox::requeue))
         .route("/static/station.css", get(assets::css))
         .route("/static/station.js", get(assets::js))
         .layer(axum::middleware::from_fn(session::same_origin))

@@ -26,6 +26,17 @@ struct Session {
     user: String,
     role: Role,
     last_seen: Instant,
+    flash: Option<Flash>,
+}
+
+/// What an action said, shown once on the next page of the same session (a message put in
+/// the redirect's URL could be forged by a link).
+#[derive(Debug, Clone)]
+pub struct Flash {
+    /// Whether it worked.
+    pub ok: bool,
+    /// What to show.
+    pub text: String,
 }
 
 /// The sessions of one `station serve`.
@@ -61,6 +72,7 @@ impl Sessions {
                 user: user.to_owned(),
                 role,
                 last_seen: Instant::now(),
+                flash: None,
             },
         );
         token
@@ -78,6 +90,26 @@ impl Sessions {
         }
         s.last_seen = Instant::now();
         Some((s.user.clone(), s.role))
+    }
+
+    /// Leaves a message for the session's next page.
+    pub fn flash(&self, token: &str, ok: bool, text: String) {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = map.get_mut(token) {
+            s.flash = Some(Flash { ok, text });
+        }
+    }
+
+    /// The message left for this page, once.
+    pub fn take_flash(&self, token: &str) -> Option<Flash> {
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get_mut(token).and_then(|s| s.flash.take())
     }
 
     /// Ends a session.
@@ -152,6 +184,14 @@ pub fn token(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(Result::ok)
         .find(|c| c.name() == name)
         .map(|c| c.value().to_owned())
+}
+
+impl SignedIn {
+    /// Whether the user may act as a supervisor (lots, conflicts).
+    #[must_use]
+    pub fn supervises(&self) -> bool {
+        matches!(self.role, Role::Supervisor | Role::Admin)
+    }
 }
 
 /// A signed-in user; a request without one is sent to the sign-in page.

@@ -25,7 +25,7 @@ const PASSWORD: &str = "a-long-password";
 const BADGE: &str = "B-77-ann";
 
 struct Rig {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     app: axum::Router,
     jobs: mpsc::Receiver<FixtureJob>,
     board: Arc<Board>,
@@ -57,15 +57,27 @@ fn rig() -> Rig {
             },
         )
         .unwrap();
+    Operators::new(&mut store, cfg.station_id(), &key)
+        .add(
+            "test",
+            &NewOperator {
+                username: crate::ids::Username::new("sam".to_owned()).unwrap(),
+                display_name: "Sam".into(),
+                role: Role::Supervisor,
+                password: Some(SecretString::from(PASSWORD)),
+                badge: None,
+            },
+        )
+        .unwrap();
     drop(store);
     let setup = Arc::new(LineSetup::load(&home, &cfg).unwrap());
     let board = Board::new([("fx1", "sensor-x509")]);
     let (tx, jobs) = mpsc::channel();
     let abort = Arc::new(AtomicBool::new(false));
-    let state = WebState::new(&setup, [("fx1", &tx, &abort)], &board, 8480).unwrap();
+    let state = WebState::new(&setup, [("fx1", &tx, &abort)], &board, None, 8480).unwrap();
     let app = router(state).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
     Rig {
-        _dir: dir,
+        dir,
         app,
         jobs,
         board,
@@ -115,11 +127,16 @@ fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
     b.body(Body::empty()).unwrap()
 }
 
-/// Signs in with the password; the session cookie as a request sends it.
+/// Signs ann (an operator) in with her password; the session cookie as a request sends it.
 async fn sign_in(app: &axum::Router) -> String {
+    sign_in_as(app, "ann").await
+}
+
+/// Signs `user` in with the password.
+async fn sign_in_as(app: &axum::Router, user: &str) -> String {
     let (status, location, cookie, _) = send(
         app,
-        post("/login", &format!("user=ann&password={PASSWORD}"), None),
+        post("/login", &format!("user={user}&password={PASSWORD}"), None),
     )
     .await;
     assert_eq!(
@@ -312,4 +329,95 @@ async fn units_and_lots_read_the_database() {
     );
     let (_, location, _, _) = send(&r.app, get("/", Some(&c))).await;
     assert_eq!(location.as_deref(), Some("/login"));
+}
+
+#[tokio::test]
+async fn a_supervisor_opens_and_closes_lots_and_an_operator_may_not() {
+    let r = rig();
+    let db = || rusqlite::Connection::open(r.dir.path().join("station.db")).unwrap();
+    let lots = || -> Vec<(String, String)> {
+        db().prepare("SELECT id, status FROM lots ORDER BY id")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let ann = sign_in(&r.app).await;
+    let (_, location, _, _) = send(
+        &r.app,
+        post(
+            "/lots",
+            "product=sensor-x509&quantity=10&id=WO-1",
+            Some(&ann),
+        ),
+    )
+    .await;
+    assert_eq!(location.as_deref(), Some("/lots"));
+    let (_, _, _, body) = send(&r.app, get("/lots", Some(&ann))).await;
+    assert!(body.contains("Only a supervisor can open a lot"), "{body}");
+    assert!(!body.contains("id=\"open-lot\""), "no form for an operator");
+    assert!(lots().is_empty());
+
+    let sam = sign_in_as(&r.app, "sam").await;
+    send(
+        &r.app,
+        post(
+            "/lots",
+            "product=sensor-x509&quantity=10&id=WO-1",
+            Some(&sam),
+        ),
+    )
+    .await;
+    let (_, _, _, body) = send(&r.app, get("/lots", Some(&sam))).await;
+    assert!(body.contains("Opened lot WO-1 for 10"), "{body}");
+    assert_eq!(lots(), [("WO-1".to_owned(), "open".to_owned())]);
+    // The message shows once.
+    let (_, _, _, body) = send(&r.app, get("/lots", Some(&sam))).await;
+    assert!(!body.contains("Opened lot WO-1"));
+    // Refusals say why and change nothing.
+    for (form, says) in [
+        ("product=sensor-x509&quantity=5&id=WO-2", "already"),
+        (
+            "product=sensor-x509&quantity=ten&id=WO-3",
+            "not a whole number",
+        ),
+        ("product=sensor-x509&quantity=5&id=bad%20id", "Lot ID"),
+    ] {
+        send(&r.app, post("/lots", form, Some(&sam))).await;
+        let (_, _, _, body) = send(&r.app, get("/lots", Some(&sam))).await;
+        assert!(
+            body.contains("class=\"banner refused\"") && body.contains(says),
+            "{form}: {body}"
+        );
+    }
+    assert_eq!(lots().len(), 1);
+    send(&r.app, post("/lots/WO-1/close", "", Some(&sam))).await;
+    assert_eq!(lots(), [("WO-1".to_owned(), "closed".to_owned())]);
+    // Each change has its audit entry, by the web user.
+    let audited: Vec<(String, String)> = db()
+        .prepare("SELECT actor, event FROM audit_log WHERE event LIKE 'lot.%' ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        audited,
+        [
+            ("sam".to_owned(), "lot.open".to_owned()),
+            ("sam".to_owned(), "lot.close".to_owned())
+        ]
+    );
+    // A requeue of a row that is not in conflict is refused with the reason.
+    send(&r.app, post("/outbox/12345/requeue", "", Some(&sam))).await;
+    let (status, _, _, body) = send(&r.app, get("/outbox", Some(&sam))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("Outbox row #12345 is not in conflict."),
+        "{body}"
+    );
+    send(&r.app, post("/outbox/12345/requeue", "", Some(&ann))).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&ann))).await;
+    assert!(body.contains("Only a supervisor can requeue"), "{body}");
 }

@@ -1,0 +1,65 @@
+//! `/outbox`: the upload to DPS as `station upload --status` shows it (queues per destination,
+//! conflicts, exports travelling), and a supervisor's requeue of a conflict they resolved.
+
+use std::sync::Arc;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::lots::tell;
+use super::session::{Flash, SignedIn};
+use super::{WebError, WebState};
+use crate::outbox::{self, Status};
+
+#[derive(Template, WebTemplate)]
+#[template(path = "outbox.html")]
+struct OutboxPage {
+    user: String,
+    role: String,
+    supervises: bool,
+    flash: Option<Flash>,
+    status: Status,
+}
+
+/// `GET /outbox`
+pub async fn page(
+    State(state): State<Arc<WebState>>,
+    who: SignedIn,
+) -> Result<impl IntoResponse, WebError> {
+    let status = state.read(|conn| Ok(outbox::status(conn)?)).await?;
+    Ok(OutboxPage {
+        supervises: who.supervises(),
+        flash: state.sessions.take_flash(&who.token),
+        user: who.user,
+        role: who.role.to_string(),
+        status,
+    })
+}
+
+/// `POST /outbox/ID/requeue`: a conflict the supervisor resolved goes back in the queue.
+pub async fn requeue(
+    State(state): State<Arc<WebState>>,
+    Path(id): Path<i64>,
+    who: SignedIn,
+) -> Result<Response, WebError> {
+    let done = if who.supervises() {
+        let actor = who.user.clone();
+        state
+            .change(move |store, station| {
+                match outbox::requeue_conflict(store, station, &actor, id) {
+                    Ok(true) => Ok(format!(
+                        "Outbox row #{id} requeued: it is delivered at the next pass."
+                    )),
+                    Ok(false) => Err(format!("Outbox row #{id} is not in conflict.")),
+                    Err(e) => Err(crate::line::worker::error_text(&e)),
+                }
+            })
+            .await?
+    } else {
+        Err("Only a supervisor can requeue a conflict: ask one.".to_owned())
+    };
+    tell(&state, &who, done, "requeue");
+    Ok(Redirect::to("/outbox").into_response())
+}

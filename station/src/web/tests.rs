@@ -29,6 +29,7 @@ struct Rig {
     app: axum::Router,
     jobs: mpsc::Receiver<FixtureJob>,
     board: Arc<Board>,
+    abort: Arc<AtomicBool>,
 }
 
 fn rig() -> Rig {
@@ -81,6 +82,7 @@ fn rig() -> Rig {
         app,
         jobs,
         board,
+        abort,
     }
 }
 
@@ -274,6 +276,24 @@ async fn a_scan_goes_to_the_fixture_under_the_users_name_and_a_bad_one_to_the_ba
             .as_deref(),
         Some("CMD:ABORT: no unit running")
     );
+    // What the fixture threads put on the board shows on the fixture's page and the line's.
+    r.board.hsm("fx1", Some("the module does not answer".into()));
+    r.board.scanner("fx1", Some("No such file or directory".into()));
+    r.board.started("fx1", "SX-000042");
+    let (_, _, _, body) = send(&r.app, get("/fixtures/fx1/status", Some(&c))).await;
+    assert!(
+        body.contains("HSM unavailable: the module does not answer")
+            && body.contains("Scanner disconnected: No such file or directory")
+            && body.contains("RUNNING"),
+        "{body}"
+    );
+    let (_, _, _, body) = send(&r.app, get("/board", Some(&c))).await;
+    assert!(body.contains("HSM unavailable") && body.contains("SX-000042"), "{body}");
+    // Abort while a unit runs raises the flag the unit checks at its next step.
+    assert!(!r.abort.load(std::sync::atomic::Ordering::Relaxed));
+    send(&r.app, post("/fixtures/fx1/abort", "", Some(&c))).await;
+    assert!(r.abort.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(r.jobs.try_recv().is_err());
     // A fixture this station does not run.
     let (status, _, _, body) = send(
         &r.app,

@@ -4,7 +4,8 @@
 //
 // Environment: STATION_URL; SUPERVISOR, SUPERVISOR_PASSWORD, PRODUCT, LOT (the supervisor opens
 // the lot first); WEB_USER, WEB_PASSWORD (from the environment, never an argument), WEB_BADGE,
-// FIXTURE, SERIAL (a unit on the fixture's link), BAD_SCAN (not a serial).
+// FIXTURE, SERIAL (a unit on the fixture's link), SEARCH (what finds it on /units), BAD_SCAN
+// (not a serial).
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -87,9 +88,10 @@ const env = (k) => {
     out.unitOperator = (await page.textContent('#operator')).trim();
     out.unitSteps = await page.$$eval('#steps tr', (rows) => rows.length - 1);
 
-    // The units list finds it by serial.
+    // The units list finds it by what someone tracing it from the cloud side has: its
+    // registration ID, in the case DPS happens to show it.
     await page.goto(`${url}/units`);
-    await page.fill('#q', env('SERIAL'));
+    await page.fill('#q', env('SEARCH'));
     await page.press('#q', 'Enter');
     await page.waitForSelector('#steps');
     out.foundBySearch = new URL(page.url()).pathname;

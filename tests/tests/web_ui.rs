@@ -1,11 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The operator web UI of `station serve`, driven by Debian's chromium (playwright-core in
-//! tests/browser): a supervisor opens the lot, sign-in refused with a wrong password, sign-in by
-//! badge scanned into the badge box, a malformed scan refused on the fixture's banner, a unit run from the scan box to
-//! PASS under the signed-in user's name, its record and the lot found, sign-out. The database
-//! then holds the unit with that operator and the lot opened by the supervisor, the audit chain
-//! and its keyed checkpoint verify, and no password or badge is in the log. Needs
-//! chromium and `npm ci` in tests/browser; fails (never skips) without them.
+//! tests/browser): a supervisor opens the lot; sign-in is refused with a wrong password, then
+//! done with a badge scanned into the badge box; a malformed scan is refused on the fixture's
+//! banner; a unit runs from the scan box to PASS under the signed-in user's name; its record is
+//! found by its registration ID; the lot shows it; sign-out. The database then holds the unit
+//! with that operator and the lot opened by the supervisor, the audit chain and its keyed
+//! checkpoint verify, and no password or badge is in the log. Needs chromium and `npm ci` in
+//! tests/browser; fails (never skips) without them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -105,6 +106,9 @@ fn an_operator_runs_a_unit_from_the_browser() {
         .env("WEB_BADGE", badge)
         .env("FIXTURE", "bench-3")
         .env("SERIAL", serial)
+        // Its registration ID (the serial, by the product's template) as DPS may print it:
+        // IDs compare without case there, and here.
+        .env("SEARCH", serial.to_lowercase())
         .env("BAD_SCAN", "SX-12")
         .output()
         .unwrap();

@@ -123,6 +123,18 @@ pub fn unit(conn: &Connection, serial: &str) -> Result<Option<UnitReport>, UnitS
     }))
 }
 
+/// The serials of the units known by `q`: their serial, registration ID (case-insensitive, as
+/// DPS compares them) or device ID, which is what someone tracing a unit from the cloud side
+/// has in hand. At most 20.
+pub fn find(conn: &Connection, q: &str) -> Result<Vec<String>, UnitStoreError> {
+    conn.prepare(
+        "SELECT serial FROM units WHERE serial = ?1 OR registration_id = ?1 OR device_id = ?1
+         ORDER BY id DESC LIMIT 20",
+    )
+    .and_then(|mut st| st.query_map([q], |r| r.get(0))?.collect())
+    .map_err(|e| sql("find units")(e).into())
+}
+
 /// The newest units, of one lot or all; at most `limit`.
 pub fn list(
     conn: &Connection,

@@ -277,8 +277,10 @@ async fn a_scan_goes_to_the_fixture_under_the_users_name_and_a_bad_one_to_the_ba
         Some("CMD:ABORT: no unit running")
     );
     // What the fixture threads put on the board shows on the fixture's page and the line's.
-    r.board.hsm("fx1", Some("the module does not answer".into()));
-    r.board.scanner("fx1", Some("No such file or directory".into()));
+    r.board
+        .hsm("fx1", Some("the module does not answer".into()));
+    r.board
+        .scanner("fx1", Some("No such file or directory".into()));
     r.board.started("fx1", "SX-000042");
     let (_, _, _, body) = send(&r.app, get("/fixtures/fx1/status", Some(&c))).await;
     assert!(
@@ -288,7 +290,10 @@ async fn a_scan_goes_to_the_fixture_under_the_users_name_and_a_bad_one_to_the_ba
         "{body}"
     );
     let (_, _, _, body) = send(&r.app, get("/board", Some(&c))).await;
-    assert!(body.contains("HSM unavailable") && body.contains("SX-000042"), "{body}");
+    assert!(
+        body.contains("HSM unavailable") && body.contains("SX-000042"),
+        "{body}"
+    );
     // Abort while a unit runs raises the flag the unit checks at its next step.
     assert!(!r.abort.load(std::sync::atomic::Ordering::Relaxed));
     send(&r.app, post("/fixtures/fx1/abort", "", Some(&c))).await;
@@ -330,7 +335,10 @@ async fn units_and_lots_read_the_database() {
     assert!(body.contains("No unit with serial SX-404404"), "{body}");
     let (status, location, _, body) = send(&r.app, get("/units?q=SX-404404", Some(&c))).await;
     assert_eq!((status, location), (StatusCode::OK, None));
-    assert!(body.contains("No unit with serial SX-404404"), "{body}");
+    assert!(
+        body.contains("No unit with serial, registration ID or device ID SX-404404"),
+        "{body}"
+    );
     let (status, _, _, body) = send(&r.app, get("/lots", Some(&c))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("No lot yet"), "{body}");

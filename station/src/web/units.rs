@@ -1,4 +1,5 @@
-//! `/units`: find a unit by its serial (type or scan it into the search box) or see the newest;
+//! `/units`: find a unit by its serial (type or scan it into the search box), registration ID
+//! or device ID, or see the newest;
 //! `/units/SERIAL`: everything the station knows about one unit, as `station unit show`.
 
 use std::sync::Arc;
@@ -20,6 +21,8 @@ struct UnitsPage {
     q: String,
     lot: String,
     not_found: bool,
+    /// Several units matched the search (a serial that is another's device ID).
+    matches: Vec<String>,
     units: Vec<UnitListRow>,
 }
 
@@ -53,22 +56,23 @@ pub async fn list(
         state
             .read(move |conn| {
                 let found = if q.is_empty() {
-                    false
+                    Vec::new()
                 } else {
-                    crate::line::units::by_serial(conn, &q)?.is_some()
+                    report::find(conn, &q)?
                 };
                 let units = report::list(conn, (!lot.is_empty()).then_some(lot.as_str()), 100)?;
                 Ok((found, units))
             })
             .await?
     };
-    if found {
-        return Ok(Redirect::to(&format!("/units/{}", path_segment(&q))).into_response());
+    if let [serial] = found.as_slice() {
+        return Ok(Redirect::to(&format!("/units/{}", path_segment(serial))).into_response());
     }
     Ok(UnitsPage {
         user: who.user,
         role: who.role.to_string(),
-        not_found: !q.is_empty(),
+        not_found: !q.is_empty() && found.is_empty(),
+        matches: found,
         q,
         lot,
         units,

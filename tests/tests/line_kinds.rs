@@ -206,6 +206,21 @@ fn x509_link_unit_gets_a_live_certificate_and_a_queued_enrollment() {
     ] {
         assert!(shown.contains(want), "{want} missing: {shown}");
     }
+    // Found by its registration ID as DPS may print it (IDs compare without case), too.
+    let out = rig.station(&["unit", "show", "sx-000001"]);
+    assert!(
+        text(&out).contains("serial           SX-000001"),
+        "{}",
+        text(&out)
+    );
+    let out = rig.station(&["unit", "show", "SX-999999"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no unit with serial, registration ID or device ID \"SX-999999\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Uploaded: DPS holds the unit's certificate and its initial twin.
     rig.upload_now();
     assert_eq!(rig.state("SX-000001").as_deref(), Some("uploaded"));

@@ -43,7 +43,7 @@ pub enum UnitCommand {
     /// Everything the station knows about one unit: state, every run and step, certificates,
     /// enrollment and upload.
     Show {
-        /// Serial number.
+        /// Serial number, or the unit's registration ID (any case) or device ID.
         serial: String,
     },
     /// Units, newest first.
@@ -78,8 +78,11 @@ pub enum LineCliError {
     #[error("{0}")]
     Unit(String),
     /// No such unit.
-    #[error("no unit with serial {0:?} in this station's database")]
+    #[error("no unit with serial, registration ID or device ID {0:?} in this station's database")]
     NoUnit(String),
+    /// Several units answer to the name.
+    #[error("{0:?} names several units ({1}): give the serial")]
+    Ambiguous(String, String),
     /// Reading failed.
     #[error("reading the database failed: {0}")]
     Read(String),
@@ -296,6 +299,14 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
     let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
     match cmd {
         UnitCommand::Show { serial } => {
+            let found = report::find(conn, serial).map_err(|e| read(&e))?;
+            let serial = match found.as_slice() {
+                [] => return Err(LineCliError::NoUnit(serial.clone()).into()),
+                [one] => one,
+                several => {
+                    return Err(LineCliError::Ambiguous(serial.clone(), several.join(", ")).into());
+                }
+            };
             let r = report::unit(conn, serial)
                 .map_err(|e| read(&e))?
                 .ok_or_else(|| LineCliError::NoUnit(serial.clone()))?;

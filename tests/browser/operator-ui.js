@@ -80,6 +80,7 @@ const env = (k) => {
       () => /PASS|FAIL/.test(document.querySelector('#banner').textContent),
       null, { timeout: 90000 });
     out.outcome = (await page.textContent('#banner')).trim().replace(/\s+/g, ' ');
+    out.recent = (await page.innerText('#recent')).trim().replace(/\s+/g, ' ');
 
     // The unit's page, through the link under the banner.
     await page.click(`a[href^="/units/"]`);

@@ -143,6 +143,7 @@ fn an_operator_runs_a_unit_from_the_browser() {
         "{outcome}\nstation log:\n{}",
         serve.log_text()
     );
+    assert!(text("recent").contains(&format!("PASS {serial}")), "{seen}");
     assert!(
         text("unitState").starts_with("queued") || text("unitState").starts_with("uploaded"),
         "{seen}"

@@ -64,6 +64,8 @@ pub struct FixtureStatus {
     pub running: Option<String>,
     /// The last outcome or refusal.
     pub last: Option<Message>,
+    /// The last units' outcomes, newest first (at most [`RECENT`]).
+    pub recent: std::collections::VecDeque<Message>,
     /// Why the HSM does not answer, while it does not.
     pub hsm_down: Option<String>,
     /// Why the scanner is not connected, while it is not (fixtures with a scanner port).
@@ -73,6 +75,9 @@ pub struct FixtureStatus {
     /// Units failed since `station serve` started.
     pub failed: u64,
 }
+
+/// Unit outcomes kept per fixture for its page.
+pub const RECENT: usize = 10;
 
 /// The board of every fixture.
 #[derive(Debug, Default)]
@@ -121,13 +126,18 @@ impl Board {
 
     fn say(s: &mut FixtureStatus, verdict: Verdict, serial: Option<&str>, text: String) {
         let seq = s.last.as_ref().map_or(1, |m| m.seq + 1);
-        s.last = Some(Message {
+        let m = Message {
             verdict,
             serial: serial.map(str::to_owned),
             text,
             at: crate::store::now_utc(),
             seq,
-        });
+        };
+        if m.serial.is_some() {
+            s.recent.push_front(m.clone());
+            s.recent.truncate(RECENT);
+        }
+        s.last = Some(m);
     }
 
     /// A unit started on the fixture.

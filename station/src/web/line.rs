@@ -40,6 +40,32 @@ pub struct FixtureView {
     pub passed: u64,
     /// Failed since start.
     pub failed: u64,
+    /// The last units: verdict class, word, serial, time.
+    pub recent: Vec<RecentView>,
+}
+
+/// One of a fixture's last units.
+pub struct RecentView {
+    /// CSS class.
+    pub class: &'static str,
+    /// PASS, FAIL, ALREADY DONE.
+    pub word: &'static str,
+    /// Serial.
+    pub serial: String,
+    /// When (time of day, UTC).
+    pub at: String,
+    /// The outcome's text (shown for a failure: its step and reason).
+    pub text: String,
+}
+
+fn class_of(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::AlreadyDone => "done",
+        Verdict::Fail => "fail",
+        Verdict::Refused => "refused",
+        Verdict::Info => "info",
+    }
 }
 
 fn view(
@@ -58,16 +84,7 @@ fn view(
     let (class, word) = match (&running, s.last.as_ref().map(|m| m.verdict)) {
         (Some(_), _) => ("running", "RUNNING"),
         (None, None) => ("idle", "READY"),
-        (None, Some(v)) => (
-            match v {
-                Verdict::Pass => "pass",
-                Verdict::AlreadyDone => "done",
-                Verdict::Fail => "fail",
-                Verdict::Refused => "refused",
-                Verdict::Info => "info",
-            },
-            v.word(),
-        ),
+        (None, Some(v)) => (class_of(v), v.word()),
     };
     let (text, serial, at, seq) = match (&running, s.last) {
         (Some((serial, state)), last) => (
@@ -88,7 +105,19 @@ fn view(
         ),
         (None, None) => ("Scan a unit's serial.".to_owned(), None, String::new(), 0),
     };
+    let recent = s
+        .recent
+        .iter()
+        .map(|m| RecentView {
+            class: class_of(m.verdict),
+            word: m.verdict.word(),
+            serial: m.serial.clone().unwrap_or_default(),
+            at: clock(&m.at),
+            text: m.text.clone(),
+        })
+        .collect();
     Ok(FixtureView {
+        recent,
         name: name.to_owned(),
         product: s.product,
         operator: s.operator.unwrap_or_default(),

@@ -65,11 +65,15 @@ const env = (k) => {
     await page.waitForSelector('#scan');
     out.scanFocused = await page.evaluate(() => document.activeElement && document.activeElement.id === 'scan');
 
-    // Something that is not a serial of this product: refused, with what was read.
+    // Something that is not a serial of this product: refused, with what was read. The box
+    // posts without a page load (a marker on the page survives), is emptied and keeps the focus.
+    await page.evaluate(() => { window.stationMarker = 1; });
     await page.keyboard.type(env('BAD_SCAN'));
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => /REFUSED/.test(document.querySelector('#banner').textContent));
     out.refused = (await page.textContent('#banner')).trim().replace(/\s+/g, ' ');
+    out.stayedOnPage = await page.evaluate(() => window.stationMarker === 1
+      && document.activeElement.id === 'scan' && document.activeElement.value === '');
 
     // The unit's serial, typed as a scanner types it: the banner shows it running, then PASS
     // (the status refreshes by itself).

@@ -130,6 +130,7 @@ fn an_operator_runs_a_unit_from_the_browser() {
     assert_eq!(text("wrongPassword"), "Wrong user name or password.");
     assert_eq!(text("signedInAs"), "ann");
     assert_eq!(seen["scanFocused"], true);
+    assert_eq!(seen["stayedOnPage"], true);
     let refused = text("refused");
     assert!(
         refused.starts_with("REFUSED")

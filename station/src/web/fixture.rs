@@ -91,10 +91,15 @@ pub async fn scan(
     Form(form): Form<ScanForm>,
 ) -> Result<Response, WebError> {
     let f = handle(&state, &name)?;
-    match f
-        .parser
-        .parse(form.code.trim_end_matches(['\r', '\n']).as_bytes())
-    {
+    let code = form.code.trim_end_matches(['\r', '\n']);
+    let fresh = f.debounce.lock().map_or(true, |mut d| {
+        d.accept(code.as_bytes(), std::time::Instant::now())
+    });
+    if !fresh {
+        tracing::info!(fixture = %name, user = %who.user, "web scan repeated within the debounce window; ignored");
+        return Ok(back(&name));
+    }
+    match f.parser.parse(code.as_bytes()) {
         Ok(Scan::Abort) => abort(&state, f, &name, &who.user),
         Ok(scan) => {
             tracing::info!(fixture = %name, user = %who.user, "web scan: {}", scan.describe());

@@ -32,7 +32,7 @@ use crate::line::serve::FixtureJob;
 use crate::line::setup::LineSetup;
 use crate::operators::BadgeKey;
 use crate::store::Store;
-use crate::trigger::parse::ScanParser;
+use crate::trigger::parse::{Debouncer, ScanParser};
 
 pub use error::WebError;
 use session::Sessions;
@@ -44,6 +44,8 @@ pub struct FixtureHandle {
     jobs: mpsc::Sender<FixtureJob>,
     abort: Arc<AtomicBool>,
     parser: ScanParser,
+    /// A keyboard-mode scanner double-reads labels into the box as a serial one does.
+    debounce: Mutex<Debouncer>,
 }
 
 /// What every request shares.
@@ -123,6 +125,9 @@ impl WebState {
                     jobs: jobs.clone(),
                     abort: Arc::clone(abort),
                     parser,
+                    debounce: Mutex::new(Debouncer::new(std::time::Duration::from_millis(
+                        setup.cfg.line.debounce_ms,
+                    ))),
                 },
             );
         }

@@ -248,6 +248,13 @@ async fn a_scan_goes_to_the_fixture_under_the_users_name_and_a_bad_one_to_the_ba
             other.is_ok()
         ),
     }
+    // The same label again within the debounce window (a scanner's double read) is dropped.
+    send(
+        &r.app,
+        post("/fixtures/fx1/scan", "code=SX-000042", Some(&c)),
+    )
+    .await;
+    assert!(r.jobs.try_recv().is_err(), "a double read runs nothing");
     // Not this product's serial: nothing reaches the fixture; the banner says why.
     send(&r.app, post("/fixtures/fx1/scan", "code=XX-1", Some(&c))).await;
     assert!(r.jobs.try_recv().is_err());

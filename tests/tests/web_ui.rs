@@ -198,3 +198,161 @@ fn an_operator_runs_a_unit_from_the_browser() {
         assert!(!log.contains(secret), "{secret} is in the station log");
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1 it signed: (chain PEM, key PEM, CA PEM).
+fn server_cert() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "plant IT test CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let leaf = params.signed_by(&key, &ca).unwrap();
+    let ca_pem = ca.as_ref().pem();
+    (
+        format!("{}{}", leaf.pem(), ca_pem),
+        key.serialize_pem(),
+        ca_pem,
+    )
+}
+
+/// Node's own HTTPS client (no browser): signs in and prints the answer, or the TLS error.
+const HTTPS_SIGN_IN: &str = r"
+const https = require('https');
+const fs = require('fs');
+const ca = process.env.CA_FILE ? fs.readFileSync(process.env.CA_FILE) : undefined;
+const req = https.request(process.env.STATION_URL + 'login', {
+  method: 'POST', ca, agent: false,
+  headers: { 'content-type': 'application/x-www-form-urlencoded', connection: 'close' },
+}, (res) => {
+  res.resume();
+  console.log(JSON.stringify({ status: res.statusCode, location: res.headers.location,
+    cookie: (res.headers['set-cookie'] || []).join(';') }));
+});
+req.on('error', (e) => console.log(JSON.stringify({ error: e.code || e.message })));
+req.end('user=ann&password=' + encodeURIComponent(process.env.WEB_PASSWORD));
+";
+
+#[test]
+fn the_web_ui_serves_https_with_the_plants_certificate_and_refuses_a_key_that_is_not_its() {
+    let rig = LineRig::new();
+    let password = "pw-for-ann-over-tls";
+    let out = rig.station_env(
+        &[
+            "user",
+            "add",
+            "ann",
+            "--role",
+            "operator",
+            "--password-env",
+            "T_PW",
+            "--actor",
+            "sup",
+        ],
+        &[("T_PW", password)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (chain, key, ca) = server_cert();
+    let web = rig.home.join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("cert.pem"), &chain).unwrap();
+    std::fs::write(web.join("key.pem"), &key).unwrap();
+    std::fs::write(web.join("ca.pem"), &ca).unwrap();
+    std::fs::set_permissions(
+        web.join("key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // station check sees HTTPS, and the key kept to its owner.
+    rig.config(
+        "30-web.toml",
+        "[web]\nlisten = \"0.0.0.0:0\"\ntls_cert_file = \"web/cert.pem\"\ntls_key_file = \"web/key.pem\"\n",
+    );
+    let checked = String::from_utf8_lossy(&rig.station(&["check"]).stdout).into_owned();
+    let line = checked
+        .lines()
+        .find(|l| l.starts_with("web UI"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains(" ok ") && line.contains("https://0.0.0.0:0/"),
+        "{checked}"
+    );
+    let sim = UnitSim::start(&rig.dir.path().join("unit"), &["--serial", "SX-000300"]);
+    rig.config(
+        "30-web.toml",
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:0\"\ntls_cert_file = \"web/cert.pem\"\ntls_key_file = \"web/key.pem\"\n\
+             [fixtures.bench-4]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    let serve = StationServe::start(&rig, &[]);
+    serve.wait_logged("web UI listening", 60);
+    let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let sign_in = |ca: Option<&std::path::Path>| -> serde_json::Value {
+        let mut c = Command::new("node");
+        c.arg("-e")
+            .arg(HTTPS_SIGN_IN)
+            .env("STATION_URL", url.trim())
+            .env("WEB_PASSWORD", password);
+        if let Some(ca) = ca {
+            c.env("CA_FILE", ca);
+        }
+        let out = c.output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    // A client that trusts the plant's CA signs in; the session cookie never goes over HTTP.
+    let ok = sign_in(Some(&web.join("ca.pem")));
+    assert_eq!(
+        (ok["status"].as_u64(), ok["location"].as_str()),
+        (Some(303), Some("/")),
+        "{ok}"
+    );
+    let cookie = ok["cookie"].as_str().unwrap();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // One that does not trust it stops at the certificate.
+    let refused = sign_in(None);
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CERT") || e.contains("SIGNED")),
+        "{refused}"
+    );
+    drop(serve);
+
+    // A key that is not the certificate's: the daemon does not start, and says which file.
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(web.join("key.pem"), other.serialize_pem()).unwrap();
+    let out = rig.station(&["serve"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("HTTPS key") && said.contains("key.pem"),
+        "{said}"
+    );
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
+}

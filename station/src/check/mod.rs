@@ -129,7 +129,7 @@ pub fn run_all(home: &Home) -> Report {
     store::run(home, &loaded.config, &mut report);
     hsm::run(home, &loaded.config, &mut report);
     tpm::run(home, &loaded.config, &mut report);
-    web::run(&loaded.config, &mut report);
+    web::run(home, &loaded.config, &mut report);
     report
 }
 

@@ -1,6 +1,7 @@
 //! `[web]`: the operator web UI that `station serve` runs beside the fixtures.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -20,6 +21,13 @@ pub struct WebConfig {
     /// How often the line page refreshes the fixtures' status, in milliseconds.
     #[serde(default = "default_refresh_ms")]
     pub refresh_ms: u32,
+    /// PEM certificate chain (server certificate first) to serve HTTPS with, relative to the
+    /// home. Unset: plain HTTP.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (keep it mode 0600).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -28,6 +36,8 @@ impl Default for WebConfig {
             listen: None,
             idle_minutes: default_idle_minutes(),
             refresh_ms: default_refresh_ms(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -51,9 +61,21 @@ impl WebConfig {
         })
     }
 
+    /// Whether the UI is served over HTTPS.
+    #[must_use]
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some()
+    }
+
     /// Cross-field checks.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.address()?;
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "web.tls_cert_file".into(),
+                message: "HTTPS needs both tls_cert_file and tls_key_file".into(),
+            });
+        }
         if self.idle_minutes == 0 {
             return Err(ConfigError::Invalid {
                 key: "web.idle_minutes".into(),

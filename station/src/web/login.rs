@@ -100,7 +100,7 @@ pub async fn submit(
             (
                 [(
                     header::SET_COOKIE,
-                    session::cookie(&state.cookie_name, &token),
+                    session::cookie(&state.cookie_name, &token, state.secure_cookie),
                 )],
                 Redirect::to("/"),
             )

@@ -58,6 +58,8 @@ pub struct WebState {
     db: Mutex<Store>,
     hsm: Option<crate::hsm::Hsm>,
     cookie_name: String,
+    /// Over HTTPS the session cookie is never sent over plain HTTP.
+    secure_cookie: bool,
 }
 
 /// Why the web UI could not start.
@@ -84,6 +86,16 @@ pub enum WebStartError {
     /// The database cannot be opened for reading.
     #[error("the web UI cannot open the database")]
     Store(#[source] crate::store::StoreError),
+    /// The HTTPS certificate or key cannot be used.
+    #[error("the web UI's HTTPS {what} {path} cannot be used: {reason}")]
+    Tls {
+        /// Certificate or key.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The URL file cannot be written.
     #[error("cannot write {path}")]
     UrlFile {
@@ -148,6 +160,7 @@ impl WebState {
             hsm: hsm.cloned(),
             // Cookies are per host, not per port: two stations on one host keep apart.
             cookie_name: format!("station_session_{port}"),
+            secure_cookie: setup.cfg.web.tls(),
         }))
     }
 
@@ -239,31 +252,83 @@ pub fn router(state: Arc<WebState>) -> Router {
 /// A bound listener and the URL it serves.
 pub struct Listener {
     listener: std::net::TcpListener,
-    /// `http://ADDR:PORT/`.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// `http://ADDR:PORT/` or `https://...`.
     pub url: String,
     /// The port it listens on.
     pub port: u16,
 }
 
-/// Binds the configured address (before the fixtures start, so a taken port stops the
-/// daemon at once) and writes the URL to `H/run/web.url`.
+/// Loads `[web] tls_cert_file` and `tls_key_file` into a rustls configuration (TLS 1.2 and
+/// 1.3; a key that does not belong to the certificate is refused here, not at the first
+/// browser).
+fn tls_config(setup: &LineSetup) -> Result<Option<Arc<rustls::ServerConfig>>, WebStartError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let web = &setup.cfg.web;
+    let (Some(cert), Some(key)) = (&web.tls_cert_file, &web.tls_key_file) else {
+        return Ok(None);
+    };
+    let (cert, key) = (setup.home.resolve(cert), setup.home.resolve(key));
+    let bad = |what: &'static str, path: &std::path::Path, reason: String| WebStartError::Tls {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| bad("certificate", &cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "certificate",
+            &cert,
+            "it holds no PEM certificate".into(),
+        ));
+    }
+    // The key's own error could quote nothing of it, but is kept short anyway: no key material.
+    let private = PrivateKeyDer::from_pem_file(&key).map_err(|_| {
+        bad(
+            "key",
+            &key,
+            "it holds no PEM private key that can be read".into(),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
+        .map_err(|e| {
+            bad(
+                "key",
+                &key,
+                format!("{e} (does it belong to {}?)", cert.display()),
+            )
+        })?;
+    Ok(Some(Arc::new(cfg)))
+}
+
+/// Binds the configured address (before the fixtures start, so a taken port or an unusable
+/// certificate stops the daemon at once) and writes the URL to `H/run/web.url`.
 pub fn bind(setup: &LineSetup) -> Result<Option<Listener>, WebStartError> {
     let Ok(Some(addr)) = setup.cfg.web.address() else {
         return Ok(None);
     };
+    let tls = tls_config(setup)?;
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| WebStartError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| WebStartError::Bind { addr, source })?;
-    let url = format!("http://{local}/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local}/");
     let path = setup.home.run_dir().join("web.url");
     std::fs::create_dir_all(setup.home.run_dir())
         .and_then(|()| std::fs::write(&path, format!("{url}\n")))
         .map_err(|source| WebStartError::UrlFile { path, source })?;
     Ok(Some(Listener {
         listener,
+        tls,
         url,
         port: local.port(),
     }))
@@ -275,11 +340,28 @@ pub async fn serve(
     state: Arc<WebState>,
     stop: Arc<tokio::sync::Notify>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener.listener)?;
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.notified().await })
-    .await
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    match listener.tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener.listener)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                stop.notified().await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
+            });
+            axum_server::from_tcp_rustls(
+                listener.listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )?
+            .handle(handle)
+            .serve(app)
+            .await
+        }
+    }
 }

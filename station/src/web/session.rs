@@ -153,11 +153,12 @@ impl Sessions {
     }
 }
 
-/// The session cookie for `token`.
-pub fn cookie(name: &str, token: &str) -> String {
+/// The session cookie for `token` (`secure`: over HTTPS only).
+pub fn cookie(name: &str, token: &str, secure: bool) -> String {
     Cookie::build((name.to_owned(), token.to_owned()))
         .http_only(true)
         .same_site(SameSite::Strict)
+        .secure(secure)
         .path("/")
         .build()
         .to_string()
@@ -273,8 +274,10 @@ mod tests {
 
     #[test]
     fn the_cookie_is_http_only_and_same_site_strict() {
-        let c = cookie("station_session_1", "abc");
+        let c = cookie("station_session_1", "abc", false);
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/"));
+        assert!(!c.contains("Secure"));
+        assert!(cookie("station_session_1", "abc", true).contains("Secure"));
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,

@@ -173,20 +173,23 @@ impl LineRig {
 
     /// `station user add NAME --role ROLE` with a badge (given through the environment).
     pub fn add_badge_user(&self, name: &str, role: &str, badge: &str) {
-        let out = self.station_env(
-            &[
-                "user",
-                "add",
-                name,
-                "--role",
-                role,
-                "--badge-env",
-                "T_BADGE",
-                "--actor",
-                "sup",
-            ],
-            &[("T_BADGE", badge)],
-        );
+        self.add_user(name, role, None, Some(badge));
+    }
+
+    /// `station user add NAME --role ROLE` with a password and/or a badge (given through the
+    /// environment, as they must be).
+    pub fn add_user(&self, name: &str, role: &str, password: Option<&str>, badge: Option<&str>) {
+        let mut args = vec!["user", "add", name, "--role", role, "--actor", "sup"];
+        let mut env = Vec::new();
+        if let Some(pw) = password {
+            args.extend(["--password-env", "T_PW"]);
+            env.push(("T_PW", pw));
+        }
+        if let Some(b) = badge {
+            args.extend(["--badge-env", "T_BADGE"]);
+            env.push(("T_BADGE", b));
+        }
+        let out = self.station_env(&args, &env);
         assert!(
             out.status.success(),
             "user add: {}",

@@ -33,46 +33,8 @@ fn an_operator_runs_a_unit_from_the_browser() {
     let rig = LineRig::new();
     let badge = "BADGE-5512-ann";
     let password = "pw-for-ann-4711";
-    let out = rig.station_env(
-        &[
-            "user",
-            "add",
-            "ann",
-            "--role",
-            "operator",
-            "--password-env",
-            "T_PW",
-            "--badge-env",
-            "T_BADGE",
-            "--actor",
-            "sup",
-        ],
-        &[("T_PW", password), ("T_BADGE", badge)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = rig.station_env(
-        &[
-            "user",
-            "add",
-            "sam",
-            "--role",
-            "supervisor",
-            "--password-env",
-            "T_PW",
-            "--actor",
-            "sup",
-        ],
-        &[("T_PW", "pw-for-sam-1234")],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.add_user("ann", "operator", Some(password), Some(badge));
+    rig.add_user("sam", "supervisor", Some("pw-for-sam-1234"), None);
     let serial = "SX-000211";
     let sim = UnitSim::start(
         &rig.dir.path().join("unit"),
@@ -246,25 +208,7 @@ req.end('user=ann&password=' + encodeURIComponent(process.env.WEB_PASSWORD));
 fn the_web_ui_serves_https_with_the_plants_certificate_and_refuses_a_key_that_is_not_its() {
     let rig = LineRig::new();
     let password = "pw-for-ann-over-tls";
-    let out = rig.station_env(
-        &[
-            "user",
-            "add",
-            "ann",
-            "--role",
-            "operator",
-            "--password-env",
-            "T_PW",
-            "--actor",
-            "sup",
-        ],
-        &[("T_PW", password)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.add_user("ann", "operator", Some(password), None);
     let (chain, key, ca) = server_cert();
     let web = rig.home.join("web");
     std::fs::create_dir_all(&web).unwrap();

@@ -24,7 +24,7 @@ use crate::trigger::scanner::{Scanner, ScannerEvent, ScannerSettings};
 /// What a fixture's hardware thread is asked to do.
 pub enum FixtureJob {
     /// A scan from the fixture's scanner, or from the web scan box by a signed-in user (who
-    /// runs the unit unless someone is logged on at the fixture).
+    /// then runs the unit, whoever is logged on at the fixture).
     Scan {
         /// What was scanned.
         scan: Scan,
@@ -361,7 +361,7 @@ fn handle_scan(
     operator: Option<String>,
 ) -> Option<UnitOutcome> {
     let fixture = worker.fixture().as_str().to_owned();
-    let operator = operator.or_else(|| worker.operator().map(str::to_owned));
+    // `run_serial` falls back to whoever is logged on at the fixture.
     let run = |worker: &mut Worker<'_>, serial: &str| {
         board.started(&fixture, serial);
         let o = worker.run_serial(serial, operator.as_deref());

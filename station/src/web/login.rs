@@ -10,7 +10,7 @@ use axum::Form;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use super::WebState;
 use super::session::{self, SignedIn};
@@ -79,6 +79,12 @@ pub async fn submit(
         }
         .into_response()
     };
+    if by_badge && badge.expose_secret().trim().is_empty() {
+        return refuse(
+            "Scan your badge, or enter your user name and password.".to_owned(),
+            user,
+        );
+    }
     if let Some(wait) = state.sessions.locked(&key) {
         return refuse(
             format!(
@@ -131,7 +137,6 @@ fn check(
     badge: &SecretString,
     password: &SecretString,
 ) -> Result<operators::Operator, OperatorError> {
-    use secrecy::ExposeSecret as _;
     let db = state.db.lock().map_err(|_| OperatorError::Hash)?;
     if user.is_empty() {
         let code = badge.expose_secret().trim();

@@ -39,8 +39,6 @@ use session::Sessions;
 
 /// A fixture as the web UI drives it.
 pub struct FixtureHandle {
-    /// Its product.
-    pub product: String,
     jobs: mpsc::Sender<FixtureJob>,
     abort: Arc<AtomicBool>,
     parser: ScanParser,
@@ -133,7 +131,6 @@ impl WebState {
             fixtures.insert(
                 name.to_owned(),
                 FixtureHandle {
-                    product: fcfg.product.clone(),
                     jobs: jobs.clone(),
                     abort: Arc::clone(abort),
                     parser,

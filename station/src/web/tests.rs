@@ -200,6 +200,13 @@ async fn a_badge_signs_in_and_a_wrong_one_is_refused_without_showing_it() {
     assert!(cookie.is_empty());
     assert!(body.contains("Unknown badge"), "{body}");
     assert!(!body.contains("not-a-badge-9"));
+    // An empty form says what to do.
+    let (_, _, cookie, body) = send(&r.app, post("/login", "badge=&user=&password=", None)).await;
+    assert!(cookie.is_empty());
+    assert!(
+        body.contains("Scan your badge, or enter your user name and password."),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -113,7 +113,10 @@ pub async fn submit(
                 .into_response()
         }
         Ok(Err(e)) => {
-            state.sessions.failed(&key);
+            // The station's own failures are not the person's wrong attempts.
+            if !matches!(e, OperatorError::Store(_) | OperatorError::Hash) {
+                state.sessions.failed(&key);
+            }
             let message = match &e {
                 OperatorError::Store(_) | OperatorError::Hash => {
                     tracing::error!(error = %crate::line::worker::error_text(&e), "web sign-in failed");

@@ -377,7 +377,8 @@ impl<'s> Worker<'s> {
         self.operator.as_deref()
     }
 
-    /// Logs `username` on to the fixture (after a badge scan or a web logon), audited.
+    /// Logs `username` on to the fixture (after a badge scan), audited. A web user is not
+    /// logged on: each of their scans carries their name.
     pub fn log_on(&mut self, username: &str) -> Result<(), String> {
         self.audit("fixture.logon", username, serde_json::json!({}))
             .map_err(|e| error_text(&e))?;

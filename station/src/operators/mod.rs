@@ -1,6 +1,7 @@
 //! Operators: the people who work the line. Passwords are argon2id hashes; badge codes are
 //! HMAC-SHA256 hashes under a station key (`H/secrets/badge.key`), so a copied database gives
-//! away neither. The same users log on at fixtures (badge scan) and, later, in the web UI.
+//! away neither. The same users log on at fixtures (badge scan) and sign in to the web UI
+//! (badge or password).
 
 use std::fmt;
 use std::path::Path;

@@ -615,7 +615,6 @@ fn start_scanner(
                     scan: Scan::Abort,
                     fixture,
                 } => {
-                    tracing::warn!(%fixture, "CMD:ABORT scanned: the running unit stops at its next step");
                     abort_unit(&abort, &board, fixture.as_str());
                 }
                 ScannerEvent::Scan { scan, fixture } => {
@@ -650,13 +649,23 @@ fn start_scanner(
 }
 
 /// `CMD:ABORT` from a scanner or the web: the unit running on the fixture stops at its next
-/// step (the flag is cleared when the next unit starts).
+/// step (the flag is cleared when the next unit starts). With no unit running, the board says
+/// so and nothing is raised.
 pub fn abort_unit(abort: &AtomicBool, board: &Board, fixture: &str) {
-    abort.store(true, Ordering::Relaxed);
-    board.info(
-        fixture,
-        "CMD:ABORT: the running unit stops at its next step".to_owned(),
-    );
+    let running = board
+        .snapshot()
+        .get(fixture)
+        .is_some_and(|s| s.running.is_some());
+    if running {
+        tracing::warn!(%fixture, "CMD:ABORT: the running unit stops at its next step");
+        abort.store(true, Ordering::Relaxed);
+        board.info(
+            fixture,
+            "CMD:ABORT: the running unit stops at its next step".to_owned(),
+        );
+    } else {
+        board.info(fixture, "CMD:ABORT: no unit running".to_owned());
+    }
 }
 
 /// Stops fixtures after their current units. All are told first, then each is waited for:

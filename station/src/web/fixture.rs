@@ -137,19 +137,8 @@ pub async fn abort_button(
 }
 
 fn abort(state: &WebState, f: &FixtureHandle, name: &str, user: &str) {
-    let running = state
-        .board
-        .snapshot()
-        .get(name)
-        .is_some_and(|s| s.running.is_some());
-    if running {
-        tracing::warn!(fixture = %name, %user, "web: CMD:ABORT; the running unit stops at its next step");
-        abort_unit(&f.abort, &state.board, name);
-    } else {
-        state
-            .board
-            .info(name, "CMD:ABORT: no unit running".to_owned());
-    }
+    tracing::info!(fixture = %name, %user, "web: CMD:ABORT");
+    abort_unit(&f.abort, &state.board, name);
 }
 
 fn send(state: &WebState, f: &FixtureHandle, name: &str, scan: Scan, user: String) {

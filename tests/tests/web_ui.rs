@@ -300,3 +300,95 @@ fn the_web_ui_serves_https_with_the_plants_certificate_and_refuses_a_key_that_is
     );
     assert!(!said.contains("PRIVATE KEY"), "{said}");
 }
+
+#[test]
+fn abort_stops_a_running_unit_from_the_browser_and_retry_runs_it_again() {
+    let dir = browser_dir();
+    let rig = LineRig::new();
+    let password = "pw-for-bo-2718";
+    rig.add_user("bo", "operator", Some(password), None);
+    rig.open_lot("sensor-x509");
+    let serial = "SX-000401";
+    // Every answer of the unit waits 150 ms: a unit takes seconds, time enough to abort it.
+    let sim = UnitSim::start(
+        &rig.dir.path().join("slow"),
+        &["--serial", serial, "--model", "SX-100", "--delay-ms", "150"],
+    );
+    rig.config(
+        "30-web.toml",
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:0\"\nrefresh_ms = 200\n[fixtures.bench-5]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    let serve = StationServe::start(&rig, &[]);
+    serve.wait_logged("web UI listening", 60);
+    let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
+    let out = Command::new("node")
+        .arg(dir.join("abort-retry.js"))
+        .current_dir(&dir)
+        .env("STATION_URL", url.trim())
+        .env("WEB_USER", "bo")
+        .env("WEB_PASSWORD", password)
+        .env("FIXTURE", "bench-5")
+        .env("SERIAL", serial)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{}\nstation log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        serve.log_text()
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let text = |k: &str| seen[k].as_str().unwrap_or_default().to_owned();
+    assert!(
+        text("running").starts_with(&format!("RUNNING {serial}")),
+        "{seen}"
+    );
+    assert!(
+        text("aborted").starts_with(&format!("FAIL {serial}"))
+            && text("aborted").contains("aborted by the operator (CMD:ABORT)"),
+        "{seen}"
+    );
+    assert!(
+        text("retried").starts_with(&format!("PASS {serial}")),
+        "{seen}"
+    );
+    // Newest first: the retry's PASS above the aborted run's FAIL with its reason.
+    let recent = text("recent");
+    let (pass, fail) = (
+        recent.find(&format!("PASS {serial}")),
+        recent.find(&format!("FAIL {serial}")),
+    );
+    assert!(pass.is_some() && fail.is_some() && pass < fail, "{recent}");
+    assert!(recent.contains("aborted by the operator"), "{recent}");
+    // The record: two runs, the first failed by the abort, one live certificate.
+    let db = rig.db();
+    let runs: i64 = db
+        .query_row(
+            "SELECT count(*) FROM runs r JOIN units u ON u.id = r.unit_id WHERE u.serial = ?1",
+            [serial],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(runs, 2);
+    let aborted: i64 = db
+        .query_row(
+            "SELECT count(*) FROM run_transitions t JOIN runs r ON r.id = t.run_id
+             JOIN units u ON u.id = r.unit_id
+             WHERE u.serial = ?1 AND t.to_state = 'failed' AND t.data LIKE '%CMD:ABORT%'",
+            [serial],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(aborted, 1);
+    assert_eq!(rig.live_certs(serial), 1);
+    assert!(matches!(
+        rig.state(serial).as_deref(),
+        Some("queued" | "uploaded")
+    ));
+    drop(serve);
+    rig.audit_verify();
+}

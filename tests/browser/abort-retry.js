@@ -1,0 +1,60 @@
+// Drives Debian's chromium through Abort and Retry on a fixture's page: an operator signs in
+// with a password, starts a slow unit from the scan box, aborts it while it runs, then retries
+// it to PASS. Prints what the banner showed at each step as one JSON line for the Rust test
+// (tests/tests/web_ui.rs), which checks the database.
+//
+// Environment: STATION_URL, WEB_USER, WEB_PASSWORD, FIXTURE, SERIAL.
+'use strict';
+const { chromium } = require('playwright-core');
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const banner = async (page) => (await page.textContent('#banner')).trim().replace(/\s+/g, ' ');
+const bannerMatches = (page, pattern) => page.waitForFunction(
+  (p) => new RegExp(p).test(document.querySelector('#banner').textContent), pattern,
+  { timeout: 90000 });
+
+(async () => {
+  const url = env('STATION_URL').replace(/\/$/, '');
+  const out = {};
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage();
+    page.setDefaultTimeout(60000);
+    await page.goto(`${url}/login`);
+    await page.fill('#user', env('WEB_USER'));
+    await page.fill('#password', env('WEB_PASSWORD'));
+    await page.press('#password', 'Enter');
+    await page.waitForSelector('#board');
+    await page.goto(`${url}/fixtures/${env('FIXTURE')}`);
+    await page.waitForSelector('#scan');
+
+    // The unit answers slowly: it is still running when Abort is pressed.
+    await page.keyboard.type(env('SERIAL'));
+    await page.keyboard.press('Enter');
+    await bannerMatches(page, 'RUNNING');
+    out.running = await banner(page);
+    await page.click('#abort');
+    await bannerMatches(page, 'FAIL');
+    out.aborted = await banner(page);
+
+    // Retry runs the failed unit again, to PASS.
+    await page.click('#retry');
+    await bannerMatches(page, 'PASS|FAIL');
+    out.retried = await banner(page);
+    out.recent = (await page.innerText('#recent')).trim().replace(/\s+/g, ' ');
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(out) + '\n');
+})().catch((e) => {
+  process.stderr.write(`abort-retry: ${e.stack || e}\n`);
+  process.exit(1);
+});

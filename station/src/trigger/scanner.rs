@@ -129,7 +129,9 @@ fn run(
     stop: &AtomicBool,
 ) {
     let mut debounce = Debouncer::new(settings.debounce);
-    let mut reported_down = false;
+    // What was last reported about a port that would not open: a new reason is reported
+    // again (a port that was missing and is now held by another process says so).
+    let mut reported_down: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         let port = serialport::new(settings.port.to_string_lossy(), settings.baud)
             .timeout(Duration::from_millis(100))
@@ -137,13 +139,14 @@ fn run(
         let mut port = match port {
             Ok(p) => p,
             Err(e) => {
-                if !reported_down {
+                let reason = e.to_string();
+                if reported_down.as_deref() != Some(reason.as_str()) {
                     tracing::warn!(%fixture, port = %settings.port.display(), error = %e, "scanner unavailable");
                     let _ = events.send(ScannerEvent::Disconnected {
                         fixture: fixture.clone(),
-                        reason: e.to_string(),
+                        reason: reason.clone(),
                     });
-                    reported_down = true;
+                    reported_down = Some(reason);
                 }
                 std::thread::sleep(settings.reopen_every);
                 continue;
@@ -176,9 +179,9 @@ fn run(
         tracing::warn!(%fixture, port = %settings.port.display(), %reason, "scanner disconnected");
         let _ = events.send(ScannerEvent::Disconnected {
             fixture: fixture.clone(),
-            reason,
+            reason: reason.clone(),
         });
-        reported_down = true;
+        reported_down = Some(reason);
         std::thread::sleep(settings.reopen_every);
     }
 }
@@ -339,6 +342,48 @@ mod tests {
                 ..
             }
         ));
+        scanner.stop();
+    }
+
+    #[test]
+    fn a_port_another_process_holds_is_reported_as_such_after_it_was_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("usb-Scanner_5678-if00");
+        let (tx, mut rx) = unbounded_channel();
+        let settings = ScannerSettings {
+            port: link.clone(),
+            baud: 9600,
+            debounce: Duration::from_millis(300),
+            max_line: 64,
+            reopen_every: Duration::from_millis(20),
+        };
+        let parser = ScanParser::new(r"SN-[0-9]{4}", 64).unwrap();
+        let scanner =
+            Scanner::spawn(FixtureName::new("fx-2").unwrap(), settings, parser, tx).unwrap();
+        // Not plugged in yet.
+        assert!(matches!(
+            next(&mut rx),
+            ScannerEvent::Disconnected { reason, .. } if reason.contains("No such file")
+        ));
+        // Plugged in, but another process (a second station, a terminal program) holds it
+        // exclusively, as the scanner's own open does: that is reported, not hidden behind the
+        // first reason.
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let name = nix::unistd::ttyname(&pty.slave).unwrap();
+        let held = serialport::new(name.to_string_lossy(), 9600)
+            .open()
+            .unwrap();
+        std::os::unix::fs::symlink(&name, &link).unwrap();
+        match next(&mut rx) {
+            ScannerEvent::Disconnected { reason, .. } => {
+                assert!(reason.contains("exclusive lock"), "{reason}");
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        // Released: the scanner connects.
+        drop(held);
+        assert!(matches!(next(&mut rx), ScannerEvent::Connected { .. }));
+        drop(pty);
         scanner.stop();
     }
 }

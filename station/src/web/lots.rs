@@ -10,7 +10,7 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::session::{Flash, SignedIn};
+use super::session::{Flash, SignedIn, refuse_unless_supervisor, tell};
 use super::{WebError, WebState};
 use crate::ids::{LotId, ProductName};
 use crate::line::lots::{self, LotReport};
@@ -63,26 +63,13 @@ pub struct OpenForm {
     id: String,
 }
 
-/// Refuses, on the lots page, what only a supervisor may do.
-fn supervisor(state: &WebState, who: &SignedIn, what: &str) -> Option<Response> {
-    if who.supervises() {
-        return None;
-    }
-    state.sessions.flash(
-        &who.token,
-        false,
-        format!("Only a supervisor can {what}: ask one."),
-    );
-    Some(Redirect::to("/lots").into_response())
-}
-
 /// `POST /lots`: opens a lot.
 pub async fn open(
     State(state): State<Arc<WebState>>,
     who: SignedIn,
     Form(form): Form<OpenForm>,
 ) -> Result<Response, WebError> {
-    if let Some(r) = supervisor(&state, &who, "open a lot") {
+    if let Some(r) = refuse_unless_supervisor(&state, &who, "open a lot", "/lots") {
         return Ok(r);
     }
     let actor = who.user.clone();
@@ -114,7 +101,7 @@ pub async fn close(
     Path(id): Path<String>,
     who: SignedIn,
 ) -> Result<Response, WebError> {
-    if let Some(r) = supervisor(&state, &who, "close a lot") {
+    if let Some(r) = refuse_unless_supervisor(&state, &who, "close a lot", "/lots") {
         return Ok(r);
     }
     let actor = who.user.clone();
@@ -133,18 +120,4 @@ pub async fn close(
         .await?;
     tell(&state, &who, done, "close a lot");
     Ok(Redirect::to("/lots").into_response())
-}
-
-/// Logs a supervisor's action and leaves its outcome for the next page.
-pub fn tell(state: &WebState, who: &SignedIn, done: Result<String, String>, what: &str) {
-    match done {
-        Ok(text) => {
-            tracing::info!(user = %who.user, "web: {text}");
-            state.sessions.flash(&who.token, true, text);
-        }
-        Err(text) => {
-            tracing::warn!(user = %who.user, "web: could not {what}: {text}");
-            state.sessions.flash(&who.token, false, text);
-        }
-    }
 }

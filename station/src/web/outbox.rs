@@ -8,8 +8,7 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::lots::tell;
-use super::session::{Flash, SignedIn};
+use super::session::{Flash, SignedIn, refuse_unless_supervisor, tell};
 use super::{WebError, WebState};
 use crate::outbox::{self, Status};
 
@@ -44,22 +43,21 @@ pub async fn requeue(
     Path(id): Path<i64>,
     who: SignedIn,
 ) -> Result<Response, WebError> {
-    let done = if who.supervises() {
-        let actor = who.user.clone();
-        state
-            .change(move |store, station| {
-                match outbox::requeue_conflict(store, station, &actor, id) {
-                    Ok(true) => Ok(format!(
-                        "Outbox row #{id} requeued: it is delivered at the next pass."
-                    )),
-                    Ok(false) => Err(format!("Outbox row #{id} is not in conflict.")),
-                    Err(e) => Err(crate::line::worker::error_text(&e)),
-                }
-            })
-            .await?
-    } else {
-        Err("Only a supervisor can requeue a conflict: ask one.".to_owned())
-    };
+    if let Some(r) = refuse_unless_supervisor(&state, &who, "requeue a conflict", "/outbox") {
+        return Ok(r);
+    }
+    let actor = who.user.clone();
+    let done = state
+        .change(
+            move |store, station| match outbox::requeue_conflict(store, station, &actor, id) {
+                Ok(true) => Ok(format!(
+                    "Outbox row #{id} requeued: it is delivered at the next pass."
+                )),
+                Ok(false) => Err(format!("Outbox row #{id} is not in conflict.")),
+                Err(e) => Err(crate::line::worker::error_text(&e)),
+            },
+        )
+        .await?;
     tell(&state, &who, done, "requeue");
     Ok(Redirect::to("/outbox").into_response())
 }

@@ -5,26 +5,17 @@
 //
 // Environment: STATION_URL, WEB_USER, WEB_PASSWORD, FIXTURE, SERIAL.
 'use strict';
-const { chromium } = require('playwright-core');
+const { env, launch, report } = require('./browser');
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const banner = async (page) => (await page.textContent('#banner')).trim().replace(/\s+/g, ' ');
 const bannerMatches = (page, pattern) => page.waitForFunction(
   (p) => new RegExp(p).test(document.querySelector('#banner').textContent), pattern,
   { timeout: 90000 });
 
-(async () => {
+report('abort-retry', async () => {
   const url = env('STATION_URL').replace(/\/$/, '');
   const out = {};
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(60000);
@@ -53,8 +44,5 @@ const bannerMatches = (page, pattern) => page.waitForFunction(
   } finally {
     await browser.close();
   }
-  process.stdout.write(JSON.stringify(out) + '\n');
-})().catch((e) => {
-  process.stderr.write(`abort-retry: ${e.stack || e}\n`);
-  process.exit(1);
+  return out;
 });

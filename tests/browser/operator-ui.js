@@ -7,23 +7,13 @@
 // FIXTURE, SERIAL (a unit on the fixture's link), SEARCH (what finds it on /units), BAD_SCAN
 // (not a serial).
 'use strict';
-const { chromium } = require('playwright-core');
+const { env, launch, report } = require('./browser');
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
-
-(async () => {
+report('operator-ui', async () => {
   const url = env('STATION_URL').replace(/\/$/, '');
   const fixture = env('FIXTURE');
   const out = {};
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     page.setDefaultTimeout(60000);
@@ -113,8 +103,5 @@ const env = (k) => {
   } finally {
     await browser.close();
   }
-  process.stdout.write(JSON.stringify(out) + '\n');
-})().catch((e) => {
-  process.stderr.write(`operator-ui: ${e.stack || e}\n`);
-  process.exit(1);
+  return out;
 });

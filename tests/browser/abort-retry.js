@@ -11,6 +11,18 @@ const banner = async (page) => (await page.textContent('#banner')).trim().replac
 const bannerMatches = (page, pattern) => page.waitForFunction(
   (p) => new RegExp(p).test(document.querySelector('#banner').textContent), pattern,
   { timeout: 90000 });
+// Presses a button (its form reloads the page), then waits for an outcome newer than the one
+// on the banner before: the old FAIL still shows while a retried unit runs.
+const pressAndWaitForOutcome = async (page, button, pattern) => {
+  const before = await page.getAttribute('#banner', 'data-seq');
+  await Promise.all([page.waitForNavigation(), page.click(button)]);
+  await page.waitForFunction(
+    ([s, p]) => {
+      const b = document.querySelector('#banner');
+      return b && b.dataset.seq !== s && new RegExp(p).test(b.textContent);
+    },
+    [before, pattern], { timeout: 90000 });
+};
 
 report('abort-retry', async () => {
   const url = env('STATION_URL').replace(/\/$/, '');
@@ -32,13 +44,11 @@ report('abort-retry', async () => {
     await page.keyboard.press('Enter');
     await bannerMatches(page, 'RUNNING');
     out.running = await banner(page);
-    await page.click('#abort');
-    await bannerMatches(page, 'FAIL');
+    await pressAndWaitForOutcome(page, '#abort', 'FAIL');
     out.aborted = await banner(page);
 
     // Retry runs the failed unit again, to PASS.
-    await page.click('#retry');
-    await bannerMatches(page, 'PASS|FAIL');
+    await pressAndWaitForOutcome(page, '#retry', 'PASS|FAIL');
     out.retried = await banner(page);
     out.recent = (await page.innerText('#recent')).trim().replace(/\s+/g, ' ');
   } finally {

@@ -15,6 +15,14 @@ struct Shared {
     hsm: Hsm,
 }
 
+static CLEANUP: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_at_exit() {
+    if let Some(dir) = CLEANUP.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
@@ -24,6 +32,12 @@ fn shared() -> &'static Shared {
             "SoftHSM2 is missing: install it with `apt-get install softhsm2`"
         );
         let dir = tempfile::tempdir().expect("tempdir");
+        // A static is never dropped, so the directory would outlive the process (one per test
+        // process under nextest, ~30 a run): it is removed at exit instead.
+        let _ = CLEANUP.set(dir.path().to_path_buf());
+        // SAFETY: `remove_at_exit` is a plain `extern "C" fn` with no arguments, as atexit
+        // wants; it only reads a OnceLock set above.
+        unsafe { libc::atexit(remove_at_exit) };
         softhsm::write_conf(dir.path()).expect("softhsm conf");
         // SAFETY: runs once, inside OnceLock initialisation, before this process loads SoftHSM.
         unsafe { std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf")) };

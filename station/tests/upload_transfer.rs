@@ -17,7 +17,10 @@ use station::outbox::transfer::{
     self, ExportRows, ExportSummary, ExportTo, ReceiptSummary, TransferError, TransferFile,
 };
 use station::outbox::{self, Backoff, PayloadCipher, RowState, Uploader};
-use upload::{LocalDps, SoftwareTestCipher, Station, TARGET, contains, random_key, symmetric, tpm};
+use upload::{
+    LocalDps, SoftwareTestCipher, Station, TARGET, contains, primary_key, random_key, symmetric,
+    tpm,
+};
 
 fn scope(_: &str) -> Option<String> {
     Some("0ne00000001".into())
@@ -145,8 +148,7 @@ fn an_export_travels_to_dps_and_its_receipt_records_every_unit_once() {
     let mut keys = Vec::new();
     for i in 0..12 {
         let e = symmetric(&format!("gap-sym-{i:02}"));
-        let sk = e.attestation.symmetric_key.clone().unwrap();
-        keys.push(sk.primary_key.unwrap().expose().to_owned());
+        keys.push(primary_key(&e));
         let (unit, row) = st.queue_unit(&e, Some(&cipher));
         sym.push((e, unit, row));
     }
@@ -361,15 +363,7 @@ fn damaged_cut_short_foreign_and_mistaken_files_are_refused_and_change_nothing()
     let st = Station::new(&dps, 10);
     let cipher = SoftwareTestCipher::new();
     let e = symmetric("gap-bad-1");
-    let key = e
-        .attestation
-        .symmetric_key
-        .clone()
-        .unwrap()
-        .primary_key
-        .unwrap()
-        .expose()
-        .to_owned();
+    let key = primary_key(&e);
     let (unit, row) = st.queue_unit(&e, Some(&cipher));
     st.queue_unit(&tpm("gap-bad-2", b"ek-2"), None);
 
@@ -688,15 +682,7 @@ fn the_cli_encrypts_an_export_holding_keys_to_the_delivering_side() {
     let dps = LocalDps::start(&tmp.path().join("dps"), 0);
     let st = Station::new(&dps, 10);
     let e = symmetric("gap-enc-1");
-    let key = e
-        .attestation
-        .symmetric_key
-        .clone()
-        .unwrap()
-        .primary_key
-        .unwrap()
-        .expose()
-        .to_owned();
+    let key = primary_key(&e);
     let (unit, _) = st.queue_unit(&e, None);
     let home = st.home.root().to_owned();
     let out = tmp.path().join("enc.export");

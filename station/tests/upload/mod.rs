@@ -380,6 +380,17 @@ pub fn symmetric(rid: &str) -> IndividualEnrollment {
     )
 }
 
+/// The primary key of a symmetric-key enrollment made by [`symmetric`], as its text.
+pub fn primary_key(e: &IndividualEnrollment) -> String {
+    e.attestation
+        .symmetric_key
+        .as_ref()
+        .and_then(|k| k.primary_key.as_ref())
+        .expect("a symmetric-key enrollment")
+        .expose()
+        .to_owned()
+}
+
 /// A TPM individual enrollment with a made-up EK (the service does not check its structure).
 pub fn tpm(rid: &str, ek: &[u8]) -> IndividualEnrollment {
     IndividualEnrollment::new(

@@ -8,9 +8,9 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::Form;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 
-use super::session::{Flash, SignedIn, refuse_unless_supervisor, tell};
+use super::session::{Flash, SignedIn};
 use super::{WebError, WebState};
 use crate::ids::{LotId, ProductName};
 use crate::line::lots::{self, LotReport};
@@ -69,12 +69,8 @@ pub async fn open(
     who: SignedIn,
     Form(form): Form<OpenForm>,
 ) -> Result<Response, WebError> {
-    if let Some(r) = refuse_unless_supervisor(&state, &who, "open a lot", "/lots") {
-        return Ok(r);
-    }
-    let actor = who.user.clone();
-    let done = state
-        .change(move |store, station| {
+    state
+        .supervise(&who, "open a lot", "/lots", move |store, station, actor| {
             let product = ProductName::new(form.product.trim().to_owned())
                 .map_err(|e| format!("Product: {}.", e.rule))?;
             let quantity: u32 = form
@@ -86,13 +82,11 @@ pub async fn open(
                 "" => None,
                 id => Some(LotId::new(id.to_owned()).map_err(|e| format!("Lot ID: {}.", e.rule))?),
             };
-            lots::open(store, station, &actor, &product, quantity, id)
+            lots::open(store, station, actor, &product, quantity, id)
                 .map(|l| format!("Opened lot {} for {} × {}.", l.id, l.quantity, l.product))
                 .map_err(|e| error_text(&e))
         })
-        .await?;
-    tell(&state, &who, done, "open a lot");
-    Ok(Redirect::to("/lots").into_response())
+        .await
 }
 
 /// `POST /lots/ID/close`: closes a lot; its fixtures refuse new units until another opens.
@@ -101,23 +95,22 @@ pub async fn close(
     Path(id): Path<String>,
     who: SignedIn,
 ) -> Result<Response, WebError> {
-    if let Some(r) = refuse_unless_supervisor(&state, &who, "close a lot", "/lots") {
-        return Ok(r);
-    }
-    let actor = who.user.clone();
-    let done = state
-        .change(move |store, station| {
-            let id = LotId::new(id).map_err(|e| format!("Lot ID: {}.", e.rule))?;
-            lots::close(store, station, &actor, &id)
-                .map(|l| {
-                    format!(
-                        "Closed lot {} with {} of {} units.",
-                        l.id, l.units, l.quantity
-                    )
-                })
-                .map_err(|e| error_text(&e))
-        })
-        .await?;
-    tell(&state, &who, done, "close a lot");
-    Ok(Redirect::to("/lots").into_response())
+    state
+        .supervise(
+            &who,
+            "close a lot",
+            "/lots",
+            move |store, station, actor| {
+                let id = LotId::new(id).map_err(|e| format!("Lot ID: {}.", e.rule))?;
+                lots::close(store, station, actor, &id)
+                    .map(|l| {
+                        format!(
+                            "Closed lot {} with {} of {} units.",
+                            l.id, l.units, l.quantity
+                        )
+                    })
+                    .map_err(|e| error_text(&e))
+            },
+        )
+        .await
 }

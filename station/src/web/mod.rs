@@ -25,6 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, mpsc};
 
 use axum::Router;
+use axum::response::{IntoResponse as _, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::line::board::Board;
@@ -35,7 +36,7 @@ use crate::store::Store;
 use crate::trigger::parse::{Debouncer, ScanParser};
 
 pub use error::WebError;
-use session::Sessions;
+use session::{Sessions, SignedIn};
 
 /// A fixture as the web UI drives it.
 pub struct FixtureHandle {
@@ -180,35 +181,57 @@ impl WebState {
 }
 
 impl WebState {
-    /// Runs a supervisor's change on the UI's database connection (each change is one
-    /// transaction with its audit entry), then seals the audit checkpoint with the HSM key as
-    /// a command does. `Err` is the refusal to show.
-    async fn change<T: Send + 'static>(
+    /// A supervisor's change from a page. Anyone else is refused. Otherwise `f` runs on the
+    /// UI's database connection, with the station and the user as actor (each change is one
+    /// transaction with its audit entry), and the audit checkpoint is then sealed with the HSM
+    /// key as after a command. Either way the outcome (`f`'s message, or its refusal) is logged
+    /// and left for the page at `back`, where the browser is sent.
+    async fn supervise(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Store, &crate::ids::StationId) -> Result<T, String> + Send + 'static,
-    ) -> Result<Result<T, String>, WebError> {
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let mut db = me
-                .db
-                .lock()
-                .map_err(|_| WebError::Internal("the database connection is unusable".into()))?;
-            let done = f(&mut db, &me.setup.station);
-            if done.is_ok()
-                && let Some(hsm) = &me.hsm
-                && let Err(e) = crate::ca::service::seal_checkpoint(
-                    hsm,
-                    &me.setup.home,
-                    &me.setup.cfg,
-                    &mut db,
-                )
-            {
-                tracing::warn!(error = %crate::line::worker::error_text(&e), "could not seal the audit checkpoint with the HSM key; the hash chain still covers the new entries");
+        who: &SignedIn,
+        what: &str,
+        back: &str,
+        f: impl FnOnce(&mut Store, &crate::ids::StationId, &str) -> Result<String, String>
+        + Send
+        + 'static,
+    ) -> Result<Response, WebError> {
+        let done = if who.supervises() {
+            let me = Arc::clone(self);
+            let actor = who.user.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut db = me.db.lock().map_err(|_| {
+                    WebError::Internal("the database connection is unusable".into())
+                })?;
+                let done = f(&mut db, &me.setup.station, &actor);
+                if done.is_ok()
+                    && let Some(hsm) = &me.hsm
+                    && let Err(e) = crate::ca::service::seal_checkpoint(
+                        hsm,
+                        &me.setup.home,
+                        &me.setup.cfg,
+                        &mut db,
+                    )
+                {
+                    tracing::warn!(error = %crate::line::worker::error_text(&e), "could not seal the audit checkpoint with the HSM key; the hash chain still covers the new entries");
+                }
+                Ok::<_, WebError>(done)
+            })
+            .await
+            .map_err(|e| WebError::Internal(format!("a database change stopped: {e}")))??
+        } else {
+            Err(format!("Only a supervisor can {what}: ask one."))
+        };
+        match done {
+            Ok(text) => {
+                tracing::info!(user = %who.user, "web: {text}");
+                self.sessions.flash(&who.token, true, text);
             }
-            Ok(done)
-        })
-        .await
-        .map_err(|e| WebError::Internal(format!("a database change stopped: {e}")))?
+            Err(text) => {
+                tracing::warn!(user = %who.user, "web: could not {what}: {text}");
+                self.sessions.flash(&who.token, false, text);
+            }
+        }
+        Ok(Redirect::to(back).into_response())
     }
 }
 

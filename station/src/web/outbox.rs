@@ -6,9 +6,9 @@ use std::sync::Arc;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 
-use super::session::{Flash, SignedIn, refuse_unless_supervisor, tell};
+use super::session::{Flash, SignedIn};
 use super::{WebError, WebState};
 use crate::outbox::{self, Status};
 
@@ -43,13 +43,12 @@ pub async fn requeue(
     Path(id): Path<i64>,
     who: SignedIn,
 ) -> Result<Response, WebError> {
-    if let Some(r) = refuse_unless_supervisor(&state, &who, "requeue a conflict", "/outbox") {
-        return Ok(r);
-    }
-    let actor = who.user.clone();
-    let done = state
-        .change(
-            move |store, station| match outbox::requeue_conflict(store, station, &actor, id) {
+    state
+        .supervise(
+            &who,
+            "requeue a conflict",
+            "/outbox",
+            move |store, station, actor| match outbox::requeue_conflict(store, station, actor, id) {
                 Ok(true) => Ok(format!(
                     "Outbox row #{id} requeued: it is delivered at the next pass."
                 )),
@@ -57,7 +56,5 @@ pub async fn requeue(
                 Err(e) => Err(crate::line::worker::error_text(&e)),
             },
         )
-        .await?;
-    tell(&state, &who, done, "requeue");
-    Ok(Redirect::to("/outbox").into_response())
+        .await
 }

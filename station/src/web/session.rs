@@ -220,38 +220,6 @@ impl FromRequestParts<Arc<WebState>> for SignedIn {
     }
 }
 
-/// Refuses what only a supervisor may do: the message waits on `back`, where the user is sent.
-pub fn refuse_unless_supervisor(
-    state: &WebState,
-    who: &SignedIn,
-    what: &str,
-    back: &str,
-) -> Option<Response> {
-    if who.supervises() {
-        return None;
-    }
-    state.sessions.flash(
-        &who.token,
-        false,
-        format!("Only a supervisor can {what}: ask one."),
-    );
-    Some(Redirect::to(back).into_response())
-}
-
-/// Logs a supervisor's action and leaves its outcome for the next page.
-pub fn tell(state: &WebState, who: &SignedIn, done: Result<String, String>, what: &str) {
-    match done {
-        Ok(text) => {
-            tracing::info!(user = %who.user, "web: {text}");
-            state.sessions.flash(&who.token, true, text);
-        }
-        Err(text) => {
-            tracing::warn!(user = %who.user, "web: could not {what}: {text}");
-            state.sessions.flash(&who.token, false, text);
-        }
-    }
-}
-
 /// Refuses a POST whose `Origin` is another site (a page elsewhere posting a form to the
 /// station); the SameSite cookie already keeps the session out of such a request.
 pub async fn same_origin(req: Request, next: Next) -> Response {

@@ -46,30 +46,24 @@ fn rig() -> Rig {
     std::fs::write(home.badge_key_file(), "00112233445566778899aabbccddeeff").unwrap();
     let mut store = Store::create(&home.resolve(&cfg.store.path), &cfg.store).unwrap();
     let key = BadgeKey::load(&home.badge_key_file()).unwrap();
-    Operators::new(&mut store, cfg.station_id(), &key)
-        .add(
-            "test",
-            &NewOperator {
-                username: crate::ids::Username::new("ann".to_owned()).unwrap(),
-                display_name: "Ann".into(),
-                role: Role::Operator,
-                password: Some(SecretString::from(PASSWORD)),
-                badge: Some(Badge::new(SecretString::from(BADGE))),
-            },
-        )
-        .unwrap();
-    Operators::new(&mut store, cfg.station_id(), &key)
-        .add(
-            "test",
-            &NewOperator {
-                username: crate::ids::Username::new("sam".to_owned()).unwrap(),
-                display_name: "Sam".into(),
-                role: Role::Supervisor,
-                password: Some(SecretString::from(PASSWORD)),
-                badge: None,
-            },
-        )
-        .unwrap();
+    // ann, an operator with a password and a badge; sam, a supervisor with a password.
+    for (name, role, badge) in [
+        ("ann", Role::Operator, Some(BADGE)),
+        ("sam", Role::Supervisor, None),
+    ] {
+        Operators::new(&mut store, cfg.station_id(), &key)
+            .add(
+                "test",
+                &NewOperator {
+                    username: crate::ids::Username::new(name.to_owned()).unwrap(),
+                    display_name: name.to_owned(),
+                    role,
+                    password: Some(SecretString::from(PASSWORD)),
+                    badge: badge.map(|b| Badge::new(SecretString::from(b))),
+                },
+            )
+            .unwrap();
+    }
     drop(store);
     let setup = Arc::new(LineSetup::load(&home, &cfg).unwrap());
     let board = Board::new([("fx1", "sensor-x509")]);

@@ -112,6 +112,14 @@ impl Board {
         self.fixtures.read().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// Whether a unit runs on the fixture now.
+    #[must_use]
+    pub fn running(&self, fixture: &str) -> bool {
+        self.fixtures
+            .read()
+            .is_ok_and(|m| m.get(fixture).is_some_and(|s| s.running.is_some()))
+    }
+
     fn update(&self, fixture: &str, f: impl FnOnce(&mut FixtureStatus)) {
         // A poisoned lock means a writer panicked mid-update; the board is advisory, so the
         // status is still updated rather than the fixture stopped.
@@ -206,6 +214,7 @@ mod tests {
         let b = Board::new([("f1", "sensor"), ("f2", "gateway")]);
         b.started("f1", "SN1");
         assert_eq!(b.snapshot()["f1"].running.as_deref(), Some("SN1"));
+        assert!(b.running("f1") && !b.running("f2"));
         b.outcome(
             "f1",
             &UnitOutcome::Failed {

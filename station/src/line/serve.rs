@@ -652,11 +652,7 @@ fn start_scanner(
 /// step (the flag is cleared when the next unit starts). With no unit running, the board says
 /// so and nothing is raised.
 pub fn abort_unit(abort: &AtomicBool, board: &Board, fixture: &str) {
-    let running = board
-        .snapshot()
-        .get(fixture)
-        .is_some_and(|s| s.running.is_some());
-    if running {
+    if board.running(fixture) {
         tracing::warn!(%fixture, "CMD:ABORT: the running unit stops at its next step");
         abort.store(true, Ordering::Relaxed);
         board.info(

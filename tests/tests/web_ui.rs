@@ -12,14 +12,32 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use station_e2e::UnitSim;
-use station_e2e::line::{LineRig, StationServe, wait_until};
+use station_e2e::line::{LineRig, StationServe};
 
 fn browser_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser")
 }
 
-#[test]
-fn an_operator_runs_a_unit_from_the_browser() {
+/// `station serve` with the web UI on a free port (`web` adds keys to `[web]`) and one X.509
+/// fixture on `sim`'s link, once the UI listens; and the UI's URL.
+fn serve_web(rig: &LineRig, fixture: &str, sim: &UnitSim, web: &str) -> (StationServe, String) {
+    rig.config(
+        "30-web.toml",
+        &format!(
+            "[web]\nlisten = \"127.0.0.1:0\"\nrefresh_ms = 200\n{web}\
+             [fixtures.{fixture}]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    let serve = StationServe::start(rig, &[]);
+    serve.wait_logged("web UI listening", 60);
+    let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
+    (serve, url.trim().to_owned())
+}
+
+/// Runs `script` of tests/browser with `env`; what it saw, as JSON. A failed run fails the
+/// test with its output and the station's log.
+fn browse(script: &str, env: &[(&str, &str)], serve: &StationServe) -> serde_json::Value {
     let dir = browser_dir();
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
@@ -30,6 +48,24 @@ fn an_operator_runs_a_unit_from_the_browser() {
             .exists(),
         "the pinned npm packages are missing: run scripts/test-deps (npm ci in tests/browser)"
     );
+    let out = Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(&dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{}\nstation log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        serve.log_text()
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn an_operator_runs_a_unit_from_the_browser() {
     let rig = LineRig::new();
     let badge = "BADGE-5512-ann";
     let password = "pw-for-ann-4711";
@@ -40,48 +76,28 @@ fn an_operator_runs_a_unit_from_the_browser() {
         &rig.dir.path().join("unit"),
         &["--serial", serial, "--model", "SX-100"],
     );
-    rig.config(
-        "30-web.toml",
-        &format!(
-            "[web]\nlisten = \"127.0.0.1:0\"\nrefresh_ms = 200\n[fixtures.bench-3]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
-            sim.pty.display()
-        ),
+    let (serve, url) = serve_web(&rig, "bench-3", &sim, "");
+    let search = serial.to_lowercase();
+    let seen = browse(
+        "operator-ui.js",
+        &[
+            ("STATION_URL", url.as_str()),
+            ("SUPERVISOR", "sam"),
+            ("SUPERVISOR_PASSWORD", "pw-for-sam-1234"),
+            ("PRODUCT", "sensor-x509"),
+            ("LOT", "WO-77"),
+            ("WEB_USER", "ann"),
+            ("WEB_PASSWORD", password),
+            ("WEB_BADGE", badge),
+            ("FIXTURE", "bench-3"),
+            ("SERIAL", serial),
+            // Its registration ID (the serial, by the product's template) as DPS may print
+            // it: IDs compare without case there, and here.
+            ("SEARCH", search.as_str()),
+            ("BAD_SCAN", "SX-12"),
+        ],
+        &serve,
     );
-    let serve = StationServe::start(&rig, &[]);
-    let url_file = rig.home.join("run/web.url");
-    wait_until("the web UI's URL", 60, || {
-        serve.logged("fixture(s) ready") || serve.logged("web UI listening")
-    });
-    serve.wait_logged("web UI listening", 60);
-    let url = std::fs::read_to_string(&url_file).unwrap();
-
-    let out = Command::new("node")
-        .arg(dir.join("operator-ui.js"))
-        .current_dir(&dir)
-        .env("STATION_URL", url.trim())
-        .env("SUPERVISOR", "sam")
-        .env("SUPERVISOR_PASSWORD", "pw-for-sam-1234")
-        .env("PRODUCT", "sensor-x509")
-        .env("LOT", "WO-77")
-        .env("WEB_USER", "ann")
-        .env("WEB_PASSWORD", password)
-        .env("WEB_BADGE", badge)
-        .env("FIXTURE", "bench-3")
-        .env("SERIAL", serial)
-        // Its registration ID (the serial, by the product's template) as DPS may print it:
-        // IDs compare without case there, and here.
-        .env("SEARCH", serial.to_lowercase())
-        .env("BAD_SCAN", "SX-12")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the browser run failed:\n{stdout}\n{stderr}\nstation log:\n{}",
-        serve.log_text()
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let text = |k: &str| seen[k].as_str().unwrap_or_default().to_owned();
 
     assert_eq!(text("unsignedPath"), "/login");
@@ -236,23 +252,18 @@ fn the_web_ui_serves_https_with_the_plants_certificate_and_refuses_a_key_that_is
         "{checked}"
     );
     let sim = UnitSim::start(&rig.dir.path().join("unit"), &["--serial", "SX-000300"]);
-    rig.config(
-        "30-web.toml",
-        &format!(
-            "[web]\nlisten = \"127.0.0.1:0\"\ntls_cert_file = \"web/cert.pem\"\ntls_key_file = \"web/key.pem\"\n\
-             [fixtures.bench-4]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
-            sim.pty.display()
-        ),
+    let (serve, url) = serve_web(
+        &rig,
+        "bench-4",
+        &sim,
+        "tls_cert_file = \"web/cert.pem\"\ntls_key_file = \"web/key.pem\"\n",
     );
-    let serve = StationServe::start(&rig, &[]);
-    serve.wait_logged("web UI listening", 60);
-    let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let sign_in = |ca: Option<&std::path::Path>| -> serde_json::Value {
         let mut c = Command::new("node");
         c.arg("-e")
             .arg(HTTPS_SIGN_IN)
-            .env("STATION_URL", url.trim())
+            .env("STATION_URL", &url)
             .env("WEB_PASSWORD", password);
         if let Some(ca) = ca {
             c.env("CA_FILE", ca);
@@ -303,7 +314,6 @@ fn the_web_ui_serves_https_with_the_plants_certificate_and_refuses_a_key_that_is
 
 #[test]
 fn abort_stops_a_running_unit_from_the_browser_and_retry_runs_it_again() {
-    let dir = browser_dir();
     let rig = LineRig::new();
     let password = "pw-for-bo-2718";
     rig.add_user("bo", "operator", Some(password), None);
@@ -314,34 +324,18 @@ fn abort_stops_a_running_unit_from_the_browser_and_retry_runs_it_again() {
         &rig.dir.path().join("slow"),
         &["--serial", serial, "--model", "SX-100", "--delay-ms", "150"],
     );
-    rig.config(
-        "30-web.toml",
-        &format!(
-            "[web]\nlisten = \"127.0.0.1:0\"\nrefresh_ms = 200\n[fixtures.bench-5]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
-            sim.pty.display()
-        ),
+    let (serve, url) = serve_web(&rig, "bench-5", &sim, "");
+    let seen = browse(
+        "abort-retry.js",
+        &[
+            ("STATION_URL", url.as_str()),
+            ("WEB_USER", "bo"),
+            ("WEB_PASSWORD", password),
+            ("FIXTURE", "bench-5"),
+            ("SERIAL", serial),
+        ],
+        &serve,
     );
-    let serve = StationServe::start(&rig, &[]);
-    serve.wait_logged("web UI listening", 60);
-    let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
-    let out = Command::new("node")
-        .arg(dir.join("abort-retry.js"))
-        .current_dir(&dir)
-        .env("STATION_URL", url.trim())
-        .env("WEB_USER", "bo")
-        .env("WEB_PASSWORD", password)
-        .env("FIXTURE", "bench-5")
-        .env("SERIAL", serial)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser run failed:\n{stdout}\n{}\nstation log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        serve.log_text()
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let text = |k: &str| seen[k].as_str().unwrap_or_default().to_owned();
     assert!(
         text("running").starts_with(&format!("RUNNING {serial}")),

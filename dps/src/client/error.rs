@@ -1,6 +1,8 @@
 //! Errors of the service client. Retryable and fatal failures are told apart by type.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::wire::ProvisioningServiceErrorDetails;
 use std::time::Duration;
 
 /// Why a service call failed.
@@ -23,6 +25,21 @@ pub enum ClientError {
         /// Cause.
         #[source]
         source: reqwest::Error,
+    },
+    /// The client certificate and key (PEM) could not be used.
+    #[error(
+        "the client certificate and key could not be used (PEM: certificate chain, then a PKCS#8, SEC1 or RSA key)"
+    )]
+    Identity(#[source] reqwest::Error),
+    /// A registration was still being assigned when the wait ran out.
+    #[error(
+        "the registration was still being assigned after {waited:?} (operation {operation_id})"
+    )]
+    StillAssigning {
+        /// The operation last polled.
+        operation_id: String,
+        /// How long the client waited.
+        waited: Duration,
     },
     /// Building the HTTP client failed.
     #[error("building the HTTP client failed")]
@@ -67,7 +84,41 @@ pub enum ClientError {
     },
 }
 
+/// The certificates of a PEM CA file, to trust besides the system's.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa {
+        path: path.to_owned(),
+        source,
+    })?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::ParseCa {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 impl ClientError {
+    /// The error a DPS answer with a failure status stands for: the DPS error body's code,
+    /// message and tracking id when it has one, `Retry-After` when given.
+    #[must_use]
+    pub fn from_answer(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Self {
+        let details: Option<ProvisioningServiceErrorDetails> = serde_json::from_slice(body).ok();
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Self::Service {
+            status,
+            code: details.as_ref().map(|d| d.error_code),
+            message: details.as_ref().map_or_else(
+                || String::from_utf8_lossy(body).chars().take(300).collect(),
+                |d| d.message.clone(),
+            ),
+            tracking_id: details.map(|d| d.tracking_id),
+            retry_after,
+        }
+    }
+
     /// True when the same call may succeed later: connection problems, 429, 5xx, and
     /// exhausted retries of those.
     #[must_use]

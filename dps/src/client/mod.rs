@@ -14,6 +14,7 @@
 //! token bucket keeps the client under an operations-per-minute budget. Bulk calls are
 //! split into chunks of at most ten.
 
+pub mod device;
 mod error;
 
 use std::path::PathBuf;
@@ -33,8 +34,7 @@ use crate::sas::ConnectionString;
 use crate::wire::{
     AttestationMechanism, BulkEnrollmentGroupOperation, BulkEnrollmentGroupOperationResult,
     BulkEnrollmentOperation, BulkEnrollmentOperationResult, BulkMode, DeviceRegistrationState,
-    EnrollmentGroup, IndividualEnrollment, MAX_BULK_ITEMS, ProvisioningServiceErrorDetails,
-    QuerySpecification,
+    EnrollmentGroup, IndividualEnrollment, MAX_BULK_ITEMS, QuerySpecification,
 };
 
 /// The api-version this client speaks.
@@ -172,17 +172,7 @@ impl ServiceClient {
             .timeout(opts.request_timeout)
             .user_agent(concat!("station-dps/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &opts.extra_ca_file {
-            let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                ClientError::ParseCa {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            b = b.tls_certs_merge(certs);
+            b = b.tls_certs_merge(error::read_ca_file(path)?);
         }
         let http = b.build().map_err(ClientError::Build)?;
         Ok(Self {
@@ -290,22 +280,7 @@ impl ServiceClient {
                 body,
             });
         }
-        let details: Option<ProvisioningServiceErrorDetails> = serde_json::from_slice(&body).ok();
-        let retry_after = headers
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        Err(ClientError::Service {
-            status: status.as_u16(),
-            code: details.as_ref().map(|d| d.error_code),
-            message: details.as_ref().map_or_else(
-                || String::from_utf8_lossy(&body).chars().take(300).collect(),
-                |d| d.message.clone(),
-            ),
-            tracking_id: details.map(|d| d.tracking_id),
-            retry_after,
-        })
+        Err(ClientError::from_answer(status.as_u16(), &headers, &body))
     }
 
     async fn json<T: DeserializeOwned>(

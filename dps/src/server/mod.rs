@@ -1,16 +1,22 @@
 //! The DPS-compatible local service: the service API (enrollments, groups, registration
-//! records) over HTTPS with TLS 1.2 and 1.3, state in SQLite in a data directory.
+//! records) and the device registration API over HTTPS with TLS 1.2 and 1.3, state in SQLite
+//! in a data directory.
 //!
-//! One listener serves every API: [`router`] merges one router per endpoint family, so the
-//! device registration API (a later issue) is one more `.merge(...)`.
+//! One listener serves every API: [`router`] merges one router per endpoint family. Each
+//! connection's client certificate chain (X.509 devices) rides on its requests as a
+//! [`peer::PeerCerts`] extension.
 
+pub mod allocate;
 pub mod auth;
 pub mod body;
+pub mod device;
+pub mod device_auth;
 pub mod enrollments;
 pub mod error;
 pub mod files;
 pub mod gate;
 pub mod groups;
+pub mod peer;
 pub mod records;
 pub mod registrations;
 pub mod seal;
@@ -143,6 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(records::routes::<IndividualEnrollment>())
         .merge(records::routes::<EnrollmentGroup>())
         .merge(registrations::routes())
+        .merge(device::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -295,6 +302,11 @@ impl Server {
                         return;
                     }
                 };
+                let peer = peer::PeerCerts::of(tls.get_ref().1);
+                let app = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req
+                });
                 let svc = TowerToHyperService::new(app);
                 if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)

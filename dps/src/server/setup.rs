@@ -167,7 +167,8 @@ fn ensure_certificates(dir: &DataDir) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Loads the server certificate chain and key into a rustls config offering TLS 1.2 and 1.3.
+/// Loads the server certificate chain and key into a rustls config offering TLS 1.2 and 1.3,
+/// asking clients for a certificate without requiring one.
 pub fn tls_config(dir: &DataDir) -> Result<Arc<rustls::ServerConfig>, SetupError> {
     let load_err = |source| SetupError::LoadTls {
         dir: dir.root.clone(),
@@ -179,11 +180,12 @@ pub fn tls_config(dir: &DataDir) -> Result<Arc<rustls::ServerConfig>, SetupError
         .map_err(load_err)?;
     let key = PrivateKeyDer::from_pem_file(dir.server_key()).map_err(load_err)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    // The device API (a later issue) will swap in a verifier that requests, but does not
-    // require, client certificates; the service API needs none.
+    // X.509 devices authenticate with a client certificate; the service API and SAS devices
+    // present none (`peer.rs`).
+    let verifier = Arc::new(super::peer::AnyClientCert::new(&provider));
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     Ok(Arc::new(cfg))
 }

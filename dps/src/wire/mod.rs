@@ -32,7 +32,10 @@ pub use enrollment::{
 pub use error::ProvisioningServiceErrorDetails;
 pub use group::EnrollmentGroup;
 pub use query::{ItemType, QuerySpecification};
-pub use registration::{DeviceRegistrationState, RegistrationStatus, RegistrationSubstatus};
+pub use registration::{
+    DeviceRegistration, DeviceRegistrationState, RegistrationOperationStatus, RegistrationStatus,
+    RegistrationSubstatus,
+};
 pub use secret::KeyText;
 pub use twin::{InitialTwin, InitialTwinProperties};
 

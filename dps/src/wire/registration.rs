@@ -72,3 +72,45 @@ pub struct DeviceRegistrationState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
 }
+
+impl RegistrationStatus {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unassigned => "unassigned",
+            Self::Assigning => "assigning",
+            Self::Assigned => "assigned",
+            Self::Failed => "failed",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a unit sends to register (device API, `PUT .../register`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistration {
+    /// The registration ID (the path names it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_id: Option<String>,
+    /// TPM units: base64 TPM2B_PUBLIC of the EK and SRK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Value>,
+    /// Custom data for allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+}
+
+/// The answer to a registration and to its operation poll (device API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationOperationStatus {
+    /// The operation to poll.
+    pub operation_id: String,
+    /// `assigning` while the service works, then the registration's status.
+    pub status: RegistrationStatus,
+    /// The registration record, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_state: Option<DeviceRegistrationState>,
+}

@@ -1,0 +1,287 @@
+//! The device registration API, as Azure DPS serves it over HTTPS:
+//!
+//! - `PUT /{idScope}/registrations/{registrationId}/register`: the unit authenticates
+//!   (`device_auth.rs`: its client certificate or a SAS token), the service chooses its hub
+//!   (`allocate.rs`), writes the registration record and answers 202
+//!   `{operationId, status: "assigning"}` with `Retry-After`;
+//! - `GET /{idScope}/registrations/{registrationId}/operations/{operationId}`: the same
+//!   credential; 200 with the record's status (`assigned`, `failed`, `disabled`) and the
+//!   record as `registrationState`.
+//!
+//! The record is written before the 202, so the operation is the record: its id is the
+//! record's etag. A poll after a restart of the service still finds it, and a poll for an
+//! older operation (the unit registered again since) is a 404.
+//!
+//! Re-registration follows the enrollment's `reprovisionPolicy`: with `updateHubAssignment`
+//! the hub is chosen again, and a move is `deviceDataMigrated` or `deviceDataReset`
+//! (`migrateDeviceData`); without it the unit keeps its hub. A disabled enrollment (or group)
+//! gives a record with status `disabled`, keeping the hub the unit had; a hub that cannot be
+//! chosen gives `failed` with the reason in `errorMessage`. TPM units (the nonce challenge of
+//! `shared/notes/dps-tpm.md`) are not served yet and get a 400 that says so.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use chrono::Utc;
+
+use super::allocate::allocate;
+use super::device_auth::{Attested, Matched, authenticate};
+use super::error::{ServiceError, code};
+use super::peer::PeerCerts;
+use super::state::AppState;
+use super::store::Table;
+use crate::ids::RegistrationId;
+use crate::wire::{
+    DeviceRegistration, DeviceRegistrationState, ProvisioningStatus, RegistrationOperationStatus,
+    RegistrationStatus, RegistrationSubstatus,
+};
+
+type St = State<Arc<AppState>>;
+
+/// Seconds a unit is told to wait before its first poll.
+pub const RETRY_AFTER_S: u64 = 1;
+
+/// DPS error code of a registration that could not be allocated.
+const ALLOCATION_FAILED: i64 = 400_209;
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Result<Response, ServiceError> {
+    let body = serde_json::to_vec(value).map_err(|_| ServiceError::internal())?;
+    Ok((
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// The path's scope and registration ID, checked; the ID's lower-case key.
+fn target(st: &AppState, scope: &str, id: &str) -> Result<String, ServiceError> {
+    if !scope.eq_ignore_ascii_case(&st.id_scope) {
+        return Err(ServiceError::not_found(format!(
+            "ID scope {scope} is not this service's ({})",
+            st.id_scope
+        )));
+    }
+    RegistrationId::new(id)
+        .map(|r| r.canonical())
+        .map_err(|e| ServiceError::invalid("registrationId", e))
+}
+
+fn peer_of(ext: Option<Extension<PeerCerts>>) -> PeerCerts {
+    ext.map(|Extension(p)| p).unwrap_or_default()
+}
+
+fn new_operation_id() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b[..]);
+    hex::encode(b)
+}
+
+/// What the matched enrollment decides about the unit.
+struct Terms<'a> {
+    enabled: bool,
+    policy: Option<crate::wire::AllocationPolicy>,
+    hubs: Option<&'a [String]>,
+    reprovision: crate::wire::ReprovisionPolicy,
+    device_id: Option<String>,
+    group_key: Option<String>,
+    name: String,
+}
+
+fn terms(a: &Attested) -> Terms<'_> {
+    match &a.matched {
+        Matched::Individual(e) => Terms {
+            enabled: e.provisioning_status != Some(ProvisioningStatus::Disabled),
+            policy: e.allocation_policy,
+            hubs: e.iot_hubs.as_deref(),
+            reprovision: e.reprovision_policy.unwrap_or_default(),
+            device_id: e.device_id.as_ref().map(|d| d.as_str().to_owned()),
+            group_key: None,
+            name: format!("individual enrollment {}", e.registration_id.as_str()),
+        },
+        Matched::Group(g) => Terms {
+            enabled: g.provisioning_status != Some(ProvisioningStatus::Disabled),
+            policy: g.allocation_policy,
+            hubs: g.iot_hubs.as_deref(),
+            reprovision: g.reprovision_policy.unwrap_or_default(),
+            device_id: None,
+            group_key: Some(g.enrollment_group_id.canonical()),
+            name: format!("enrollment group {}", g.enrollment_group_id.as_str()),
+        },
+    }
+}
+
+async fn register(
+    State(st): St,
+    Path((scope, id)): Path<(String, String)>,
+    peer: Option<Extension<PeerCerts>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    let key = target(&st, &scope, &id)?;
+    let raw =
+        raw.map_err(|e| ServiceError::bad_request(format!("reading the body failed: {e}")))?;
+    let request: DeviceRegistration = if raw.iter().all(u8::is_ascii_whitespace) {
+        DeviceRegistration::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| {
+            ServiceError::bad_request(format!("the body is not a registration: {e}"))
+        })?
+    };
+    if let Some(body_id) = &request.registration_id
+        && !body_id.eq_ignore_ascii_case(&id)
+    {
+        return Err(ServiceError::invalid(
+            "registrationId",
+            format!("{body_id:?} in the body differs from {id:?} in the path"),
+        ));
+    }
+    if request.tpm.is_some() {
+        return Err(ServiceError::bad_request(
+            "TPM attestation (the nonce challenge) is not served by the local DPS service yet",
+        ));
+    }
+    let attested = authenticate(&st, &id, &headers, &peer_of(peer))?;
+    let t = terms(&attested);
+    let now = Utc::now();
+    let operation_id = new_operation_id();
+    let state = st.store.write(|tx| {
+        let previous: Option<DeviceRegistrationState> = tx
+            .get(Table::Registrations, &key)?
+            .map(|row| serde_json::from_slice(&row.json))
+            .transpose()
+            .map_err(|_| ServiceError::internal())?;
+        let prev_hub = previous.as_ref().and_then(|p| p.assigned_hub.clone());
+        let mut state = DeviceRegistrationState {
+            registration_id: Some(id.clone()),
+            created_date_time_utc: Some(
+                previous
+                    .as_ref()
+                    .and_then(|p| p.created_date_time_utc)
+                    .unwrap_or(now),
+            ),
+            assigned_hub: prev_hub.clone(),
+            device_id: previous.as_ref().and_then(|p| p.device_id.clone()),
+            status: None,
+            substatus: previous.as_ref().and_then(|p| p.substatus),
+            error_code: None,
+            error_message: None,
+            last_updated_date_time_utc: Some(now),
+            etag: Some(operation_id.clone()),
+            payload: None,
+        };
+        if !t.enabled {
+            state.status = Some(RegistrationStatus::Disabled);
+            state.error_message = Some(format!("the {} is disabled", t.name));
+        } else {
+            let hub = match (&prev_hub, t.reprovision.update_hub_assignment) {
+                (Some(h), false) => Ok(h.clone()),
+                _ => allocate(t.policy, t.hubs, &tx.linked_hubs()?, &key),
+            };
+            match hub {
+                Ok(hub) => {
+                    state.substatus = Some(match &prev_hub {
+                        Some(p) if !p.eq_ignore_ascii_case(&hub) => {
+                            if t.reprovision.migrate_device_data {
+                                RegistrationSubstatus::DeviceDataMigrated
+                            } else {
+                                RegistrationSubstatus::DeviceDataReset
+                            }
+                        }
+                        Some(_) => state
+                            .substatus
+                            .unwrap_or(RegistrationSubstatus::InitialAssignment),
+                        None => RegistrationSubstatus::InitialAssignment,
+                    });
+                    state.assigned_hub = Some(hub);
+                    state.device_id = Some(t.device_id.clone().unwrap_or_else(|| id.clone()));
+                    state.status = Some(RegistrationStatus::Assigned);
+                }
+                Err(e) => {
+                    state.status = Some(RegistrationStatus::Failed);
+                    state.error_code = Some(ALLOCATION_FAILED);
+                    state.error_message = Some(e.0);
+                }
+            }
+        }
+        let body = serde_json::to_vec(&state).map_err(|_| ServiceError::internal())?;
+        tx.put(
+            Table::Registrations,
+            &key,
+            t.group_key.as_deref(),
+            &operation_id,
+            &body,
+        )?;
+        Ok::<_, ServiceError>(state)
+    })?;
+    tracing::info!(
+        registration_id = %id,
+        matched = %t.name,
+        credential = ?attested.credential,
+        status = state.status.map(RegistrationStatus::as_str).unwrap_or_default(),
+        hub = state.assigned_hub.as_deref().unwrap_or_default(),
+        "device registration"
+    );
+    let mut answer = json(
+        StatusCode::ACCEPTED,
+        &RegistrationOperationStatus {
+            operation_id,
+            status: RegistrationStatus::Assigning,
+            registration_state: None,
+        },
+    )?;
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    Ok(answer)
+}
+
+async fn operation(
+    State(st): St,
+    Path((scope, id, operation_id)): Path<(String, String, String)>,
+    peer: Option<Extension<PeerCerts>>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    let key = target(&st, &scope, &id)?;
+    authenticate(&st, &id, &headers, &peer_of(peer))?;
+    let row = st.store.read(|tx| tx.get(Table::Registrations, &key))?;
+    let Some(row) = row.filter(|r| r.etag == operation_id) else {
+        return Err(ServiceError::new(
+            StatusCode::NOT_FOUND,
+            code::NOT_FOUND,
+            format!(
+                "operation {operation_id} of {id} does not exist (or the unit registered again since)"
+            ),
+        ));
+    };
+    let state: DeviceRegistrationState =
+        serde_json::from_slice(&row.json).map_err(|_| ServiceError::internal())?;
+    json(
+        StatusCode::OK,
+        &RegistrationOperationStatus {
+            operation_id,
+            status: state.status.unwrap_or(RegistrationStatus::Assigning),
+            registration_state: Some(state),
+        },
+    )
+}
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/{scope}/registrations/{id}/register", put(register))
+        .route(
+            "/{scope}/registrations/{id}/operations/{operation}",
+            get(operation),
+        )
+}

@@ -372,3 +372,176 @@ fn symmetric_keys_can_come_from_the_environment_instead_of_the_command_line() {
     );
     assert!(!ok && err.contains("cannot be used with"), "{err}");
 }
+
+/// Runs `dps` with environment variables set.
+fn run_dps_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = std::process::Command::new(support::dps_bin());
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn register_shows_what_a_unit_gets_or_why_it_is_refused() {
+    let svc = Service::start(&["--link-hub", "hub-a.example.test"]);
+    let d = svc.dir.to_str().unwrap().to_owned();
+    let pk = "Jq4lhq2vB7LqkeWZ1C2QPaY9LZ8UXkxuB1nXm1YgKNI=";
+    let gk = "O+H9VTcdJP0Tqkl7bh4nVG0OJNrAataMpuWB54D0VEc=";
+    let (ok, _, err) = run_dps_env(
+        &[
+            "enrollment",
+            "create",
+            "--data",
+            &d,
+            "--registration-id",
+            "unit-4711",
+            "--attestation-type",
+            "symmetrickey",
+            "--primary-key-env",
+            "PK",
+        ],
+        &[("PK", pk)],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_dps_env(
+        &[
+            "group",
+            "create",
+            "--data",
+            &d,
+            "--enrollment-group-id",
+            "line-7",
+            "--attestation-type",
+            "symmetrickey",
+            "--primary-key-env",
+            "GK",
+        ],
+        &[("GK", gk)],
+    );
+    assert!(ok, "{err}");
+    // Its own key; a group unit by the group's key.
+    let (ok, out, err) = run_dps_env(
+        &[
+            "register",
+            "--data",
+            &d,
+            "--registration-id",
+            "unit-4711",
+            "--key-env",
+            "K",
+        ],
+        &[("K", pk)],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "unit-4711 assigned to hub-a.example.test as device unit-4711 (initialAssignment)"
+    );
+    let (ok, out, err) = run_dps_env(
+        &[
+            "register",
+            "--data",
+            &d,
+            "--registration-id",
+            "line7-0001",
+            "--group-key-env",
+            "G",
+            "--json",
+        ],
+        &[("G", gk)],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "assigned", "{out}");
+    assert_eq!(v["registrationState"]["deviceId"], "line7-0001", "{out}");
+    // A certificate no enrollment trusts; a wrong key; no credential. Nothing is printed
+    // but the reason, and no key.
+    let tmp = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "unit-9000");
+    let cert = p.self_signed(&key).unwrap();
+    let (cf, kf) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    std::fs::write(&cf, cert.pem()).unwrap();
+    std::fs::write(&kf, key.serialize_pem()).unwrap();
+    let (ok, _, err) = run_dps(&[
+        "register",
+        "--data",
+        &d,
+        "--registration-id",
+        "unit-9000",
+        "--cert",
+        cf.to_str().unwrap(),
+        "--key",
+        kf.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("401") && err.contains("no enrollment for unit-9000"),
+        "{err}"
+    );
+    let (ok, _, err) = run_dps_env(
+        &[
+            "register",
+            "--data",
+            &d,
+            "--registration-id",
+            "unit-4711",
+            "--key-env",
+            "K",
+        ],
+        &[("K", gk)],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("matches no key of the individual enrollment unit-4711"),
+        "{err}"
+    );
+    assert!(!err.contains(gk) && !err.contains(pk), "{err}");
+    let (ok, _, err) = run_dps(&["register", "--data", &d, "--registration-id", "unit-4711"]);
+    assert!(!ok && err.contains("give the unit's credential"), "{err}");
+    // A disabled enrollment: the unit is not assigned, and the command fails saying so.
+    let (ok, _, err) = run_dps_env(
+        &[
+            "enrollment",
+            "create",
+            "--data",
+            &d,
+            "--registration-id",
+            "unit-4711",
+            "--attestation-type",
+            "symmetrickey",
+            "--primary-key-env",
+            "PK",
+            "--provisioning-status",
+            "disabled",
+        ],
+        &[("PK", pk)],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_dps_env(
+        &[
+            "register",
+            "--data",
+            &d,
+            "--registration-id",
+            "unit-4711",
+            "--key-env",
+            "K",
+        ],
+        &[("K", pk)],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("unit-4711 was not assigned: status disabled: the individual enrollment unit-4711 is disabled"),
+        "{err}"
+    );
+}

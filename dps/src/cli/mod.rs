@@ -2,6 +2,7 @@
 //! on `--data DIR`), and commands mirroring `az iot dps` that work against any DPS given a
 //! connection string.
 
+mod device;
 mod local;
 mod remote;
 
@@ -15,6 +16,7 @@ use crate::server::ServeError;
 use crate::server::setup::SetupError;
 use crate::server::store::StoreError;
 
+pub use device::RegisterArgs;
 pub use local::{LinkedHubCommand, PolicyCommand};
 pub use remote::{EnrollmentCommand, GroupCommand, RegistrationCommand, Target};
 
@@ -45,6 +47,10 @@ pub enum Command {
     /// Registration records.
     #[command(subcommand)]
     Registration(RegistrationCommand),
+    /// Register a unit as the unit itself would (device API over HTTPS), with its symmetric
+    /// key, its group's key or its certificate; prints the hub and device ID it gets, or why
+    /// it was refused.
+    Register(RegisterArgs),
     /// Derive a unit's key from a group key (HMAC-SHA256 of the registration ID).
     ComputeDeviceKey {
         /// The group's symmetric key (base64).
@@ -136,6 +142,9 @@ pub enum CliError {
     /// A key or connection string was refused.
     #[error("invalid SAS material")]
     Sas(#[from] crate::sas::SasError),
+    /// A unit's registration ended other than assigned.
+    #[error("{0}")]
+    Refused(String),
     /// Printing JSON failed.
     #[error("formatting JSON failed")]
     Json(#[from] serde_json::Error),
@@ -152,6 +161,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Enrollment(c) => rt.block_on(remote::enrollment(c)),
         Command::Group(c) => rt.block_on(remote::group(c)),
         Command::Registration(c) => rt.block_on(remote::registration(c)),
+        Command::Register(a) => rt.block_on(device::register(a)),
         Command::ComputeDeviceKey {
             key,
             registration_id,

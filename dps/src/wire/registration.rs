@@ -35,7 +35,7 @@ pub enum RegistrationSubstatus {
 }
 
 /// A unit's registration record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRegistrationState {
     /// The unit's registration ID (kept as text: records are read back as the service wrote them).

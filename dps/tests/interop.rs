@@ -1,13 +1,28 @@
-//! The official Azure DPS Node service client (azure-iot-provisioning-service 1.11.2)
-//! against `dps serve`. Needs Node and `npm ci` in tests/interop; fails (never skips)
-//! without them.
+//! The official Azure DPS Node clients against `dps serve`: the service client
+//! (azure-iot-provisioning-service 1.11.2) and the device client over HTTPS
+//! (azure-iot-provisioning-device and -device-http 1.9.1, azure-iot-security-symmetric-key
+//! 1.8.2, azure-iot-security-x509 1.7.12). Needs Node and `npm ci` in tests/interop; fails
+//! (never skips) without them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use dps::sas::{SharedAccessKey, derive_device_key};
+use dps::wire::{
+    AllocationPolicy, AttestationMechanism, EnrollmentGroup, IndividualEnrollment, KeyText,
+    ProvisioningStatus, RegistrationStatus,
+};
+use dps::{DeviceId, EnrollmentGroupId, RegistrationId};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
 use support::{Service, cert_pem};
 
 fn interop_dir() -> PathBuf {
@@ -17,8 +32,9 @@ fn interop_dir() -> PathBuf {
         .join("interop")
 }
 
-#[test]
-fn official_node_service_client_works_against_the_local_service() {
+/// tests/interop, after checking that Node and the pinned npm `packages` are there: a test
+/// that needs them fails without them, never skips.
+fn node_with(packages: &[&str]) -> PathBuf {
     let dir = interop_dir();
     let node_ok = Command::new("node")
         .arg("--version")
@@ -28,11 +44,21 @@ fn official_node_service_client_works_against_the_local_service() {
         node_ok,
         "Node.js is missing: install nodejs (Debian package `nodejs`, Node 18 or 20)"
     );
-    assert!(
-        dir.join("node_modules/azure-iot-provisioning-service/package.json")
-            .exists(),
-        "the pinned npm packages are missing: run `cd tests/interop && npm ci`"
-    );
+    for p in packages {
+        assert!(
+            dir.join("node_modules")
+                .join(p)
+                .join("package.json")
+                .exists(),
+            "the pinned npm package {p} is missing: run `cd tests/interop && npm ci`"
+        );
+    }
+    dir
+}
+
+#[test]
+fn official_node_service_client_works_against_the_local_service() {
+    let dir = node_with(&["azure-iot-provisioning-service"]);
     let svc = Service::start(&["--link-hub", "hub-a.example.test"]);
     let tmp = tempfile::tempdir().unwrap();
     let leaf = tmp.path().join("leaf.pem");
@@ -61,4 +87,223 @@ fn official_node_service_client_works_against_the_local_service() {
     let groups = rt.block_on(svc.client().list_groups(100)).unwrap();
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].enrollment_group_id.as_str(), "interop-grp-sym");
+}
+
+const HUB_A: &str = "hub-a.example.test";
+const HUB_B: &str = "hub-b.example.test";
+
+fn rid(s: &str) -> RegistrationId {
+    RegistrationId::new(s).unwrap()
+}
+
+fn new_key() -> String {
+    SharedAccessKey::generate()
+        .to_base64()
+        .expose_secret()
+        .to_owned()
+}
+
+fn sym(primary: &str, secondary: &str) -> AttestationMechanism {
+    AttestationMechanism::symmetric_key(Some(KeyText::new(primary)), Some(KeyText::new(secondary)))
+}
+
+/// A self-signed CA certificate in PEM and the handle to sign leaves with.
+fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let pem = p.self_signed(&key).unwrap().pem();
+    (pem, Issuer::new(p, key))
+}
+
+/// A unit's leaf (CN = `cn`, EKU clientAuth), signed by `issuer` or self-signed, written with
+/// its key to `dir`: (cert PEM, cert file, key file).
+fn leaf(
+    dir: &Path,
+    cn: &str,
+    issuer: Option<&Issuer<'static, KeyPair>>,
+) -> (String, PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = issuer.is_some();
+    let cert = match issuer {
+        Some(i) => p.signed_by(&key, i).unwrap(),
+        None => p.self_signed(&key).unwrap(),
+    };
+    let (cert_file, key_file) = (
+        dir.join(format!("{cn}.cert.pem")),
+        dir.join(format!("{cn}.key.pem")),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert.pem(), cert_file, key_file)
+}
+
+/// Six units register at once through the official Node device client over HTTPS
+/// (tests/interop/device-client.js): symmetric key (individual, group), X.509 (individual,
+/// group); a wrong key and a disabled enrollment are refused. The records then say what the
+/// client was told.
+#[test]
+fn official_node_device_client_registers_units_over_https_against_the_local_service() {
+    let dir = node_with(&[
+        "azure-iot-provisioning-device",
+        "azure-iot-provisioning-device-http",
+        "azure-iot-security-symmetric-key",
+        "azure-iot-security-x509",
+    ]);
+    let svc = Service::start(&["--link-hub", HUB_A, "--link-hub", HUB_B]);
+    let c = svc.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A symmetric-key individual enrollment: its own keys, a device ID, a static hub.
+    let primary = new_key();
+    let mut e = IndividualEnrollment::new(rid("node-sym-1"), sym(&primary, &new_key()));
+    e.device_id = Some(DeviceId::new("node-device-1").unwrap());
+    e.allocation_policy = Some(AllocationPolicy::Static);
+    e.iot_hubs = Some(vec![HUB_B.into()]);
+    rt.block_on(c.create_or_update_enrollment(&e, None))
+        .unwrap();
+    // A symmetric-key group: its unit signs with the key derived from the group's.
+    let group_key = new_key();
+    let g = EnrollmentGroup::new(
+        EnrollmentGroupId::new("node-line-1").unwrap(),
+        sym(&group_key, &new_key()),
+    );
+    rt.block_on(c.create_or_update_group(&g, None)).unwrap();
+    let derived = derive_device_key(
+        &SharedAccessKey::from_base64(&group_key).unwrap(),
+        "node-grp-unit-1",
+    );
+    // An X.509 individual enrollment with a self-signed leaf.
+    let (cert, x509_cert, x509_key) = leaf(tmp.path(), "node-x509-1", None);
+    rt.block_on(c.create_or_update_enrollment(
+        &IndividualEnrollment::new(rid("node-x509-1"), AttestationMechanism::x509_client(cert)),
+        None,
+    ))
+    .unwrap();
+    // An X.509 group whose signing certificate is the CA of its unit's leaf.
+    let (ca_pem, issuer) = ca("Node Interop Line CA");
+    rt.block_on(c.create_or_update_group(
+        &EnrollmentGroup::new(
+            EnrollmentGroupId::new("node-x509-line").unwrap(),
+            AttestationMechanism::x509_signing(ca_pem),
+        ),
+        None,
+    ))
+    .unwrap();
+    let (_, grp_cert, grp_key) = leaf(tmp.path(), "node-x509-grp-1", Some(&issuer));
+    // Two units to refuse: a wrong key, and a disabled enrollment (with the right key).
+    rt.block_on(c.create_or_update_enrollment(
+        &IndividualEnrollment::new(rid("node-wrong-key-1"), sym(&new_key(), &new_key())),
+        None,
+    ))
+    .unwrap();
+    let disabled_key = new_key();
+    let mut d = IndividualEnrollment::new(rid("node-disabled-1"), sym(&disabled_key, &new_key()));
+    d.provisioning_status = Some(ProvisioningStatus::Disabled);
+    rt.block_on(c.create_or_update_enrollment(&d, None))
+        .unwrap();
+
+    // keepAlive false: register and poll each open a TLS connection (the second one resumes
+    // the first's session), so the unit's credential must hold on each.
+    let units = json!([
+        {"registrationId": "node-sym-1", "kind": "symmetric", "key": primary,
+         "expect": "assigned", "expectHub": HUB_B, "expectDeviceId": "node-device-1"},
+        {"registrationId": "node-grp-unit-1", "kind": "symmetric",
+         "key": derived.to_base64().expose_secret(), "keepAlive": false,
+         "expect": "assigned", "expectDeviceId": "node-grp-unit-1"},
+        {"registrationId": "node-x509-1", "kind": "x509", "certFile": x509_cert,
+         "keyFile": x509_key, "keepAlive": false,
+         "expect": "assigned", "expectDeviceId": "node-x509-1"},
+        {"registrationId": "node-x509-grp-1", "kind": "x509", "certFile": grp_cert,
+         "keyFile": grp_key, "expect": "assigned", "expectDeviceId": "node-x509-grp-1"},
+        {"registrationId": "node-wrong-key-1", "kind": "symmetric", "key": new_key(),
+         "expect": "refused"},
+        {"registrationId": "node-disabled-1", "kind": "symmetric", "key": disabled_key,
+         "expect": "refused"},
+    ]);
+    let scope = std::fs::read_to_string(svc.dir.join("id-scope")).unwrap();
+    let out = Command::new("node")
+        .arg(dir.join("device-client.js"))
+        .current_dir(&dir)
+        .env("DPS_HOST", format!("localhost:{}", svc.port))
+        .env("DPS_ID_SCOPE", scope.trim())
+        .env("DPS_CA_FILE", svc.dir.join("ca.pem"))
+        .env("DPS_DEVICE_UNITS", units.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "node failed:\n{stdout}\n{stderr}");
+    // Shown with --nocapture or when an assertion below fails.
+    eprint!("{stdout}");
+    assert!(
+        stdout.contains("device interop: ok 6 units"),
+        "{stdout}\n{stderr}"
+    );
+    let lines: HashMap<String, Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["registrationId"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+
+    // Cross-check from our side: the records say what the Node client was told.
+    for id in [
+        "node-sym-1",
+        "node-grp-unit-1",
+        "node-x509-1",
+        "node-x509-grp-1",
+    ] {
+        let line = &lines[id];
+        assert_eq!(line["outcome"], "assigned", "{line}");
+        let rec = rt.block_on(c.get_registration_state(&rid(id))).unwrap();
+        assert_eq!(rec.status, Some(RegistrationStatus::Assigned), "{id}");
+        assert_eq!(
+            rec.assigned_hub.as_deref(),
+            line["assignedHub"].as_str(),
+            "{id}"
+        );
+        assert_eq!(rec.device_id.as_deref(), line["deviceId"].as_str(), "{id}");
+        assert!(
+            matches!(rec.assigned_hub.as_deref(), Some(HUB_A | HUB_B)),
+            "{id}: {rec:?}"
+        );
+    }
+    assert_eq!(lines["node-sym-1"]["assignedHub"], HUB_B);
+    // The wrong key: a 401, and no record.
+    let wrong = &lines["node-wrong-key-1"];
+    assert_eq!(wrong["outcome"], "refused", "{wrong}");
+    assert_eq!(wrong["statusCode"], 401, "{wrong}");
+    let e = rt
+        .block_on(c.get_registration_state(&rid("node-wrong-key-1")))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "a record exists: {e:?}");
+    // The disabled enrollment: refused; a record, if there is one, says so.
+    let disabled = &lines["node-disabled-1"];
+    assert_eq!(disabled["outcome"], "refused", "{disabled}");
+    if let Some(status) = disabled["status"].as_str() {
+        let rec = rt
+            .block_on(c.get_registration_state(&rid("node-disabled-1")))
+            .unwrap();
+        assert_eq!(rec.status.map(RegistrationStatus::as_str), Some(status));
+        assert!(rec.assigned_hub.is_none(), "{rec:?}");
+    }
+    // No key reached the output.
+    let derived = derived.to_base64().expose_secret().to_owned();
+    for k in [&primary, &group_key, &disabled_key, &derived] {
+        assert!(!stdout.contains(k.as_str()) && !stderr.contains(k.as_str()));
+    }
 }

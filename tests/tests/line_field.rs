@@ -1,0 +1,146 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The promise of the station: a unit it marked passed can register with DPS in the field.
+//! A lot runs through `station serve` + `line-sim` on the demo line and is uploaded to the
+//! local DPS; then every unit on a serial link registers through the device API with only
+//! what the station left in it (`unit-register`): X.509 units with the certificate chain the
+//! station wrote back and their own key, symmetric-group units with the injected key and the
+//! registration ID, ID scope and endpoint that came with it. DPS assigns each a hub, and its
+//! record names the registration ID the station recorded. A unit whose enrollment was
+//! disabled afterwards is refused, and `unit-register` says why.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use dps::RegistrationId;
+use dps::wire::{ProvisioningStatus, RegistrationStatus};
+use station_e2e::line::{LineRig, StationServe, poll_until};
+use station_e2e::{bin, text};
+
+const UNITS: i64 = 8;
+/// The hubs `DpsService` links.
+const HUBS: [&str; 2] = ["hub-a.local", "hub-b.local"];
+
+fn unit_register(rig: &LineRig, dirs: &[&Path]) -> std::process::Output {
+    let dps = rig.dps.as_ref().unwrap();
+    let scope = std::fs::read_to_string(dps.dir.join("id-scope")).unwrap();
+    Command::new(bin("unit-register"))
+        .args(dirs)
+        .args(["--id-scope", scope.trim()])
+        .args(["--endpoint", &format!("localhost:{}", dps.port)])
+        .arg("--ca-file")
+        .arg(dps.dir.join("ca.pem"))
+        .arg("--json")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
+    let rig = LineRig::new();
+    let badge = "BADGE-7301-alice";
+    rig.demo_line(badge);
+    rig.config(
+        "60-upload.toml",
+        "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n",
+    );
+    let serve = StationServe::start(&rig, &[("UNIT_SE_PIN", "864209")]);
+    let out = rig.line_sim(UNITS, badge, "864209").output().unwrap();
+    assert!(
+        out.status.success(),
+        "line-sim: {}\nstation log:\n{}",
+        text(&out),
+        serve.log_text()
+    );
+    let uploaded = poll_until(120, || {
+        rig.db()
+            .query_row(
+                "SELECT count(*) FROM units WHERE state != 'uploaded'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 0
+    });
+    assert!(uploaded, "{}", text(&rig.station(&["upload", "--status"])));
+
+    // What the station recorded for each unit on a serial link.
+    let recorded: BTreeMap<String, String> = rig
+        .db()
+        .prepare("SELECT serial, registration_id FROM units WHERE fixture IN ('link-1', 'sym-1')")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(recorded.len() >= 2, "{recorded:?}");
+
+    let work = rig.dir.path().join("line");
+    let out = unit_register(&rig, &[&work]);
+    assert!(out.status.success(), "unit-register: {}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut registered = BTreeMap::new();
+    for l in &lines {
+        assert_eq!(l["status"], "assigned", "{l}");
+        assert!(HUBS.contains(&l["assignedHub"].as_str().unwrap()), "{l}");
+        registered.insert(
+            l["serial"].as_str().unwrap().to_owned(),
+            l["registrationId"].as_str().unwrap().to_owned(),
+        );
+    }
+    assert_eq!(
+        registered, recorded,
+        "every link unit registered as recorded"
+    );
+
+    // DPS's own records say the same.
+    for rid in recorded.values() {
+        let rid = RegistrationId::new(rid).unwrap();
+        let rec = rig.dps(|c| async move { c.get_registration_state(&rid).await.unwrap() });
+        assert_eq!(rec.status, Some(RegistrationStatus::Assigned), "{rec:?}");
+    }
+
+    // A supervisor disables one X.509 unit's enrollment in DPS: that unit is refused now,
+    // and told why.
+    let (serial, rid) = recorded
+        .iter()
+        .find(|(s, _)| s.starts_with("SX"))
+        .map(|(s, r)| (s.clone(), r.clone()))
+        .expect("an X.509 unit");
+    let id = RegistrationId::new(&rid).unwrap();
+    rig.dps(|c| async move {
+        let mut e = c.get_enrollment(&id).await.unwrap();
+        let att = c.enrollment_attestation(&id).await.unwrap();
+        e.attestation = att;
+        e.provisioning_status = Some(ProvisioningStatus::Disabled);
+        let etag = e.etag.clone();
+        c.create_or_update_enrollment(&e, etag.as_deref())
+            .await
+            .unwrap();
+    });
+    let unit_dir = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|d| d.unwrap().path().join(&serial))
+        .find(|p| p.join("unit.json").is_file())
+        .expect("the unit's state");
+    let out = unit_register(&rig, &[&unit_dir]);
+    assert!(!out.status.success());
+    let l: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(l["status"], "disabled", "{l}");
+    assert!(
+        l["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("individual enrollment {rid} is disabled")),
+        "{l}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 unit(s) were not assigned"),
+        "{}",
+        text(&out)
+    );
+}

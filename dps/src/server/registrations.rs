@@ -1,4 +1,4 @@
-//! `/registrations`: registration records (written by the device API, a later issue).
+//! `/registrations`: registration records (written by the device registration API, `device.rs`).
 
 use std::sync::Arc;
 

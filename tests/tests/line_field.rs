@@ -75,6 +75,23 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         .collect();
     assert!(recorded.len() >= 2, "{recorded:?}");
 
+    // Before the units power up, the station can tell that DPS has no registration yet.
+    let (first_serial, first_rid) = recorded.iter().next().unwrap();
+    let shown = |serial: &str| {
+        let out = rig.station(&["unit", "show", serial, "--dps"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("DPS registration"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = shown(first_serial);
+    assert_eq!(
+        before,
+        format!("DPS registration local: none: {first_rid} has not registered yet")
+    );
+
     let work = rig.dir.path().join("line");
     let out = unit_register(&rig, &[&work]);
     assert!(out.status.success(), "unit-register: {}", text(&out));
@@ -102,6 +119,13 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         let rec = rig.dps(|c| async move { c.get_registration_state(&rid).await.unwrap() });
         assert_eq!(rec.status, Some(RegistrationStatus::Assigned), "{rec:?}");
     }
+
+    let after = shown(first_serial);
+    assert!(
+        after.starts_with("DPS registration local: assigned to hub-")
+            && after.contains(&format!("as device {first_rid} (initialAssignment), last ")),
+        "{after}"
+    );
 
     // A supervisor disables one X.509 unit's enrollment in DPS: that unit is refused now,
     // and told why.
@@ -142,5 +166,12 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         String::from_utf8_lossy(&out.stderr).contains("1 unit(s) were not assigned"),
         "{}",
         text(&out)
+    );
+    // The engineer asking why that unit did not register gets DPS's answer from the station.
+    let why = shown(&serial);
+    assert!(
+        why.starts_with("DPS registration local: disabled")
+            && why.contains(&format!("the individual enrollment {rid} is disabled")),
+        "{why}"
     );
 }

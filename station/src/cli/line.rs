@@ -45,6 +45,10 @@ pub enum UnitCommand {
     Show {
         /// Serial number, or the unit's registration ID (any case) or device ID.
         serial: String,
+        /// Also ask DPS (each target the unit was enrolled with) for the unit's registration
+        /// record: whether it registered, its hub and device ID, or why it was refused.
+        #[arg(long)]
+        dps: bool,
     },
     /// Units, newest first.
     List {
@@ -291,6 +295,73 @@ pub fn provision(ctx: &Context, args: &ProvisionArgs) -> Result<ExitCode, CliErr
     }
 }
 
+/// What each DPS target the unit was enrolled with holds as its registration record, one line
+/// per target. One attempt each: an unreachable DPS is reported, not waited for.
+fn dps_registration(
+    ctx: &Context,
+    cfg: &crate::config::Config,
+    r: &report::UnitReport,
+) -> Vec<String> {
+    let Some(rid) = r.unit.registration_id.as_deref() else {
+        return vec!["- (the unit has no registration ID)".into()];
+    };
+    let mut targets: Vec<&str> = r.enrollments.iter().map(|e| e.target.as_str()).collect();
+    targets.dedup();
+    if targets.is_empty() {
+        return vec!["- (the unit was not enrolled)".into()];
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("- could not be asked: {e}")],
+    };
+    let id = match dps::RegistrationId::new(rid) {
+        Ok(id) => id,
+        Err(e) => return vec![format!("- {rid} is not a DPS registration ID: {e}")],
+    };
+    targets
+        .into_iter()
+        .map(|target| {
+            let client = match crate::dps_target::client_with(&ctx.home, cfg, target, |o| {
+                o.retry.max_attempts = 1;
+            }) {
+                Ok(c) => c,
+                Err(e) => return format!("{target}: not asked: {}", error_text(&e)),
+            };
+            match rt.block_on(client.get_registration_state(&id)) {
+                Ok(rec) => {
+                    let status = rec.status.map_or("unknown", |s| s.as_str());
+                    let mut line = format!("{target}: {status}");
+                    if let Some(hub) = &rec.assigned_hub {
+                        line.push_str(&format!(
+                            " to {hub} as device {}",
+                            rec.device_id.as_deref().unwrap_or("?")
+                        ));
+                    }
+                    if let Some(sub) = rec.substatus.and_then(|s| serde_json::to_value(s).ok())
+                        && let Some(sub) = sub.as_str()
+                    {
+                        line.push_str(&format!(" ({sub})"));
+                    }
+                    if let Some(at) = rec.last_updated_date_time_utc {
+                        line.push_str(&format!(", last {}", at.format("%Y-%m-%d %H:%M:%S UTC")));
+                    }
+                    if let Some(m) = &rec.error_message {
+                        line.push_str(&format!(": {m}"));
+                    }
+                    line
+                }
+                Err(e) if e.status() == Some(404) => {
+                    format!("{target}: none: {rid} has not registered yet")
+                }
+                Err(e) => format!("{target}: could not be read: {}", error_text(&e)),
+            }
+        })
+        .collect()
+}
+
 /// `station unit ...`
 pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
     let loaded = ctx.config()?;
@@ -298,7 +369,7 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
     let conn = store.conn();
     let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
     match cmd {
-        UnitCommand::Show { serial } => {
+        UnitCommand::Show { serial, dps } => {
             let found = report::find(conn, serial).map_err(|e| read(&e))?;
             let serial = match found.as_slice() {
                 [] => return Err(LineCliError::NoUnit(serial.clone()).into()),
@@ -358,6 +429,11 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
             }
             for line in &r.uploads {
                 println!("upload           {line}");
+            }
+            if *dps {
+                for line in dps_registration(ctx, &loaded.config, &r) {
+                    println!("DPS registration {line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

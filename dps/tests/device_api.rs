@@ -323,7 +323,7 @@ async fn refused_units_are_told_why_and_leave_no_record() {
         r.text()
             .await
             .unwrap()
-            .contains("neither a client certificate nor an Authorization header")
+            .contains("neither a client certificate nor a SAS token")
     );
     let r = http
         .put(&url)

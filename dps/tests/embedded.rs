@@ -13,6 +13,7 @@ async fn bind_serve_and_shut_down_in_process() {
     let server = Server::bind(ServeOptions {
         data: tmp.path().join("d"),
         listen: "127.0.0.1:0".parse().unwrap(),
+        mqtt_listen: None,
         link_hubs: vec![],
         ops_per_min: None,
         fail_rate: 0.0,

@@ -307,3 +307,123 @@ fn official_node_device_client_registers_units_over_https_against_the_local_serv
         assert!(!stdout.contains(k.as_str()) && !stderr.contains(k.as_str()));
     }
 }
+
+/// The repository's Python (`.venv`, made by scripts/test-deps) with the pinned official SDK;
+/// a test that needs it fails without it, never skips.
+fn python_with_sdk() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".venv/bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import azure.iot.device, paho.mqtt.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "the pinned Python packages are missing: run scripts/test-deps (tests/interop/requirements.txt into .venv)"
+    );
+    python
+}
+
+/// Units register through the official Python device client (azure-iot-device 2.14.0: MQTT
+/// over TLS 1.2, paho-mqtt 1.6.1) against `dps serve --mqtt-listen`: a symmetric-key unit
+/// (the SDK's percent-encoded `sr`, no `skn`), a group unit with its derived key, an X.509
+/// unit by its client certificate; a wrong key is refused (CONNACK 5). The records say the
+/// same.
+#[test]
+fn official_python_device_client_registers_units_over_mqtt_against_the_local_service() {
+    let python = python_with_sdk();
+    let svc = Service::start(&[
+        "--link-hub",
+        HUB_A,
+        "--link-hub",
+        HUB_B,
+        "--mqtt-listen",
+        "127.0.0.1:0",
+    ]);
+    let c = svc.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = new_key();
+    let mut e = IndividualEnrollment::new(rid("py-sym-1"), sym(&primary, &new_key()));
+    e.allocation_policy = Some(AllocationPolicy::Static);
+    e.iot_hubs = Some(vec![HUB_B.into()]);
+    rt.block_on(c.create_or_update_enrollment(&e, None))
+        .unwrap();
+    let group_key = new_key();
+    rt.block_on(c.create_or_update_group(
+        &EnrollmentGroup::new(
+            EnrollmentGroupId::new("py-line-1").unwrap(),
+            sym(&group_key, &new_key()),
+        ),
+        None,
+    ))
+    .unwrap();
+    let derived = derive_device_key(
+        &SharedAccessKey::from_base64(&group_key).unwrap(),
+        "py-grp-unit-1",
+    );
+    let (cert, cert_file, key_file) = leaf(tmp.path(), "py-x509-1", None);
+    rt.block_on(c.create_or_update_enrollment(
+        &IndividualEnrollment::new(rid("py-x509-1"), AttestationMechanism::x509_client(cert)),
+        None,
+    ))
+    .unwrap();
+    rt.block_on(c.create_or_update_enrollment(
+        &IndividualEnrollment::new(rid("py-wrong-1"), sym(&new_key(), &new_key())),
+        None,
+    ))
+    .unwrap();
+    let units = json!([
+        {"registrationId": "py-sym-1", "kind": "symmetric", "key": primary,
+         "expect": "assigned", "expectHub": HUB_B},
+        {"registrationId": "py-grp-unit-1", "kind": "symmetric",
+         "key": derived.to_base64().expose_secret(), "expect": "assigned"},
+        {"registrationId": "py-x509-1", "kind": "x509", "certFile": cert_file,
+         "keyFile": key_file, "expect": "assigned"},
+        {"registrationId": "py-wrong-1", "kind": "symmetric", "key": new_key(),
+         "expect": "refused"},
+    ]);
+    let out = Command::new(&python)
+        .arg(interop_dir().join("device-client.py"))
+        .env("DPS_MQTT_PORT", svc.mqtt_port.unwrap().to_string())
+        .env(
+            "DPS_ID_SCOPE",
+            std::fs::read_to_string(svc.dir.join("id-scope"))
+                .unwrap()
+                .trim(),
+        )
+        .env("DPS_CA_FILE", svc.dir.join("ca.pem"))
+        .env("DPS_DEVICE_UNITS", units.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("python device interop: ok 4 units"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&primary), "a key was printed");
+    let printed: HashMap<String, Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["registrationId"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    for id in ["py-sym-1", "py-grp-unit-1", "py-x509-1"] {
+        let rec = rt.block_on(c.get_registration_state(&rid(id))).unwrap();
+        assert_eq!(rec.status, Some(RegistrationStatus::Assigned), "{id}");
+        assert_eq!(
+            rec.assigned_hub.as_deref(),
+            printed[id]["assignedHub"].as_str(),
+            "{id}"
+        );
+    }
+    let e = rt
+        .block_on(c.get_registration_state(&rid("py-wrong-1")))
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404));
+}

@@ -106,6 +106,7 @@ fn groups_are_created_kept_updated_and_their_keys_live_only_in_the_hsm() {
         .block_on(Server::bind(ServeOptions {
             data: tmp.path().join("dps"),
             listen: "127.0.0.1:0".parse().unwrap(),
+            mqtt_listen: None,
             link_hubs: vec![],
             ops_per_min: None,
             fail_rate: 0.0,

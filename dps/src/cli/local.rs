@@ -127,6 +127,7 @@ pub async fn serve(a: ServeArgs) -> Result<(), CliError> {
     crate::server::serve(ServeOptions {
         data: a.data,
         listen: a.listen,
+        mqtt_listen: a.mqtt_listen,
         link_hubs,
         ops_per_min: a.ops_per_min,
         fail_rate: a.fail_rate,

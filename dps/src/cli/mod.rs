@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Listen address; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
+    /// Also serve the device registration API over MQTT (TLS) on this address (Azure: port
+    /// 8883); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub mqtt_listen: Option<SocketAddr>,
     /// Link a hub at start: HOST or HOST=WEIGHT (repeatable).
     #[arg(long = "link-hub", value_name = "HOST[=WEIGHT]")]
     pub link_hub: Vec<String>,

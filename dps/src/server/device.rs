@@ -32,7 +32,7 @@ use axum::routing::{get, put};
 use chrono::Utc;
 
 use super::allocate::allocate;
-use super::device_auth::{Attested, Matched, authenticate};
+use super::device_auth::{Attested, Matched, authenticate, sas_of};
 use super::error::{ServiceError, code};
 use super::peer::PeerCerts;
 use super::state::AppState;
@@ -65,7 +65,7 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Result<Response, 
 }
 
 /// The path's scope and registration ID, checked; the ID's lower-case key.
-fn target(st: &AppState, scope: &str, id: &str) -> Result<String, ServiceError> {
+pub fn target(st: &AppState, scope: &str, id: &str) -> Result<String, ServiceError> {
     if !scope.eq_ignore_ascii_case(&st.id_scope) {
         return Err(ServiceError::not_found(format!(
             "ID scope {scope} is not this service's ({})",
@@ -121,25 +121,10 @@ fn terms(a: &Attested) -> Terms<'_> {
     }
 }
 
-async fn register(
-    State(st): St,
-    Path((scope, id)): Path<(String, String)>,
-    peer: Option<Extension<PeerCerts>>,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServiceError> {
-    let key = target(&st, &scope, &id)?;
-    let raw =
-        raw.map_err(|e| ServiceError::bad_request(format!("reading the body failed: {e}")))?;
-    let request: DeviceRegistration = if raw.iter().all(u8::is_ascii_whitespace) {
-        DeviceRegistration::default()
-    } else {
-        serde_json::from_slice(&raw).map_err(|e| {
-            ServiceError::bad_request(format!("the body is not a registration: {e}"))
-        })?
-    };
+/// Checks a registration request against the path's registration ID.
+pub fn check_request(id: &str, request: &DeviceRegistration) -> Result<(), ServiceError> {
     if let Some(body_id) = &request.registration_id
-        && !body_id.eq_ignore_ascii_case(&id)
+        && !body_id.eq_ignore_ascii_case(id)
     {
         return Err(ServiceError::invalid(
             "registrationId",
@@ -151,8 +136,20 @@ async fn register(
             "TPM attestation (the nonce challenge) is not served by the local DPS service yet",
         ));
     }
-    let attested = authenticate(&st, &id, &headers, &peer_of(peer))?;
-    let t = terms(&attested);
+    Ok(())
+}
+
+/// Registers an authenticated unit: chooses its hub and writes its record. The answer is the
+/// operation to poll (`assigning`), over HTTP and MQTT alike.
+pub fn register_unit(
+    st: &AppState,
+    id: &str,
+    attested: &Attested,
+) -> Result<RegistrationOperationStatus, ServiceError> {
+    let key = RegistrationId::new(id)
+        .map(|r| r.canonical())
+        .map_err(|e| ServiceError::invalid("registrationId", e))?;
+    let t = terms(attested);
     let now = Utc::now();
     let operation_id = new_operation_id();
     let state = st.store.write(|tx| {
@@ -163,7 +160,7 @@ async fn register(
             .map_err(|_| ServiceError::internal())?;
         let prev_hub = previous.as_ref().and_then(|p| p.assigned_hub.clone());
         let mut state = DeviceRegistrationState {
-            registration_id: Some(id.clone()),
+            registration_id: Some(id.to_owned()),
             created_date_time_utc: Some(
                 previous
                     .as_ref()
@@ -204,7 +201,7 @@ async fn register(
                         None => RegistrationSubstatus::InitialAssignment,
                     });
                     state.assigned_hub = Some(hub);
-                    state.device_id = Some(t.device_id.clone().unwrap_or_else(|| id.clone()));
+                    state.device_id = Some(t.device_id.clone().unwrap_or_else(|| id.to_owned()));
                     state.status = Some(RegistrationStatus::Assigned);
                 }
                 Err(e) => {
@@ -232,28 +229,22 @@ async fn register(
         hub = state.assigned_hub.as_deref().unwrap_or_default(),
         "device registration"
     );
-    let mut answer = json(
-        StatusCode::ACCEPTED,
-        &RegistrationOperationStatus {
-            operation_id,
-            status: RegistrationStatus::Assigning,
-            registration_state: None,
-        },
-    )?;
-    answer
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
-    Ok(answer)
+    Ok(RegistrationOperationStatus {
+        operation_id,
+        status: RegistrationStatus::Assigning,
+        registration_state: None,
+    })
 }
 
-async fn operation(
-    State(st): St,
-    Path((scope, id, operation_id)): Path<(String, String, String)>,
-    peer: Option<Extension<PeerCerts>>,
-    headers: HeaderMap,
-) -> Result<Response, ServiceError> {
-    let key = target(&st, &scope, &id)?;
-    authenticate(&st, &id, &headers, &peer_of(peer))?;
+/// The status of operation `operation_id` of unit `id`: its record, once written.
+pub fn operation_status(
+    st: &AppState,
+    id: &str,
+    operation_id: &str,
+) -> Result<RegistrationOperationStatus, ServiceError> {
+    let key = RegistrationId::new(id)
+        .map(|r| r.canonical())
+        .map_err(|e| ServiceError::invalid("registrationId", e))?;
     let row = st.store.read(|tx| tx.get(Table::Registrations, &key))?;
     let Some(row) = row.filter(|r| r.etag == operation_id) else {
         return Err(ServiceError::new(
@@ -266,14 +257,51 @@ async fn operation(
     };
     let state: DeviceRegistrationState =
         serde_json::from_slice(&row.json).map_err(|_| ServiceError::internal())?;
-    json(
-        StatusCode::OK,
-        &RegistrationOperationStatus {
-            operation_id,
-            status: state.status.unwrap_or(RegistrationStatus::Assigning),
-            registration_state: Some(state),
-        },
-    )
+    Ok(RegistrationOperationStatus {
+        operation_id: operation_id.to_owned(),
+        status: state.status.unwrap_or(RegistrationStatus::Assigning),
+        registration_state: Some(state),
+    })
+}
+
+async fn register(
+    State(st): St,
+    Path((scope, id)): Path<(String, String)>,
+    peer: Option<Extension<PeerCerts>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServiceError> {
+    target(&st, &scope, &id)?;
+    let raw =
+        raw.map_err(|e| ServiceError::bad_request(format!("reading the body failed: {e}")))?;
+    let request = parse_request(&raw)?;
+    check_request(&id, &request)?;
+    let attested = authenticate(&st, &id, sas_of(&headers), &peer_of(peer))?;
+    let mut answer = json(StatusCode::ACCEPTED, &register_unit(&st, &id, &attested)?)?;
+    answer
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+    Ok(answer)
+}
+
+/// A registration request body; an empty body is an empty request.
+pub fn parse_request(raw: &[u8]) -> Result<DeviceRegistration, ServiceError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DeviceRegistration::default());
+    }
+    serde_json::from_slice(raw)
+        .map_err(|e| ServiceError::bad_request(format!("the body is not a registration: {e}")))
+}
+
+async fn operation(
+    State(st): St,
+    Path((scope, id, operation_id)): Path<(String, String, String)>,
+    peer: Option<Extension<PeerCerts>>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    target(&st, &scope, &id)?;
+    authenticate(&st, &id, sas_of(&headers), &peer_of(peer))?;
+    json(StatusCode::OK, &operation_status(&st, &id, &operation_id)?)
 }
 
 /// The routes.

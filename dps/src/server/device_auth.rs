@@ -57,11 +57,20 @@ pub struct Attested {
     pub credential: Credential,
 }
 
-/// Authenticates a unit registering as `registration_id` in `id_scope`.
+/// The SAS token of an HTTP request (its `Authorization` header), if any.
+#[must_use]
+pub fn sas_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Authenticates a unit registering as `registration_id`, by its client certificate chain
+/// (`peer`) or else its SAS token (`sas`: an HTTP `Authorization` value or MQTT password).
 pub fn authenticate(
     st: &Arc<AppState>,
     registration_id: &str,
-    headers: &HeaderMap,
+    sas_token: Option<&str>,
     peer: &PeerCerts,
 ) -> Result<Attested, ServiceError> {
     let key = registration_id.to_ascii_lowercase();
@@ -73,7 +82,7 @@ pub fn authenticate(
             .map_err(|_| ServiceError::internal())?;
         match peer.leaf() {
             Some(leaf) => x509(tx, registration_id, individual, leaf, peer.intermediates()),
-            None => sas(tx, &st.id_scope, registration_id, headers, individual),
+            None => sas(tx, &st.id_scope, registration_id, sas_token, individual),
         }
     })
 }
@@ -239,15 +248,12 @@ fn sas(
     tx: &Tx<'_>,
     id_scope: &str,
     registration_id: &str,
-    headers: &HeaderMap,
+    sas_token: Option<&str>,
     individual: Option<IndividualEnrollment>,
 ) -> Result<Attested, ServiceError> {
-    let text = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            refuse("no credential: neither a client certificate nor an Authorization header")
-        })?;
+    let text = sas_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        refuse("no credential: neither a client certificate nor a SAS token (Authorization header or MQTT password)")
+    })?;
     let token = SasToken::parse(text).map_err(|e| refuse(format!("malformed SAS token: {e}")))?;
     let want = format!("{id_scope}/registrations/{registration_id}").to_ascii_lowercase();
     if token.resource() != want {

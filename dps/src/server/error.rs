@@ -145,16 +145,36 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-impl IntoResponse for ServiceError {
-    fn into_response(self) -> Response {
+impl ServiceError {
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The DPS error body (JSON), as HTTP answers carry it and MQTT replies too.
+    #[must_use]
+    pub fn body(&self) -> Vec<u8> {
         let body = ProvisioningServiceErrorDetails {
             error_code: self.code,
             tracking_id: uuid::Uuid::new_v4().to_string(),
-            message: self.message,
+            message: self.message.clone(),
             info: None,
             timestamp_utc: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        let text = serde_json::to_vec(&body).unwrap_or_default();
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let text = self.body();
         let mut resp = (self.status, text).into_response();
         let h = resp.headers_mut();
         h.insert(

@@ -16,6 +16,7 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod groups;
+pub mod mqtt;
 pub mod peer;
 pub mod records;
 pub mod registrations;
@@ -54,6 +55,8 @@ pub struct ServeOptions {
     pub data: PathBuf,
     /// Listen address (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Listen address of the device API over MQTT, if served (port 0 picks a free port).
+    pub mqtt_listen: Option<SocketAddr>,
     /// Hubs to link at start.
     pub link_hubs: Vec<LinkedHub>,
     /// Test option: operation quota per minute (429 beyond it).
@@ -182,6 +185,7 @@ fn flush_operations(state: &AppState) {
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
+    mqtt: Option<(TcpListener, SocketAddr)>,
     state: Arc<AppState>,
     tls: Arc<rustls::ServerConfig>,
     dir: setup::DataDir,
@@ -198,6 +202,16 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServeError::Accept)?;
+        let mqtt = match opts.mqtt_listen {
+            Some(at) => {
+                let l = TcpListener::bind(at)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: at, source })?;
+                let a = l.local_addr().map_err(ServeError::Accept)?;
+                Some((l, a))
+            }
+            None => None,
+        };
         let host_name = format!("localhost:{}", addr.port());
         let prepared = setup::prepare(&opts.data, &host_name)?;
         prepared
@@ -232,6 +246,7 @@ impl Server {
         Ok(Self {
             listener,
             addr,
+            mqtt,
             state,
             tls: prepared.tls,
             dir: prepared.dir,
@@ -242,6 +257,12 @@ impl Server {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the device API over MQTT, when served.
+    #[must_use]
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().map(|(_, a)| *a)
     }
 
     /// The ID scope of this instance.
@@ -277,6 +298,9 @@ impl Server {
         };
         let app = router(state.clone()).map_request(normalize::<hyper::body::Incoming>);
         let acceptor = TlsAcceptor::from(self.tls);
+        let mqtt = self
+            .mqtt
+            .map(|(l, _)| tokio::spawn(mqtt::accept_loop(l, acceptor.clone(), state.clone())));
         tokio::pin!(shutdown);
         loop {
             let (tcp, _peer) = tokio::select! {
@@ -317,6 +341,9 @@ impl Server {
             });
         }
         flusher.abort();
+        if let Some(m) = mqtt {
+            m.abort();
+        }
         flush_operations(&state);
     }
 }
@@ -340,6 +367,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         server.id_scope(),
         dir.id_scope().display()
     );
+    // Before the https line, which callers wait for as "ready".
+    if let Some(a) = server.mqtt_addr() {
+        let _ = writeln!(out, "mqtts listening on {a}");
+    }
     let _ = writeln!(out, "https listening on {}", server.local_addr());
     let _ = out.flush();
     drop(out);

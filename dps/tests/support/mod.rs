@@ -19,6 +19,8 @@ pub struct Service {
     pub child: Child,
     pub dir: PathBuf,
     pub port: u16,
+    /// The device API's MQTT port, when started with `--mqtt-listen`.
+    pub mqtt_port: Option<u16>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -45,11 +47,15 @@ impl Service {
             .unwrap();
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
+        let mut mqtt_port = None;
         let port = loop {
             let line = lines
                 .next()
                 .expect("dps serve exited before listening")
                 .unwrap();
+            if let Some(addr) = line.strip_prefix("mqtts listening on ") {
+                mqtt_port = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
+            }
             if let Some(addr) = line.strip_prefix("https listening on ") {
                 break addr.rsplit(':').next().unwrap().parse().unwrap();
             }
@@ -60,6 +66,7 @@ impl Service {
             child,
             dir: dir.to_owned(),
             port,
+            mqtt_port,
             _tmp: None,
         }
     }

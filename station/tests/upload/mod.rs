@@ -54,6 +54,7 @@ impl LocalDps {
                 let server = Server::bind(ServeOptions {
                     data: dir,
                     listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                    mqtt_listen: None,
                     link_hubs: vec![LinkedHub {
                         host_name: "hub-a.azure-devices.net".into(),
                         allocation_weight: 1,

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod rate;
 pub mod sas;
 pub mod server;
+pub mod tpm;
 pub mod wire;
 
 pub use ids::{DeviceId, EnrollmentGroupId, IdError, RegistrationId};

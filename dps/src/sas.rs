@@ -159,7 +159,23 @@ pub fn generate_token(
     expiry: u64,
 ) -> SecretString {
     let sig = key.sign(format!("{resource}\n{expiry}").as_bytes());
-    let sig = urlencoding::encode(&sig);
+    token_text(resource, &sig, key_name, expiry)
+}
+
+/// Builds a token for `resource` whose HMAC-SHA256 `signature` over `resource\nexpiry` was
+/// computed elsewhere (in a TPM, for TPM units).
+#[must_use]
+pub fn token_with_signature(
+    resource: &str,
+    signature: &[u8],
+    key_name: Option<&str>,
+    expiry: u64,
+) -> SecretString {
+    token_text(resource, &B64.encode(signature), key_name, expiry)
+}
+
+fn token_text(resource: &str, sig_b64: &str, key_name: Option<&str>, expiry: u64) -> SecretString {
+    let sig = urlencoding::encode(sig_b64);
     let mut t = format!("{SAS_PREFIX}sr={resource}&sig={sig}");
     if let Some(n) = key_name {
         t.push_str("&skn=");

@@ -311,7 +311,7 @@ async fn refused_units_are_told_why_and_leave_no_record() {
         assert!(body.contains(want), "{body}");
     }
 
-    // No credential at all; a TPM unit; another ID scope.
+    // No credential at all; a TPM unit without its SRK; another ID scope.
     let r = http
         .put(&url)
         .body(r#"{"registrationId":"unit-1"}"#)
@@ -332,7 +332,12 @@ async fn refused_units_are_told_why_and_leave_no_record() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("TPM attestation"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("tpm.storageRootKey: is required")
+    );
     let r = http
         .put(svc.url("/0ne00000000/registrations/unit-1/register?api-version=2019-03-31"))
         .body("{}")
@@ -617,4 +622,107 @@ async fn a_service_with_no_linked_hub_fails_the_registration_and_says_why() {
     let st = done.registration_state.unwrap();
     assert!(st.error_message.unwrap().contains("no IoT hub is linked"));
     assert!(st.error_code.is_some());
+}
+
+/// An RSA-2048 TPM2B_PUBLIC shaped like the SDK's EK and SRK templates (AES-128-CFB), around
+/// a random modulus: enough for the service to build a challenge no one here can open.
+fn tpm_public(seed: u8) -> Vec<u8> {
+    let mut modulus = [0u8; 256];
+    for (i, b) in modulus.iter_mut().enumerate() {
+        *b = u8::try_from((i * 31 + usize::from(seed) * 7) % 251).unwrap() | 1;
+    }
+    modulus[0] |= 0x80;
+    let mut a = Vec::new();
+    a.extend_from_slice(&0x0001u16.to_be_bytes());
+    a.extend_from_slice(&0x000Bu16.to_be_bytes());
+    a.extend_from_slice(&0x0003_0472u32.to_be_bytes());
+    a.extend_from_slice(&0u16.to_be_bytes());
+    a.extend_from_slice(&0x0006u16.to_be_bytes());
+    a.extend_from_slice(&128u16.to_be_bytes());
+    a.extend_from_slice(&0x0043u16.to_be_bytes());
+    a.extend_from_slice(&0x0010u16.to_be_bytes());
+    a.extend_from_slice(&2048u16.to_be_bytes());
+    a.extend_from_slice(&0u32.to_be_bytes());
+    a.extend_from_slice(&256u16.to_be_bytes());
+    a.extend_from_slice(&modulus);
+    let mut out = u16::try_from(a.len()).unwrap().to_be_bytes().to_vec();
+    out.extend(a);
+    out
+}
+
+#[tokio::test]
+async fn tpm_units_are_challenged_and_only_the_tpm_holding_the_key_gets_through() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+
+    let svc = Service::start(&["--link-hub", HUB_A]);
+    let ek = tpm_public(1);
+    let srk = tpm_public(2);
+    svc.client()
+        .create_or_update_enrollment(
+            &IndividualEnrollment::new(
+                rid("tpm-unit-1"),
+                AttestationMechanism::tpm(B64.encode(&ek)),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let http = svc.http();
+    let url = svc.url(&format!(
+        "/{}/registrations/tpm-unit-1/register?api-version=2019-03-31",
+        scope(&svc)
+    ));
+    let put = |ek: &[u8], token: Option<String>| {
+        let mut r = http.put(&url).body(
+            serde_json::json!({
+                "registrationId": "tpm-unit-1",
+                "tpm": {"endorsementKey": B64.encode(ek), "storageRootKey": B64.encode(&srk)},
+            })
+            .to_string(),
+        );
+        if let Some(t) = token {
+            r = r.header("Authorization", t);
+        }
+        r.send()
+    };
+    // A signed call before any challenge: told to be challenged first.
+    let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
+    let resource = format!("{}/registrations/tpm-unit-1", scope(&svc));
+    let guess = generate_token(&resource, &key(&new_key()), Some("registration"), expiry)
+        .expose_secret()
+        .to_owned();
+    let r = put(&ek, Some(guess.clone())).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("no TPM challenge is pending")
+    );
+    // The enrolled EK gets the challenge: 401 with a 766-byte authenticationKey.
+    let r = put(&ek, None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let c: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(c["keyName"], "registration");
+    let blob = B64
+        .decode(c["authenticationKey"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(blob.len(), 766);
+    assert!(dps::tpm::split_blob(&blob).is_ok());
+    // Without the TPM, the key in it is out of reach: a token signed with anything else is
+    // refused.
+    let r = put(&ek, Some(guess)).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("matches no key"));
+    // Another TPM's EK gets no challenge.
+    let r = put(&tpm_public(3), None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("the endorsement key sent is not the one enrolled for tpm-unit-1")
+    );
+    no_record(&svc, "tpm-unit-1").await;
 }

@@ -4,11 +4,12 @@
 //! local DPS; then every unit on a serial link registers through the device API with only
 //! what the station left in it (`unit-register`): X.509 units with the certificate chain the
 //! station wrote back and their own key, symmetric-group units with the injected key and the
-//! registration ID, ID scope and endpoint that came with it. DPS assigns each a hub, and its
+//! registration ID, ID scope and endpoint that came with it; TPM units answer DPS's challenge
+//! in their own TPM (served again from the state line-sim made). DPS assigns each a hub, and its
 //! record names the registration ID the station recorded. A unit whose enrollment was
 //! disabled afterwards is refused, and `unit-register` says why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -100,18 +101,35 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let mut registered = BTreeMap::new();
+    let mut tpm_registered = BTreeSet::new();
     for l in &lines {
         assert_eq!(l["status"], "assigned", "{l}");
         assert!(HUBS.contains(&l["assignedHub"].as_str().unwrap()), "{l}");
-        registered.insert(
-            l["serial"].as_str().unwrap().to_owned(),
+        let (unit, rid) = (
+            l["unit"].as_str().unwrap().to_owned(),
             l["registrationId"].as_str().unwrap().to_owned(),
         );
+        if unit.starts_with("tpm-") {
+            tpm_registered.insert(rid);
+        } else {
+            registered.insert(unit, rid);
+        }
     }
     assert_eq!(
         registered, recorded,
         "every link unit registered as recorded"
     );
+    // TPM units took DPS's challenge in their own TPM and registered by their EK.
+    let tpm_recorded: BTreeSet<String> = rig
+        .db()
+        .prepare("SELECT registration_id FROM units WHERE fixture = 'tpm-1'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!tpm_recorded.is_empty());
+    assert_eq!(tpm_registered, tpm_recorded, "every TPM unit registered");
 
     // DPS's own records say the same.
     for rid in recorded.values() {

@@ -1,8 +1,9 @@
 //! The device side of DPS: a unit registering over HTTPS, as the Azure device SDKs do
 //! (`shared/notes/dps-wire.md` section 5): `PUT {idScope}/registrations/{id}/register`, then
 //! `GET .../operations/{operationId}` after each `Retry-After` until the status is no longer
-//! `assigning`. A unit proves itself with a SAS token signed with its symmetric key, or with
-//! its client certificate in the TLS handshake.
+//! `assigning`. A unit proves itself with a SAS token signed with its symmetric key, with its
+//! client certificate in the TLS handshake, or (TPM units, [`DeviceClient::register_tpm`]) by
+//! importing the service's challenge key into its TPM and signing its token there.
 //!
 //! Used by `dps register` (a unit's registration tried from the command line, to see what the
 //! unit will see) and by tests; the answer is the final operation status, whatever it is
@@ -16,8 +17,13 @@ use secrecy::{ExposeSecret as _, SecretBox};
 
 use super::error::{ClientError, read_ca_file};
 use crate::ids::RegistrationId;
-use crate::sas::{SharedAccessKey, generate_token};
-use crate::wire::{DeviceRegistration, RegistrationOperationStatus, RegistrationStatus};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::sas::{SharedAccessKey, generate_token, token_with_signature};
+use crate::wire::{
+    DeviceRegistration, RegistrationOperationStatus, RegistrationStatus, TpmChallenge,
+};
 
 /// The device API version sent (the Node and C# device SDKs send it).
 pub const DEVICE_API_VERSION: &str = "2019-03-31";
@@ -28,6 +34,22 @@ pub enum DeviceCredential {
     SymmetricKey(SharedAccessKey),
     /// Its certificate chain (leaf first) and private key, PEM, as a unit keeps them in files.
     X509Pem(SecretBox<Vec<u8>>),
+    /// Its TPM, given to each [`DeviceClient::register_tpm`] call.
+    Tpm,
+}
+
+/// A unit's TPM, as DPS TPM attestation uses it (`crate::tpm`; the station implements it with
+/// tss-esapi). Not `Send`: a TPM context stays on its thread.
+pub trait TpmUnit {
+    /// TPM2B_PUBLIC of its endorsement key (persisted at 0x81010001).
+    fn endorsement_key(&self) -> &[u8];
+    /// TPM2B_PUBLIC of its storage root key (0x81000001).
+    fn storage_root_key(&self) -> &[u8];
+    /// Imports the HMAC key of an `authenticationKey` blob: ActivateCredential with the EK
+    /// for the SRK, Import under the SRK, Load.
+    fn import_key(&mut self, blob: &[u8]) -> Result<(), String>;
+    /// HMAC-SHA256 of `data` with the imported key, in the TPM.
+    fn sign(&mut self, data: &[u8]) -> Result<Vec<u8>, String>;
 }
 
 impl std::fmt::Debug for DeviceCredential {
@@ -35,6 +57,7 @@ impl std::fmt::Debug for DeviceCredential {
         f.write_str(match self {
             Self::SymmetricKey(_) => "SymmetricKey(<redacted>)",
             Self::X509Pem(_) => "X509Pem(<redacted>)",
+            Self::Tpm => "Tpm",
         })
     }
 }
@@ -99,6 +122,7 @@ impl DeviceClient {
         }
         let key = match credential {
             DeviceCredential::SymmetricKey(k) => Some(k),
+            DeviceCredential::Tpm => None,
             DeviceCredential::X509Pem(pem) => {
                 let id = reqwest::Identity::from_pem(pem.expose_secret())
                     .map_err(ClientError::Identity)?;
@@ -124,24 +148,31 @@ impl DeviceClient {
         )
     }
 
+    /// A SAS token for the unit signed with its key, valid for an hour (the SDKs sign once
+    /// per registration).
+    fn key_token(&self, registration_id: &str) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let expiry = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) + 3600;
+        let resource = format!("{}/registrations/{registration_id}", self.id_scope);
+        let token = generate_token(&resource, key, Some("registration"), expiry);
+        Some(token.expose_secret().to_owned())
+    }
+
     async fn send(
         &self,
         method: Method,
         url: &str,
-        registration_id: &str,
+        token: Option<&str>,
         body: Vec<u8>,
-    ) -> Result<(RegistrationOperationStatus, Option<Duration>), ClientError> {
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
         let mut req = self
             .http
             .request(method, url)
             .header("Accept", "application/json")
             .header("Content-Type", "application/json; charset=utf-8")
             .body(body);
-        if let Some(key) = &self.key {
-            let expiry = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) + 3600;
-            let resource = format!("{}/registrations/{registration_id}", self.id_scope);
-            let token = generate_token(&resource, key, Some("registration"), expiry);
-            req = req.header("Authorization", token.expose_secret());
+        if let Some(t) = token {
+            req = req.header("Authorization", t);
         }
         let send_err = |source| ClientError::Send {
             host: self.endpoint.clone(),
@@ -150,7 +181,18 @@ impl DeviceClient {
         let resp = req.send().await.map_err(send_err)?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(send_err)?;
+        let body = resp.bytes().await.map_err(send_err)?.to_vec();
+        Ok((status, headers, body))
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(RegistrationOperationStatus, Option<Duration>), ClientError> {
+        let (status, headers, body) = self.send(method, url, token, body).await?;
         if !status.is_success() {
             return Err(ClientError::from_answer(status.as_u16(), &headers, &body));
         }
@@ -167,19 +209,85 @@ impl DeviceClient {
         payload: Option<serde_json::Value>,
     ) -> Result<RegistrationOperationStatus, ClientError> {
         let id = registration_id.as_str();
-        let deadline = Instant::now() + self.opts.max_wait;
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(id.to_owned()),
             tpm: None,
             payload,
         })
         .map_err(ClientError::Encode)?;
+        let token = self.key_token(id);
+        self.follow(id, body, token.as_deref()).await
+    }
+
+    /// Registers a TPM unit: the first call is answered with the challenge (HTTP 401 and an
+    /// `authenticationKey`), whose key the TPM imports and signs the unit's token with; then
+    /// as [`Self::register`]. The hub key of the answer is imported too, as the SDKs do.
+    pub async fn register_tpm(
+        &self,
+        registration_id: &RegistrationId,
+        tpm: &mut dyn TpmUnit,
+        payload: Option<serde_json::Value>,
+    ) -> Result<RegistrationOperationStatus, ClientError> {
+        let id = registration_id.as_str();
+        let body = serde_json::to_vec(&DeviceRegistration {
+            registration_id: Some(id.to_owned()),
+            tpm: Some(serde_json::json!({
+                "endorsementKey": B64.encode(tpm.endorsement_key()),
+                "storageRootKey": B64.encode(tpm.storage_root_key()),
+            })),
+            payload,
+        })
+        .map_err(ClientError::Encode)?;
+        let (status, headers, answer) = self
+            .send(Method::PUT, &self.url(id, "register"), None, body.clone())
+            .await?;
+        if status.as_u16() != 401 {
+            return Err(if status.is_success() {
+                ClientError::NoTpmChallenge
+            } else {
+                ClientError::from_answer(status.as_u16(), &headers, &answer)
+            });
+        }
+        let challenge: TpmChallenge = serde_json::from_slice(&answer)
+            .map_err(|_| ClientError::from_answer(401, &headers, &answer))?;
+        let blob = B64
+            .decode(challenge.authentication_key.trim())
+            .map_err(|e| ClientError::Tpm(format!("the challenge is not base64: {e}")))?;
+        tpm.import_key(&blob).map_err(ClientError::Tpm)?;
+        let expiry = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0) + 3600;
+        let resource = format!("{}/registrations/{id}", self.id_scope);
+        let signature = tpm
+            .sign(format!("{resource}\n{expiry}").as_bytes())
+            .map_err(ClientError::Tpm)?;
+        let token = token_with_signature(&resource, &signature, Some(&challenge.key_name), expiry);
+        let done = self.follow(id, body, Some(token.expose_secret())).await?;
+        if let Some(hub) = done
+            .registration_state
+            .as_ref()
+            .and_then(|s| s.tpm.as_ref())
+        {
+            let blob = B64
+                .decode(hub.authentication_key.trim())
+                .map_err(|e| ClientError::Tpm(format!("the hub key is not base64: {e}")))?;
+            tpm.import_key(&blob).map_err(ClientError::Tpm)?;
+        }
+        Ok(done)
+    }
+
+    /// Sends the register call and polls its operation to the end.
+    async fn follow(
+        &self,
+        id: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> Result<RegistrationOperationStatus, ClientError> {
+        let deadline = Instant::now() + self.opts.max_wait;
         let mut attempts = 0u32;
         let mut request = (Method::PUT, self.url(id, "register"), body);
         loop {
             attempts += 1;
             let (method, url, body) = request.clone();
-            let (answer, wait) = match self.send(method, &url, id, body).await {
+            let (answer, wait) = match self.call(method, &url, token, body).await {
                 Ok(a) => a,
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     let wait = e.retry_after().unwrap_or(self.opts.default_poll);

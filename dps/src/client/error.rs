@@ -41,6 +41,14 @@ pub enum ClientError {
         /// How long the client waited.
         waited: Duration,
     },
+    /// The unit's TPM failed (the challenge's import, or signing).
+    #[error("the unit's TPM: {0}")]
+    Tpm(String),
+    /// A TPM unit's first register call was not answered with a challenge.
+    #[error(
+        "the service answered a TPM unit's first call without a challenge (HTTP 401 with an authenticationKey)"
+    )]
+    NoTpmChallenge,
     /// Building the HTTP client failed.
     #[error("building the HTTP client failed")]
     Build(#[source] reqwest::Error),

@@ -16,8 +16,8 @@
 //! the hub is chosen again, and a move is `deviceDataMigrated` or `deviceDataReset`
 //! (`migrateDeviceData`); without it the unit keeps its hub. A disabled enrollment (or group)
 //! gives a record with status `disabled`, keeping the hub the unit had; a hub that cannot be
-//! chosen gives `failed` with the reason in `errorMessage`. TPM units (the nonce challenge of
-//! `shared/notes/dps-tpm.md`) are not served yet and get a 400 that says so.
+//! chosen gives `failed` with the reason in `errorMessage`. TPM units first get the nonce
+//! challenge (`device_tpm.rs`), over HTTPS only.
 
 use std::sync::Arc;
 
@@ -131,11 +131,6 @@ pub fn check_request(id: &str, request: &DeviceRegistration) -> Result<(), Servi
             format!("{body_id:?} in the body differs from {id:?} in the path"),
         ));
     }
-    if request.tpm.is_some() {
-        return Err(ServiceError::bad_request(
-            "TPM attestation (the nonce challenge) is not served by the local DPS service yet",
-        ));
-    }
     Ok(())
 }
 
@@ -176,6 +171,7 @@ pub fn register_unit(
             last_updated_date_time_utc: Some(now),
             etag: Some(operation_id.clone()),
             payload: None,
+            tpm: None,
         };
         if !t.enabled {
             state.status = Some(RegistrationStatus::Disabled);
@@ -255,8 +251,14 @@ pub fn operation_status(
             ),
         ));
     };
-    let state: DeviceRegistrationState =
+    let mut state: DeviceRegistrationState =
         serde_json::from_slice(&row.json).map_err(|_| ServiceError::internal())?;
+    if state.status == Some(RegistrationStatus::Assigned) {
+        state.tpm = st
+            .tpm
+            .hub_key_blob(&key)
+            .map(|authentication_key| crate::wire::TpmAuthenticationKey { authentication_key });
+    }
     Ok(RegistrationOperationStatus {
         operation_id: operation_id.to_owned(),
         status: state.status.unwrap_or(RegistrationStatus::Assigning),
@@ -276,6 +278,13 @@ async fn register(
         raw.map_err(|e| ServiceError::bad_request(format!("reading the body failed: {e}")))?;
     let request = parse_request(&raw)?;
     check_request(&id, &request)?;
+    if let Some(tpm) = &request.tpm
+        && sas_of(&headers).is_none()
+    {
+        // A TPM unit's first call: the challenge (device_tpm.rs).
+        let challenge = super::device_tpm::challenge(&st, &id, tpm)?;
+        return json(StatusCode::UNAUTHORIZED, &challenge);
+    }
     let attested = authenticate(&st, &id, sas_of(&headers), &peer_of(peer))?;
     let mut answer = json(StatusCode::ACCEPTED, &register_unit(&st, &id, &attested)?)?;
     answer

@@ -46,6 +46,8 @@ pub enum Credential {
     X509,
     /// A SAS token.
     SymmetricKey,
+    /// A SAS token signed in the unit's TPM with the key of its challenge.
+    Tpm,
 }
 
 /// The outcome of authentication.
@@ -74,6 +76,7 @@ pub fn authenticate(
     peer: &PeerCerts,
 ) -> Result<Attested, ServiceError> {
     let key = registration_id.to_ascii_lowercase();
+    let tpm_key = st.tpm.key_for(&key);
     st.store.read(|tx| {
         let individual: Option<IndividualEnrollment> = tx
             .get(Table::Enrollments, &key)?
@@ -82,7 +85,14 @@ pub fn authenticate(
             .map_err(|_| ServiceError::internal())?;
         match peer.leaf() {
             Some(leaf) => x509(tx, registration_id, individual, leaf, peer.intermediates()),
-            None => sas(tx, &st.id_scope, registration_id, sas_token, individual),
+            None => sas(
+                tx,
+                &st.id_scope,
+                registration_id,
+                sas_token,
+                individual,
+                tpm_key,
+            ),
         }
     })
 }
@@ -250,6 +260,7 @@ fn sas(
     registration_id: &str,
     sas_token: Option<&str>,
     individual: Option<IndividualEnrollment>,
+    tpm_key: Option<SharedAccessKey>,
 ) -> Result<Attested, ServiceError> {
     let text = sas_token.filter(|t| !t.is_empty()).ok_or_else(|| {
         refuse("no credential: neither a client certificate nor a SAS token (Authorization header or MQTT password)")
@@ -277,21 +288,35 @@ fn sas(
     };
     let expired = |e: SasError| refuse(format!("the SAS token was refused: {e}"));
     if let Some(e) = individual {
-        let sk = e.attestation.symmetric_key.as_ref();
-        let ks = keys(
-            sk.and_then(|s| s.primary_key.as_ref()),
-            sk.and_then(|s| s.secondary_key.as_ref()),
-        );
-        if e.attestation.kind != AttestationType::SymmetricKey {
-            return Err(refuse(format!(
-                "the individual enrollment {registration_id} uses {} attestation, not a symmetric key",
-                e.attestation.kind.as_str()
-            )));
-        }
+        let (ks, credential) = match e.attestation.kind {
+            AttestationType::SymmetricKey => {
+                let sk = e.attestation.symmetric_key.as_ref();
+                let ks = keys(
+                    sk.and_then(|s| s.primary_key.as_ref()),
+                    sk.and_then(|s| s.secondary_key.as_ref()),
+                );
+                (ks, Credential::SymmetricKey)
+            }
+            AttestationType::Tpm => match tpm_key {
+                Some(k) => (vec![k], Credential::Tpm),
+                None => {
+                    return Err(refuse(format!(
+                        "no TPM challenge is pending for {registration_id}: register with the \
+                         endorsement and storage root keys and no token first"
+                    )));
+                }
+            },
+            other => {
+                return Err(refuse(format!(
+                    "the individual enrollment {registration_id} uses {} attestation, not a SAS token",
+                    other.as_str()
+                )));
+            }
+        };
         return match check(&ks) {
             Some(Ok(())) => Ok(Attested {
                 matched: Matched::Individual(Box::new(e)),
-                credential: Credential::SymmetricKey,
+                credential,
             }),
             Some(Err(err)) => Err(expired(err)),
             None => Err(refuse(format!(

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod device;
 pub mod device_auth;
+pub mod device_tpm;
 pub mod enrollments;
 pub mod error;
 pub mod files;
@@ -242,6 +243,7 @@ impl Server {
             latency: opts.latency,
             faults: opts.faults,
             ops_pending: Default::default(),
+            tpm: Default::default(),
         });
         Ok(Self {
             listener,

@@ -284,7 +284,14 @@ fn answer(
     let rid = property(&p.topic, "$rid").unwrap_or_default().to_owned();
     let outcome = if p.topic.starts_with(REGISTER) {
         device::parse_request(&p.payload)
-            .and_then(|r| device::check_request(id, &r))
+            .and_then(|r| {
+                if r.tpm.is_some() {
+                    return Err(ServiceError::bad_request(
+                        "TPM attestation is served over HTTPS only (as in Azure DPS), not MQTT",
+                    ));
+                }
+                device::check_request(id, &r)
+            })
             // The enrollment may have changed since CONNECT: authenticate again.
             .and_then(|()| authenticate(st, id, password, peer))
             .and_then(|a| device::register_unit(st, id, &a))

@@ -26,4 +26,6 @@ pub struct AppState {
     pub faults: Arc<super::gate::Faults>,
     /// Completed operations not yet added to `operations_daily`.
     pub ops_pending: AtomicU64,
+    /// TPM challenges sent and not yet answered.
+    pub tpm: super::device_tpm::TpmChallenges,
 }

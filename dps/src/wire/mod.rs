@@ -34,7 +34,7 @@ pub use group::EnrollmentGroup;
 pub use query::{ItemType, QuerySpecification};
 pub use registration::{
     DeviceRegistration, DeviceRegistrationState, RegistrationOperationStatus, RegistrationStatus,
-    RegistrationSubstatus,
+    RegistrationSubstatus, TpmAuthenticationKey, TpmChallenge,
 };
 pub use secret::KeyText;
 pub use twin::{InitialTwin, InitialTwinProperties};

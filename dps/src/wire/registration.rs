@@ -71,6 +71,28 @@ pub struct DeviceRegistrationState {
     /// Custom payload returned to the device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// TPM units, in the device API's answer only: the key for the unit's hub, as a blob only
+    /// its TPM can import (never stored in the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmAuthenticationKey>,
+}
+
+/// A key for a unit's TPM: base64 of the `authenticationKey` blob (`crate::tpm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmAuthenticationKey {
+    /// The blob, base64.
+    pub authentication_key: String,
+}
+
+/// The device API's answer (HTTP 401) to a TPM unit's first register call: the challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TpmChallenge {
+    /// The blob, base64.
+    pub authentication_key: String,
+    /// The `skn` of the unit's SAS token.
+    pub key_name: String,
 }
 
 impl RegistrationStatus {

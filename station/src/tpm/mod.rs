@@ -6,6 +6,7 @@
 //! template differs from the TCG one, so a re-created key could differ from what DPS sees.
 
 pub mod config;
+pub mod dps_unit;
 pub mod ek_cert;
 pub mod enrollment;
 mod genuine;

@@ -211,7 +211,7 @@ pub fn probe(tcti: &str, timeout: Duration) -> Result<TpmProperties, TpmError> {
     }
 }
 
-fn connect(tcti: &str) -> Result<Context, TpmError> {
+pub(super) fn connect(tcti: &str) -> Result<Context, TpmError> {
     let conf = TctiNameConf::from_str(tcti).map_err(|source| TpmError::ParseTcti {
         tcti: tcti.to_owned(),
         source,
@@ -383,7 +383,7 @@ pub(super) fn list_handles_paged(
     Ok(out)
 }
 
-fn read_persistent(ctx: &mut Context, handle: u32) -> Result<PublicArea, TpmError> {
+pub(super) fn read_persistent(ctx: &mut Context, handle: u32) -> Result<PublicArea, TpmError> {
     let read_err = |source| TpmError::ReadKey { handle, source };
     let tpm_handle = PersistentTpmHandle::new(handle).map_err(read_err)?;
     let mut obj = ctx
@@ -452,7 +452,7 @@ pub fn srk_template() -> Result<Public, tss_esapi::Error> {
         .build()
 }
 
-fn create_srk(ctx: &mut Context) -> Result<PublicArea, TpmError> {
+pub(super) fn create_srk(ctx: &mut Context) -> Result<PublicArea, TpmError> {
     let template = srk_template().map_err(TpmError::CreateSrk)?;
     let created = ctx
         .execute_with_session(Some(AuthSession::Password), |c| {

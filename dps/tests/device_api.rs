@@ -9,34 +9,19 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps::RegistrationId;
 use dps::client::ClientError;
 use dps::client::device::{DeviceClient, DeviceCredential, DeviceOptions};
 use dps::sas::{SharedAccessKey, derive_device_key, generate_token};
 use dps::wire::{
-    AllocationPolicy, AttestationMechanism, EnrollmentGroup, IndividualEnrollment, KeyText,
+    AllocationPolicy, AttestationMechanism, EnrollmentGroup, IndividualEnrollment,
     ProvisioningStatus, RegistrationStatus, RegistrationSubstatus, ReprovisionPolicy,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::KeyPair;
 use secrecy::{ExposeSecret as _, SecretBox};
-use support::Service;
+use support::{Service, ca, leaf, new_key, rid, sym};
 
 const HUB_A: &str = "hub-a.example.test";
 const HUB_B: &str = "hub-b.example.test";
-
-fn rid(s: &str) -> RegistrationId {
-    RegistrationId::new(s).unwrap()
-}
-
-fn scope(svc: &Service) -> String {
-    std::fs::read_to_string(svc.dir.join("id-scope"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 fn options(svc: &Service) -> DeviceOptions {
     DeviceOptions {
@@ -49,7 +34,7 @@ fn options(svc: &Service) -> DeviceOptions {
 fn device(svc: &Service, credential: DeviceCredential) -> DeviceClient {
     DeviceClient::new(
         &format!("localhost:{}", svc.port),
-        &scope(svc),
+        &svc.id_scope(),
         credential,
         options(svc),
     )
@@ -60,17 +45,6 @@ fn key(b64: &str) -> SharedAccessKey {
     SharedAccessKey::from_base64(b64).unwrap()
 }
 
-fn new_key() -> String {
-    SharedAccessKey::generate()
-        .to_base64()
-        .expose_secret()
-        .to_owned()
-}
-
-fn sym(primary: &str, secondary: &str) -> AttestationMechanism {
-    AttestationMechanism::symmetric_key(Some(KeyText::new(primary)), Some(KeyText::new(secondary)))
-}
-
 /// The service's answer to a refused call: (HTTP status, message).
 fn refused(e: ClientError) -> (u16, String) {
     match e {
@@ -79,40 +53,6 @@ fn refused(e: ClientError) -> (u16, String) {
         } => (status, message),
         other => panic!("expected a service error, got {other:?}"),
     }
-}
-
-/// A CA certificate (self-signed when `issuer` is None) and its issuer handle.
-fn ca(cn: &str, issuer: Option<&Issuer<'static, KeyPair>>) -> (String, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.use_authority_key_identifier_extension = issuer.is_some();
-    let cert = match issuer {
-        Some(i) => p.signed_by(&key, i).unwrap(),
-        None => p.self_signed(&key).unwrap(),
-    };
-    (cert.pem(), Issuer::new(p, key))
-}
-
-/// A unit's leaf (CN = `cn`, EKU clientAuth) signed by `issuer`, or self-signed: (cert PEM,
-/// key PEM).
-fn leaf(cn: &str, issuer: Option<&Issuer<'static, KeyPair>>) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.use_authority_key_identifier_extension = issuer.is_some();
-    let cert = match issuer {
-        Some(i) => p.signed_by(&key, i).unwrap(),
-        None => p.self_signed(&key).unwrap(),
-    };
-    (cert.pem(), key.serialize_pem())
 }
 
 fn x509(chain: &[&str], key_pem: &str) -> DeviceCredential {
@@ -282,17 +222,17 @@ async fn refused_units_are_told_why_and_leave_no_record() {
     let http = svc.http();
     let url = svc.url(&format!(
         "/{}/registrations/unit-1/register?api-version=2019-03-31",
-        scope(&svc)
+        svc.id_scope()
     ));
     let now = chrono::Utc::now().timestamp();
     for (resource, expiry, want) in [
         (
-            format!("{}/registrations/unit-1", scope(&svc)),
+            format!("{}/registrations/unit-1", svc.id_scope()),
             u64::try_from(now - 60).unwrap(),
             "expired",
         ),
         (
-            format!("{}/registrations/unit-2", scope(&svc)),
+            format!("{}/registrations/unit-2", svc.id_scope()),
             u64::try_from(now + 600).unwrap(),
             "the SAS token is for",
         ),
@@ -430,7 +370,7 @@ async fn a_copied_certificate_without_its_key_does_not_get_through_the_handshake
         .unwrap();
     let url = svc.url(&format!(
         "/{}/registrations/victim-1/register?api-version=2019-03-31",
-        scope(&svc)
+        svc.id_scope()
     ));
     let other_key = KeyPair::generate().unwrap().serialize_pem();
     // The same client with the certificate's own key gets through (the control); with
@@ -584,12 +524,12 @@ async fn disabled_enrollments_reprovisioning_and_allocation_failures_give_their_
     let http = svc.http();
     let poll = svc.url(&format!(
         "/{}/registrations/fleet-3/operations/{}?api-version=2019-03-31",
-        scope(&svc),
+        svc.id_scope(),
         "0123456789abcdef0123456789abcdef"
     ));
     let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
     let token = generate_token(
-        &format!("{}/registrations/fleet-3", scope(&svc)),
+        &format!("{}/registrations/fleet-3", svc.id_scope()),
         &derive_device_key(&key(&group_key), "fleet-3"),
         None,
         expiry,
@@ -671,7 +611,7 @@ async fn tpm_units_are_challenged_and_only_the_tpm_holding_the_key_gets_through(
     let http = svc.http();
     let url = svc.url(&format!(
         "/{}/registrations/tpm-unit-1/register?api-version=2019-03-31",
-        scope(&svc)
+        svc.id_scope()
     ));
     let put = |ek: &[u8], token: Option<String>| {
         let mut r = http.put(&url).body(
@@ -688,7 +628,7 @@ async fn tpm_units_are_challenged_and_only_the_tpm_holding_the_key_gets_through(
     };
     // A signed call before any challenge: told to be challenged first.
     let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
-    let resource = format!("{}/registrations/tpm-unit-1", scope(&svc));
+    let resource = format!("{}/registrations/tpm-unit-1", svc.id_scope());
     let guess = generate_token(&resource, &key(&new_key()), Some("registration"), expiry)
         .expose_secret()
         .to_owned();

@@ -20,7 +20,7 @@ use rumqttc::mqttbytes::v4::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use secrecy::ExposeSecret as _;
-use support::Service;
+use support::{Service, leaf, new_key};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,20 +28,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 
 type Conn = Framed<TlsStream<TcpStream>, Codec>;
-
-fn scope(svc: &Service) -> String {
-    std::fs::read_to_string(svc.dir.join("id-scope"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn new_key() -> String {
-    SharedAccessKey::generate()
-        .to_base64()
-        .expose_secret()
-        .to_owned()
-}
 
 /// A TLS connection to the MQTT port, presenting `identity` (certificate PEM, key PEM).
 async fn tls(svc: &Service, identity: Option<(&str, &str)>) -> TlsStream<TcpStream> {
@@ -100,7 +86,7 @@ async fn connect(
     connect.login = Some(Login::new(
         format!(
             "{}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=test%2F1",
-            scope(svc)
+            svc.id_scope()
         ),
         password.unwrap_or(""),
     ));
@@ -192,7 +178,7 @@ async fn units_register_over_mqtt_with_a_sas_password_or_a_client_certificate() 
     .unwrap();
     // SAS: the Python SDK's form (sr percent-encoded, no skn).
     let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
-    let sr = format!("{}%2Fregistrations%2Fmqtt-sym-1", scope(&svc));
+    let sr = format!("{}%2Fregistrations%2Fmqtt-sym-1", svc.id_scope());
     let token = generate_token(
         &sr,
         &SharedAccessKey::from_base64(&primary).unwrap(),
@@ -219,12 +205,7 @@ async fn units_register_over_mqtt_with_a_sas_password_or_a_client_certificate() 
     conn.send(Packet::Disconnect).await.unwrap();
 
     // X.509: no password, the certificate in the handshake.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "mqtt-x509-1");
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.self_signed(&key).unwrap().pem();
+    let (cert, key_pem) = leaf("mqtt-x509-1", None);
     c.create_or_update_enrollment(
         &IndividualEnrollment::new(
             RegistrationId::new("mqtt-x509-1").unwrap(),
@@ -234,7 +215,6 @@ async fn units_register_over_mqtt_with_a_sas_password_or_a_client_certificate() 
     )
     .await
     .unwrap();
-    let key_pem = key.serialize_pem();
     let (mut conn, code) = connect(
         &svc,
         "mqtt-x509-1",
@@ -275,7 +255,7 @@ async fn refused_connections_get_the_connack_codes_the_sdks_understand() {
     let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
     let token = |key: &str| {
         generate_token(
-            &format!("{}/registrations/mqtt-unit-1", scope(&svc)),
+            &format!("{}/registrations/mqtt-unit-1", svc.id_scope()),
             &SharedAccessKey::from_base64(key).unwrap(),
             Some("registration"),
             expiry,

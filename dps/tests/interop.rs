@@ -16,17 +16,13 @@ use std::process::Command;
 use dps::client::ServiceClient;
 use dps::sas::{SharedAccessKey, derive_device_key};
 use dps::wire::{
-    AllocationPolicy, AttestationMechanism, EnrollmentGroup, IndividualEnrollment, KeyText,
+    AllocationPolicy, AttestationMechanism, EnrollmentGroup, IndividualEnrollment,
     ProvisioningStatus, RegistrationStatus,
 };
-use dps::{DeviceId, EnrollmentGroupId, RegistrationId};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use dps::{DeviceId, EnrollmentGroupId};
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
-use support::{Service, cert_pem};
+use support::{Service, TestIssuer, ca, cert_pem, leaf, new_key, rid, sym};
 use tokio::runtime::Runtime;
 
 fn interop_dir() -> PathBuf {
@@ -96,67 +92,17 @@ fn official_node_service_client_works_against_the_local_service() {
 const HUB_A: &str = "hub-a.example.test";
 const HUB_B: &str = "hub-b.example.test";
 
-fn rid(s: &str) -> RegistrationId {
-    RegistrationId::new(s).unwrap()
-}
-
-fn new_key() -> String {
-    SharedAccessKey::generate()
-        .to_base64()
-        .expose_secret()
-        .to_owned()
-}
-
-fn sym(primary: &str, secondary: &str) -> AttestationMechanism {
-    AttestationMechanism::symmetric_key(Some(KeyText::new(primary)), Some(KeyText::new(secondary)))
-}
-
-/// A self-signed CA certificate in PEM and the handle to sign leaves with.
-fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let pem = p.self_signed(&key).unwrap().pem();
-    (pem, Issuer::new(p, key))
-}
-
 /// A unit's leaf (CN = `cn`, EKU clientAuth), signed by `issuer` or self-signed, written with
 /// its key to `dir`: (cert PEM, cert file, key file).
-fn leaf(
-    dir: &Path,
-    cn: &str,
-    issuer: Option<&Issuer<'static, KeyPair>>,
-) -> (String, PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.use_authority_key_identifier_extension = issuer.is_some();
-    let cert = match issuer {
-        Some(i) => p.signed_by(&key, i).unwrap(),
-        None => p.self_signed(&key).unwrap(),
-    };
+fn leaf_files(dir: &Path, cn: &str, issuer: Option<&TestIssuer>) -> (String, PathBuf, PathBuf) {
+    let (cert, key) = leaf(cn, issuer);
     let (cert_file, key_file) = (
         dir.join(format!("{cn}.cert.pem")),
         dir.join(format!("{cn}.key.pem")),
     );
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (cert.pem(), cert_file, key_file)
-}
-
-/// The ID scope of `svc`.
-fn id_scope(svc: &Service) -> String {
-    std::fs::read_to_string(svc.dir.join("id-scope"))
-        .unwrap()
-        .trim()
-        .to_owned()
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    (cert, cert_file, key_file)
 }
 
 /// A symmetric-key individual enrollment for `id` with fresh keys, after `edit`; returns its
@@ -200,7 +146,7 @@ fn symmetric_group_unit(
 /// An X.509 individual enrollment for `id` with a self-signed leaf written to `dir`:
 /// (cert file, key file).
 fn enroll_x509(rt: &Runtime, c: &ServiceClient, dir: &Path, id: &str) -> (PathBuf, PathBuf) {
-    let (cert, cert_file, key_file) = leaf(dir, id, None);
+    let (cert, cert_file, key_file) = leaf_files(dir, id, None);
     rt.block_on(c.create_or_update_enrollment(
         &IndividualEnrollment::new(rid(id), AttestationMechanism::x509_client(cert)),
         None,
@@ -243,7 +189,7 @@ fn run_node_device_client(
         .current_dir(dir)
         .env("DPS_TRANSPORT", transport)
         .env("DPS_HOST", format!("localhost:{port}"))
-        .env("DPS_ID_SCOPE", id_scope(svc))
+        .env("DPS_ID_SCOPE", svc.id_scope())
         .env("DPS_CA_FILE", svc.dir.join("ca.pem"))
         .env("DPS_DEVICE_UNITS", units.to_string())
         .output()
@@ -325,7 +271,7 @@ fn official_node_device_client_registers_units_over_https_against_the_local_serv
     // An X.509 individual enrollment with a self-signed leaf.
     let (x509_cert, x509_key) = enroll_x509(&rt, &c, tmp.path(), "node-x509-1");
     // An X.509 group whose signing certificate is the CA of its unit's leaf.
-    let (ca_pem, issuer) = ca("Node Interop Line CA");
+    let (ca_pem, issuer) = ca("Node Interop Line CA", None);
     rt.block_on(c.create_or_update_group(
         &EnrollmentGroup::new(
             EnrollmentGroupId::new("node-x509-line").unwrap(),
@@ -334,7 +280,7 @@ fn official_node_device_client_registers_units_over_https_against_the_local_serv
         None,
     ))
     .unwrap();
-    let (_, grp_cert, grp_key) = leaf(tmp.path(), "node-x509-grp-1", Some(&issuer));
+    let (_, grp_cert, grp_key) = leaf_files(tmp.path(), "node-x509-grp-1", Some(&issuer));
     // Two units to refuse: a wrong key, and a disabled enrollment (with the right key).
     enroll_symmetric(&rt, &c, "node-wrong-key-1", |_| {});
     let disabled_key = enroll_symmetric(&rt, &c, "node-disabled-1", |e| {
@@ -522,7 +468,7 @@ fn official_python_device_client_registers_units_over_mqtt_against_the_local_ser
     let out = Command::new(&python)
         .arg(interop_dir().join("device-client.py"))
         .env("DPS_MQTT_PORT", svc.mqtt_port.unwrap().to_string())
-        .env("DPS_ID_SCOPE", id_scope(&svc))
+        .env("DPS_ID_SCOPE", svc.id_scope())
         .env("DPS_CA_FILE", svc.dir.join("ca.pem"))
         .env("DPS_DEVICE_UNITS", units.to_string())
         .output()

@@ -30,7 +30,6 @@
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const https = require('node:https');
 const path = require('node:path');
 // `dps serve` listens on 127.0.0.1 and names itself `localhost`. Node 18 (Debian 12) resolves
 // localhost to ::1 first and, unlike Node 20, does not fall back to IPv4 on its own.
@@ -58,31 +57,7 @@ function requireVia(...chain) {
   return require(file);
 }
 
-// The SDK hands `host:port` to https.request as the host name; move the port where Node
-// expects it (dps-wire.md section 1). Counts the TLS connections it opens and how many of
-// them resumed an earlier session.
-class HostPortAgent extends https.Agent {
-  constructor(options) {
-    super(options);
-    this.tlsStats = { connections: 0, resumed: 0 };
-  }
-
-  createConnection(options, cb) {
-    const o = Object.assign({}, options);
-    const m = /^(.*):(\d+)$/.exec(o.host || '');
-    if (m) {
-      o.host = m[1];
-      o.port = Number(m[2]);
-      o.servername = m[1];
-    }
-    const socket = super.createConnection(o, cb);
-    this.tlsStats.connections++;
-    socket.once('secureConnect', () => {
-      if (socket.isSessionReused()) this.tlsStats.resumed++;
-    });
-    return socket;
-  }
-}
+const { HostPortAgent } = require('./host-port-agent');
 
 function securityClient(unit) {
   switch (unit.kind) {

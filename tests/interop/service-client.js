@@ -9,7 +9,6 @@
 
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const https = require('node:https');
 const path = require('node:path');
 // `dps serve` listens on 127.0.0.1 and names itself `localhost`. Node 18 (Debian 12) resolves
 // localhost to ::1 first and, unlike Node 20, does not fall back to IPv4 on its own.
@@ -28,20 +27,7 @@ const env = (n) => {
   return v;
 };
 
-// The SDK hands `host:port` to https.request as the host name; move the port where
-// Node expects it (dps-wire.md section 1).
-class HostPortAgent extends https.Agent {
-  createConnection(options, cb) {
-    const o = Object.assign({}, options);
-    const m = /^(.*):(\d+)$/.exec(o.host || '');
-    if (m) {
-      o.host = m[1];
-      o.port = Number(m[2]);
-      o.servername = m[1];
-    }
-    return super.createConnection(o, cb);
-  }
-}
+const { HostPortAgent } = require('./host-port-agent');
 
 function makeClient() {
   const cs = env('DPS_CONNECTION_STRING');

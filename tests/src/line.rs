@@ -352,6 +352,30 @@ impl LineRig {
 }
 
 impl LineRig {
+    /// The demo line ([`LineRig::demo_line`]) with an uploader polling every 200 ms, a
+    /// `station serve` on it, and `line-sim` run through `units` units (unit tokens made with
+    /// PIN 864209), which must all pass. The station keeps serving.
+    pub fn run_demo_lot(&self, badge: &str, units: i64) -> StationServe {
+        const UNIT_PIN: &str = "864209";
+        self.demo_line(badge);
+        self.config(
+            "60-upload.toml",
+            "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n",
+        );
+        let serve = StationServe::start(self, &[("UNIT_SE_PIN", UNIT_PIN)]);
+        let out = self
+            .line_sim(units, badge, UNIT_PIN)
+            .output()
+            .expect("line-sim");
+        assert!(
+            out.status.success(),
+            "line-sim: {}\nstation log:\n{}",
+            crate::text(&out),
+            serve.log_text()
+        );
+        serve
+    }
+
     /// `line-sim` for the demo line ([`LineRig::demo_line`]): `units` units at zero wire
     /// delay, scanned in by the operator with `badge`, unit tokens made with `unit_pin`, its
     /// work under the rig's directory. Add arguments, then run it.

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use station_e2e::line::{LineRig, StationServe, wait_until};
+use station_e2e::line::{LineRig, wait_until};
 use station_e2e::{bin, text};
 
 const UNITS: i64 = 12;
@@ -45,19 +45,7 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
         )
         .unwrap();
     }
-    rig.demo_line(badge);
-    rig.config(
-        "60-upload.toml",
-        "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n",
-    );
-    let serve = StationServe::start(&rig, &[("UNIT_SE_PIN", "864209")]);
-    let out = rig.line_sim(UNITS, badge, "864209").output().unwrap();
-    assert!(
-        out.status.success(),
-        "line-sim: {}\nstation log:\n{}",
-        text(&out),
-        serve.log_text()
-    );
+    let serve = rig.run_demo_lot(badge, UNITS);
     let offline_rows = format!(
         "SELECT count(*) FROM outbox WHERE destination = 'dps:{OFFLINE}' AND state = 'pending'"
     );

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use dps::RegistrationId;
 use dps::wire::{ProvisioningStatus, RegistrationStatus};
-use station_e2e::line::{LineRig, StationServe, poll_until};
+use station_e2e::line::{LineRig, poll_until};
 use station_e2e::{bin, text};
 
 const UNITS: i64 = 8;
@@ -40,19 +40,7 @@ fn unit_register(rig: &LineRig, dirs: &[&Path]) -> std::process::Output {
 fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
     let rig = LineRig::new();
     let badge = "BADGE-7301-alice";
-    rig.demo_line(badge);
-    rig.config(
-        "60-upload.toml",
-        "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n",
-    );
-    let serve = StationServe::start(&rig, &[("UNIT_SE_PIN", "864209")]);
-    let out = rig.line_sim(UNITS, badge, "864209").output().unwrap();
-    assert!(
-        out.status.success(),
-        "line-sim: {}\nstation log:\n{}",
-        text(&out),
-        serve.log_text()
-    );
+    let _serve = rig.run_demo_lot(badge, UNITS);
     let uploaded = poll_until(120, || {
         rig.db()
             .query_row(

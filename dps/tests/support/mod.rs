@@ -109,6 +109,14 @@ impl Service {
         token_for(&self.connection_string(), 3600)
     }
 
+    /// Its ID scope.
+    pub fn id_scope(&self) -> String {
+        std::fs::read_to_string(self.dir.join("id-scope"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     /// Stops the service (SIGTERM) and waits for it.
     pub fn stop(mut self) {
         self.terminate();
@@ -193,4 +201,62 @@ pub fn cert_pem(cn: &str, ca: bool) -> String {
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     }
     p.self_signed(&key).unwrap().pem()
+}
+
+/// A registration ID.
+pub fn rid(s: &str) -> dps::RegistrationId {
+    dps::RegistrationId::new(s).unwrap()
+}
+
+/// A fresh symmetric key, base64.
+pub fn new_key() -> String {
+    secrecy::ExposeSecret::expose_secret(&dps::sas::SharedAccessKey::generate().to_base64())
+        .to_owned()
+}
+
+/// A symmetric-key attestation with these keys.
+pub fn sym(primary: &str, secondary: &str) -> dps::wire::AttestationMechanism {
+    dps::wire::AttestationMechanism::symmetric_key(
+        Some(dps::wire::KeyText::new(primary)),
+        Some(dps::wire::KeyText::new(secondary)),
+    )
+}
+
+/// A certificate issuer of the tests.
+pub type TestIssuer = rcgen::Issuer<'static, rcgen::KeyPair>;
+
+/// A CA certificate (self-signed when `issuer` is None) and its issuer handle.
+pub fn ca(cn: &str, issuer: Option<&TestIssuer>) -> (String, TestIssuer) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.use_authority_key_identifier_extension = issuer.is_some();
+    let cert = match issuer {
+        Some(i) => p.signed_by(&key, i).unwrap(),
+        None => p.self_signed(&key).unwrap(),
+    };
+    (cert.pem(), rcgen::Issuer::new(p, key))
+}
+
+/// A unit's leaf (CN = `cn`, EKU clientAuth) signed by `issuer`, or self-signed: (cert PEM,
+/// key PEM).
+pub fn leaf(cn: &str, issuer: Option<&TestIssuer>) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = issuer.is_some();
+    let cert = match issuer {
+        Some(i) => p.signed_by(&key, i).unwrap(),
+        None => p.self_signed(&key).unwrap(),
+    };
+    (cert.pem(), key.serialize_pem())
 }

@@ -36,11 +36,52 @@ fn unit_register(rig: &LineRig, dirs: &[&Path]) -> std::process::Output {
         .unwrap()
 }
 
+/// The web page of `serial` with DPS asked (`?dps=1`), signed in as eve.
+fn web_unit_page(rig: &LineRig, serial: &str) -> String {
+    let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
+    let url = url.trim().trim_end_matches('/');
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let signed_in = http
+                .post(format!("{url}/login"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body("user=eve&password=field-check-pw-1")
+                .send()
+                .await
+                .unwrap();
+            let cookie = signed_in
+                .headers()
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|c| c.split(';').next())
+                .expect("a session cookie")
+                .to_owned();
+            http.get(format!("{url}/units/{serial}?dps=1"))
+                .header("Cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+}
+
 #[test]
 fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
     let rig = LineRig::new();
     let badge = "BADGE-7301-alice";
-    let _serve = rig.run_demo_lot(badge, UNITS);
+    // The web UI too: an engineer looks the unit up there.
+    rig.config("70-web.toml", "[web]\nlisten = \"127.0.0.1:0\"\n");
+    rig.add_user("eve", "supervisor", Some("field-check-pw-1"), None);
+    let serve = rig.run_demo_lot(badge, UNITS);
     let uploaded = poll_until(120, || {
         rig.db()
             .query_row(
@@ -127,6 +168,14 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
     }
 
     let after = shown(first_serial);
+    // The unit's web page asks DPS on request and says the same.
+    serve.wait_logged("web UI listening", 60);
+    let page = web_unit_page(&rig, first_serial);
+    assert!(
+        page.contains("local: assigned to hub-")
+            && page.contains(&format!("as device {first_rid} (initialAssignment)")),
+        "{page}"
+    );
     assert!(
         after.starts_with("DPS registration local: assigned to hub-")
             && after.contains(&format!("as device {first_rid} (initialAssignment), last ")),

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::{Args, Subcommand};
 
 use super::{ActorArg, CliError, Context};
+use crate::dps_target::registration::registration_lines;
 use crate::line::report;
 use crate::line::serve::{self, ServeError};
 use crate::line::setup::LineSetup;
@@ -296,7 +297,7 @@ pub fn provision(ctx: &Context, args: &ProvisionArgs) -> Result<ExitCode, CliErr
 }
 
 /// What each DPS target the unit was enrolled with holds as its registration record, one line
-/// per target. One attempt each: an unreachable DPS is reported, not waited for.
+/// per target.
 fn dps_registration(
     ctx: &Context,
     cfg: &crate::config::Config,
@@ -305,61 +306,21 @@ fn dps_registration(
     let Some(rid) = r.unit.registration_id.as_deref() else {
         return vec!["- (the unit has no registration ID)".into()];
     };
-    let mut targets: Vec<&str> = r.enrollments.iter().map(|e| e.target.as_str()).collect();
-    targets.dedup();
+    let targets = r.dps_targets();
     if targets.is_empty() {
         return vec!["- (the unit was not enrolled)".into()];
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
-        Err(e) => return vec![format!("- could not be asked: {e}")],
-    };
-    let id = match dps::RegistrationId::new(rid) {
-        Ok(id) => id,
-        Err(e) => return vec![format!("- {rid} is not a DPS registration ID: {e}")],
-    };
-    targets
-        .into_iter()
-        .map(|target| {
-            let client = match crate::dps_target::client_with(&ctx.home, cfg, target, |o| {
-                o.retry.max_attempts = 1;
-            }) {
-                Ok(c) => c,
-                Err(e) => return format!("{target}: not asked: {}", error_text(&e)),
-            };
-            match rt.block_on(client.get_registration_state(&id)) {
-                Ok(rec) => {
-                    let status = rec.status.map_or("unknown", |s| s.as_str());
-                    let mut line = format!("{target}: {status}");
-                    if let Some(hub) = &rec.assigned_hub {
-                        line.push_str(&format!(
-                            " to {hub} as device {}",
-                            rec.device_id.as_deref().unwrap_or("?")
-                        ));
-                    }
-                    if let Some(sub) = rec.substatus.and_then(|s| serde_json::to_value(s).ok())
-                        && let Some(sub) = sub.as_str()
-                    {
-                        line.push_str(&format!(" ({sub})"));
-                    }
-                    if let Some(at) = rec.last_updated_date_time_utc {
-                        line.push_str(&format!(", last {}", at.format("%Y-%m-%d %H:%M:%S UTC")));
-                    }
-                    if let Some(m) = &rec.error_message {
-                        line.push_str(&format!(": {m}"));
-                    }
-                    line
-                }
-                Err(e) if e.status() == Some(404) => {
-                    format!("{target}: none: {rid} has not registered yet")
-                }
-                Err(e) => format!("{target}: could not be read: {}", error_text(&e)),
-            }
-        })
-        .collect()
+        Ok(rt) => rt
+            .block_on(registration_lines(&ctx.home, cfg, rid, &targets))
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        Err(e) => vec![format!("- could not be asked: {e}")],
+    }
 }
 
 /// `station unit ...`

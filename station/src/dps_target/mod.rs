@@ -1,5 +1,7 @@
 //! DPS targets: the `[dps.targets.NAME]` sections turned into service clients.
 
+pub mod registration;
+
 use std::time::Duration;
 
 use dps::client::{ClientOptions, ServiceClient};

@@ -25,6 +25,17 @@ pub struct UnitReport {
     pub uploads: Vec<String>,
 }
 
+impl UnitReport {
+    /// The DPS targets the unit was enrolled with, each once.
+    #[must_use]
+    pub fn dps_targets(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.enrollments.iter().map(|e| e.target.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+}
+
 /// A certificate issued to a unit.
 #[derive(Debug)]
 pub struct CertificateLine {

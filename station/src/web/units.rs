@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::session::SignedIn;
 use super::{WebError, WebState, path_segment};
+use crate::dps_target::registration::{RegistrationLine, registration_lines};
 use crate::line::report::{self, UnitListRow, UnitReport};
 
 #[derive(Template, WebTemplate)]
@@ -32,6 +33,15 @@ struct UnitPage {
     user: String,
     role: String,
     r: UnitReport,
+    /// DPS's registration record of the unit, when asked for (`?dps=1`).
+    dps: Option<Vec<RegistrationLine>>,
+}
+
+/// `?dps=1`: also ask DPS for the unit's registration record.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UnitShowQuery {
+    #[serde(default)]
+    dps: Option<String>,
 }
 
 /// The search box and filter.
@@ -80,10 +90,11 @@ pub async fn list(
     .into_response())
 }
 
-/// `GET /units/SERIAL`
+/// `GET /units/SERIAL[?dps=1]`
 pub async fn show(
     State(state): State<Arc<WebState>>,
     Path(serial): Path<String>,
+    Query(query): Query<UnitShowQuery>,
     who: SignedIn,
 ) -> Result<Response, WebError> {
     let wanted = serial.clone();
@@ -95,10 +106,17 @@ pub async fn show(
                 "No unit with serial {serial} in this station's records."
             ))
         })?;
+    let dps = match (query.dps.as_deref(), r.unit.registration_id.as_deref()) {
+        (Some(_), Some(rid)) => Some(
+            registration_lines(&state.setup.home, &state.setup.cfg, rid, &r.dps_targets()).await,
+        ),
+        _ => None,
+    };
     Ok(UnitPage {
         user: who.user,
         role: who.role.to_string(),
         r,
+        dps,
     }
     .into_response())
 }

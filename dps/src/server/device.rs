@@ -17,7 +17,8 @@
 //! (`migrateDeviceData`); without it the unit keeps its hub. A disabled enrollment (or group)
 //! gives a record with status `disabled`, keeping the hub the unit had; a hub that cannot be
 //! chosen gives `failed` with the reason in `errorMessage`. TPM units first get the nonce
-//! challenge (`device_tpm.rs`), over HTTPS only.
+//! challenge (`device_tpm.rs`), over HTTPS only. A request's `payload` is accepted and not
+//! used: only custom allocation (a webhook, not served here) would read it.
 
 use std::sync::Arc;
 
@@ -64,8 +65,8 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Result<Response, 
         .into_response())
 }
 
-/// The path's scope and registration ID, checked; the ID's lower-case key.
-pub fn target(st: &AppState, scope: &str, id: &str) -> Result<String, ServiceError> {
+/// Checks the path's ID scope (this service's) and registration ID (DPS's rules).
+pub fn target(st: &AppState, scope: &str, id: &str) -> Result<(), ServiceError> {
     if !scope.eq_ignore_ascii_case(&st.id_scope) {
         return Err(ServiceError::not_found(format!(
             "ID scope {scope} is not this service's ({})",
@@ -73,7 +74,7 @@ pub fn target(st: &AppState, scope: &str, id: &str) -> Result<String, ServiceErr
         )));
     }
     RegistrationId::new(id)
-        .map(|r| r.canonical())
+        .map(|_| ())
         .map_err(|e| ServiceError::invalid("registrationId", e))
 }
 

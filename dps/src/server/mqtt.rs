@@ -218,7 +218,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let password = password.filter(|p| !p.is_empty());
     if let Err(e) = device::target(st, scope, &id)
-        .and_then(|_| authenticate(st, &id, password, peer).map(|_| ()))
+        .and_then(|()| authenticate(st, &id, password, peer).map(|_| ()))
     {
         tracing::info!(registration_id = %id, reason = e.message(), "MQTT CONNECT refused");
         return send(&mut f, refuse(ConnectReturnCode::NotAuthorized)).await;

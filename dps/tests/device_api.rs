@@ -666,3 +666,75 @@ async fn tpm_units_are_challenged_and_only_the_tpm_holding_the_key_gets_through(
     );
     no_record(&svc, "tpm-unit-1").await;
 }
+
+#[tokio::test]
+async fn malformed_calls_are_refused_with_a_reason_and_a_throttled_unit_waits_and_registers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let svc = Service::start_in(&dir, &["--link-hub", HUB_A]);
+    let primary = new_key();
+    svc.client()
+        .create_or_update_enrollment(
+            &IndividualEnrollment::new(rid("busy-1"), sym(&primary, &new_key())),
+            None,
+        )
+        .await
+        .unwrap();
+    svc.stop();
+    // Back on the same data, answering its first call 429 with Retry-After 1 s, as a busy
+    // DPS does: the unit waits that long and registers.
+    let svc = Service::start_in(
+        &dir,
+        &[
+            "--link-hub",
+            HUB_A,
+            "--throttle-next",
+            "1",
+            "--throttle-retry-after",
+            "1",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let done = device(&svc, DeviceCredential::SymmetricKey(key(&primary)))
+        .register(&rid("busy-1"), None)
+        .await
+        .unwrap();
+    assert_eq!(done.status, RegistrationStatus::Assigned);
+    // It waited out the Retry-After (and the poll's), not less.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let http = svc.http();
+    let put = |id: &str, body: &'static str| {
+        http.put(svc.url(&format!(
+            "/{}/registrations/{id}/register?api-version=2019-03-31",
+            svc.id_scope()
+        )))
+        .body(body)
+        .send()
+    };
+    let r = put("busy-1", "{not json").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("the body is not a registration")
+    );
+    let r = put("bad%20id!", "{}").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("registrationId"));
+    // Nothing was changed by the refused calls: the record is the one registration made.
+    let rec = svc
+        .client()
+        .get_registration_state(&rid("busy-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rec.etag.as_deref(),
+        done.registration_state.unwrap().etag.as_deref()
+    );
+}

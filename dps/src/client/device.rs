@@ -238,16 +238,31 @@ impl DeviceClient {
             payload,
         })
         .map_err(ClientError::Encode)?;
-        let (status, headers, answer) = self
-            .send(Method::PUT, &self.url(id, "register"), None, body.clone())
-            .await?;
-        if status.as_u16() != 401 {
-            return Err(if status.is_success() {
-                ClientError::NoTpmChallenge
-            } else {
-                ClientError::from_answer(status.as_u16(), &headers, &answer)
-            });
-        }
+        // The challenge call, retried as the others on a throttled or unavailable service.
+        let deadline = Instant::now() + self.opts.max_wait;
+        let (headers, answer) = loop {
+            let sent = self
+                .send(Method::PUT, &self.url(id, "register"), None, body.clone())
+                .await;
+            let err = match sent {
+                Ok((status, headers, answer)) if status.as_u16() == 401 => {
+                    break (headers, answer);
+                }
+                Ok((status, _, _)) if status.is_success() => {
+                    return Err(ClientError::NoTpmChallenge);
+                }
+                Ok((status, headers, answer)) => {
+                    ClientError::from_answer(status.as_u16(), &headers, &answer)
+                }
+                Err(e) => e,
+            };
+            if !err.is_retryable() || Instant::now() >= deadline {
+                return Err(err);
+            }
+            let wait = err.retry_after().unwrap_or(self.opts.default_poll);
+            tracing::debug!(registration_id = id, error = %err, ?wait, "TPM challenge retried");
+            tokio::time::sleep(wait).await;
+        };
         let challenge: TpmChallenge = serde_json::from_slice(&answer)
             .map_err(|_| ClientError::from_answer(401, &headers, &answer))?;
         let blob = B64

@@ -330,3 +330,77 @@ async fn refused_connections_get_the_connack_codes_the_sdks_understand() {
         .unwrap_err();
     assert_eq!(e.status(), Some(404));
 }
+
+#[tokio::test]
+async fn a_throttled_register_is_answered_429_on_its_topic_and_the_retry_goes_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let svc = Service::start_in(&dir, &[]);
+    let primary = new_key();
+    svc.client()
+        .create_or_update_enrollment(
+            &IndividualEnrollment::new(
+                RegistrationId::new("mqtt-busy-1").unwrap(),
+                AttestationMechanism::symmetric_key(
+                    Some(KeyText::new(primary.clone())),
+                    Some(KeyText::new(new_key())),
+                ),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    svc.stop();
+    // Back on the same data, its first call answered 429 (Retry-After 2 s), as a busy DPS.
+    let svc = Service::start_in(
+        &dir,
+        &[
+            "--link-hub",
+            "hub-a.example.test",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--throttle-next",
+            "1",
+            "--throttle-retry-after",
+            "2",
+        ],
+    );
+    let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
+    let token = generate_token(
+        &format!("{}/registrations/mqtt-busy-1", svc.id_scope()),
+        &SharedAccessKey::from_base64(&primary).unwrap(),
+        Some("registration"),
+        expiry,
+    );
+    let (mut conn, code) = connect(
+        &svc,
+        "mqtt-busy-1",
+        "mqtt-busy-1",
+        Some(token.expose_secret()),
+        None,
+    )
+    .await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let body = br#"{"registrationId":"mqtt-busy-1"}"#;
+    let (topic, answer) = request(
+        &mut conn,
+        "$dps/registrations/PUT/iotdps-register/?$rid=a1",
+        body,
+        1,
+    )
+    .await;
+    assert_eq!(topic, "$dps/registrations/res/429/?$rid=a1&retry-after=2");
+    assert!(String::from_utf8_lossy(&answer).contains("retry after"));
+    // The SDKs retry after that wait; the register then goes through.
+    let (topic, _) = request(
+        &mut conn,
+        "$dps/registrations/PUT/iotdps-register/?$rid=a2",
+        body,
+        2,
+    )
+    .await;
+    assert!(
+        topic.starts_with("$dps/registrations/res/202/?$rid=a2"),
+        "{topic}"
+    );
+}

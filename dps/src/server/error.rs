@@ -170,6 +170,12 @@ impl ServiceError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// Seconds to wait before trying again (a 429).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
 }
 
 impl IntoResponse for ServiceError {

@@ -95,6 +95,38 @@ impl Faults {
     }
 }
 
+/// What every call passes before it is served, over HTTPS and MQTT alike: the test options'
+/// delay, the operation quota (429 with the wait), the forced faults and the random failure
+/// rate.
+pub async fn admit(st: &AppState, has_if_match: bool) -> Result<(), ServiceError> {
+    if !st.latency.is_zero() {
+        tokio::time::sleep(st.latency).await;
+    }
+    if let Some(q) = &st.quota {
+        let taken = match q.lock() {
+            Ok(mut b) => b.try_take(Instant::now()),
+            Err(_) => return Err(ServiceError::internal()),
+        };
+        if let Err(wait) = taken {
+            let secs = wait.as_secs_f64().ceil().max(1.0);
+            // Truncation is fine: the wait is at most a minute.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            return Err(ServiceError::throttled(secs as u64));
+        }
+    }
+    if let Some(e) = st.faults.forced(has_if_match) {
+        return Err(e);
+    }
+    if st.fail_rate > 0.0 && rand::random::<f64>() < st.fail_rate {
+        return Err(ServiceError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::INTERNAL,
+            "injected failure (--fail-rate)",
+        ));
+    }
+    Ok(())
+}
+
 /// The middleware.
 pub async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let version = api_version(req.uri().query());
@@ -120,34 +152,8 @@ pub async fn gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> 
             .into_response();
         }
     }
-    if !st.latency.is_zero() {
-        tokio::time::sleep(st.latency).await;
-    }
-    if let Some(q) = &st.quota {
-        let taken = match q.lock() {
-            Ok(mut b) => b.try_take(Instant::now()),
-            Err(_) => return ServiceError::internal().into_response(),
-        };
-        if let Err(wait) = taken {
-            let secs = wait.as_secs_f64().ceil().max(1.0);
-            // Truncation is fine: the wait is at most a minute.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            return ServiceError::throttled(secs as u64).into_response();
-        }
-    }
-    if let Some(e) = st
-        .faults
-        .forced(req.headers().contains_key(header::IF_MATCH))
-    {
+    if let Err(e) = admit(&st, req.headers().contains_key(header::IF_MATCH)).await {
         return e.into_response();
-    }
-    if st.fail_rate > 0.0 && rand::random::<f64>() < st.fail_rate {
-        return ServiceError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code::INTERNAL,
-            "injected failure (--fail-rate)",
-        )
-        .into_response();
     }
     let mut resp = next.run(req).await;
     if resp.status().as_u16() < 400 {

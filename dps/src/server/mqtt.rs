@@ -17,8 +17,9 @@
 //! - PINGREQ, UNSUBSCRIBE and DISCONNECT as MQTT says; a unit silent for 1.5 x its keep-alive
 //!   is dropped.
 //!
-//! The request gate of the HTTP API (api-version, the test faults, the operation quota) does
-//! not apply here.
+//! Each register or poll passes the same admission as an HTTPS call (`gate::admit`: the
+//! operation quota and the test faults); a refused one is answered on its reply topic (429
+//! with `retry-after`, 503, 500), which the SDKs retry. Successful calls count as operations.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -262,7 +263,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 if p.qos != QoS::AtMostOnce {
                     send(&mut f, Packet::PubAck(PubAck::new(p.pkid))).await?;
                 }
-                if let Some(reply) = answer(st, &id, password, peer, &p) {
+                let reply = match super::gate::admit(st, false).await {
+                    Ok(()) => answer(st, &id, password, peer, &p),
+                    // Throttled or failing (test options): said on the reply topic, as DPS does.
+                    Err(e) => Some(Publish::new(
+                        error_reply(property(&p.topic, "$rid").unwrap_or_default(), &e).0,
+                        QoS::AtMostOnce,
+                        e.body(),
+                    )),
+                };
+                if let Some(reply) = reply {
                     send(&mut f, Packet::Publish(reply)).await?;
                 }
             }
@@ -307,6 +317,8 @@ fn answer(
     };
     let (topic, body) = match outcome {
         Ok((status, s)) => {
+            st.ops_pending
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let wait = if s.status == crate::wire::RegistrationStatus::Assigning {
                 format!("&retry-after={RETRY_AFTER_S}")
             } else {
@@ -323,8 +335,15 @@ fn answer(
 }
 
 fn error_reply(rid: &str, e: &ServiceError) -> (String, Vec<u8>) {
+    let wait = e
+        .retry_after()
+        .map(|s| format!("&retry-after={s}"))
+        .unwrap_or_default();
     (
-        format!("$dps/registrations/res/{}/?$rid={rid}", e.status().as_u16()),
+        format!(
+            "$dps/registrations/res/{}/?$rid={rid}{wait}",
+            e.status().as_u16()
+        ),
         e.body(),
     )
 }

@@ -14,7 +14,8 @@ use dps::wire::{AttestationMechanism, IndividualEnrollment, RegistrationStatus};
 use fixtures::swtpm::Swtpm;
 use station::tpm::dps_unit::DpsTpmUnit;
 use station::tpm::registration_id::registration_id;
-use station_e2e::line::DpsService;
+use station_e2e::line::{DpsService, LineRig};
+use station_e2e::text;
 
 fn device(dps: &DpsService) -> DeviceClient {
     let scope = std::fs::read_to_string(dps.dir.join("id-scope")).unwrap();
@@ -103,4 +104,36 @@ fn a_tpm_takes_the_challenge_and_registers_even_after_a_429_and_another_tpm_is_r
         .block_on(dps.client().get_registration_state(&stranger_id))
         .unwrap_err();
     assert_eq!(e.status(), Some(404));
+}
+
+#[test]
+fn station_tpm_register_tells_what_the_unit_will_get_in_the_field() {
+    let rig = LineRig::new();
+    let swtpm = Swtpm::start().unwrap();
+    let tcti = swtpm.tcti();
+    // Its EK, read and the TPM closed again (swtpm serves one client at a time).
+    let ek = DpsTpmUnit::open(&tcti).unwrap().endorsement_key().to_vec();
+    let rid = registration_id(&ek);
+    // Not enrolled yet: refused, with DPS's reason.
+    let out = rig.station(&["tpm", "register", "--tcti", &tcti]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("no individual enrollment for {}", rid.as_str())),
+        "{}",
+        text(&out)
+    );
+    let enrollment =
+        IndividualEnrollment::new(rid.clone(), AttestationMechanism::tpm(B64.encode(&ek)));
+    rig.dps(|c| async move {
+        c.create_or_update_enrollment(&enrollment, None)
+            .await
+            .unwrap();
+    });
+    let out = rig.station(&["tpm", "register", "--tcti", &tcti]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!("{} assigned to hub-", rid.as_str())),
+        "{said}"
+    );
 }

@@ -31,6 +31,17 @@ pub enum TpmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Register this TPM's unit with DPS as the unit will in the field (the device API, DPS's
+    /// TPM challenge answered in this TPM): prints the hub and device ID it gets, or why it is
+    /// refused. Needs a home whose DPS target enrolled it.
+    Register {
+        /// TCTI string (default: `tpm.tcti` of the configuration).
+        #[arg(long)]
+        tcti: Option<String>,
+        /// The DPS target (`[dps.targets.NAME]`; default: the only one configured).
+        #[arg(long)]
+        target: Option<String>,
+    },
 }
 
 /// Why a `station tpm` command failed.
@@ -51,6 +62,21 @@ pub enum TpmCliError {
     /// Writing the output failed.
     #[error("writing the output failed")]
     Output(#[source] std::io::Error),
+    /// `register` needs a station home (for the DPS target).
+    #[error("station tpm register needs a station home with a DPS target (--home)")]
+    NoHome,
+    /// No target given, and not exactly one configured.
+    #[error("name the DPS target with --target (configured: {0})")]
+    WhichTarget(String),
+    /// The target is not usable.
+    #[error(transparent)]
+    Target(#[from] crate::dps_target::TargetError),
+    /// The TPM cannot be opened for DPS.
+    #[error("opening the TPM failed")]
+    Open(#[source] tpm::TpmError),
+    /// The registration failed (DPS refused, or could not be reached).
+    #[error("the registration failed")]
+    Register(#[source] dps::client::ClientError),
 }
 
 /// The EK certificate fields `tpm read --json` shows.
@@ -88,6 +114,13 @@ pub struct TpmReadJson {
 /// Runs a `station tpm` command for the CLI: the home's configuration is used when there is
 /// one, but the command works without a home.
 pub(super) fn run_cli(ctx: &super::Context, cmd: TpmCommand) -> Result<ExitCode, super::CliError> {
+    if let TpmCommand::Register { tcti, target } = cmd {
+        if !ctx.home.config_file().exists() {
+            return Err(TpmCliError::NoHome.into());
+        }
+        let cfg = ctx.config()?.config;
+        return register(&ctx.home, &cfg, tcti, target.as_deref()).map_err(Into::into);
+    }
     let loaded = if ctx.home.config_file().exists() {
         Some(ctx.config()?)
     } else {
@@ -152,7 +185,74 @@ pub fn run(
                 Err(r) => Err(TpmCliError::Refused(r.to_string())),
             }
         }
+        TpmCommand::Register { .. } => Err(TpmCliError::NoHome),
     }
+}
+
+/// `station tpm register`: the unit's registration made with its TPM.
+fn register(
+    home: &crate::home::Home,
+    cfg: &crate::config::Config,
+    tcti: Option<String>,
+    target: Option<&str>,
+) -> Result<ExitCode, TpmCliError> {
+    use dps::client::device::{DeviceClient, DeviceCredential, DeviceOptions, TpmUnit as _};
+
+    let tcti = tcti
+        .or_else(|| cfg.tpm.tcti.clone())
+        .ok_or(TpmCliError::NoTcti)?;
+    let name = match target {
+        Some(t) => t.to_owned(),
+        None => match cfg.dps.targets.keys().collect::<Vec<_>>().as_slice() {
+            [one] => (*one).clone(),
+            all => {
+                return Err(TpmCliError::WhichTarget(
+                    all.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ));
+            }
+        },
+    };
+    let t = crate::dps_target::target(cfg, &name)?;
+    let client = DeviceClient::new(
+        &t.global_endpoint,
+        &t.id_scope,
+        DeviceCredential::Tpm,
+        DeviceOptions {
+            extra_ca_file: t.ca_file.as_ref().map(|p| home.resolve(p)),
+            ..DeviceOptions::default()
+        },
+    )
+    .map_err(TpmCliError::Register)?;
+    let mut unit = tpm::dps_unit::DpsTpmUnit::open(&tcti).map_err(TpmCliError::Open)?;
+    let rid = tpm::registration_id::registration_id(unit.endorsement_key());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(TpmCliError::Output)?;
+    let done = rt
+        .block_on(client.register_tpm(&rid, &mut unit, None))
+        .map_err(TpmCliError::Register)?;
+    let st = done.registration_state.unwrap_or_default();
+    if done.status == dps::wire::RegistrationStatus::Assigned {
+        println!(
+            "{} assigned to {} as device {}",
+            rid.as_str(),
+            st.assigned_hub.as_deref().unwrap_or("?"),
+            st.device_id.as_deref().unwrap_or("?")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(TpmCliError::Refused(format!(
+        "{} was not assigned: status {}{}",
+        rid.as_str(),
+        done.status.as_str(),
+        st.error_message
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    )))
 }
 
 fn report(read: &tpm::TpmRead, a: &tpm::Assessment) -> TpmReadJson {

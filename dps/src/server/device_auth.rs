@@ -10,6 +10,8 @@
 //! - **Symmetric key** (a SAS token, `sr` = `{idScope}/registrations/{registrationId}`, encoded
 //!   or not, `skn` optional): an individual enrollment's primary or secondary key, or a
 //!   symmetric group's key derived for the registration ID as the unit sent it.
+//! - **TPM** (a SAS token signed in the unit's TPM): the key of the challenge sent to it
+//!   (`device_tpm.rs`), while that is fresh.
 //!
 //! A refusal says what did not match and never shows a key. An individual enrollment that
 //! exists but does not match refuses the unit even when a group would take it: that is how
@@ -68,7 +70,8 @@ pub fn sas_of(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticates a unit registering as `registration_id`, by its client certificate chain
-/// (`peer`) or else its SAS token (`sas`: an HTTP `Authorization` value or MQTT password).
+/// (`peer`) or else its SAS token (`sas_token`: an HTTP `Authorization` value or an MQTT
+/// password).
 pub fn authenticate(
     st: &Arc<AppState>,
     registration_id: &str,

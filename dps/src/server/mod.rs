@@ -300,48 +300,40 @@ impl Server {
         };
         let app = router(state.clone()).map_request(normalize::<hyper::body::Incoming>);
         let acceptor = TlsAcceptor::from(self.tls);
-        let mqtt = self
-            .mqtt
-            .map(|(l, _)| tokio::spawn(mqtt::accept_loop(l, acceptor.clone(), state.clone())));
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, _peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: keep serving the others.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+        let mqtt = self.mqtt.map(|(l, _)| {
+            let st = state.clone();
+            tokio::spawn(peer::accept_tls(
+                l,
+                acceptor.clone(),
+                "mqtt",
+                move |tls, peer| mqtt::session(tls, peer, st.clone()),
+            ))
+        });
+        let https = tokio::spawn(peer::accept_tls(
+            self.listener,
+            acceptor,
+            "https",
+            move |tls, peer| {
+                let app =
+                    app.clone()
+                        .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(peer.clone());
+                            req
+                        });
+                async move {
+                    let svc = TowerToHyperService::new(app);
+                    if let Err(e) =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await
+                    {
+                        tracing::debug!(error = %e, "connection ended with an error");
                     }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let peer = peer::PeerCerts::of(tls.get_ref().1);
-                let app = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    req
-                });
-                let svc = TowerToHyperService::new(app);
-                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await
-                {
-                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-            });
-        }
+            },
+        ));
+        shutdown.await;
+        https.abort();
         flusher.abort();
         if let Some(m) = mqtt {
             m.abort();

@@ -31,8 +31,6 @@ use rumqttc::mqttbytes::v4::{
     UnsubAck,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
@@ -134,36 +132,6 @@ fn user_name_target(user: &str) -> Option<(&str, &str)> {
     Some((scope, id))
 }
 
-/// Accepts MQTT connections until the task is aborted.
-pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, st: Arc<AppState>) {
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "MQTT accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let st = st.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(error = %e, "MQTT TLS handshake failed");
-                    return;
-                }
-            };
-            let peer = PeerCerts::of(tls.get_ref().1);
-            if let Err(e) = session(tls, &peer, &st).await {
-                tracing::debug!(error = %e, "MQTT session ended");
-            }
-        });
-    }
-}
-
 type Frames<S> = Framed<S, MqttCodec>;
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
@@ -173,8 +141,18 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     f.send(p).await
 }
 
-/// One unit's connection.
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+/// One unit's connection, until it ends.
+pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: PeerCerts,
+    st: Arc<AppState>,
+) {
+    if let Err(e) = exchange(stream, &peer, &st).await {
+        tracing::debug!(error = %e, "MQTT session ended");
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: &PeerCerts,
     st: &Arc<AppState>,

@@ -105,3 +105,43 @@ impl PeerCerts {
         self.0.get(1..).unwrap_or(&[])
     }
 }
+
+/// Accepts TLS connections on `listener` until the task is aborted, handing each one, with
+/// the certificates its client presented, to `serve` on a task of its own. One mechanism for
+/// the HTTPS port and the MQTT port; `port` names which in the logs.
+pub async fn accept_tls<F, Fut>(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    port: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, PeerCerts) -> Fut
+        + Clone
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the others.
+                tracing::warn!(port, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(tls) => {
+                    let peer = PeerCerts::of(tls.get_ref().1);
+                    serve(tls, peer).await;
+                }
+                Err(e) => tracing::debug!(port, error = %e, "TLS handshake failed"),
+            }
+        });
+    }
+}

@@ -10,7 +10,6 @@ use secrecy::SecretBox;
 use super::CliError;
 use crate::client::device::{DeviceClient, DeviceCredential, DeviceOptions};
 use crate::sas::{ConnectionString, SharedAccessKey, derive_device_key};
-use crate::wire::RegistrationStatus;
 
 /// Azure's global device endpoint.
 pub const GLOBAL_ENDPOINT: &str = "global.azure-devices-provisioning.net";
@@ -146,28 +145,13 @@ pub async fn register(a: RegisterArgs) -> Result<(), CliError> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     }
-    let st = done.registration_state.unwrap_or_default();
-    if done.status == RegistrationStatus::Assigned {
-        if !a.json {
-            println!(
-                "{} assigned to {} as device {}{}",
-                a.registration_id.as_str(),
-                st.assigned_hub.as_deref().unwrap_or("?"),
-                st.device_id.as_deref().unwrap_or("?"),
-                st.substatus
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .and_then(|v| v.as_str().map(|s| format!(" ({s})")))
-                    .unwrap_or_default()
-            );
+    match done.outcome(a.registration_id.as_str()) {
+        Ok(line) => {
+            if !a.json {
+                println!("{line}");
+            }
+            Ok(())
         }
-        return Ok(());
+        Err(why) => Err(CliError::Refused(why)),
     }
-    Err(CliError::Refused(format!(
-        "{} was not assigned: status {}{}",
-        a.registration_id.as_str(),
-        done.status.as_str(),
-        st.error_message
-            .map(|m| format!(": {m}"))
-            .unwrap_or_default()
-    )))
 }

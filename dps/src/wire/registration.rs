@@ -77,6 +77,34 @@ pub struct DeviceRegistrationState {
     pub tpm: Option<TpmAuthenticationKey>,
 }
 
+impl RegistrationOperationStatus {
+    /// What the unit registering as `registration_id` was told, in words:
+    /// `ID assigned to HUB as device D (substatus)`, or, not assigned,
+    /// `ID was not assigned: status S: why`.
+    pub fn outcome(&self, registration_id: &str) -> Result<String, String> {
+        let st = self.registration_state.as_ref();
+        if self.status == RegistrationStatus::Assigned {
+            let mut line = format!(
+                "{registration_id} assigned to {} as device {}",
+                st.and_then(|s| s.assigned_hub.as_deref()).unwrap_or("?"),
+                st.and_then(|s| s.device_id.as_deref()).unwrap_or("?")
+            );
+            if let Some(sub) = st.and_then(|s| s.substatus) {
+                line.push_str(&format!(" ({})", sub.as_str()));
+            }
+            return Ok(line);
+        }
+        let mut line = format!(
+            "{registration_id} was not assigned: status {}",
+            self.status.as_str()
+        );
+        if let Some(m) = st.and_then(|s| s.error_message.as_deref()) {
+            line.push_str(&format!(": {m}"));
+        }
+        Err(line)
+    }
+}
+
 /// A key for a unit's TPM: base64 of the `authenticationKey` blob (`crate::tpm`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -109,6 +137,19 @@ impl RegistrationStatus {
     }
 }
 
+impl RegistrationSubstatus {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InitialAssignment => "initialAssignment",
+            Self::DeviceDataMigrated => "deviceDataMigrated",
+            Self::DeviceDataReset => "deviceDataReset",
+            Self::ReprovisionedToInitialAssignment => "reprovisionedToInitialAssignment",
+        }
+    }
+}
+
 /// What a unit sends to register (device API, `PUT .../register`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,4 +176,57 @@ pub struct RegistrationOperationStatus {
     /// The registration record, once there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_state: Option<DeviceRegistrationState>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_are_the_serialized_ones() {
+        for s in [
+            RegistrationStatus::Unassigned,
+            RegistrationStatus::Assigning,
+            RegistrationStatus::Assigned,
+            RegistrationStatus::Failed,
+            RegistrationStatus::Disabled,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in [
+            RegistrationSubstatus::InitialAssignment,
+            RegistrationSubstatus::DeviceDataMigrated,
+            RegistrationSubstatus::DeviceDataReset,
+            RegistrationSubstatus::ReprovisionedToInitialAssignment,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn an_outcome_says_the_hub_or_why_not() {
+        let mut done = RegistrationOperationStatus {
+            operation_id: "op".into(),
+            status: RegistrationStatus::Assigned,
+            registration_state: Some(DeviceRegistrationState {
+                assigned_hub: Some("hub-a".into()),
+                device_id: Some("dev-1".into()),
+                substatus: Some(RegistrationSubstatus::InitialAssignment),
+                ..DeviceRegistrationState::default()
+            }),
+        };
+        assert_eq!(
+            done.outcome("u-1").unwrap(),
+            "u-1 assigned to hub-a as device dev-1 (initialAssignment)"
+        );
+        done.status = RegistrationStatus::Disabled;
+        if let Some(s) = done.registration_state.as_mut() {
+            s.error_message = Some("the enrollment is disabled".into());
+        }
+        assert_eq!(
+            done.outcome("u-1").unwrap_err(),
+            "u-1 was not assigned: status disabled: the enrollment is disabled"
+        );
+    }
 }

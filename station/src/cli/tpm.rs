@@ -235,24 +235,9 @@ fn register(
     let done = rt
         .block_on(client.register_tpm(&rid, &mut unit, None))
         .map_err(TpmCliError::Register)?;
-    let st = done.registration_state.unwrap_or_default();
-    if done.status == dps::wire::RegistrationStatus::Assigned {
-        println!(
-            "{} assigned to {} as device {}",
-            rid.as_str(),
-            st.assigned_hub.as_deref().unwrap_or("?"),
-            st.device_id.as_deref().unwrap_or("?")
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    Err(TpmCliError::Refused(format!(
-        "{} was not assigned: status {}{}",
-        rid.as_str(),
-        done.status.as_str(),
-        st.error_message
-            .map(|m| format!(": {m}"))
-            .unwrap_or_default()
-    )))
+    let line = done.outcome(rid.as_str()).map_err(TpmCliError::Refused)?;
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(read: &tpm::TpmRead, a: &tpm::Assessment) -> TpmReadJson {

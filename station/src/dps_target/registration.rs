@@ -66,12 +66,8 @@ fn describe(rec: &dps::wire::DeviceRegistrationState) -> String {
             rec.device_id.as_deref().unwrap_or("?")
         ));
     }
-    if let Some(sub) = rec
-        .substatus
-        .and_then(|s| serde_json::to_value(s).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-    {
-        line.push_str(&format!(" ({sub})"));
+    if let Some(sub) = rec.substatus {
+        line.push_str(&format!(" ({})", sub.as_str()));
     }
     if let Some(at) = rec.last_updated_date_time_utc {
         line.push_str(&format!(", last {}", at.format("%Y-%m-%d %H:%M:%S UTC")));

@@ -669,22 +669,10 @@ async fn tpm_units_are_challenged_and_only_the_tpm_holding_the_key_gets_through(
 
 #[tokio::test]
 async fn malformed_calls_are_refused_with_a_reason_and_a_throttled_unit_waits_and_registers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let svc = Service::start_in(&dir, &["--link-hub", HUB_A]);
-    let primary = new_key();
-    svc.client()
-        .create_or_update_enrollment(
-            &IndividualEnrollment::new(rid("busy-1"), sym(&primary, &new_key())),
-            None,
-        )
-        .await
-        .unwrap();
-    svc.stop();
-    // Back on the same data, answering its first call 429 with Retry-After 1 s, as a busy
-    // DPS does: the unit waits that long and registers.
-    let svc = Service::start_in(
-        &dir,
+    // A service answering its first call 429 with Retry-After 1 s, as a busy DPS does: the
+    // unit waits that long and registers.
+    let (svc, primary) = Service::with_enrollment_then(
+        "busy-1",
         &[
             "--link-hub",
             HUB_A,
@@ -693,7 +681,8 @@ async fn malformed_calls_are_refused_with_a_reason_and_a_throttled_unit_waits_an
             "--throttle-retry-after",
             "1",
         ],
-    );
+    )
+    .await;
     let started = std::time::Instant::now();
     let done = device(&svc, DeviceCredential::SymmetricKey(key(&primary)))
         .register(&rid("busy-1"), None)

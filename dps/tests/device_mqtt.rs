@@ -9,9 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps::RegistrationId;
 use dps::sas::{SharedAccessKey, generate_token};
-use dps::wire::{AttestationMechanism, IndividualEnrollment, KeyText, RegistrationOperationStatus};
+use dps::wire::{AttestationMechanism, IndividualEnrollment, RegistrationOperationStatus};
 use futures::{SinkExt as _, StreamExt as _};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
@@ -20,7 +19,7 @@ use rumqttc::mqttbytes::v4::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use secrecy::ExposeSecret as _;
-use support::{Service, leaf, new_key};
+use support::{Service, leaf, new_key, rid, sym};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -165,13 +164,7 @@ async fn units_register_over_mqtt_with_a_sas_password_or_a_client_certificate() 
     let c = svc.client();
     let primary = new_key();
     c.create_or_update_enrollment(
-        &IndividualEnrollment::new(
-            RegistrationId::new("mqtt-sym-1").unwrap(),
-            AttestationMechanism::symmetric_key(
-                Some(KeyText::new(primary.clone())),
-                Some(KeyText::new(new_key())),
-            ),
-        ),
+        &IndividualEnrollment::new(rid("mqtt-sym-1"), sym(&primary, &new_key())),
         None,
     )
     .await
@@ -207,10 +200,7 @@ async fn units_register_over_mqtt_with_a_sas_password_or_a_client_certificate() 
     // X.509: no password, the certificate in the handshake.
     let (cert, key_pem) = leaf("mqtt-x509-1", None);
     c.create_or_update_enrollment(
-        &IndividualEnrollment::new(
-            RegistrationId::new("mqtt-x509-1").unwrap(),
-            AttestationMechanism::x509_client(&cert),
-        ),
+        &IndividualEnrollment::new(rid("mqtt-x509-1"), AttestationMechanism::x509_client(&cert)),
         None,
     )
     .await
@@ -228,10 +218,7 @@ async fn units_register_over_mqtt_with_a_sas_password_or_a_client_certificate() 
         register(&mut conn, "mqtt-x509-1").await.status.as_str(),
         "assigned"
     );
-    let rec = c
-        .get_registration_state(&RegistrationId::new("mqtt-x509-1").unwrap())
-        .await
-        .unwrap();
+    let rec = c.get_registration_state(&rid("mqtt-x509-1")).await.unwrap();
     assert_eq!(rec.assigned_hub.as_deref(), Some("hub-a.example.test"));
 }
 
@@ -241,13 +228,7 @@ async fn refused_connections_get_the_connack_codes_the_sdks_understand() {
     let primary = new_key();
     svc.client()
         .create_or_update_enrollment(
-            &IndividualEnrollment::new(
-                RegistrationId::new("mqtt-unit-1").unwrap(),
-                AttestationMechanism::symmetric_key(
-                    Some(KeyText::new(primary.clone())),
-                    Some(KeyText::new(new_key())),
-                ),
-            ),
+            &IndividualEnrollment::new(rid("mqtt-unit-1"), sym(&primary, &new_key())),
             None,
         )
         .await
@@ -325,7 +306,7 @@ async fn refused_connections_get_the_connack_codes_the_sdks_understand() {
     assert!(String::from_utf8_lossy(&body).contains("differs from"));
     let e = svc
         .client()
-        .get_registration_state(&RegistrationId::new("mqtt-unit-1").unwrap())
+        .get_registration_state(&rid("mqtt-unit-1"))
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(404));
@@ -333,27 +314,9 @@ async fn refused_connections_get_the_connack_codes_the_sdks_understand() {
 
 #[tokio::test]
 async fn a_throttled_register_is_answered_429_on_its_topic_and_the_retry_goes_through() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let svc = Service::start_in(&dir, &[]);
-    let primary = new_key();
-    svc.client()
-        .create_or_update_enrollment(
-            &IndividualEnrollment::new(
-                RegistrationId::new("mqtt-busy-1").unwrap(),
-                AttestationMechanism::symmetric_key(
-                    Some(KeyText::new(primary.clone())),
-                    Some(KeyText::new(new_key())),
-                ),
-            ),
-            None,
-        )
-        .await
-        .unwrap();
-    svc.stop();
-    // Back on the same data, its first call answered 429 (Retry-After 2 s), as a busy DPS.
-    let svc = Service::start_in(
-        &dir,
+    // A service answering its first call 429 (Retry-After 2 s), as a busy DPS does.
+    let (svc, primary) = Service::with_enrollment_then(
+        "mqtt-busy-1",
         &[
             "--link-hub",
             "hub-a.example.test",
@@ -364,7 +327,8 @@ async fn a_throttled_register_is_answered_429_on_its_topic_and_the_retry_goes_th
             "--throttle-retry-after",
             "2",
         ],
-    );
+    )
+    .await;
     let expiry = u64::try_from(chrono::Utc::now().timestamp() + 600).unwrap();
     let token = generate_token(
         &format!("{}/registrations/mqtt-busy-1", svc.id_scope()),

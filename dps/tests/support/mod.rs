@@ -109,6 +109,28 @@ impl Service {
         token_for(&self.connection_string(), 3600)
     }
 
+    /// A service on a data directory of its own holding a symmetric-key individual enrollment
+    /// for `id`, then started again on the same data with `extra` (faults armed for its first
+    /// calls, which making the enrollment must not use up). The unit's primary key.
+    pub async fn with_enrollment_then(id: &str, extra: &[&str]) -> (Self, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let primary = new_key();
+        let first = Self::start_in(&dir, &[]);
+        first
+            .client()
+            .create_or_update_enrollment(
+                &dps::wire::IndividualEnrollment::new(rid(id), sym(&primary, &new_key())),
+                None,
+            )
+            .await
+            .unwrap();
+        first.stop();
+        let mut svc = Self::start_in(&dir, extra);
+        svc._tmp = Some(tmp);
+        (svc, primary)
+    }
+
     /// Its ID scope.
     pub fn id_scope(&self) -> String {
         std::fs::read_to_string(self.dir.join("id-scope"))

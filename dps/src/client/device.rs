@@ -240,7 +240,9 @@ impl DeviceClient {
         .map_err(ClientError::Encode)?;
         // The challenge call, retried as the others on a throttled or unavailable service.
         let deadline = Instant::now() + self.opts.max_wait;
+        let mut attempts = 0u32;
         let (headers, answer) = loop {
+            attempts += 1;
             let sent = self
                 .send(Method::PUT, &self.url(id, "register"), None, body.clone())
                 .await;
@@ -256,12 +258,7 @@ impl DeviceClient {
                 }
                 Err(e) => e,
             };
-            if !err.is_retryable() || Instant::now() >= deadline {
-                return Err(err);
-            }
-            let wait = err.retry_after().unwrap_or(self.opts.default_poll);
-            tracing::debug!(registration_id = id, error = %err, ?wait, "TPM challenge retried");
-            tokio::time::sleep(wait).await;
+            self.wait_to_retry(id, err, deadline, attempts).await?;
         };
         let challenge: TpmChallenge = serde_json::from_slice(&answer)
             .map_err(|_| ClientError::from_answer(401, &headers, &answer))?;
@@ -289,6 +286,30 @@ impl DeviceClient {
         Ok(done)
     }
 
+    /// After a failed call: waits out its `Retry-After` (or the poll interval) when the same
+    /// call may succeed later and time is left; otherwise the error to give up with.
+    async fn wait_to_retry(
+        &self,
+        id: &str,
+        e: ClientError,
+        deadline: Instant,
+        attempts: u32,
+    ) -> Result<(), ClientError> {
+        if !e.is_retryable() {
+            return Err(e);
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::Exhausted {
+                attempts,
+                last: Box::new(e),
+            });
+        }
+        let wait = e.retry_after().unwrap_or(self.opts.default_poll);
+        tracing::debug!(registration_id = id, error = %e, ?wait, "registration call retried");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
     /// Sends the register call and polls its operation to the end.
     async fn follow(
         &self,
@@ -304,19 +325,10 @@ impl DeviceClient {
             let (method, url, body) = request.clone();
             let (answer, wait) = match self.call(method, &url, token, body).await {
                 Ok(a) => a,
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    let wait = e.retry_after().unwrap_or(self.opts.default_poll);
-                    tracing::debug!(registration_id = id, error = %e, ?wait, "registration retried");
-                    tokio::time::sleep(wait).await;
+                Err(e) => {
+                    self.wait_to_retry(id, e, deadline, attempts).await?;
                     continue;
                 }
-                Err(e) if e.is_retryable() => {
-                    return Err(ClientError::Exhausted {
-                        attempts,
-                        last: Box::new(e),
-                    });
-                }
-                Err(e) => return Err(e),
             };
             if answer.status != RegistrationStatus::Assigning {
                 return Ok(answer);

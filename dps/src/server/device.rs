@@ -38,7 +38,6 @@ use super::error::{ServiceError, code};
 use super::peer::PeerCerts;
 use super::state::AppState;
 use super::store::Table;
-use crate::ids::RegistrationId;
 use crate::wire::{
     DeviceRegistration, DeviceRegistrationState, ProvisioningStatus, RegistrationOperationStatus,
     RegistrationStatus, RegistrationSubstatus,
@@ -73,9 +72,7 @@ pub fn target(st: &AppState, scope: &str, id: &str) -> Result<(), ServiceError> 
             st.id_scope
         )));
     }
-    RegistrationId::new(id)
-        .map(|_| ())
-        .map_err(|e| ServiceError::invalid("registrationId", e))
+    super::registrations::key(id).map(|_| ())
 }
 
 fn peer_of(ext: Option<Extension<PeerCerts>>) -> PeerCerts {
@@ -142,9 +139,7 @@ pub fn register_unit(
     id: &str,
     attested: &Attested,
 ) -> Result<RegistrationOperationStatus, ServiceError> {
-    let key = RegistrationId::new(id)
-        .map(|r| r.canonical())
-        .map_err(|e| ServiceError::invalid("registrationId", e))?;
+    let key = super::registrations::key(id)?;
     let t = terms(attested);
     let now = Utc::now();
     let operation_id = new_operation_id();
@@ -239,9 +234,7 @@ pub fn operation_status(
     id: &str,
     operation_id: &str,
 ) -> Result<RegistrationOperationStatus, ServiceError> {
-    let key = RegistrationId::new(id)
-        .map(|r| r.canonical())
-        .map_err(|e| ServiceError::invalid("registrationId", e))?;
+    let key = super::registrations::key(id)?;
     let row = st.store.read(|tx| tx.get(Table::Registrations, &key))?;
     let Some(row) = row.filter(|r| r.etag == operation_id) else {
         return Err(ServiceError::new(

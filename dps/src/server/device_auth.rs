@@ -78,7 +78,7 @@ pub fn authenticate(
     sas_token: Option<&str>,
     peer: &PeerCerts,
 ) -> Result<Attested, ServiceError> {
-    let key = registration_id.to_ascii_lowercase();
+    let key = super::registrations::key(registration_id)?;
     let tpm_key = st.tpm.key_for(&key);
     st.store.read(|tx| {
         let individual: Option<IndividualEnrollment> = tx

@@ -108,7 +108,7 @@ pub fn challenge(
             )
         })
         .and_then(|s| decode("tpm.storageRootKey", s))?;
-    let key = id.to_ascii_lowercase();
+    let key = super::registrations::key(id)?;
     let enrollment: Option<IndividualEnrollment> = st
         .store
         .read(|tx| tx.get(Table::Enrollments, &key))?

@@ -20,7 +20,8 @@ use crate::wire::{DeviceRegistrationState, ItemType};
 
 type St = State<Arc<AppState>>;
 
-fn key(id: &str) -> Result<String, ServiceError> {
+/// A registration ID from a path, checked: its lower-case key (records are kept by it).
+pub(super) fn key(id: &str) -> Result<String, ServiceError> {
     RegistrationId::new(id)
         .map(|r| r.canonical())
         .map_err(|e| ServiceError::invalid("registrationId", e))

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Service, run_dps};
+use support::{Service, run_dps, run_dps_env};
 
 #[test]
 fn linked_hubs_are_edited_while_the_service_runs() {
@@ -324,8 +324,7 @@ fn symmetric_keys_can_come_from_the_environment_instead_of_the_command_line() {
     let pk = "Jq4lhq2vB7LqkeWZ1C2QPaY9LZ8UXkxuB1nXm1YgKNI=";
     let sk = "gC9Vh2a0yCBsQw9EYeuGf8Fj1lT2a9Q6pYh1a0uGg1s=";
     let create = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut c = std::process::Command::new(support::dps_bin());
-        c.args([
+        let mut args = vec![
             "enrollment",
             "create",
             "--data",
@@ -335,17 +334,9 @@ fn symmetric_keys_can_come_from_the_environment_instead_of_the_command_line() {
             "--attestation-type",
             "symmetrickey",
             "--show-keys",
-        ])
-        .args(extra);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let out = c.output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        ];
+        args.extend_from_slice(extra);
+        run_dps_env(&args, env)
     };
     // A variable that is not set: refused by name, nothing created.
     let (ok, _, err) = create(&["--primary-key-env", "T_PK_UNSET"], &[]);
@@ -373,29 +364,15 @@ fn symmetric_keys_can_come_from_the_environment_instead_of_the_command_line() {
     assert!(!ok && err.contains("cannot be used with"), "{err}");
 }
 
-/// Runs `dps` with environment variables set.
-fn run_dps_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut c = std::process::Command::new(support::dps_bin());
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn register_shows_what_a_unit_gets_or_why_it_is_refused() {
     let svc = Service::start(&["--link-hub", "hub-a.example.test"]);
     let d = svc.dir.to_str().unwrap().to_owned();
     let pk = "Jq4lhq2vB7LqkeWZ1C2QPaY9LZ8UXkxuB1nXm1YgKNI=";
     let gk = "O+H9VTcdJP0Tqkl7bh4nVG0OJNrAataMpuWB54D0VEc=";
-    let (ok, _, err) = run_dps_env(
-        &[
+    // unit-4711's individual enrollment, with `extra` options; a registration with `key`.
+    let enroll = |extra: &[&str]| {
+        let mut args = vec![
             "enrollment",
             "create",
             "--data",
@@ -406,10 +383,26 @@ fn register_shows_what_a_unit_gets_or_why_it_is_refused() {
             "symmetrickey",
             "--primary-key-env",
             "PK",
-        ],
-        &[("PK", pk)],
-    );
-    assert!(ok, "{err}");
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = run_dps_env(&args, &[("PK", pk)]);
+        assert!(ok, "{err}");
+    };
+    let register = |key: &str| {
+        run_dps_env(
+            &[
+                "register",
+                "--data",
+                &d,
+                "--registration-id",
+                "unit-4711",
+                "--key-env",
+                "K",
+            ],
+            &[("K", key)],
+        )
+    };
+    enroll(&[]);
     let (ok, _, err) = run_dps_env(
         &[
             "group",
@@ -427,18 +420,7 @@ fn register_shows_what_a_unit_gets_or_why_it_is_refused() {
     );
     assert!(ok, "{err}");
     // Its own key; a group unit by the group's key.
-    let (ok, out, err) = run_dps_env(
-        &[
-            "register",
-            "--data",
-            &d,
-            "--registration-id",
-            "unit-4711",
-            "--key-env",
-            "K",
-        ],
-        &[("K", pk)],
-    );
+    let (ok, out, err) = register(pk);
     assert!(ok, "{err}");
     assert_eq!(
         out.trim(),
@@ -488,18 +470,7 @@ fn register_shows_what_a_unit_gets_or_why_it_is_refused() {
         err.contains("401") && err.contains("no enrollment for unit-9000"),
         "{err}"
     );
-    let (ok, _, err) = run_dps_env(
-        &[
-            "register",
-            "--data",
-            &d,
-            "--registration-id",
-            "unit-4711",
-            "--key-env",
-            "K",
-        ],
-        &[("K", gk)],
-    );
+    let (ok, _, err) = register(gk);
     assert!(!ok);
     assert!(
         err.contains("matches no key of the individual enrollment unit-4711"),
@@ -509,36 +480,8 @@ fn register_shows_what_a_unit_gets_or_why_it_is_refused() {
     let (ok, _, err) = run_dps(&["register", "--data", &d, "--registration-id", "unit-4711"]);
     assert!(!ok && err.contains("give the unit's credential"), "{err}");
     // A disabled enrollment: the unit is not assigned, and the command fails saying so.
-    let (ok, _, err) = run_dps_env(
-        &[
-            "enrollment",
-            "create",
-            "--data",
-            &d,
-            "--registration-id",
-            "unit-4711",
-            "--attestation-type",
-            "symmetrickey",
-            "--primary-key-env",
-            "PK",
-            "--provisioning-status",
-            "disabled",
-        ],
-        &[("PK", pk)],
-    );
-    assert!(ok, "{err}");
-    let (ok, _, err) = run_dps_env(
-        &[
-            "register",
-            "--data",
-            &d,
-            "--registration-id",
-            "unit-4711",
-            "--key-env",
-            "K",
-        ],
-        &[("K", pk)],
-    );
+    enroll(&["--provisioning-status", "disabled"]);
+    let (ok, _, err) = register(pk);
     assert!(!ok);
     assert!(
         err.contains("unit-4711 was not assigned: status disabled: the individual enrollment unit-4711 is disabled"),

@@ -198,7 +198,17 @@ pub fn token_for(cs: &ConnectionString, secs: i64) -> String {
 
 /// Runs the `dps` binary with args; returns (success, stdout, stderr).
 pub fn run_dps(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(dps_bin()).args(args).output().unwrap();
+    run_dps_env(args, &[])
+}
+
+/// Runs the `dps` binary with args and these environment variables; returns (success,
+/// stdout, stderr).
+pub fn run_dps_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(dps_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -77,6 +77,22 @@ pub struct DeviceRegistrationState {
     pub tpm: Option<TpmAuthenticationKey>,
 }
 
+impl DeviceRegistrationState {
+    /// Where the unit is, in words: `HUB as device D (substatus)`; None while it has no hub.
+    #[must_use]
+    pub fn placement(&self) -> Option<String> {
+        let hub = self.assigned_hub.as_deref()?;
+        let mut line = format!(
+            "{hub} as device {}",
+            self.device_id.as_deref().unwrap_or("?")
+        );
+        if let Some(sub) = self.substatus {
+            line.push_str(&format!(" ({})", sub.as_str()));
+        }
+        Some(line)
+    }
+}
+
 impl RegistrationOperationStatus {
     /// What the unit registering as `registration_id` was told, in words:
     /// `ID assigned to HUB as device D (substatus)`, or, not assigned,
@@ -84,15 +100,11 @@ impl RegistrationOperationStatus {
     pub fn outcome(&self, registration_id: &str) -> Result<String, String> {
         let st = self.registration_state.as_ref();
         if self.status == RegistrationStatus::Assigned {
-            let mut line = format!(
-                "{registration_id} assigned to {} as device {}",
-                st.and_then(|s| s.assigned_hub.as_deref()).unwrap_or("?"),
-                st.and_then(|s| s.device_id.as_deref()).unwrap_or("?")
-            );
-            if let Some(sub) = st.and_then(|s| s.substatus) {
-                line.push_str(&format!(" ({})", sub.as_str()));
-            }
-            return Ok(line);
+            return Ok(format!(
+                "{registration_id} assigned to {}",
+                st.and_then(DeviceRegistrationState::placement)
+                    .unwrap_or_else(|| "? as device ?".into())
+            ));
         }
         let mut line = format!(
             "{registration_id} was not assigned: status {}",

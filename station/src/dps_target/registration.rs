@@ -60,14 +60,8 @@ pub async fn registration_lines(
 
 fn describe(rec: &dps::wire::DeviceRegistrationState) -> String {
     let mut line = rec.status.map_or("unknown", |s| s.as_str()).to_owned();
-    if let Some(hub) = &rec.assigned_hub {
-        line.push_str(&format!(
-            " to {hub} as device {}",
-            rec.device_id.as_deref().unwrap_or("?")
-        ));
-    }
-    if let Some(sub) = rec.substatus {
-        line.push_str(&format!(" ({})", sub.as_str()));
+    if let Some(place) = rec.placement() {
+        line.push_str(&format!(" to {place}"));
     }
     if let Some(at) = rec.last_updated_date_time_utc {
         line.push_str(&format!(", last {}", at.format("%Y-%m-%d %H:%M:%S UTC")));

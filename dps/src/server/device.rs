@@ -36,6 +36,7 @@ use super::allocate::allocate;
 use super::device_auth::{Attested, Matched, authenticate, sas_of};
 use super::error::{ServiceError, code};
 use super::peer::PeerCerts;
+use super::records::decode;
 use super::state::AppState;
 use super::store::Table;
 use crate::wire::{
@@ -146,9 +147,8 @@ pub fn register_unit(
     let state = st.store.write(|tx| {
         let previous: Option<DeviceRegistrationState> = tx
             .get(Table::Registrations, &key)?
-            .map(|row| serde_json::from_slice(&row.json))
-            .transpose()
-            .map_err(|_| ServiceError::internal())?;
+            .map(|row| decode(&row.json))
+            .transpose()?;
         let prev_hub = previous.as_ref().and_then(|p| p.assigned_hub.clone());
         let mut state = DeviceRegistrationState {
             registration_id: Some(id.to_owned()),
@@ -245,8 +245,7 @@ pub fn operation_status(
             ),
         ));
     };
-    let mut state: DeviceRegistrationState =
-        serde_json::from_slice(&row.json).map_err(|_| ServiceError::internal())?;
+    let mut state: DeviceRegistrationState = decode(&row.json)?;
     if state.status == Some(RegistrationStatus::Assigned) {
         state.tpm = st
             .tpm

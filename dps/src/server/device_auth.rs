@@ -25,6 +25,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::error::ServiceError;
 use super::peer::PeerCerts;
+use super::records::decode;
 use super::state::AppState;
 use super::store::{Table, Tx};
 use crate::sas::{SasError, SasToken, SharedAccessKey, derive_device_key};
@@ -83,9 +84,8 @@ pub fn authenticate(
     st.store.read(|tx| {
         let individual: Option<IndividualEnrollment> = tx
             .get(Table::Enrollments, &key)?
-            .map(|row| serde_json::from_slice(&row.json))
-            .transpose()
-            .map_err(|_| ServiceError::internal())?;
+            .map(|row| decode(&row.json))
+            .transpose()?;
         match peer.leaf() {
             Some(leaf) => x509(tx, registration_id, individual, leaf, peer.intermediates()),
             None => sas(
@@ -112,7 +112,7 @@ fn groups(tx: &Tx<'_>) -> Result<Vec<EnrollmentGroup>, ServiceError> {
         let Some(last) = rows.last() else { break };
         after = Some(last.key.clone());
         for row in &rows {
-            out.push(serde_json::from_slice(&row.json).map_err(|_| ServiceError::internal())?);
+            out.push(decode(&row.json)?);
         }
     }
     Ok(out)

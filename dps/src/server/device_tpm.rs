@@ -23,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
 use super::error::ServiceError;
+use super::records;
 use super::state::AppState;
 use super::store::Table;
 use crate::sas::SharedAccessKey;
@@ -112,9 +113,8 @@ pub fn challenge(
     let enrollment: Option<IndividualEnrollment> = st
         .store
         .read(|tx| tx.get(Table::Enrollments, &key))?
-        .map(|row| serde_json::from_slice(&row.json))
-        .transpose()
-        .map_err(|_| ServiceError::internal())?;
+        .map(|row| records::decode(&row.json))
+        .transpose()?;
     let Some(e) = enrollment else {
         return Err(ServiceError::unauthorized(format!(
             "no individual enrollment for {id} (TPM units are enrolled individually)"

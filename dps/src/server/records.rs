@@ -120,7 +120,8 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
-fn decode<R: DeserializeOwned>(json: &[u8]) -> Result<R, ServiceError> {
+/// A stored record's JSON decoded; a record that does not decode is logged and is a 500.
+pub(super) fn decode<R: DeserializeOwned>(json: &[u8]) -> Result<R, ServiceError> {
     serde_json::from_slice(json).map_err(|e| {
         tracing::error!(error = %e, "stored record does not decode");
         ServiceError::internal()

@@ -38,8 +38,7 @@ async fn get_one(
         .store
         .read(|tx| tx.get(Table::Registrations, &k))?
         .ok_or_else(|| ServiceError::not_found(format!("registration {id} does not exist")))?;
-    let rec: DeviceRegistrationState =
-        serde_json::from_slice(&row.json).map_err(|_| ServiceError::internal())?;
+    let rec: DeviceRegistrationState = records::decode(&row.json)?;
     Ok((
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
         serde_json::to_vec(&rec).map_err(|_| ServiceError::internal())?,
@@ -102,9 +101,8 @@ async fn query(
     };
     let items = rows
         .iter()
-        .map(|r| serde_json::from_slice::<DeviceRegistrationState>(&r.json))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ServiceError::internal())?;
+        .map(|r| records::decode::<DeviceRegistrationState>(&r.json))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(records::page_response(
         &items,
         ItemType::DeviceRegistration,

@@ -76,7 +76,7 @@ fn web_unit_page(rig: &LineRig, serial: &str) -> String {
 
 #[test]
 fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
-    let rig = LineRig::new();
+    let mut rig = LineRig::new();
     let badge = "BADGE-7301-alice";
     // The web UI too: an engineer looks the unit up there.
     rig.config("70-web.toml", "[web]\nlisten = \"127.0.0.1:0\"\n");
@@ -95,14 +95,7 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
     assert!(uploaded, "{}", text(&rig.station(&["upload", "--status"])));
 
     // What the station recorded for each unit on a serial link.
-    let recorded: BTreeMap<String, String> = rig
-        .db()
-        .prepare("SELECT serial, registration_id FROM units WHERE fixture IN ('link-1', 'sym-1')")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let recorded = registration_ids(&rig, "fixture IN ('link-1', 'sym-1')");
     assert!(recorded.len() >= 2, "{recorded:?}");
 
     // Before the units power up, the station can tell that DPS has no registration yet.
@@ -125,10 +118,7 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
     let work = rig.dir.path().join("line");
     let out = unit_register(&rig, &[&work]);
     assert!(out.status.success(), "unit-register: {}", text(&out));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     let mut registered = BTreeMap::new();
     let mut tpm_registered = BTreeSet::new();
     for l in &lines {
@@ -182,6 +172,92 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         "{after}"
     );
 
+    // The station asks DPS which units registered, and records each one's hub.
+    let passed = registration_ids(&rig, "state = 'uploaded'");
+    let checked = registrations(&rig, &["--json", "--actor", "eve"]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let lines = json_lines(&checked);
+    assert_eq!(
+        lines.len(),
+        passed.len(),
+        "one answer per passed unit: {lines:?}"
+    );
+    let mut assigned = 0i64;
+    for l in &lines {
+        let serial = l["serial"].as_str().unwrap();
+        let rid = l["registrationId"].as_str().unwrap();
+        assert_eq!(passed[serial], rid, "{l}");
+        assert_eq!(l["target"], "local", "{l}");
+        if registered.values().any(|r| r == rid) || tpm_registered.contains(rid) {
+            // What the station recorded is what DPS holds.
+            let id = RegistrationId::new(rid).unwrap();
+            let rec = rig.dps(|c| async move { c.get_registration_state(&id).await.unwrap() });
+            assert_eq!(l["status"], "assigned", "{l}");
+            assert_eq!(l["newlyRegistered"], true, "{l}");
+            assert_eq!(
+                l["assignedHub"].as_str(),
+                rec.assigned_hub.as_deref(),
+                "{l}"
+            );
+            assert_eq!(l["deviceId"].as_str(), rec.device_id.as_deref(), "{l}");
+            let (state, data): (String, String) = rig
+                .db()
+                .query_row(
+                    "SELECT state, state_data FROM units WHERE serial = ?1",
+                    [serial],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+            assert_eq!(state, "registered");
+            assert_eq!(data["hub"], l["assignedHub"], "{data}");
+            assert_eq!(data["device_id"], l["deviceId"], "{data}");
+            assigned += 1;
+        } else {
+            // Units whose key is in their own token do not power up in this simulation.
+            assert_eq!(l["status"], "none", "{l}");
+            assert_eq!(
+                l["detail"].as_str().unwrap(),
+                format!("{rid} has not registered yet")
+            );
+        }
+    }
+    assert_eq!(
+        usize::try_from(assigned).unwrap(),
+        registered.len() + tpm_registered.len()
+    );
+    let audited: i64 = rig
+        .db()
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE event = 'unit.registered' AND actor = 'eve'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        audited, assigned,
+        "each unit's move to registered is audited"
+    );
+    // The unit's own record shows the answer, offline.
+    let out = rig.station(&["unit", "show", first_serial]);
+    let record = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        record.contains("state            registered: assigned to hub-")
+            && record.contains("DPS checked      local: assigned to hub-")
+            && record.contains(&format!("as device {first_rid} (asked ")),
+        "{record}"
+    );
+    // Asking again finds nothing new, and an end-of-line gate over every unit says which
+    // ones are missing (exit 3).
+    let again = registrations(&rig, &["--recheck", "--expect-all"]);
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again));
+    let again_text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again_text.contains(&format!("  registered  {assigned:>5}   (0 newly recorded)"))
+            && again_text.contains("not registered yet:\n"),
+        "{again_text}"
+    );
+
     // A supervisor disables one X.509 unit's enrollment in DPS: that unit is refused now,
     // and told why.
     let (serial, rid) = recorded
@@ -229,4 +305,84 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
             && why.contains(&format!("the individual enrollment {rid} is disabled")),
         "{why}"
     );
+    // The registration check records the refusal; the unit keeps the hub it was given.
+    let gate = registrations(&rig, &["--recheck", "--serial", &serial, "--expect-all"]);
+    assert_eq!(gate.status.code(), Some(3), "{}", text(&gate));
+    let gate_text = String::from_utf8_lossy(&gate.stdout);
+    assert!(
+        gate_text.contains("refused by DPS:\n")
+            && gate_text.contains(&format!("  {serial:<12} local: disabled"))
+            && gate_text.contains(&format!("the individual enrollment {rid} is disabled")),
+        "{gate_text}"
+    );
+    let (status, error): (String, String) = rig
+        .db()
+        .query_row(
+            "SELECT r.status, r.error_message FROM dps_registrations r JOIN units u ON u.id = r.unit_id
+             WHERE u.serial = ?1",
+            [&serial],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "disabled");
+    assert!(error.contains("is disabled"), "{error}");
+
+    // With DPS gone, the check says so and changes nothing.
+    drop(serve);
+    let before = registration_records(&rig);
+    rig.dps.take().unwrap().stop();
+    let down = registrations(&rig, &["--recheck"]);
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
+    let down_text = String::from_utf8_lossy(&down.stdout);
+    assert!(
+        down_text.contains("not asked (") && down_text.contains("\n  local: "),
+        "{down_text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("could not be checked with DPS"),
+        "{}",
+        text(&down)
+    );
+    assert_eq!(registration_records(&rig), before, "nothing recorded");
+}
+
+/// `station registrations ARGS`.
+fn registrations(rig: &LineRig, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["registrations"];
+    all.extend_from_slice(args);
+    rig.station(&all)
+}
+
+/// Serial -> registration ID of the units matching `filter` (an SQL condition on `units`).
+fn registration_ids(rig: &LineRig, filter: &str) -> BTreeMap<String, String> {
+    rig.db()
+        .prepare(&format!(
+            "SELECT serial, registration_id FROM units WHERE {filter}"
+        ))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Each unit's state and what the registration check recorded for it.
+fn registration_records(rig: &LineRig) -> Vec<(String, String, String, String)> {
+    rig.db()
+        .prepare(
+            "SELECT u.serial, u.state, u.state_data, coalesce(r.status || ' ' || r.checked_at, '')
+             FROM units u LEFT JOIN dps_registrations r ON r.unit_id = u.id ORDER BY u.serial",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

@@ -306,7 +306,7 @@ fn dps_registration(
     let Some(rid) = r.unit.registration_id.as_deref() else {
         return vec!["- (the unit has no registration ID)".into()];
     };
-    let targets = r.dps_targets();
+    let targets = &r.dps_targets;
     if targets.is_empty() {
         return vec!["- (the unit was not enrolled)".into()];
     }
@@ -315,7 +315,7 @@ fn dps_registration(
         .build()
     {
         Ok(rt) => rt
-            .block_on(registration_lines(&ctx.home, cfg, rid, &targets))
+            .block_on(registration_lines(&ctx.home, cfg, rid, targets))
             .iter()
             .map(ToString::to_string)
             .collect(),
@@ -390,6 +390,9 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
             }
             for line in &r.uploads {
                 println!("upload           {line}");
+            }
+            for (target, text, at) in &r.registration_checks {
+                println!("DPS checked      {target}: {text} (asked {at})");
             }
             if *dps {
                 for line in dps_registration(ctx, &loaded.config, &r) {

@@ -10,6 +10,7 @@ mod line;
 pub mod link;
 mod lot;
 mod pkcs11;
+mod registrations;
 pub mod tpm;
 mod upload;
 mod user;
@@ -88,6 +89,11 @@ pub enum Command {
     /// The outbox: queue status, drain now, requeue a resolved conflict; air-gapped export,
     /// delivery and receipt.
     Upload(upload::UploadArgs),
+    /// Ask DPS which passed units have registered (at the end of the line or in the field):
+    /// record the hub each was assigned (the unit becomes `registered`) and list the units not
+    /// registered yet or refused, with DPS's reason. Exits 1 if DPS could not be asked about
+    /// every unit.
+    Registrations(registrations::RegistrationsArgs),
 }
 
 impl Command {
@@ -183,6 +189,9 @@ pub enum CliError {
     /// An upload command failed.
     #[error(transparent)]
     Upload(#[from] upload::UploadCliError),
+    /// The registration check failed.
+    #[error(transparent)]
+    Registrations(#[from] registrations::RegistrationsCliError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -254,5 +263,6 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Unit(cmd) => line::unit(&ctx, &cmd),
         Command::Group(cmd) => group::run(&ctx, cmd),
         Command::Upload(args) => upload::run(&ctx, &args),
+        Command::Registrations(args) => registrations::run(&ctx, &args),
     }
 }

@@ -1,5 +1,6 @@
 //! DPS targets: the `[dps.targets.NAME]` sections turned into service clients.
 
+pub mod check;
 pub mod registration;
 
 use std::time::Duration;

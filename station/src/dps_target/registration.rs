@@ -58,7 +58,8 @@ pub async fn registration_lines(
     out
 }
 
-fn describe(rec: &dps::wire::DeviceRegistrationState) -> String {
+/// A registration record in words: `STATUS[ to HUB as device D (substatus)][, last TIME][: why]`.
+pub(crate) fn describe(rec: &dps::wire::DeviceRegistrationState) -> String {
     let mut line = rec.status.map_or("unknown", |s| s.as_str()).to_owned();
     if let Some(place) = rec.placement() {
         line.push_str(&format!(" to {place}"));

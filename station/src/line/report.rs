@@ -23,17 +23,25 @@ pub struct UnitReport {
     pub enrollments: Vec<EnrollmentLine>,
     /// Where each of its outbox rows is, in words.
     pub uploads: Vec<String>,
+    /// The DPS targets the unit was enrolled with, each once (see [`dps_targets`]).
+    pub dps_targets: Vec<String>,
+    /// What DPS last said about its registration when `station registrations` asked: per
+    /// target, `(target, answer in words, checked at)`.
+    pub registration_checks: Vec<(String, String, String)>,
 }
 
-impl UnitReport {
-    /// The DPS targets the unit was enrolled with, each once.
-    #[must_use]
-    pub fn dps_targets(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.enrollments.iter().map(|e| e.target.clone()).collect();
-        t.sort();
-        t.dedup();
-        t
-    }
+/// The DPS targets a unit was enrolled with, each once, in name order: those of its individual
+/// enrollments, and those its group membership was queued for (a group member has no
+/// enrollment of its own, only its outbox row).
+pub fn dps_targets(conn: &Connection, unit_id: i64) -> Result<Vec<String>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT dps_target FROM enrollments WHERE unit_id = ?1
+         UNION SELECT substr(destination, 5) FROM outbox
+               WHERE unit_id = ?1 AND destination LIKE 'dps:%'
+         ORDER BY 1",
+    )?
+    .query_map([unit_id], |r| r.get(0))?
+    .collect()
 }
 
 /// A certificate issued to a unit.
@@ -124,6 +132,9 @@ pub fn unit(conn: &Connection, serial: &str) -> Result<Option<UnitReport>, UnitS
         })
         .map_err(sql("read the unit's enrollments"))?;
     let uploads = upload_rows(conn, unit.id).map_err(sql("read the unit's outbox rows"))?;
+    let dps_targets = dps_targets(conn, unit.id).map_err(sql("read the unit's DPS targets"))?;
+    let registration_checks = crate::dps_target::check::last_answers(conn, unit.id)
+        .map_err(sql("read the unit's registration checks"))?;
     Ok(Some(UnitReport {
         state: describe_state(&unit.state),
         unit,
@@ -131,6 +142,8 @@ pub fn unit(conn: &Connection, serial: &str) -> Result<Option<UnitReport>, UnitS
         certificates,
         enrollments,
         uploads,
+        dps_targets,
+        registration_checks,
     }))
 }
 
@@ -225,6 +238,9 @@ pub fn describe_state(s: &UnitState) -> String {
         UnitState::Failed { step, reason } => format!("failed at {}: {reason}", step.as_str()),
         UnitState::Uploaded { etag } => format!("uploaded (etag {etag})"),
         UnitState::Queued { outbox_id } => format!("queued for DPS (outbox #{outbox_id})"),
+        UnitState::Registered { hub, device_id } => {
+            format!("registered: assigned to {hub} as device {device_id}")
+        }
         other => other.name().to_owned(),
     }
 }

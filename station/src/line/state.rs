@@ -92,10 +92,13 @@ pub enum UnitState {
         /// The enrollment's etag in DPS.
         etag: String,
     },
-    /// The unit registered and was assigned a hub.
+    /// DPS assigned the unit a hub: the unit registered (at the end of the line or in the
+    /// field), as `station registrations` found.
     Registered {
         /// The assigned hub.
         hub: String,
+        /// The device ID in that hub.
+        device_id: String,
     },
     /// The run failed.
     Failed {
@@ -179,6 +182,8 @@ impl UnitState {
             (S::Queued { .. }, S::Uploaded { .. }) => true,
             // A re-upload (after a 412 refetch, or a twin update) gives a new etag.
             (S::Uploaded { .. }, S::Uploaded { .. } | S::Registered { .. }) => true,
+            // Registered again elsewhere (re-registration under another allocation).
+            (S::Registered { .. }, S::Registered { .. }) => true,
             _ => false,
         };
         if ok {
@@ -240,6 +245,28 @@ mod tests {
             registration_id: "SX-000001".into(),
             material: "sha256:ab".into(),
         }
+    }
+
+    #[test]
+    fn a_registered_unit_may_be_registered_again_elsewhere_but_not_go_back() {
+        let at = |hub: &str| UnitState::Registered {
+            hub: hub.into(),
+            device_id: "SX-000001".into(),
+        };
+        let uploaded = UnitState::Uploaded { etag: "e1".into() };
+        let registered = uploaded.to(at("hub-a.local")).unwrap();
+        assert_eq!(registered.to(at("hub-b.local")).unwrap(), at("hub-b.local"));
+        assert!(registered.to(uploaded).is_err());
+        assert!(registered.passed());
+        assert_eq!(registered.recovery(), Recovery::Keep);
+        assert!(
+            registered
+                .to(UnitState::Failed {
+                    step: Step::Register,
+                    reason: "x".into()
+                })
+                .is_err()
+        );
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_exports",
         sql: include_str!("migrations/0009_outbox_exports.sql"),
     },
+    Migration {
+        version: 10,
+        name: "dps_registrations",
+        sql: include_str!("migrations/0010_dps_registrations.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

@@ -107,9 +107,9 @@ pub async fn show(
             ))
         })?;
     let dps = match (query.dps.as_deref(), r.unit.registration_id.as_deref()) {
-        (Some(_), Some(rid)) => Some(
-            registration_lines(&state.setup.home, &state.setup.cfg, rid, &r.dps_targets()).await,
-        ),
+        (Some(_), Some(rid)) => {
+            Some(registration_lines(&state.setup.home, &state.setup.cfg, rid, &r.dps_targets).await)
+        }
         _ => None,
     };
     Ok(UnitPage {

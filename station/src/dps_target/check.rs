@@ -1,0 +1,528 @@
+//! The registration check (`station registrations`): asks DPS which passed units have
+//! registered. A unit DPS assigned a hub moves `uploaded -> registered` (audited, with the hub
+//! and device ID); for every unit DPS answered about, its answer is kept in
+//! `dps_registrations`, so the engineer sees which units have not registered yet, or were
+//! refused and why, without asking DPS unit by unit.
+//!
+//! DPS is asked with the service API (one `GET registrations/{id}` per unit and target, up to
+//! [`IN_FLIGHT`] at once, within the target's `ops_per_min`). A target that cannot be reached
+//! is reported for its units and nothing is recorded for them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dps::wire::{DeviceRegistrationState, RegistrationStatus};
+use rusqlite::{Connection, Transaction, params};
+
+use super::registration::describe;
+use crate::config::Config;
+use crate::home::Home;
+use crate::ids::StationId;
+use crate::line::state::UnitState;
+use crate::line::units::{self, Facts, UnitStoreError};
+use crate::line::worker::error_text;
+use crate::store::{now_utc, sql};
+
+/// Requests to one DPS target at a time.
+pub const IN_FLIGHT: usize = 8;
+
+/// Which units to ask about: passed units DPS holds the enrollment of (`uploaded`), and with
+/// `recheck` those already `registered` too.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only this lot.
+    pub lot: Option<String>,
+    /// Only these serials (empty: all).
+    pub serials: Vec<String>,
+    /// Also units already registered (DPS may have moved them since).
+    pub recheck: bool,
+}
+
+/// A unit to ask about, in one DPS target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The unit's row.
+    pub unit_id: i64,
+    /// Serial.
+    pub serial: String,
+    /// Registration ID.
+    pub registration_id: String,
+    /// The DPS target.
+    pub target: String,
+}
+
+/// DPS's answer about one unit.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The registration record.
+    Record(Box<DeviceRegistrationState>),
+    /// No registration record: the unit has not registered.
+    None,
+    /// DPS was not asked or did not answer: why.
+    NotAsked(String),
+    /// The target is delivered by export: DPS is not reachable from the station.
+    ExportOnly(String),
+}
+
+/// What the check found for one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// DPS assigned the unit a hub.
+    Assigned {
+        /// The hub.
+        hub: String,
+        /// The device ID there.
+        device_id: String,
+        /// Whether the unit became `registered` (or moved hub) with this check.
+        newly: bool,
+    },
+    /// The unit tried and DPS refused it (`failed`, `disabled`): DPS's words.
+    Refused(String),
+    /// No registration yet, or one still being assigned.
+    NotYet(String),
+    /// DPS could not be asked: why.
+    NotAsked(String),
+    /// The unit's target is delivered by export; ask where DPS is reachable.
+    ExportOnly(String),
+}
+
+/// The units `sel` names, one entry per DPS target each was enrolled with, oldest first.
+pub fn candidates(conn: &Connection, sel: &Selection) -> Result<Vec<Candidate>, rusqlite::Error> {
+    let serials =
+        (!sel.serials.is_empty()).then(|| serde_json::Value::from(sel.serials.clone()).to_string());
+    let units: Vec<(i64, String, String)> = conn
+        .prepare(
+            "SELECT id, serial, registration_id FROM units
+             WHERE registration_id IS NOT NULL
+               AND (state = 'uploaded' OR (?1 AND state = 'registered'))
+               AND (?2 IS NULL OR lot_id = ?2)
+               AND (?3 IS NULL OR serial IN (SELECT value FROM json_each(?3)))
+             ORDER BY id",
+        )?
+        .query_map(params![sel.recheck, sel.lot, serials], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(units.len());
+    for (unit_id, serial, registration_id) in units {
+        for target in crate::line::report::dps_targets(conn, unit_id)? {
+            out.push(Candidate {
+                unit_id,
+                serial: serial.clone(),
+                registration_id: registration_id.clone(),
+                target,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Asks DPS about each candidate; the answers come in the candidates' order.
+pub async fn ask(home: &Home, cfg: &Config, candidates: &[Candidate]) -> Vec<Answer> {
+    let mut by_target: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in candidates.iter().enumerate() {
+        by_target.entry(&c.target).or_default().push(i);
+    }
+    let mut answers: Vec<Option<Answer>> = vec![None; candidates.len()];
+    for (target, idx) in by_target {
+        let client = super::client_with(home, cfg, target, |o| {
+            // A check is asked for by someone waiting: a few quick retries (a 429's
+            // Retry-After is still honoured), not the uploader's patient ones.
+            o.retry.max_attempts = 3;
+            o.retry.min_backoff = Duration::from_secs(1);
+            o.request_timeout = Duration::from_secs(15);
+        });
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                let why = error_text(&e);
+                let export = matches!(e, super::TargetError::ExportOnly(_));
+                for i in idx {
+                    answers[i] = Some(if export {
+                        Answer::ExportOnly(why.clone())
+                    } else {
+                        Answer::NotAsked(why.clone())
+                    });
+                }
+                continue;
+            }
+        };
+        // The first unit alone: a target that cannot be reached is reported once per unit,
+        // not tried once per unit.
+        let first = ask_one(&client, &candidates[idx[0]].registration_id).await;
+        if let Answer::NotAsked(why) = &first {
+            for &i in &idx {
+                answers[i] = Some(Answer::NotAsked(why.clone()));
+            }
+            continue;
+        }
+        answers[idx[0]] = Some(first);
+        let mut pending = idx[1..].iter().copied();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < IN_FLIGHT {
+                let Some(i) = pending.next() else { break };
+                let client = client.clone();
+                let rid = candidates[i].registration_id.clone();
+                running.spawn(async move { (i, ask_one(&client, &rid).await) });
+            }
+            match running.join_next().await {
+                Some(Ok((i, a))) => answers[i] = Some(a),
+                Some(Err(e)) => tracing::error!(error = %e, "a registration lookup panicked"),
+                None => break,
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Answer::NotAsked("the lookup did not finish".into())))
+        .collect()
+}
+
+async fn ask_one(client: &dps::client::ServiceClient, registration_id: &str) -> Answer {
+    let id = match dps::RegistrationId::new(registration_id) {
+        Ok(id) => id,
+        Err(e) => {
+            return Answer::NotAsked(format!(
+                "{registration_id} is not a DPS registration ID: {e}"
+            ));
+        }
+    };
+    match client.get_registration_state(&id).await {
+        Ok(rec) => Answer::Record(Box::new(rec)),
+        Err(e) if e.status() == Some(404) => Answer::None,
+        Err(e) => Answer::NotAsked(error_text(&e)),
+    }
+}
+
+/// Records the answers in the caller's transaction: each answered unit's row in
+/// `dps_registrations`, and each unit DPS assigned moved to `registered` (from `uploaded`, or
+/// from `registered` at another hub or device ID). Returns what was found for each candidate.
+pub fn record(
+    tx: &Transaction<'_>,
+    station: &StationId,
+    actor: &str,
+    candidates: &[Candidate],
+    answers: &[Answer],
+) -> Result<Vec<Finding>, UnitStoreError> {
+    let now = now_utc();
+    let mut out = Vec::with_capacity(candidates.len());
+    for (c, a) in candidates.iter().zip(answers) {
+        let rec = match a {
+            Answer::NotAsked(why) => {
+                out.push(Finding::NotAsked(why.clone()));
+                continue;
+            }
+            Answer::ExportOnly(why) => {
+                out.push(Finding::ExportOnly(why.clone()));
+                continue;
+            }
+            Answer::None => None,
+            Answer::Record(rec) => Some(rec.as_ref()),
+        };
+        store_answer(tx, c, rec, &now)?;
+        let finding = match rec {
+            None => Finding::NotYet(format!("{} has not registered yet", c.registration_id)),
+            Some(r) => match (r.status, &r.assigned_hub, &r.device_id) {
+                (Some(RegistrationStatus::Assigned), Some(hub), Some(device_id)) => {
+                    let newly = enter_registered(tx, station, actor, c.unit_id, hub, device_id)?;
+                    Finding::Assigned {
+                        hub: hub.clone(),
+                        device_id: device_id.clone(),
+                        newly,
+                    }
+                }
+                (Some(RegistrationStatus::Failed | RegistrationStatus::Disabled), ..) => {
+                    Finding::Refused(describe(r))
+                }
+                _ => Finding::NotYet(describe(r)),
+            },
+        };
+        out.push(finding);
+    }
+    Ok(out)
+}
+
+fn store_answer(
+    tx: &Transaction<'_>,
+    c: &Candidate,
+    rec: Option<&DeviceRegistrationState>,
+    now: &str,
+) -> Result<(), UnitStoreError> {
+    let status = rec
+        .and_then(|r| r.status)
+        .map_or("none", RegistrationStatus::as_str);
+    tx.prepare_cached(
+        "INSERT INTO dps_registrations (unit_id, dps_target, registration_id, status,
+             assigned_hub, device_id, substatus, error_message, dps_updated_at, checked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (unit_id, dps_target) DO UPDATE SET registration_id = excluded.registration_id,
+             status = excluded.status, assigned_hub = excluded.assigned_hub,
+             device_id = excluded.device_id, substatus = excluded.substatus,
+             error_message = excluded.error_message, dps_updated_at = excluded.dps_updated_at,
+             checked_at = excluded.checked_at",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            c.unit_id,
+            c.target,
+            c.registration_id,
+            status,
+            rec.and_then(|r| r.assigned_hub.as_deref()),
+            rec.and_then(|r| r.device_id.as_deref()),
+            rec.and_then(|r| r.substatus).map(|s| s.as_str()),
+            rec.and_then(|r| r.error_message.as_deref()),
+            rec.and_then(|r| r.last_updated_date_time_utc)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            now,
+        ])
+    })
+    .map_err(sql("record DPS's registration answer"))?;
+    Ok(())
+}
+
+/// Moves the unit to `registered` at `hub` as `device_id`, unless it is there already.
+/// Returns whether it moved.
+fn enter_registered(
+    tx: &Transaction<'_>,
+    station: &StationId,
+    actor: &str,
+    unit_id: i64,
+    hub: &str,
+    device_id: &str,
+) -> Result<bool, UnitStoreError> {
+    let unit = units::by_id(tx, unit_id)?.ok_or(UnitStoreError::NoUnit(unit_id))?;
+    let next = UnitState::Registered {
+        hub: hub.to_owned(),
+        device_id: device_id.to_owned(),
+    };
+    match &unit.state {
+        UnitState::Uploaded { .. } => {}
+        UnitState::Registered { .. } if unit.state != next => {}
+        // Already there, or moved on meanwhile (a retry superseded it): left as it is.
+        _ => return Ok(false),
+    }
+    units::transition(tx, station, actor, unit_id, next, &Facts::default())?;
+    Ok(true)
+}
+
+/// What DPS last said about a unit's registration, as the check recorded it: per DPS target,
+/// `(target, answer in words, checked at)`; empty when the unit was never checked.
+pub fn last_answers(
+    conn: &Connection,
+    unit_id: i64,
+) -> Result<Vec<(String, String, String)>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT dps_target, status, coalesce(assigned_hub, ''), coalesce(device_id, ''),
+                coalesce(error_message, ''), checked_at
+         FROM dps_registrations WHERE unit_id = ?1 ORDER BY dps_target",
+    )?
+    .query_map([unit_id], |r| {
+        let status: String = r.get(1)?;
+        let hub: String = r.get(2)?;
+        let device: String = r.get(3)?;
+        let error: String = r.get(4)?;
+        let mut text = status.clone();
+        if !hub.is_empty() {
+            text.push_str(&format!(" to {hub} as device {device}"));
+        }
+        if !error.is_empty() {
+            text.push_str(&format!(": {error}"));
+        }
+        Ok((r.get(0)?, text, r.get(5)?))
+    })?
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::store::Store;
+
+    /// Units A (uploaded, lot L1, individual enrollment in `local`), B (uploaded, lot L2, a
+    /// group member queued for `plant`), C (registered, L1), D (queued, L1).
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::create(&d.path().join("t.db"), &StoreConfig::default()).unwrap();
+        s.conn()
+            .execute_batch(
+                "INSERT INTO lots (id, product, quantity, status, opened_at, opened_by)
+                   VALUES ('L1', 'p', 5, 'open', 't', 'a'), ('L2', 'p', 5, 'open', 't', 'a');
+                 INSERT INTO units (id, serial, lot_id, product, registration_id, state, state_data, created_at, updated_at) VALUES
+                   (1, 'A', 'L1', 'p', 'a-1', 'uploaded', '{\"etag\":\"e\"}', 't', 't'),
+                   (2, 'B', 'L2', 'p', 'b-1', 'uploaded', '{\"etag\":\"e\"}', 't', 't'),
+                   (3, 'C', 'L1', 'p', 'c-1', 'registered', '{\"hub\":\"hub-a\",\"device_id\":\"c-1\"}', 't', 't'),
+                   (4, 'D', 'L1', 'p', 'd-1', 'queued', '{\"outbox_id\":9}', 't', 't');
+                 INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at) VALUES
+                   (1, 'local', 'individual', 'a-1', '{}', 'uploaded', 't'),
+                   (3, 'local', 'individual', 'c-1', '{}', 'uploaded', 't'),
+                   (4, 'local', 'individual', 'd-1', '{}', 'queued', 't');
+                 INSERT INTO outbox (destination, kind, item_key, created_at, unit_id, state) VALUES
+                   ('dps:plant', 'dps-group-member', 'b-1', 't', 2, 'done');",
+            )
+            .unwrap();
+        (d, s)
+    }
+
+    fn picked(s: &Store, sel: &Selection) -> Vec<(String, String)> {
+        candidates(s.conn(), sel)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.serial, c.target))
+            .collect()
+    }
+
+    fn pair(serial: &str, target: &str) -> (String, String) {
+        (serial.into(), target.into())
+    }
+
+    #[test]
+    fn the_check_asks_about_uploaded_units_and_group_members_in_their_own_target() {
+        let (_d, s) = store();
+        assert_eq!(
+            picked(&s, &Selection::default()),
+            [pair("A", "local"), pair("B", "plant")]
+        );
+        let lot = Selection {
+            lot: Some("L1".into()),
+            ..Selection::default()
+        };
+        assert_eq!(picked(&s, &lot), [pair("A", "local")]);
+        let recheck = Selection {
+            recheck: true,
+            ..Selection::default()
+        };
+        assert_eq!(
+            picked(&s, &recheck),
+            [pair("A", "local"), pair("B", "plant"), pair("C", "local")]
+        );
+        // A named unit that DPS does not hold yet (D is queued) is not asked about.
+        let named = Selection {
+            serials: vec!["C".into(), "D".into(), "B".into()],
+            recheck: true,
+            ..Selection::default()
+        };
+        assert_eq!(picked(&s, &named), [pair("B", "plant"), pair("C", "local")]);
+    }
+
+    #[test]
+    fn answers_are_recorded_and_an_assigned_unit_becomes_registered_once() {
+        let (_d, mut s) = store();
+        let all = candidates(
+            s.conn(),
+            &Selection {
+                recheck: true,
+                ..Selection::default()
+            },
+        )
+        .unwrap();
+        let assigned = |hub: &str, device: &str| {
+            Answer::Record(Box::new(DeviceRegistrationState {
+                status: Some(RegistrationStatus::Assigned),
+                assigned_hub: Some(hub.into()),
+                device_id: Some(device.into()),
+                ..DeviceRegistrationState::default()
+            }))
+        };
+        let answers = [
+            assigned("hub-b", "a-1"),
+            Answer::None,
+            // C is where the station recorded it: nothing moves.
+            assigned("hub-a", "c-1"),
+        ];
+        let station = StationId::new("s1").unwrap();
+        let tx = s.conn_mut().transaction().unwrap();
+        let found = record(&tx, &station, "eve", &all, &answers).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            found,
+            [
+                Finding::Assigned {
+                    hub: "hub-b".into(),
+                    device_id: "a-1".into(),
+                    newly: true
+                },
+                Finding::NotYet("b-1 has not registered yet".into()),
+                Finding::Assigned {
+                    hub: "hub-a".into(),
+                    device_id: "c-1".into(),
+                    newly: false
+                },
+            ]
+        );
+        let a = units::by_id(s.conn(), 1).unwrap().unwrap();
+        assert_eq!(
+            a.state,
+            UnitState::Registered {
+                hub: "hub-b".into(),
+                device_id: "a-1".into()
+            }
+        );
+        let rows: Vec<(i64, String, String)> = s
+            .conn()
+            .prepare("SELECT unit_id, dps_target, status FROM dps_registrations ORDER BY unit_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (1, "local".into(), "assigned".into()),
+                (2, "plant".into(), "none".into()),
+                (3, "local".into(), "assigned".into())
+            ]
+        );
+        let audited: i64 = s
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM audit_log WHERE event = 'unit.registered' AND actor = 'eve'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(audited, 1, "only A moved");
+
+        // A refusal later is recorded as DPS's answer; a unit DPS could not be asked about
+        // keeps what was recorded before.
+        let refused = Answer::Record(Box::new(DeviceRegistrationState {
+            status: Some(RegistrationStatus::Disabled),
+            error_message: Some("the individual enrollment a-1 is disabled".into()),
+            ..DeviceRegistrationState::default()
+        }));
+        let tx = s.conn_mut().transaction().unwrap();
+        let found = record(
+            &tx,
+            &station,
+            "eve",
+            &all[..2],
+            &[refused, Answer::NotAsked("not reached".into())],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            found,
+            [
+                Finding::Refused("disabled: the individual enrollment a-1 is disabled".into()),
+                Finding::NotAsked("not reached".into()),
+            ]
+        );
+        let last = last_answers(s.conn(), 1).unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(
+            last[0].1,
+            "disabled: the individual enrollment a-1 is disabled"
+        );
+        let b: String = s
+            .conn()
+            .query_row(
+                "SELECT status FROM dps_registrations WHERE unit_id = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(b, "none");
+    }
+}

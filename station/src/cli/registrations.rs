@@ -56,9 +56,8 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
         serials: args.serials.clone(),
         recheck: args.recheck,
     };
-    let candidates = check::candidates(store.conn(), &sel)
-        .map_err(sql("find the units to check"))
-        .map_err(|e| RegistrationsCliError::Record(e.into()))?;
+    let candidates =
+        check::candidates(store.conn(), &sel).map_err(sql("find the units to check"))?;
     if candidates.is_empty() {
         if !args.json {
             println!(

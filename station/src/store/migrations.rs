@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dps_registrations",
         sql: include_str!("migrations/0010_dps_registrations.sql"),
     },
+    Migration {
+        version: 11,
+        name: "certificate_status_check",
+        sql: include_str!("migrations/0011_certificate_status_check.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

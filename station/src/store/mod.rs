@@ -860,15 +860,15 @@ mod tests {
         }
     }
 
-    /// A database file as a station built before migration 7 left it.
-    fn database_at_version_6(path: &Path) -> Connection {
+    /// A database file as a station built before migration `version + 1` left it.
+    fn database_at_version(path: &Path, version: u32) -> Connection {
         let c = Connection::open(path).unwrap();
-        for m in MIGRATIONS.iter().filter(|m| m.version <= 6) {
+        for m in MIGRATIONS.iter().filter(|m| m.version <= version) {
             c.execute_batch(m.sql).unwrap();
         }
         c.execute(
-            "INSERT INTO schema_version (id, version, updated_at) VALUES (1, 6, 't')",
-            [],
+            "INSERT INTO schema_version (id, version, updated_at) VALUES (1, ?1, 't')",
+            [version],
         )
         .unwrap();
         c
@@ -887,7 +887,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
-            let c = database_at_version_6(&path);
+            let c = database_at_version(&path, 6);
             for (i, status) in ["live", "superseded", "issued"].iter().enumerate() {
                 let serial = format!("{:032x}", 0xabc0 + i);
                 c.execute(
@@ -984,6 +984,109 @@ mod tests {
         );
     }
 
+    /// Migration 11 spells the certificates' status check as comparisons: every certificate
+    /// is kept, the same statuses are admitted and refused, and inserting a certificate no
+    /// longer builds a temporary b-tree of the allowed statuses (SQLite's OpenEphemeral).
+    #[test]
+    fn migration_11_keeps_the_certificates_and_their_status_check_without_a_temporary_table() {
+        const INSERT: &str = "INSERT INTO certificates (issuer_key_id, serial_hex, unit_id,
+             registration_id, subject, profile, not_before, not_after, fingerprint_sha256, der,
+             status, issued_at) VALUES (?1, ?2, NULL, 'r', 'CN=r', 'device', 't', 't', 'f', ?3, ?4, 't')";
+        let issuer = "9f".repeat(32);
+        let statuses = ["issued", "live", "superseded", "revoked"];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = database_at_version(&path, 10);
+            let plan = explain(&c, INSERT);
+            assert!(plan.contains("OpenEphemeral"), "before: {plan}");
+            for (i, status) in statuses.iter().enumerate() {
+                let serial = format!("{:032x}", 0xbee0 + i);
+                c.execute(
+                    INSERT,
+                    rusqlite::params![issuer, serial, vec![i as u8; 4], status],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path, &StoreConfig::default()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), migrations::latest());
+        let rows: Vec<(i64, String, Vec<u8>, String)> = store
+            .conn()
+            .prepare("SELECT id, serial_hex, der, status FROM certificates ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected: Vec<(i64, String, Vec<u8>, String)> = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                (
+                    i as i64 + 1,
+                    format!("{:032x}", 0xbee0 + i),
+                    vec![i as u8; 4],
+                    (*s).to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(rows, expected);
+        let plan = explain(store.conn(), INSERT);
+        assert!(!plan.contains("OpenEphemeral"), "after: {plan}");
+        let insert = |serial: &str, status: &str| {
+            store
+                .conn()
+                .execute(INSERT, rusqlite::params![issuer, serial, vec![9u8], status])
+                .map_err(|e| e.sqlite_error_code())
+        };
+        for (i, status) in statuses.iter().enumerate() {
+            assert_eq!(insert(&format!("{:032x}", 0xcee0 + i), status), Ok(1));
+        }
+        for status in ["Issued", "expired", ""] {
+            assert_eq!(
+                insert(&format!("{:032x}", 0xdee0), status),
+                Err(Some(rusqlite::ErrorCode::ConstraintViolation)),
+                "status {status:?}"
+            );
+        }
+        assert_eq!(
+            store
+                .conn()
+                .execute("UPDATE certificates SET status = 'lost' WHERE id = 1", [])
+                .map_err(|e| e.sqlite_error_code()),
+            Err(Some(rusqlite::ErrorCode::ConstraintViolation))
+        );
+        assert_eq!(
+            insert(&format!("{:032x}", 0xbee1), "issued"),
+            Err(Some(rusqlite::ErrorCode::ConstraintViolation)),
+            "a serial recorded before the migration is still taken"
+        );
+        drop(store);
+        let out = std::process::Command::new("sqlite3")
+            .arg(&path)
+            .arg("PRAGMA integrity_check; SELECT count(*) FROM certificates;")
+            .output()
+            .expect("the sqlite3 CLI (scripts/bootstrap installs it)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok\n8\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The opcodes SQLite compiles `sql` to, one per line.
+    fn explain(c: &Connection, sql: &str) -> String {
+        c.prepare(&format!("EXPLAIN {sql}"))
+            .unwrap()
+            .query_map(["a", "b", "c", "d"], |r| r.get::<_, String>(1))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// A migration that copies a table (7 rebuilds certificates) needs room for both copies
     /// for a moment. `[store] max_size_mb` keeps room for units, not for the schema: a capped
     /// station whose certificates fill most of its limit still upgrades, and the limit holds
@@ -993,7 +1096,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
-            let c = database_at_version_6(&path);
+            let c = database_at_version(&path, 6);
             // ~0.6 MiB of certificates under a 1 MiB limit: two copies do not fit.
             c.execute_batch(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)

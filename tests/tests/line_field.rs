@@ -15,8 +15,8 @@ use std::process::Command;
 
 use dps::RegistrationId;
 use dps::wire::{ProvisioningStatus, RegistrationStatus};
-use station_e2e::line::{LineRig, poll_until};
-use station_e2e::{bin, text};
+use station_e2e::line::{LineRig, StationServe, poll_until, wait_until};
+use station_e2e::{UnitSim, bin, text};
 
 const UNITS: i64 = 8;
 /// The hubs `DpsService` links.
@@ -344,6 +344,105 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         text(&down)
     );
     assert_eq!(registration_records(&rig), before, "nothing recorded");
+}
+
+/// `station serve` asks DPS by itself (`[registrations] check_every_s`): a unit it uploaded is
+/// asked about without anyone running `station registrations`, and once the unit registers in
+/// the field it turns `registered` at its hub, audited under the actor `station`, with the
+/// audit checkpoint sealed.
+#[test]
+fn serve_records_by_itself_that_a_unit_registered_in_the_field() {
+    let rig = LineRig::new();
+    let serial = "SK-000301";
+    let sim = UnitSim::start(
+        &rig.dir.path().join(serial),
+        &["--serial", serial, "--model", "SK-20"],
+    );
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    rig.config(
+        "60-upload.toml",
+        "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n\
+         [registrations]\ncheck_every_s = 1\n",
+    );
+    rig.open_lot("sensor-key");
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "key1",
+        "--serial",
+        serial,
+        "--actor",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let serve = StationServe::start(&rig, &[]);
+    serve.wait_state(&rig, serial, "uploaded", 60);
+    let answer = || -> Option<(String, Option<String>)> {
+        rig.db()
+            .query_row(
+                "SELECT r.status, r.assigned_hub FROM dps_registrations r
+                 JOIN units u ON u.id = r.unit_id WHERE u.serial = ?1",
+                [serial],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok()
+    };
+    // Asked about with no command run: DPS has no registration for it yet.
+    wait_until("serve's first answer from DPS", 60, || {
+        answer().is_some_and(|(status, _)| status == "none")
+    });
+    assert_eq!(rig.state(serial).as_deref(), Some("uploaded"));
+
+    let out = unit_register(&rig, &[&sim.state_dir]);
+    assert!(out.status.success(), "unit-register: {}", text(&out));
+    let line = &json_lines(&out)[0];
+    assert_eq!(line["status"], "assigned", "{line}");
+    let hub = line["assignedHub"].as_str().unwrap().to_owned();
+    let device = line["deviceId"].as_str().unwrap().to_owned();
+
+    serve.wait_state(&rig, serial, "registered", 90);
+    assert_eq!(answer(), Some(("assigned".into(), Some(hub.clone()))));
+    let state_data: serde_json::Value = rig
+        .db()
+        .query_row(
+            "SELECT state_data FROM units WHERE serial = ?1",
+            [serial],
+            |r| r.get::<_, String>(0),
+        )
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    assert_eq!(state_data["hub"], hub.as_str());
+    assert_eq!(state_data["device_id"], device.as_str());
+    let actors: Vec<String> = rig
+        .db()
+        .prepare("SELECT actor FROM audit_log WHERE event = 'unit.registered'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(actors, ["station"]);
+    serve.wait_logged("unit registered with DPS", 10);
+    let log = serve.log_text();
+    let noted = log
+        .lines()
+        .find(|l| l.contains("unit registered with DPS"))
+        .unwrap();
+    assert!(noted.contains(serial) && noted.contains(&hub), "{noted}");
+    let out = rig.station(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = rig.station(&["unit", "show", serial]);
+    assert!(
+        text(&shown).contains(&format!("registered: assigned to {hub} as device {device}")),
+        "{}",
+        text(&shown)
+    );
 }
 
 /// `station registrations ARGS`.

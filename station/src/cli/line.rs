@@ -147,6 +147,8 @@ pub fn serve(
     } else {
         Some(serve::start_uploader(&setup, &station_hsm, &signal).map_err(LineCliError::from)?)
     };
+    let registrations = serve::start_registration_check(&setup, &station_hsm, &signal)
+        .map_err(LineCliError::from)?;
     let board = crate::line::board::Board::new(names.iter().filter_map(|n| {
         setup
             .cfg
@@ -227,6 +229,9 @@ pub fn serve(
     signal.stop();
     if let Some(u) = uploader {
         let _ = u.join();
+    }
+    if let Some(r) = registrations {
+        let _ = r.join();
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("station stopped");

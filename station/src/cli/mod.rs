@@ -73,9 +73,10 @@ pub enum Command {
     /// TPM diagnostics.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
-    /// Run the line: every fixture (scanner, device link, TPM, unit token), the uploader and,
-    /// when `[web] listen` is set, the operator web UI, until Ctrl-C or SIGTERM. Units left
-    /// unfinished by a crash are resumed or failed first.
+    /// Run the line: every fixture (scanner, device link, TPM, unit token), the uploader, the
+    /// registration check (`[registrations] check_every_s`: uploaded units DPS assigned a hub
+    /// turn registered) and, when `[web] listen` is set, the operator web UI, until Ctrl-C or
+    /// SIGTERM. Units left unfinished by a crash are resumed or failed first.
     Serve(line::ServeArgs),
     /// Provision one unit on one fixture from the command line (the fixture must not be run
     /// by a `station serve` at the same time).

@@ -143,6 +143,44 @@ impl Default for UploadConfig {
     }
 }
 
+/// `[registrations]`: `station serve`'s own registration check (`dps_target::sweep`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationsConfig {
+    /// Every this many seconds, ask DPS which uploaded units have registered and record each
+    /// one's hub, as `station registrations` does. 0: never (the command still works).
+    #[serde(default = "default_check_every_s")]
+    pub check_every_s: u64,
+    /// A unit that has not registered is asked again after a wait that grows with how long it
+    /// has waited since its upload (about doubling), at least `check_every_s` and at most this
+    /// many seconds.
+    #[serde(default = "default_longest_wait_s")]
+    pub longest_wait_s: u64,
+    /// At most this many units a round, the longest due first; the rest wait for the next.
+    #[serde(default = "default_units_per_round")]
+    pub units_per_round: usize,
+}
+
+impl Default for RegistrationsConfig {
+    fn default() -> Self {
+        Self {
+            check_every_s: default_check_every_s(),
+            longest_wait_s: default_longest_wait_s(),
+            units_per_round: default_units_per_round(),
+        }
+    }
+}
+
+fn default_check_every_s() -> u64 {
+    300
+}
+fn default_longest_wait_s() -> u64 {
+    86_400
+}
+fn default_units_per_round() -> usize {
+    500
+}
+
 fn default_upload_interval_ms() -> u64 {
     2000
 }

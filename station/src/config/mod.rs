@@ -14,7 +14,9 @@ use crate::logging::LogFormat;
 
 mod line;
 mod web;
-pub use line::{Delivery, DpsConfig, DpsTarget, FixtureConfig, LineConfig, UploadConfig};
+pub use line::{
+    Delivery, DpsConfig, DpsTarget, FixtureConfig, LineConfig, RegistrationsConfig, UploadConfig,
+};
 pub use web::WebConfig;
 
 /// The reference configuration, written by `station init` as `station.toml`.
@@ -99,6 +101,9 @@ pub struct Config {
     /// The outbox uploader.
     #[serde(default)]
     pub upload: UploadConfig,
+    /// `station serve`'s registration check.
+    #[serde(default)]
+    pub registrations: RegistrationsConfig,
     /// The fixtures, by name.
     #[serde(default)]
     pub fixtures: BTreeMap<String, FixtureConfig>,
@@ -366,6 +371,9 @@ mod tests {
         assert_eq!(loaded.config.store.synchronous, Synchronous::Full);
         assert_eq!(loaded.config.store.path, PathBuf::from("station.db"));
         assert_eq!(loaded.config.store.busy_timeout_ms, 5000);
+        assert_eq!(loaded.config.registrations.check_every_s, 300);
+        assert_eq!(loaded.config.registrations.longest_wait_s, 86_400);
+        assert_eq!(loaded.config.registrations.units_per_round, 500);
         assert_eq!(loaded.files.len(), 1);
     }
 

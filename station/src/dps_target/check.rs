@@ -117,6 +117,70 @@ pub fn candidates(conn: &Connection, sel: &Selection) -> Result<Vec<Candidate>, 
     Ok(out)
 }
 
+/// When `station serve`'s check asks about a unit that has not registered yet
+/// (`[registrations]`, see `dps_target::sweep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// The shortest wait between two checks of a unit, in seconds.
+    pub every_s: u64,
+    /// The longest, in seconds.
+    pub longest_s: u64,
+    /// At most this many units a round.
+    pub units: usize,
+}
+
+/// The uploaded units due for a check at `now` (RFC 3339), each in the targets `askable`
+/// admits (units with none are passed over), those due longest first, at most
+/// `schedule.units` of them. A unit never answered about is due at once. After that it
+/// waits for as long as it had waited since its upload when DPS last answered, at least
+/// `every_s` and at most `longest_s`: the waits about double, so a unit that ships to a
+/// warehouse is not asked about every few minutes for months. The last answer is the oldest
+/// among the unit's targets; a round in which DPS could not be reached records nothing, so
+/// such units stay due.
+pub fn due(
+    conn: &Connection,
+    now: &str,
+    schedule: &Schedule,
+    askable: impl Fn(&str) -> bool,
+) -> Result<Vec<Candidate>, rusqlite::Error> {
+    let every = i64::try_from(schedule.every_s).unwrap_or(i64::MAX);
+    let longest = i64::try_from(schedule.longest_s).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare(
+        "WITH w AS (
+             SELECT u.id, u.serial, u.registration_id, d.last,
+                    d.last + max(?2, min(?3, coalesce(d.last - unixepoch(u.updated_at), 0))) AS next
+             FROM units u
+             LEFT JOIN (SELECT unit_id, min(unixepoch(checked_at)) AS last
+                        FROM dps_registrations GROUP BY unit_id) d ON d.unit_id = u.id
+             WHERE u.state = 'uploaded' AND u.registration_id IS NOT NULL)
+         SELECT id, serial, registration_id FROM w
+         WHERE last IS NULL OR next <= unixepoch(?1)
+         ORDER BY last IS NOT NULL, next, id",
+    )?;
+    let mut rows = stmt.query(params![now, every, longest])?;
+    let mut out = Vec::new();
+    let mut units = 0;
+    while units < schedule.units {
+        let Some(row) = rows.next()? else { break };
+        let (unit_id, serial, registration_id): (i64, String, String) =
+            (row.get(0)?, row.get(1)?, row.get(2)?);
+        let mut any = false;
+        for target in crate::line::report::dps_targets(conn, unit_id)? {
+            if askable(&target) {
+                any = true;
+                out.push(Candidate {
+                    unit_id,
+                    serial: serial.clone(),
+                    registration_id: registration_id.clone(),
+                    target,
+                });
+            }
+        }
+        units += usize::from(any);
+    }
+    Ok(out)
+}
+
 /// Asks DPS about each candidate; the answers come in the candidates' order.
 pub async fn ask(home: &Home, cfg: &Config, candidates: &[Candidate]) -> Vec<Answer> {
     let mut by_target: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -404,6 +468,153 @@ mod tests {
             ..Selection::default()
         };
         assert_eq!(picked(&s, &named), [pair("B", "plant"), pair("C", "local")]);
+    }
+
+    /// Uploaded at `uploaded`; DPS last answered at `checked` (per target), if ever.
+    fn unit_waiting(s: &Store, id: i64, uploaded: &str, checked: &[(&str, &str)]) {
+        let serial = format!("W{id}");
+        s.conn()
+            .execute(
+                "INSERT INTO units (id, serial, lot_id, product, registration_id, state, state_data, created_at, updated_at)
+                 VALUES (?1, ?2, 'L1', 'p', lower(?2), 'uploaded', '{\"etag\":\"e\"}', ?3, ?3)",
+                params![id, serial, uploaded],
+            )
+            .unwrap();
+        for target in ["local", "plant"] {
+            s.conn()
+                .execute(
+                    "INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at)
+                     VALUES (?1, ?2, 'individual', lower(?3), '{}', 'uploaded', ?4)",
+                    params![id, target, serial, uploaded],
+                )
+                .unwrap();
+        }
+        for (target, at) in checked {
+            s.conn()
+                .execute(
+                    "INSERT INTO dps_registrations (unit_id, dps_target, registration_id, status, checked_at)
+                     VALUES (?1, ?2, lower(?3), 'none', ?4)",
+                    params![id, target, serial, at],
+                )
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_unit_waits_longer_between_checks_the_longer_it_has_waited() {
+        let (_d, s) = store();
+        s.conn()
+            .execute_batch("DELETE FROM enrollments; DELETE FROM outbox; DELETE FROM units;")
+            .unwrap();
+        let day = "2026-12-01T";
+        // Never asked about: due at once.
+        unit_waiting(&s, 10, &format!("{day}11:59:00.000Z"), &[]);
+        // Uploaded 10:00, answered 10:01: waits 5 min (the floor), due 10:06.
+        unit_waiting(
+            &s,
+            11,
+            &format!("{day}10:00:00.000Z"),
+            &[
+                ("local", &format!("{day}10:01:00.000Z")),
+                ("plant", &format!("{day}10:01:00.000Z")),
+            ],
+        );
+        // Uploaded 09:30, answered 10:00: waits 30 min, due 10:30.
+        unit_waiting(
+            &s,
+            12,
+            &format!("{day}09:30:00.000Z"),
+            &[
+                ("local", &format!("{day}10:00:00.000Z")),
+                ("plant", &format!("{day}10:00:00.000Z")),
+            ],
+        );
+        // Uploaded a month before, answered 11:00: waits the longest (1 h here), due 12:00.
+        unit_waiting(
+            &s,
+            13,
+            "2026-11-01T00:00:00.000Z",
+            &[
+                ("local", &format!("{day}11:00:00.000Z")),
+                ("plant", &format!("{day}11:00:00.000Z")),
+            ],
+        );
+        // One target answered just now, the other at 10:01 (DPS not reached since): the older
+        // answer counts, due 10:06.
+        unit_waiting(
+            &s,
+            14,
+            &format!("{day}10:00:00.000Z"),
+            &[
+                ("local", &format!("{day}11:59:00.000Z")),
+                ("plant", &format!("{day}10:01:00.000Z")),
+            ],
+        );
+        let schedule = Schedule {
+            every_s: 300,
+            longest_s: 3600,
+            units: 100,
+        };
+        let at = |time: &str,
+                  schedule: &Schedule,
+                  askable: &dyn Fn(&str) -> bool|
+         -> Vec<(String, String)> {
+            due(s.conn(), &format!("{day}{time}Z"), schedule, askable)
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.serial, c.target))
+                .collect()
+        };
+        let all = |_: &str| true;
+        let units = |found: Vec<(String, String)>| {
+            let mut u: Vec<String> = found.into_iter().map(|(s, _)| s).collect();
+            u.dedup();
+            u
+        };
+        assert_eq!(units(at("10:05:00", &schedule, &all)), ["W10"]);
+        assert_eq!(
+            units(at("10:06:00", &schedule, &all)),
+            ["W10", "W11", "W14"]
+        );
+        assert_eq!(
+            units(at("10:29:59", &schedule, &all)),
+            ["W10", "W11", "W14"]
+        );
+        assert_eq!(
+            units(at("11:59:59", &schedule, &all)),
+            ["W10", "W11", "W14", "W12"]
+        );
+        assert_eq!(
+            units(at("12:00:00", &schedule, &all)),
+            ["W10", "W11", "W14", "W12", "W13"]
+        );
+        // Each unit in each of its targets, unless a target is not to be asked (export).
+        assert_eq!(
+            at("10:06:00", &schedule, &|t: &str| t == "local"),
+            [
+                pair("W10", "local"),
+                pair("W11", "local"),
+                pair("W14", "local")
+            ]
+        );
+        // At most `units` a round, never-asked units first, then the longest due.
+        let two = Schedule {
+            units: 2,
+            ..schedule
+        };
+        assert_eq!(units(at("12:00:00", &two, &all)), ["W10", "W11"]);
+        // A unit none of whose targets may be asked does not take a place in the round.
+        let plant_only_for_w10 = |t: &str| t == "local";
+        s.conn()
+            .execute(
+                "DELETE FROM enrollments WHERE unit_id = 10 AND dps_target = 'local'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(
+            units(at("12:00:00", &two, &plant_only_for_w10)),
+            ["W11", "W14"]
+        );
     }
 
     #[test]

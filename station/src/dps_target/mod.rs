@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod registration;
+pub mod sweep;
 
 use std::time::Duration;
 

@@ -440,6 +440,35 @@ impl crate::outbox::PayloadCipher for SessionCipher<'_> {
     }
 }
 
+/// Runs `f` on the calling thread with a session on the CA token that follows the HSM across
+/// restarts (see crate::hsm::restart) and an audit sealer on that session.
+fn with_ca_session<R>(
+    setup: &LineSetup,
+    hsm: &crate::hsm::Hsm,
+    f: impl FnOnce(&FollowingSession<'_>, &crate::outbox::AuditSealer<'_>) -> R,
+) -> R {
+    let label = setup.cfg.ca.audit_key_label.clone();
+    let session = FollowingSession::new(
+        hsm,
+        || {
+            crate::ca::service::open_ca_token(hsm, &setup.home, &setup.cfg)
+                .map_err(|e| error_text(&e))
+        },
+        |s| {
+            s.has_key(&label, cryptoki::object::ObjectClass::SECRET_KEY)
+                .is_ok()
+        },
+    );
+    let seal = |tx: &rusqlite::Transaction<'_>| -> Result<(), String> {
+        session.with(|s| {
+            crate::ca::service::AuditKey::find(s, &label)
+                .map_err(|e| error_text(&e))
+                .and_then(|k| k.seal(tx).map_err(|e| error_text(&e)))
+        })
+    };
+    f(&session, &seal)
+}
+
 /// Starts the uploader on its own thread, with its own HSM session for the outbox cipher and
 /// the audit seal.
 pub fn start_uploader(
@@ -453,35 +482,62 @@ pub fn start_uploader(
     std::thread::Builder::new()
         .name("uploader".into())
         .spawn(move || {
-            // One session on the CA token for the audit seal and the outbox cipher, opened
-            // again after the HSM came back (see crate::hsm::restart).
-            let label = setup.cfg.ca.audit_key_label.clone();
-            let session = FollowingSession::new(
-                &hsm,
-                || {
-                    crate::ca::service::open_ca_token(&hsm, &setup.home, &setup.cfg)
-                        .map_err(|e| error_text(&e))
-                },
-                |s| s.has_key(&label, cryptoki::object::ObjectClass::SECRET_KEY).is_ok(),
-            );
-            let seal = |tx: &rusqlite::Transaction<'_>| -> Result<(), String> {
-                session.with(|s| {
-                    crate::ca::service::AuditKey::find(s, &label)
-                        .map_err(|e| error_text(&e))
-                        .and_then(|k| k.seal(tx).map_err(|e| error_text(&e)))
-                })
-            };
-            let cipher = SessionCipher(&session);
-            match Uploader::new(&setup.home, &setup.cfg, Some(&cipher)) {
-                Ok(up) => {
-                    let up = up.with_audit_sealer(&seal);
-                    tracing::info!("uploader running");
-                    up.run(&signal);
-                    tracing::info!("uploader stopped");
+            with_ca_session(&setup, &hsm, |session, seal| {
+                let cipher = SessionCipher(session);
+                match Uploader::new(&setup.home, &setup.cfg, Some(&cipher)) {
+                    Ok(up) => {
+                        let up = up.with_audit_sealer(seal);
+                        tracing::info!("uploader running");
+                        up.run(&signal);
+                        tracing::info!("uploader stopped");
+                    }
+                    Err(e) => tracing::error!(error = %error_text(&e), "uploader could not start; units stay queued"),
                 }
-                Err(e) => tracing::error!(error = %error_text(&e), "uploader could not start; units stay queued"),
-            }
+            });
         })
+        .map_err(ServeError::Runtime)
+}
+
+/// Starts `station serve`'s registration check (`dps_target::sweep`) on its own thread, unless
+/// `[registrations] check_every_s` is 0 or no DPS target is reachable online: then `None`.
+pub fn start_registration_check(
+    setup: &Arc<LineSetup>,
+    station_hsm: &crate::hsm::Hsm,
+    signal: &UploadSignal,
+) -> Result<Option<std::thread::JoinHandle<()>>, ServeError> {
+    let every = setup.cfg.registrations.check_every_s;
+    let online = setup
+        .cfg
+        .dps
+        .targets
+        .values()
+        .any(|t| t.delivery == crate::config::Delivery::Online);
+    if every == 0 || !online {
+        tracing::info!(
+            check_every_s = every,
+            online_targets = online,
+            "no registration check in serve (`station registrations` asks DPS on request)"
+        );
+        return Ok(None);
+    }
+    let setup = Arc::clone(setup);
+    let hsm = station_hsm.clone();
+    let signal = signal.clone();
+    std::thread::Builder::new()
+        .name("registrations".into())
+        .spawn(move || {
+            with_ca_session(&setup, &hsm, |_, seal| {
+                match crate::dps_target::sweep::Sweeper::new(&setup.home, &setup.cfg) {
+                    Ok(sweeper) => {
+                        tracing::info!(check_every_s = every, "registration check running");
+                        sweeper.with_audit_sealer(seal).run(&signal);
+                        tracing::info!("registration check stopped");
+                    }
+                    Err(e) => tracing::error!(error = %error_text(&e), "the registration check could not start; `station registrations` still asks DPS"),
+                }
+            });
+        })
+        .map(Some)
         .map_err(ServeError::Runtime)
 }
 

@@ -144,7 +144,8 @@ impl UploadSignal {
         self.inner.stop.load(Ordering::SeqCst)
     }
 
-    async fn stopped(&self) {
+    /// Returns once `stop` has been called.
+    pub async fn stopped(&self) {
         loop {
             let n = self.inner.notify.notified();
             tokio::pin!(n);

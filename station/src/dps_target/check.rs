@@ -211,24 +211,42 @@ pub async fn ask(home: &Home, cfg: &Config, candidates: &[Candidate]) -> Vec<Ans
                 continue;
             }
         };
+        // A stored ID DPS would not take is that unit's own answer, never its target's.
+        let ids: Vec<(usize, dps::RegistrationId)> = idx
+            .into_iter()
+            .filter_map(|i| {
+                let rid = &candidates[i].registration_id;
+                match dps::RegistrationId::new(rid.as_str()) {
+                    Ok(id) => Some((i, id)),
+                    Err(e) => {
+                        answers[i] = Some(Answer::NotAsked(format!(
+                            "{rid} is not a DPS registration ID: {e}"
+                        )));
+                        None
+                    }
+                }
+            })
+            .collect();
+        let Some(((probe, probe_id), rest)) = ids.split_first() else {
+            continue;
+        };
         // The first unit alone: a target that cannot be reached is reported once per unit,
         // not tried once per unit.
-        let first = ask_one(&client, &candidates[idx[0]].registration_id).await;
+        let first = ask_one(&client, probe_id).await;
         if let Answer::NotAsked(why) = &first {
-            for &i in &idx {
-                answers[i] = Some(Answer::NotAsked(why.clone()));
+            for (i, _) in &ids {
+                answers[*i] = Some(Answer::NotAsked(why.clone()));
             }
             continue;
         }
-        answers[idx[0]] = Some(first);
-        let mut pending = idx[1..].iter().copied();
+        answers[*probe] = Some(first);
+        let mut pending = rest.iter().cloned();
         let mut running = tokio::task::JoinSet::new();
         loop {
             while running.len() < IN_FLIGHT {
-                let Some(i) = pending.next() else { break };
+                let Some((i, id)) = pending.next() else { break };
                 let client = client.clone();
-                let rid = candidates[i].registration_id.clone();
-                running.spawn(async move { (i, ask_one(&client, &rid).await) });
+                running.spawn(async move { (i, ask_one(&client, &id).await) });
             }
             match running.join_next().await {
                 Some(Ok((i, a))) => answers[i] = Some(a),
@@ -243,16 +261,8 @@ pub async fn ask(home: &Home, cfg: &Config, candidates: &[Candidate]) -> Vec<Ans
         .collect()
 }
 
-async fn ask_one(client: &dps::client::ServiceClient, registration_id: &str) -> Answer {
-    let id = match dps::RegistrationId::new(registration_id) {
-        Ok(id) => id,
-        Err(e) => {
-            return Answer::NotAsked(format!(
-                "{registration_id} is not a DPS registration ID: {e}"
-            ));
-        }
-    };
-    match client.get_registration_state(&id).await {
+async fn ask_one(client: &dps::client::ServiceClient, id: &dps::RegistrationId) -> Answer {
+    match client.get_registration_state(id).await {
         Ok(rec) => Answer::Record(Box::new(rec)),
         Err(e) if e.status() == Some(404) => Answer::None,
         Err(e) => Answer::NotAsked(error_text(&e)),

@@ -234,8 +234,8 @@ mod tests {
     use super::*;
 
     /// A home whose DPS target `local` is online but unreachable (nothing listens on its
-    /// port), and `plant` is delivered by export; units A (enrolled in `local`) and B (in
-    /// `plant`) are uploaded.
+    /// port), and `plant` is delivered by export. Uploaded: Z and A, enrolled in `local` (Z's
+    /// stored registration ID one DPS would refuse), and B in `plant`.
     fn station() -> (tempfile::TempDir, Home, Config) {
         let d = tempfile::tempdir().unwrap();
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -263,9 +263,11 @@ mod tests {
                 "INSERT INTO lots (id, product, quantity, status, opened_at, opened_by)
                    VALUES ('L1', 'p', 5, 'open', 't', 'a');
                  INSERT INTO units (id, serial, lot_id, product, registration_id, state, state_data, created_at, updated_at) VALUES
+                   (0, 'Z', 'L1', 'p', 'not an id!', 'uploaded', '{\"etag\":\"e\"}', 't', 't'),
                    (1, 'A', 'L1', 'p', 'a-1', 'uploaded', '{\"etag\":\"e\"}', 't', 't'),
                    (2, 'B', 'L1', 'p', 'b-1', 'uploaded', '{\"etag\":\"e\"}', 't', 't');
                  INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at) VALUES
+                   (0, 'local', 'individual', 'z', '{}', 'uploaded', 't'),
                    (1, 'local', 'individual', 'a-1', '{}', 'uploaded', 't'),
                    (2, 'plant', 'individual', 'b-1', '{}', 'uploaded', 't');",
             )
@@ -279,14 +281,27 @@ mod tests {
         let mut sweeper = Sweeper::new(&home, &cfg).unwrap();
         let report = sweeper.round(None).unwrap().unwrap();
         assert_eq!(
-            report.units, 1,
-            "only the unit of the online target: {report:?}"
+            report.units, 2,
+            "the units of the online target: {report:?}"
         );
         assert_eq!(report.registered + report.refused + report.not_yet, 0);
-        assert_eq!(report.not_asked.len(), 1, "{report:?}");
-        let (target, why, units) = &report.not_asked[0];
-        assert_eq!((target.as_str(), *units), ("local", 1));
-        assert!(!why.is_empty());
+        // Z's stored ID is its own answer; A was still tried, and says why DPS could not be
+        // asked.
+        let reasons: Vec<(&str, &str, usize)> = report
+            .not_asked
+            .iter()
+            .map(|(t, w, n)| (t.as_str(), w.as_str(), *n))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{report:?}");
+        assert!(
+            reasons[0]
+                .1
+                .starts_with("not an id! is not a DPS registration ID"),
+            "{reasons:?}"
+        );
+        let (target, why, units) = reasons[1];
+        assert_eq!((target, units), ("local", 1));
+        assert!(!why.contains("registration ID"), "{why}");
         assert!(!why.contains("c2VjcmV0"), "no key in the reason: {why}");
         let conn = sweeper.store.conn();
         let recorded: i64 = conn
@@ -300,14 +315,14 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(states, ["uploaded", "uploaded"]);
-        // The unit stays due: the next round asks about it again.
+        assert_eq!(states, ["uploaded", "uploaded", "uploaded"]);
+        // The units stay due: the next round asks about them again.
         let schedule = sweeper.schedule();
         let due = check::due(conn, &now_utc(), &schedule, |t| sweeper.askable(t)).unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(
-            (due[0].serial.as_str(), due[0].target.as_str()),
-            ("A", "local")
-        );
+        let due: Vec<(&str, &str)> = due
+            .iter()
+            .map(|c| (c.serial.as_str(), c.target.as_str()))
+            .collect();
+        assert_eq!(due, [("Z", "local"), ("A", "local")]);
     }
 }

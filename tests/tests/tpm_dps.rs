@@ -2,7 +2,8 @@
 //! DPS TPM attestation end to end, on its own: a TPM (swtpm, manufactured with its EK) takes
 //! the local DPS's challenge through `station::tpm::dps_unit` (ActivateCredential, Import,
 //! Load, HMAC in the TPM) and registers, even when the service first answers 429; a TPM whose
-//! EK no enrollment holds is refused and told why.
+//! EK no enrollment holds is refused and told why. `station tpm register` audits DPS's answers
+//! and records the station's unit as registered at its hub.
 
 use std::time::{Duration, Instant};
 
@@ -114,8 +115,17 @@ fn station_tpm_register_tells_what_the_unit_will_get_in_the_field() {
     // Its EK, read and the TPM closed again (swtpm serves one client at a time).
     let ek = DpsTpmUnit::open(&tcti).unwrap().endorsement_key().to_vec();
     let rid = registration_id(&ek);
+    // The station passed this unit and uploaded its enrollment (its row as the line leaves it).
+    rig.db()
+        .execute(
+            "INSERT INTO units (serial, product, registration_id, state, state_data, created_at, updated_at)
+             VALUES ('ST-000777', 'sensor-tpm', ?1, 'uploaded', '{\"etag\":\"e\"}', 't', 't')",
+            [rid.as_str()],
+        )
+        .unwrap();
+    let register = ["tpm", "register", "--tcti", &tcti, "--actor", "eve"];
     // Not enrolled yet: refused, with DPS's reason.
-    let out = rig.station(&["tpm", "register", "--tcti", &tcti]);
+    let out = rig.station(&register);
     assert!(!out.status.success());
     assert!(
         text(&out).contains(&format!("no individual enrollment for {}", rid.as_str())),
@@ -129,11 +139,68 @@ fn station_tpm_register_tells_what_the_unit_will_get_in_the_field() {
             .await
             .unwrap();
     });
-    let out = rig.station(&["tpm", "register", "--tcti", &tcti]);
+    assert_eq!(rig.state("ST-000777").as_deref(), Some("uploaded"));
+    let out = rig.station(&register);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.starts_with(&format!("{} assigned to hub-", rid.as_str())),
         "{said}"
     );
+    assert!(
+        said.contains("unit ST-000777: recorded as registered"),
+        "{said}"
+    );
+    // The unit turned registered at the hub DPS gave it; both of DPS's answers are audited.
+    let (state, hub): (String, String) = rig
+        .db()
+        .query_row(
+            "SELECT u.state, r.assigned_hub FROM units u JOIN dps_registrations r ON r.unit_id = u.id
+             WHERE u.serial = 'ST-000777'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "registered");
+    assert!(
+        said.contains(&format!("assigned to {hub} as device")),
+        "{said}"
+    );
+    let audited: Vec<(String, String, String)> = rig
+        .db()
+        .prepare(
+            "SELECT event, actor, details FROM audit_log
+             WHERE event IN ('tpm.register', 'unit.registered') ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let events: Vec<(&str, &str)> = audited
+        .iter()
+        .map(|(e, a, _)| (e.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("tpm.register", "eve"),
+            ("tpm.register", "eve"),
+            ("unit.registered", "eve")
+        ]
+    );
+    let refused: serde_json::Value = serde_json::from_str(&audited[0].2).unwrap();
+    assert_eq!(refused["assigned"], false);
+    assert_eq!(refused["serial"], "ST-000777");
+    assert!(
+        refused["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("no individual enrollment for"),
+        "{refused}"
+    );
+    let assigned: serde_json::Value = serde_json::from_str(&audited[1].2).unwrap();
+    assert_eq!(assigned["assigned"], true);
+    let out = rig.station(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use rusqlite::OptionalExtension as _;
+
+use crate::line::worker::error_text;
 use crate::tpm::{self, TpmConfig};
 
 /// TPM commands.
@@ -33,7 +36,9 @@ pub enum TpmCommand {
     },
     /// Register this TPM's unit with DPS as the unit will in the field (the device API, DPS's
     /// TPM challenge answered in this TPM): prints the hub and device ID it gets, or why it is
-    /// refused. Needs a home whose DPS target enrolled it.
+    /// refused. Needs a home whose DPS target enrolled it. DPS's answer is audited
+    /// (`tpm.register`), and a unit of this station's with that registration ID that DPS
+    /// assigned turns `registered` at its hub, as `station registrations` records it.
     Register {
         /// TCTI string (default: `tpm.tcti` of the configuration).
         #[arg(long)]
@@ -41,6 +46,9 @@ pub enum TpmCommand {
         /// The DPS target (`[dps.targets.NAME]`; default: the only one configured).
         #[arg(long)]
         target: Option<String>,
+        /// Who registers it (recorded in the audit log).
+        #[command(flatten)]
+        actor: super::ActorArg,
     },
 }
 
@@ -114,12 +122,18 @@ pub struct TpmReadJson {
 /// Runs a `station tpm` command for the CLI: the home's configuration is used when there is
 /// one, but the command works without a home.
 pub(super) fn run_cli(ctx: &super::Context, cmd: TpmCommand) -> Result<ExitCode, super::CliError> {
-    if let TpmCommand::Register { tcti, target } = cmd {
+    if let TpmCommand::Register {
+        tcti,
+        target,
+        actor,
+    } = cmd
+    {
         if !ctx.home.config_file().exists() {
             return Err(TpmCliError::NoHome.into());
         }
         let cfg = ctx.config()?.config;
-        return register(&ctx.home, &cfg, tcti, target.as_deref()).map_err(Into::into);
+        let actor = actor.resolve()?;
+        return register(ctx, &cfg, tcti, target.as_deref(), &actor);
     }
     let loaded = if ctx.home.config_file().exists() {
         Some(ctx.config()?)
@@ -189,13 +203,15 @@ pub fn run(
     }
 }
 
-/// `station tpm register`: the unit's registration made with its TPM.
+/// `station tpm register`: the unit's registration made with its TPM, and DPS's answer
+/// recorded.
 fn register(
-    home: &crate::home::Home,
+    ctx: &super::Context,
     cfg: &crate::config::Config,
     tcti: Option<String>,
     target: Option<&str>,
-) -> Result<ExitCode, TpmCliError> {
+    actor: &str,
+) -> Result<ExitCode, super::CliError> {
     use dps::client::device::{DeviceClient, DeviceCredential, DeviceOptions, TpmUnit as _};
 
     let tcti = tcti
@@ -211,17 +227,18 @@ fn register(
                         .map(|s| s.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                ));
+                )
+                .into());
             }
         },
     };
-    let t = crate::dps_target::target(cfg, &name)?;
+    let t = crate::dps_target::target(cfg, &name).map_err(TpmCliError::from)?;
     let client = DeviceClient::new(
         &t.global_endpoint,
         &t.id_scope,
         DeviceCredential::Tpm,
         DeviceOptions {
-            extra_ca_file: t.ca_file.as_ref().map(|p| home.resolve(p)),
+            extra_ca_file: t.ca_file.as_ref().map(|p| ctx.home.resolve(p)),
             ..DeviceOptions::default()
         },
     )
@@ -232,12 +249,99 @@ fn register(
         .enable_all()
         .build()
         .map_err(TpmCliError::Output)?;
-    let done = rt
-        .block_on(client.register_tpm(&rid, &mut unit, None))
-        .map_err(TpmCliError::Register)?;
-    let line = done.outcome(rid.as_str()).map_err(TpmCliError::Refused)?;
-    println!("{line}");
-    Ok(ExitCode::SUCCESS)
+    let done = rt.block_on(client.register_tpm(&rid, &mut unit, None));
+    // What DPS said, in words. A failure to reach DPS changed nothing there and is not
+    // recorded.
+    let (said, state) = match done {
+        Ok(d) => (d.outcome(rid.as_str()), d.registration_state),
+        Err(e @ dps::client::ClientError::Service { .. }) => (Err(error_text(&e)), None),
+        Err(e) => return Err(TpmCliError::Register(e).into()),
+    };
+    let recorded = record_registration(ctx, cfg, actor, &name, rid.as_str(), &said, state)?;
+    match said {
+        Ok(line) => {
+            println!("{line}");
+            if let Some(serial) = recorded {
+                println!("unit {serial}: recorded as registered");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => Err(TpmCliError::Refused(why).into()),
+    }
+}
+
+/// Audits DPS's answer to a `tpm register` (`tpm.register`) and, when a unit of this station
+/// has the registration ID, records the answer for it as the registration check does (an
+/// assigned unit turns `registered`). Returns the serial of a unit that turned registered.
+fn record_registration(
+    ctx: &super::Context,
+    cfg: &crate::config::Config,
+    actor: &str,
+    target: &str,
+    rid: &str,
+    said: &Result<String, String>,
+    state: Option<dps::wire::DeviceRegistrationState>,
+) -> Result<Option<String>, super::CliError> {
+    use crate::dps_target::check::{self, Answer, Candidate, Finding};
+    use crate::store::sql;
+
+    let mut store = ctx.open_store(cfg)?;
+    let station = cfg.station_id();
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("begin recording the TPM registration"))?;
+    let unit: Option<(i64, String, String, String)> = tx
+        .query_row(
+            "SELECT id, serial, registration_id, state FROM units WHERE registration_id = ?1",
+            [rid],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(sql("find the unit with the TPM's registration ID"))?;
+    crate::store::audit::append(
+        &tx,
+        &station,
+        &crate::store::audit::AuditEvent {
+            actor,
+            event: "tpm.register",
+            subject: rid,
+            details: serde_json::json!({
+                "target": target,
+                "serial": unit.as_ref().map(|u| u.1.as_str()),
+                "assigned": said.is_ok(),
+                "outcome": match said { Ok(l) | Err(l) => l.as_str() },
+            }),
+        },
+    )?;
+    let mut registered = None;
+    // Only a unit DPS holds the enrollment of (uploaded, or registered before) is recorded,
+    // as the registration check picks them.
+    if let (Some((unit_id, serial, registration_id, unit_state)), Some(state)) = (unit, state)
+        && matches!(unit_state.as_str(), "uploaded" | "registered")
+    {
+        let candidate = Candidate {
+            unit_id,
+            serial: serial.clone(),
+            registration_id,
+            target: target.to_owned(),
+        };
+        let found = check::record(
+            &tx,
+            &station,
+            actor,
+            &[candidate],
+            &[Answer::Record(Box::new(state))],
+        )
+        .map_err(super::registrations::RegistrationsCliError::Record)?;
+        if matches!(found.first(), Some(Finding::Assigned { newly: true, .. })) {
+            registered = Some(serial);
+        }
+    }
+    tx.commit()
+        .map_err(sql("commit the TPM registration's record"))?;
+    ctx.seal_audit(cfg, &mut store);
+    Ok(registered)
 }
 
 fn report(read: &tpm::TpmRead, a: &tpm::Assessment) -> TpmReadJson {

@@ -380,6 +380,101 @@ fn enter_registered(
     Ok(true)
 }
 
+/// Where the passed units stand with DPS, as the checks recorded it (the upload page shows it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Units DPS holds the enrollment of and that have not registered (state `uploaded`).
+    pub waiting: i64,
+    /// Units registered.
+    pub registered: i64,
+    /// DPS's last answers, per target and status.
+    pub answers: Vec<AnswerCount>,
+    /// Waiting units DPS refused (`failed`, `disabled`), the latest answers first, at most
+    /// [`REFUSED_SHOWN`].
+    pub refused: Vec<RefusedUnit>,
+}
+
+/// How many units DPS last answered about with one status, in one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerCount {
+    /// The DPS target.
+    pub target: String,
+    /// DPS's registration status, or `none` (no registration yet).
+    pub status: String,
+    /// Units.
+    pub units: i64,
+    /// The latest of those answers (UTC).
+    pub last_checked: String,
+}
+
+/// A unit DPS refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedUnit {
+    /// Serial.
+    pub serial: String,
+    /// The DPS target.
+    pub target: String,
+    /// `failed` or `disabled`.
+    pub status: String,
+    /// DPS's reason.
+    pub message: String,
+    /// When DPS said so (UTC).
+    pub checked_at: String,
+}
+
+/// Refused units listed by [`summary`].
+pub const REFUSED_SHOWN: i64 = 50;
+
+/// Where the passed units stand with DPS.
+pub fn summary(conn: &Connection) -> Result<Summary, rusqlite::Error> {
+    let (waiting, registered) = conn.query_row(
+        "SELECT count(*) FILTER (WHERE state = 'uploaded'),
+                count(*) FILTER (WHERE state = 'registered')
+         FROM units WHERE state IN ('uploaded', 'registered')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let answers = conn
+        .prepare(
+            "SELECT r.dps_target, r.status, count(*), max(r.checked_at)
+             FROM dps_registrations r JOIN units u ON u.id = r.unit_id
+             WHERE u.state IN ('uploaded', 'registered')
+             GROUP BY r.dps_target, r.status ORDER BY r.dps_target, r.status",
+        )?
+        .query_map([], |r| {
+            Ok(AnswerCount {
+                target: r.get(0)?,
+                status: r.get(1)?,
+                units: r.get(2)?,
+                last_checked: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let refused = conn
+        .prepare(
+            "SELECT u.serial, r.dps_target, r.status, coalesce(r.error_message, ''), r.checked_at
+             FROM dps_registrations r JOIN units u ON u.id = r.unit_id
+             WHERE u.state = 'uploaded' AND r.status IN ('failed', 'disabled')
+             ORDER BY r.checked_at DESC, u.serial LIMIT ?1",
+        )?
+        .query_map([REFUSED_SHOWN], |r| {
+            Ok(RefusedUnit {
+                serial: r.get(0)?,
+                target: r.get(1)?,
+                status: r.get(2)?,
+                message: r.get(3)?,
+                checked_at: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Summary {
+        waiting,
+        registered,
+        answers,
+        refused,
+    })
+}
+
 /// What DPS last said about a unit's registration, as the check recorded it: per DPS target,
 /// `(target, answer in words, checked at)`; empty when the unit was never checked.
 pub fn last_answers(
@@ -625,6 +720,44 @@ mod tests {
             units(at("12:00:00", &two, &plant_only_for_w10)),
             ["W11", "W14"]
         );
+    }
+
+    #[test]
+    fn the_summary_counts_units_and_answers_and_lists_the_refused() {
+        let (_d, mut s) = store();
+        assert_eq!(
+            summary(s.conn()).unwrap(),
+            Summary {
+                waiting: 2,
+                registered: 1,
+                ..Summary::default()
+            }
+        );
+        let all = candidates(s.conn(), &Selection::default()).unwrap();
+        let refused = Answer::Record(Box::new(DeviceRegistrationState {
+            status: Some(RegistrationStatus::Disabled),
+            error_message: Some("the individual enrollment a-1 is disabled".into()),
+            ..DeviceRegistrationState::default()
+        }));
+        let station = StationId::new("s1").unwrap();
+        let tx = s.conn_mut().transaction().unwrap();
+        record(&tx, &station, "eve", &all, &[refused, Answer::None]).unwrap();
+        tx.commit().unwrap();
+        let sum = summary(s.conn()).unwrap();
+        assert_eq!((sum.waiting, sum.registered), (2, 1));
+        let answers: Vec<(&str, &str, i64)> = sum
+            .answers
+            .iter()
+            .map(|a| (a.target.as_str(), a.status.as_str(), a.units))
+            .collect();
+        assert_eq!(answers, [("local", "disabled", 1), ("plant", "none", 1)]);
+        assert_eq!(sum.refused.len(), 1);
+        let r = &sum.refused[0];
+        assert_eq!(
+            (r.serial.as_str(), r.target.as_str(), r.status.as_str()),
+            ("A", "local", "disabled")
+        );
+        assert_eq!(r.message, "the individual enrollment a-1 is disabled");
     }
 
     #[test]

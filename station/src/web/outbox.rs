@@ -1,5 +1,7 @@
 //! `/outbox`: the upload to DPS as `station upload --status` shows it (queues per destination,
-//! conflicts, exports travelling), and a supervisor's requeue of a conflict they resolved.
+//! conflicts, exports travelling), where the uploaded units stand with DPS (registered, not yet,
+//! refused and why, as the registration checks recorded it), and a supervisor's requeue of a
+//! conflict they resolved.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::session::{Flash, SignedIn};
 use super::{WebError, WebState};
+use crate::dps_target::check;
 use crate::outbox::{self, Status};
 
 #[derive(Template, WebTemplate)]
@@ -20,6 +23,9 @@ struct OutboxPage {
     supervises: bool,
     flash: Option<Flash>,
     status: Status,
+    registrations: check::Summary,
+    /// `[registrations] check_every_s` (0: serve does not ask).
+    check_every_s: u64,
 }
 
 /// `GET /outbox`
@@ -27,8 +33,17 @@ pub async fn page(
     State(state): State<Arc<WebState>>,
     who: SignedIn,
 ) -> Result<impl IntoResponse, WebError> {
-    let status = state.read(|conn| Ok(outbox::status(conn)?)).await?;
+    let (status, registrations) = state
+        .read(|conn| {
+            Ok((
+                outbox::status(conn)?,
+                check::summary(conn).map_err(crate::store::sql("read the registration answers"))?,
+            ))
+        })
+        .await?;
     Ok(OutboxPage {
+        check_every_s: state.setup.cfg.registrations.check_every_s,
+        registrations,
         supervises: who.supervises(),
         flash: state.sessions.take_flash(&who.token),
         user: who.user,

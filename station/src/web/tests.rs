@@ -457,3 +457,51 @@ async fn a_supervisor_opens_and_closes_lots_and_an_operator_may_not() {
     let (_, _, _, body) = send(&r.app, get("/outbox", Some(&ann))).await;
     assert!(body.contains("Only a supervisor can requeue"), "{body}");
 }
+
+/// The upload page says where the uploaded units stand with DPS, as the checks recorded it:
+/// counts, DPS's last answers per target, and the refused units with DPS's reason.
+#[tokio::test]
+async fn the_upload_page_shows_registrations_and_the_units_dps_refused_with_its_reason() {
+    let r = rig();
+    let c = sign_in(&r.app).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&c))).await;
+    assert!(
+        body.contains("0 unit(s) registered with DPS; 0 uploaded and not registered yet.")
+            && body.contains("every 300 s"),
+        "{body}"
+    );
+    let db = rusqlite::Connection::open(r.dir.path().join("station.db")).unwrap();
+    db.execute_batch(
+        "INSERT INTO units (id, serial, product, registration_id, state, state_data, created_at, updated_at) VALUES
+           (1, 'SX-000001', 'sensor-x509', 'sx-000001', 'registered', '{\"hub\":\"hub-a\",\"device_id\":\"sx-000001\"}', 't', 't'),
+           (2, 'SX-000002', 'sensor-x509', 'sx-000002', 'uploaded', '{\"etag\":\"e\"}', 't', 't'),
+           (3, 'SX-000003', 'sensor-x509', 'sx-000003', 'uploaded', '{\"etag\":\"e\"}', 't', 't');
+         INSERT INTO dps_registrations (unit_id, dps_target, registration_id, status, assigned_hub, device_id, error_message, checked_at) VALUES
+           (1, 'local', 'sx-000001', 'assigned', 'hub-a', 'sx-000001', NULL, '2026-12-01T10:00:00Z'),
+           (2, 'local', 'sx-000002', 'none', NULL, NULL, NULL, '2026-12-01T10:00:01Z'),
+           (3, 'local', 'sx-000003', 'disabled', NULL, NULL, 'the individual enrollment <sx-000003> is disabled', '2026-12-01T10:00:02Z');",
+    )
+    .unwrap();
+    let (status, _, _, body) = send(&r.app, get("/outbox", Some(&c))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("1 unit(s) registered with DPS; 2 uploaded and not registered yet."),
+        "{body}"
+    );
+    for row in [
+        "<td>local</td><td>assigned</td><td>1</td><td>2026-12-01T10:00:00Z</td>",
+        "<td>local</td><td>disabled</td><td>1</td><td>2026-12-01T10:00:02Z</td>",
+        "<td>local</td><td>not registered yet</td><td>1</td><td>2026-12-01T10:00:01Z</td>",
+    ] {
+        assert!(body.contains(row), "{row} in {body}");
+    }
+    let refused = &body[body
+        .find("id=\"registration-refused\"")
+        .expect("refused table")..];
+    assert!(
+        refused.contains("<a href=\"/units/SX-000003\">SX-000003</a>")
+            && refused.contains("the individual enrollment &#60;sx-000003&#62; is disabled"),
+        "{refused}"
+    );
+    assert!(!refused.contains("SX-000002"), "{refused}");
+}

@@ -326,6 +326,17 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         .unwrap();
     assert_eq!(status, "disabled");
     assert!(error.contains("is disabled"), "{error}");
+    // The upload status (and the upload page) list it with DPS's reason.
+    let st = rig.station(&["upload", "--status"]);
+    let st_text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st_text.contains("registration in the field: ")
+            && st_text.contains("refused by DPS (asked again at each check):\n")
+            && st_text.contains(&format!(
+                "  {serial} local: disabled: the individual enrollment {rid} is disabled"
+            )),
+        "{st_text}"
+    );
 
     // With DPS gone, the check says so and changes nothing.
     drop(serve);

@@ -252,6 +252,42 @@ pub(super) fn run(ctx: &Context, args: &UploadArgs) -> Result<ExitCode, CliError
             );
         }
     }
+    let reg = crate::dps_target::check::summary(store.conn())
+        .map_err(crate::store::sql("read the registration answers"))?;
+    if reg.waiting + reg.registered > 0 {
+        let said: Vec<String> = reg
+            .answers
+            .iter()
+            .filter(|a| a.status != "assigned")
+            .map(|a| {
+                let status = if a.status == "none" {
+                    "not registered yet"
+                } else {
+                    a.status.as_str()
+                };
+                format!("{} {status} in {}", a.units, a.target)
+            })
+            .collect();
+        println!(
+            "registration in the field: {} registered, {} uploaded and not registered yet{}",
+            reg.registered,
+            reg.waiting,
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(" (DPS last said: {})", said.join(", "))
+            }
+        );
+        if !reg.refused.is_empty() {
+            println!("refused by DPS (asked again at each check):");
+            for r in &reg.refused {
+                println!(
+                    "  {} {}: {}: {} (asked {})",
+                    r.serial, r.target, r.status, r.message, r.checked_at
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

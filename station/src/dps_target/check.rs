@@ -389,7 +389,8 @@ pub struct Summary {
     pub registered: i64,
     /// DPS's last answers, per target and status.
     pub answers: Vec<AnswerCount>,
-    /// Waiting units DPS refused (`failed`, `disabled`), the latest answers first, at most
+    /// Units whose latest answer from DPS was a refusal (`failed`, `disabled`; a registered
+    /// unit too, when DPS refuses it since), the latest answers first, at most
     /// [`REFUSED_SHOWN`].
     pub refused: Vec<RefusedUnit>,
 }
@@ -454,7 +455,7 @@ pub fn summary(conn: &Connection) -> Result<Summary, rusqlite::Error> {
         .prepare(
             "SELECT u.serial, r.dps_target, r.status, coalesce(r.error_message, ''), r.checked_at
              FROM dps_registrations r JOIN units u ON u.id = r.unit_id
-             WHERE u.state = 'uploaded' AND r.status IN ('failed', 'disabled')
+             WHERE u.state IN ('uploaded', 'registered') AND r.status IN ('failed', 'disabled')
              ORDER BY r.checked_at DESC, u.serial LIMIT ?1",
         )?
         .query_map([REFUSED_SHOWN], |r| {

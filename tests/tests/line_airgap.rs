@@ -4,9 +4,13 @@
 //! delivers the other products' enrollments and never tries theirs; while `serve` keeps
 //! running, `station upload --export`, `--deliver` (with no station home) and `--receipt`
 //! carry them to DPS by file. In the end DPS holds exactly one enrollment per unit enrolled
-//! individually, every unit is uploaded once, and the audit chain holds.
+//! individually, every unit is uploaded once, and the audit chain holds. Once the units have
+//! registered in the field, the station learns which did the same way: `station registrations
+//! --export-query`, `--ask` (no station home) and `--answers`; an answers file changed in
+//! transfer is refused and records nothing.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 
 use station_e2e::line::{LineRig, wait_until};
@@ -17,6 +21,28 @@ const OFFLINE: &str = "plant-offline";
 
 fn count(rig: &LineRig, sql: &str) -> i64 {
     rig.db().query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+}
+
+/// `station ARGS FILE` where DPS is reachable: no station home, the service's connection
+/// string and CA given on the command line; it must make no home either.
+fn where_dps_is(rig: &LineRig, args: &[&str], file: &Path) -> std::process::Output {
+    let dps_dir = rig.dir.path().join("dps");
+    let out = Command::new(bin("station"))
+        .env_remove("STATION_HOME")
+        .current_dir(rig.dir.path())
+        .args(args)
+        .arg(file)
+        .arg("--connection-string-file")
+        .arg(dps_dir.join("connection-string"))
+        .arg("--ca-file")
+        .arg(dps_dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        !rig.dir.path().join("var").exists(),
+        "{args:?} made a station home"
+    );
+    out
 }
 
 #[test]
@@ -94,22 +120,8 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
         "{}",
         text(&status)
     );
-    let d = Command::new(bin("station"))
-        .env_remove("STATION_HOME")
-        .current_dir(rig.dir.path())
-        .args(["upload", "--deliver"])
-        .arg(&file)
-        .arg("--connection-string-file")
-        .arg(dps_dir.join("connection-string"))
-        .arg("--ca-file")
-        .arg(dps_dir.join("ca.pem"))
-        .output()
-        .unwrap();
+    let d = where_dps_is(&rig, &["upload", "--deliver"], &file);
     assert!(d.status.success(), "deliver: {}", text(&d));
-    assert!(
-        !rig.dir.path().join("var").exists(),
-        "--deliver made no station home"
-    );
     let receipt = rig.dir.path().join("offline.export.receipt");
     let r = rig.station(&[
         "upload",
@@ -159,5 +171,93 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
         "the uploader reported a failed delivery:\n{log}"
     );
     drop(serve);
+
+    // In the field every unit registers; the station cannot ask DPS about the air-gapped ones.
+    let out = Command::new(bin("unit-register"))
+        .arg(rig.dir.path().join("line"))
+        .args(["--id-scope", id_scope.trim()])
+        .args([
+            "--endpoint",
+            &format!("localhost:{}", rig.dps.as_ref().unwrap().port),
+        ])
+        .arg("--ca-file")
+        .arg(dps_dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unit-register: {}", text(&out));
+    let offline_units = format!(
+        "SELECT count(*) FROM units u JOIN enrollments e ON e.unit_id = u.id
+         WHERE e.dps_target = '{OFFLINE}' AND u.state = 'registered'"
+    );
+    let c = rig.station(&["registrations", "--actor", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&c.stdout).contains("not asked, delivered by export"),
+        "{}",
+        text(&c)
+    );
+    assert_eq!(count(&rig, &offline_units), 0);
+
+    // So it asks by file.
+    let query = rig.dir.path().join("offline.query");
+    let q = rig.station(&[
+        "registrations",
+        "--export-query",
+        query.to_str().unwrap(),
+        "--actor",
+        "alice",
+    ]);
+    assert!(q.status.success(), "export-query: {}", text(&q));
+    assert!(
+        String::from_utf8_lossy(&q.stdout)
+            .contains(&format!("{offline} unit(s) of DPS target {OFFLINE}")),
+        "{}",
+        text(&q)
+    );
+    let a = where_dps_is(&rig, &["registrations", "--ask"], &query);
+    assert!(a.status.success(), "ask: {}", text(&a));
+    assert!(
+        String::from_utf8_lossy(&a.stdout).contains(&format!("{offline} assigned a hub")),
+        "{}",
+        text(&a)
+    );
+    let answers = rig.dir.path().join("offline.query.answers");
+
+    // A file changed on the way is refused, and nothing is recorded.
+    let changed = rig.dir.path().join("changed.answers");
+    let text_of = std::fs::read_to_string(&answers).unwrap();
+    std::fs::write(&changed, text_of.replacen("hub-", "hub-x", 1)).unwrap();
+    let bad = rig.station(&[
+        "registrations",
+        "--answers",
+        changed.to_str().unwrap(),
+        "--actor",
+        "alice",
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("SHA-256"), "{}", text(&bad));
+    assert_eq!(count(&rig, &offline_units), 0);
+
+    let audited =
+        "SELECT count(*) FROM audit_log WHERE event = 'unit.registered' AND actor = 'alice'";
+    let before = count(&rig, audited);
+    let r = rig.station(&[
+        "registrations",
+        "--answers",
+        answers.to_str().unwrap(),
+        "--actor",
+        "alice",
+    ]);
+    assert!(r.status.success(), "answers: {}", text(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains(&format!("({offline} newly recorded)")),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(count(&rig, &offline_units), offline);
+    assert_eq!(
+        count(&rig, audited) - before,
+        offline,
+        "each recorded unit is audited"
+    );
     rig.audit_verify();
 }

@@ -1,15 +1,23 @@
 //! `station registrations`: asks DPS which passed units have registered, records the hub each
 //! was assigned, and lists the units not registered yet or refused (`dps_target::check`).
+//!
+//! An air-gapped station asks by file, as its enrollments travel: `--export-query FILE` writes
+//! the units of an export-only target, `--ask FILE` where DPS is reachable (no station home)
+//! writes DPS's answers, and `--answers FILE` back on the station records them exactly as a
+//! check from here would. The files are framed as the outbox's exports (header, lines, closing
+//! line with the count and SHA-256), so a file cut short or changed is refused.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use rusqlite::TransactionBehavior;
+use rusqlite::{OptionalExtension as _, TransactionBehavior};
 
 use super::{ActorArg, CliError, Context};
 use crate::dps_target::check::{self, Answer, Candidate, Finding, Selection};
 use crate::line::units::UnitStoreError;
-use crate::store::sql;
+use crate::outbox::transfer::{self, AnswerItem, Header, QueryItem, TransferError};
+use crate::store::{now_utc, sql};
 
 /// Which units to check, and how to answer.
 #[derive(Debug, Args)]
@@ -30,6 +38,30 @@ pub struct RegistrationsArgs {
     /// One JSON object per unit and DPS target instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Air-gapped: write the units to ask about (those of one DPS target; --lot, --serial and
+    /// --recheck as above) to FILE, for `--ask` where DPS is reachable.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ask", "answers", "json", "expect_all"])]
+    pub export_query: Option<PathBuf>,
+    /// With --export-query: the DPS target (default: the only one delivered by export).
+    #[arg(long, value_name = "NAME", requires = "export_query")]
+    pub target: Option<String>,
+    /// Where DPS is reachable (no station home needed): ask DPS about the units of a query
+    /// file and write its answers (default: FILE.answers) to carry back for `--answers`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["answers", "lot", "serials", "recheck", "expect_all", "json"])]
+    pub ask: Option<PathBuf>,
+    /// With --ask: the file holding the DPS service connection string (else the environment
+    /// variable DPS_CONNECTION_STRING).
+    #[arg(long, value_name = "FILE", requires = "ask")]
+    pub connection_string_file: Option<PathBuf>,
+    /// With --ask: extra CA certificates (PEM) to trust for the service.
+    #[arg(long, value_name = "PEM", requires = "ask")]
+    pub ca_file: Option<PathBuf>,
+    /// With --ask: where to write the answers.
+    #[arg(long, value_name = "FILE", requires = "ask")]
+    pub write_answers: Option<PathBuf>,
+    /// Record the answers `--ask` wrote, as a check from here would.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["lot", "serials", "recheck"])]
+    pub answers: Option<PathBuf>,
     #[command(flatten)]
     pub actor: ActorArg,
 }
@@ -43,10 +75,43 @@ pub enum RegistrationsCliError {
     /// No async runtime.
     #[error("cannot start the DPS client: {0}")]
     Runtime(std::io::Error),
+    /// A query or answers file could not be written or read.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// --export-query without --target, and not exactly one export-only target.
+    #[error("name the DPS target with --target (delivered by export: {0})")]
+    WhichTarget(String),
+    /// The target named is not configured.
+    #[error(transparent)]
+    Target(#[from] crate::dps_target::TargetError),
+    /// No unit to put in a query.
+    #[error(
+        "no unit of DPS target {0} to ask about (a unit is asked about once DPS holds its enrollment: state uploaded, or registered with --recheck); nothing was written"
+    )]
+    NothingToAsk(String),
+    /// Answers made for another station's query.
+    #[error(
+        "{file} answers a query of station {theirs}, not of this station ({ours}); nothing was recorded"
+    )]
+    OtherStation {
+        /// The file.
+        file: PathBuf,
+        /// The station its query came from.
+        theirs: String,
+        /// This station.
+        ours: String,
+    },
+    /// The DPS connection for --ask.
+    #[error(transparent)]
+    Connection(#[from] super::upload::UploadCliError),
 }
 
 /// `station registrations ...`
 pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError> {
+    if let Some(file) = &args.ask {
+        // Where DPS is reachable: no station home, config or HSM.
+        return ask_file(args, file);
+    }
     let loaded = ctx.config()?;
     let cfg = &loaded.config;
     let actor = args.actor.resolve()?;
@@ -56,8 +121,19 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
         serials: args.serials.clone(),
         recheck: args.recheck,
     };
-    let candidates =
-        check::candidates(store.conn(), &sel).map_err(sql("find the units to check"))?;
+    if let Some(file) = &args.export_query {
+        return export_query(cfg, &store, &sel, args.target.as_deref(), file);
+    }
+    let (candidates, answered) = match &args.answers {
+        Some(file) => {
+            let (c, a) = from_answers(cfg, &store, file)?;
+            (c, Some(a))
+        }
+        None => (
+            check::candidates(store.conn(), &sel).map_err(sql("find the units to check"))?,
+            None,
+        ),
+    };
     if candidates.is_empty() {
         if !args.json {
             println!(
@@ -67,11 +143,10 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let answers = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RegistrationsCliError::Runtime)?
-        .block_on(check::ask(&ctx.home, cfg, &candidates));
+    let answers = match answered {
+        Some(a) => a,
+        None => runtime()?.block_on(check::ask(&ctx.home, cfg, &candidates)),
+    };
     let findings = (|| {
         let tx = store
             .conn_mut()
@@ -233,4 +308,216 @@ fn print_text(candidates: &[Candidate], findings: &[Finding]) {
         println!("  {target}: {why}");
         println!("    {}", serials.join(", "));
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, RegistrationsCliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RegistrationsCliError::Runtime)
+}
+
+/// `--export-query FILE`: the units `sel` picks in one DPS target, written for `--ask`.
+fn export_query(
+    cfg: &crate::config::Config,
+    store: &crate::store::Store,
+    sel: &Selection,
+    target: Option<&str>,
+    file: &Path,
+) -> Result<ExitCode, CliError> {
+    let target = match target {
+        Some(t) => {
+            crate::dps_target::target(cfg, t).map_err(RegistrationsCliError::from)?;
+            t.to_owned()
+        }
+        None => {
+            let export: Vec<&str> = cfg
+                .dps
+                .targets
+                .keys()
+                .map(String::as_str)
+                .filter(|t| cfg.dps.export_only(t))
+                .collect();
+            match export.as_slice() {
+                [one] => (*one).to_owned(),
+                [] => return Err(RegistrationsCliError::WhichTarget("none".into()).into()),
+                _ => return Err(RegistrationsCliError::WhichTarget(export.join(", ")).into()),
+            }
+        }
+    };
+    let items: Vec<QueryItem> = check::candidates(store.conn(), sel)
+        .map_err(sql("find the units to ask about"))?
+        .into_iter()
+        .filter(|c| c.target == target)
+        .map(|c| QueryItem {
+            registration_id: c.registration_id,
+        })
+        .collect();
+    if items.is_empty() {
+        return Err(RegistrationsCliError::NothingToAsk(target).into());
+    }
+    let now = now_utc();
+    let header = Header {
+        format: transfer::QUERY_FORMAT.into(),
+        version: transfer::VERSION,
+        export_id: chrono::Utc::now()
+            .format("query-%Y%m%dT%H%M%SZ")
+            .to_string(),
+        station: cfg.station_id().as_str().to_owned(),
+        target: target.clone(),
+        id_scope: cfg.dps.targets.get(&target).map(|t| t.id_scope.clone()),
+        written_at: now,
+    };
+    transfer::write_query(file, &header, &items).map_err(RegistrationsCliError::from)?;
+    println!(
+        "query {} for {} unit(s) of DPS target {target} written to {}",
+        header.export_id,
+        items.len(),
+        file.display()
+    );
+    println!(
+        "where DPS is reachable: `station registrations --ask {}` writes DPS's answers; carry them back and run `station registrations --answers FILE` here",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--ask FILE`: DPS's answers about the units of a query, written for `--answers`.
+fn ask_file(args: &RegistrationsArgs, file: &Path) -> Result<ExitCode, CliError> {
+    let query = transfer::read_query(file).map_err(RegistrationsCliError::from)?;
+    let client =
+        super::upload::service_client(args.connection_string_file.as_deref(), args.ca_file.clone())
+            .map_err(RegistrationsCliError::from)?;
+    let rids: Vec<&str> = query
+        .items
+        .iter()
+        .map(|q| q.registration_id.as_str())
+        .collect();
+    let answers = runtime()?.block_on(check::ask_client(&client, &rids));
+    let items: Vec<AnswerItem> = query
+        .items
+        .iter()
+        .zip(answers)
+        .map(|(q, a)| {
+            let registration_id = q.registration_id.clone();
+            match a {
+                Answer::Record(record) => AnswerItem::Record {
+                    registration_id,
+                    record,
+                },
+                Answer::None => AnswerItem::None { registration_id },
+                Answer::NotAsked(error) | Answer::ExportOnly(error) => AnswerItem::NotAsked {
+                    registration_id,
+                    error,
+                },
+            }
+        })
+        .collect();
+    let out = args.write_answers.clone().unwrap_or_else(|| {
+        let mut p = file.as_os_str().to_owned();
+        p.push(".answers");
+        PathBuf::from(p)
+    });
+    let header = Header {
+        format: transfer::ANSWERS_FORMAT.into(),
+        written_at: now_utc(),
+        ..query.header
+    };
+    transfer::write_answers(&out, &header, &items).map_err(RegistrationsCliError::from)?;
+    let count = |p: fn(&AnswerItem) -> bool| items.iter().filter(|i| p(i)).count();
+    let assigned = count(|i| {
+        matches!(i, AnswerItem::Record { record, .. }
+            if record.status == Some(dps::wire::RegistrationStatus::Assigned))
+    });
+    let none = count(|i| matches!(i, AnswerItem::None { .. }));
+    let not_asked = count(|i| matches!(i, AnswerItem::NotAsked { .. }));
+    println!(
+        "query {} (station {}, DPS target {}): asked DPS about {} unit(s): {assigned} assigned a hub, {none} not registered yet, {} other answers, {not_asked} not asked",
+        header.export_id,
+        header.station,
+        header.target,
+        items.len(),
+        items.len() - assigned - none - not_asked
+    );
+    if let Some(AnswerItem::NotAsked { error, .. }) = items
+        .iter()
+        .find(|i| matches!(i, AnswerItem::NotAsked { .. }))
+    {
+        println!("  not asked: {error}");
+    }
+    println!(
+        "answers written to {}: carry them back and run `station registrations --answers {}` on the station",
+        out.display(),
+        out.display()
+    );
+    Ok(if not_asked > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `--answers FILE`: the units the answers are about, in the query's target, with DPS's
+/// answers. A registration ID that is no longer a unit DPS holds the enrollment of here
+/// (state uploaded or registered) is passed over, with a note.
+fn from_answers(
+    cfg: &crate::config::Config,
+    store: &crate::store::Store,
+    file: &Path,
+) -> Result<(Vec<Candidate>, Vec<Answer>), CliError> {
+    let read = transfer::read_answers(file).map_err(RegistrationsCliError::from)?;
+    let ours = cfg.station_id().as_str().to_owned();
+    if read.header.station != ours {
+        return Err(RegistrationsCliError::OtherStation {
+            file: file.to_owned(),
+            theirs: read.header.station,
+            ours,
+        }
+        .into());
+    }
+    let target = read.header.target;
+    let conn = store.conn();
+    let mut candidates = Vec::new();
+    let mut answers = Vec::new();
+    let mut passed_over = Vec::new();
+    for item in read.items {
+        let unit: Option<(i64, String, String)> = conn
+            .query_row(
+                "SELECT id, serial, registration_id FROM units
+                 WHERE registration_id = ?1 AND state IN ('uploaded', 'registered')",
+                [item.registration_id()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(sql("find the unit of an answer"))?;
+        let in_target = match &unit {
+            Some((id, ..)) => crate::line::report::dps_targets(conn, *id)
+                .map_err(sql("read the unit's DPS targets"))?
+                .contains(&target),
+            None => false,
+        };
+        let Some((unit_id, serial, registration_id)) = unit.filter(|_| in_target) else {
+            passed_over.push(item.registration_id().to_owned());
+            continue;
+        };
+        candidates.push(Candidate {
+            unit_id,
+            serial,
+            registration_id,
+            target: target.clone(),
+        });
+        answers.push(match item {
+            AnswerItem::Record { record, .. } => Answer::Record(record),
+            AnswerItem::None { .. } => Answer::None,
+            AnswerItem::NotAsked { error, .. } => Answer::NotAsked(error),
+        });
+    }
+    if !passed_over.is_empty() {
+        eprintln!(
+            "note: {} answer(s) passed over: no unit of DPS target {target} here waits with that registration ID (already recorded, or reprovisioned): {}",
+            passed_over.len(),
+            passed_over.join(", ")
+        );
+    }
+    Ok((candidates, answers))
 }

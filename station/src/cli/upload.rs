@@ -405,14 +405,14 @@ fn export_target(config: &crate::config::Config, named: Option<&str>) -> Result<
     }
 }
 
-fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
+/// A DPS service client where DPS is reachable and there is no station home: the connection
+/// string from `file` (else the environment variable DPS_CONNECTION_STRING), patient retries.
+pub(super) fn service_client(
+    file: Option<&Path>,
+    ca_file: Option<PathBuf>,
+) -> Result<dps::client::ServiceClient, UploadCliError> {
     use dps::client::{ClientOptions, RetryPolicy, ServiceClient};
-    let identities = match &args.identity {
-        Some(p) => transfer::load_identities(p).map_err(UploadCliError::from)?,
-        None => Vec::new(),
-    };
-    let export = transfer::read_export(file, &identities).map_err(UploadCliError::from)?;
-    let text = match &args.connection_string_file {
+    let text = match file {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
             UploadCliError::ConnectionString(format!("file {} cannot be read: {e}", p.display()))
         })?,
@@ -423,10 +423,10 @@ fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
         .trim()
         .parse()
         .map_err(|e| UploadCliError::ConnectionString(format!("is not valid: {e}")))?;
-    let client = ServiceClient::new(
+    ServiceClient::new(
         cs,
         ClientOptions {
-            extra_ca_file: args.ca_file.clone(),
+            extra_ca_file: ca_file,
             retry: RetryPolicy {
                 max_attempts: 5,
                 ..RetryPolicy::default()
@@ -434,7 +434,16 @@ fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
             ..ClientOptions::default()
         },
     )
-    .map_err(|e| UploadCliError::ConnectionString(format!("cannot be used: {e}")))?;
+    .map_err(|e| UploadCliError::ConnectionString(format!("cannot be used: {e}")))
+}
+
+fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
+    let identities = match &args.identity {
+        Some(p) => transfer::load_identities(p).map_err(UploadCliError::from)?,
+        None => Vec::new(),
+    };
+    let export = transfer::read_export(file, &identities).map_err(UploadCliError::from)?;
+    let client = service_client(args.connection_string_file.as_deref(), args.ca_file.clone())?;
     let receipt = args.write_receipt.clone().unwrap_or_else(|| {
         let mut p = file.as_os_str().to_owned();
         p.push(".receipt");

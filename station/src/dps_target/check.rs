@@ -211,47 +211,63 @@ pub async fn ask(home: &Home, cfg: &Config, candidates: &[Candidate]) -> Vec<Ans
                 continue;
             }
         };
-        // A stored ID DPS would not take is that unit's own answer, never its target's.
-        let ids: Vec<(usize, dps::RegistrationId)> = idx
-            .into_iter()
-            .filter_map(|i| {
-                let rid = &candidates[i].registration_id;
-                match dps::RegistrationId::new(rid.as_str()) {
-                    Ok(id) => Some((i, id)),
-                    Err(e) => {
-                        answers[i] = Some(Answer::NotAsked(format!(
-                            "{rid} is not a DPS registration ID: {e}"
-                        )));
-                        None
-                    }
-                }
-            })
+        let rids: Vec<&str> = idx
+            .iter()
+            .map(|&i| candidates[i].registration_id.as_str())
             .collect();
-        let Some(((probe, probe_id), rest)) = ids.split_first() else {
-            continue;
-        };
-        // The first unit alone: a target that cannot be reached is reported once per unit,
-        // not tried once per unit.
-        let first = ask_one(&client, probe_id).await;
+        for (i, a) in idx.into_iter().zip(ask_client(&client, &rids).await) {
+            answers[i] = Some(a);
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Answer::NotAsked("the lookup did not finish".into())))
+        .collect()
+}
+
+/// Asks DPS through `client` about each of `registration_ids` (up to [`IN_FLIGHT`] at once);
+/// the answers come in their order. An ID DPS would not take is its own answer; the first
+/// valid one is asked alone first, so that a DPS that cannot be reached is reported for each
+/// unit rather than tried once per unit.
+pub async fn ask_client(
+    client: &dps::client::ServiceClient,
+    registration_ids: &[&str],
+) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = vec![None; registration_ids.len()];
+    let ids: Vec<(usize, dps::RegistrationId)> = registration_ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rid)| match dps::RegistrationId::new(*rid) {
+            Ok(id) => Some((i, id)),
+            Err(e) => {
+                answers[i] = Some(Answer::NotAsked(format!(
+                    "{rid} is not a DPS registration ID: {e}"
+                )));
+                None
+            }
+        })
+        .collect();
+    if let Some(((probe, probe_id), rest)) = ids.split_first() {
+        let first = ask_one(client, probe_id).await;
         if let Answer::NotAsked(why) = &first {
             for (i, _) in &ids {
                 answers[*i] = Some(Answer::NotAsked(why.clone()));
             }
-            continue;
-        }
-        answers[*probe] = Some(first);
-        let mut pending = rest.iter().cloned();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < IN_FLIGHT {
-                let Some((i, id)) = pending.next() else { break };
-                let client = client.clone();
-                running.spawn(async move { (i, ask_one(&client, &id).await) });
-            }
-            match running.join_next().await {
-                Some(Ok((i, a))) => answers[i] = Some(a),
-                Some(Err(e)) => tracing::error!(error = %e, "a registration lookup panicked"),
-                None => break,
+        } else {
+            answers[*probe] = Some(first);
+            let mut pending = rest.iter().cloned();
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                while running.len() < IN_FLIGHT {
+                    let Some((i, id)) = pending.next() else { break };
+                    let client = client.clone();
+                    running.spawn(async move { (i, ask_one(&client, &id).await) });
+                }
+                match running.join_next().await {
+                    Some(Ok((i, a))) => answers[i] = Some(a),
+                    Some(Err(e)) => tracing::error!(error = %e, "a registration lookup panicked"),
+                    None => break,
+                }
             }
         }
     }

@@ -581,6 +581,90 @@ pub fn read_receipt(path: &Path) -> Result<TransferFile<ReceiptItem>, TransferEr
     read_file(path, RECEIPT_FORMAT, "receipt row", &[])
 }
 
+/// The `format` of a registration query (`station registrations --export-query`): the units
+/// of an export-only target to ask DPS about, where it is reachable.
+pub const QUERY_FORMAT: &str = "station-registration-query";
+/// The `format` of the answers to a query (`station registrations --ask`).
+pub const ANSWERS_FORMAT: &str = "station-registration-answers";
+
+/// One unit to ask DPS about, by its registration ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryItem {
+    /// The unit's registration ID.
+    pub registration_id: String,
+}
+
+/// DPS's answer about one unit of a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum AnswerItem {
+    /// DPS's registration record.
+    Record {
+        /// Registration ID.
+        registration_id: String,
+        /// The record (status, hub, device ID, or DPS's error).
+        record: Box<dps::wire::DeviceRegistrationState>,
+    },
+    /// DPS has no registration record: the unit has not registered.
+    None {
+        /// Registration ID.
+        registration_id: String,
+    },
+    /// DPS could not be asked.
+    NotAsked {
+        /// Registration ID.
+        registration_id: String,
+        /// Why.
+        error: String,
+    },
+}
+
+impl AnswerItem {
+    /// The unit's registration ID.
+    #[must_use]
+    pub fn registration_id(&self) -> &str {
+        match self {
+            AnswerItem::Record {
+                registration_id, ..
+            }
+            | AnswerItem::None { registration_id }
+            | AnswerItem::NotAsked {
+                registration_id, ..
+            } => registration_id,
+        }
+    }
+}
+
+/// Writes a registration query (never encrypted: registration IDs are not secret), refusing
+/// an existing file. Returns the SHA-256 of its content.
+pub fn write_query(
+    path: &Path,
+    header: &Header,
+    items: &[QueryItem],
+) -> Result<String, TransferError> {
+    write_file(path, header, items, &[])
+}
+
+/// Reads a registration query, refusing one cut short, changed, or not a query.
+pub fn read_query(path: &Path) -> Result<TransferFile<QueryItem>, TransferError> {
+    read_file(path, QUERY_FORMAT, "query line", &[])
+}
+
+/// Writes the answers to a registration query, refusing an existing file.
+pub fn write_answers(
+    path: &Path,
+    header: &Header,
+    items: &[AnswerItem],
+) -> Result<String, TransferError> {
+    write_file(path, header, items, &[])
+}
+
+/// Reads the answers to a registration query, refusing a file cut short, changed, or not
+/// answers.
+pub fn read_answers(path: &Path) -> Result<TransferFile<AnswerItem>, TransferError> {
+    read_file(path, ANSWERS_FORMAT, "answer line", &[])
+}
+
 /// The identities of an age identity file (`station upload --new-identity`, or `age-keygen`).
 pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, TransferError> {
     let bad = |reason: String| TransferError::Identity {

@@ -237,6 +237,26 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
     assert!(text(&bad).contains("SHA-256"), "{}", text(&bad));
     assert_eq!(count(&rig, &offline_units), 0);
 
+    // Answers to another station's query are refused too.
+    let theirs = rig.dir.path().join("theirs.answers");
+    let mut read = station::outbox::transfer::read_answers(&answers).unwrap();
+    read.header.station = "station-7".into();
+    station::outbox::transfer::write_answers(&theirs, &read.header, &read.items).unwrap();
+    let other = rig.station(&[
+        "registrations",
+        "--answers",
+        theirs.to_str().unwrap(),
+        "--actor",
+        "alice",
+    ]);
+    assert!(!other.status.success());
+    assert!(
+        text(&other).contains("answers a query of station station-7, not of this station"),
+        "{}",
+        text(&other)
+    );
+    assert_eq!(count(&rig, &offline_units), 0);
+
     let audited =
         "SELECT count(*) FROM audit_log WHERE event = 'unit.registered' AND actor = 'alice'";
     let before = count(&rig, audited);

@@ -178,10 +178,7 @@ fn signing_pem(
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, GroupCliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(GroupCliError::Runtime)
+    crate::dps_target::runtime().map_err(GroupCliError::Runtime)
 }
 
 pub(super) fn run(ctx: &Context, cmd: GroupCommand) -> Result<ExitCode, CliError> {

@@ -315,10 +315,7 @@ fn dps_registration(
     if targets.is_empty() {
         return vec!["- (the unit was not enrolled)".into()];
     }
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    match crate::dps_target::runtime() {
         Ok(rt) => rt
             .block_on(registration_lines(&ctx.home, cfg, rid, targets))
             .iter()

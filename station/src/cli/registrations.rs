@@ -311,10 +311,7 @@ fn print_text(candidates: &[Candidate], findings: &[Finding]) {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, RegistrationsCliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(RegistrationsCliError::Runtime)
+    crate::dps_target::runtime().map_err(RegistrationsCliError::Runtime)
 }
 
 /// `--export-query FILE`: the units `sel` picks in one DPS target, written for `--ask`.

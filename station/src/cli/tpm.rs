@@ -245,10 +245,7 @@ fn register(
     .map_err(TpmCliError::Register)?;
     let mut unit = tpm::dps_unit::DpsTpmUnit::open(&tcti).map_err(TpmCliError::Open)?;
     let rid = tpm::registration_id::registration_id(unit.endorsement_key());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(TpmCliError::Output)?;
+    let rt = crate::dps_target::runtime().map_err(TpmCliError::Output)?;
     let done = rt.block_on(client.register_tpm(&rid, &mut unit, None));
     // What DPS said, in words. A failure to reach DPS changed nothing there and is not
     // recorded.

@@ -454,9 +454,7 @@ fn deliver(args: &UploadArgs, file: &Path) -> Result<ExitCode, CliError> {
         export.header.target.clone(),
         export.items.len(),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let rt = crate::dps_target::runtime()
         .map_err(|e| UploadCliError::from(outbox::UploadError::Runtime(e)))?;
     let s = rt
         .block_on(transfer::deliver(&client, export, args.batch, &receipt))

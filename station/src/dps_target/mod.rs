@@ -12,6 +12,14 @@ use dps::sas::ConnectionString;
 use crate::config::{Config, DpsTarget};
 use crate::home::Home;
 
+/// The runtime a DPS client runs on outside `station serve`'s own: one thread, with timers
+/// and I/O (a command, the uploader, the registration check).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 /// Why a DPS target cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {

@@ -66,10 +66,7 @@ impl<'c> Sweeper<'c> {
         let db = home.resolve(&cfg.store.path);
         let store = Store::open(&db, &cfg.store)?;
         let writer = Writer::open(&db, &cfg.store)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(SweepError::Runtime)?;
+        let rt = super::runtime().map_err(SweepError::Runtime)?;
         Ok(Self {
             home: home.clone(),
             cfg: cfg.clone(),

@@ -265,10 +265,7 @@ impl<'c> Uploader<'c> {
         // Deliveries are written through the process's shared writer, whose durable commits
         // share fsyncs with the fixtures', outside the write turn.
         let writer = Writer::open(&db, &cfg.store).map_err(UploadError::OpenStore)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(UploadError::Runtime)?;
+        let rt = crate::dps_target::runtime().map_err(UploadError::Runtime)?;
         let held = cfg
             .dps
             .targets

@@ -263,6 +263,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/lots/{id}/close", post(lots::close))
         .route("/outbox", get(outbox::page))
         .route("/outbox/{id}/requeue", post(outbox::requeue))
+        .route("/outbox/registrations", post(outbox::check_registrations))
         .route("/static/station.css", get(assets::css))
         .route("/static/station.js", get(assets::js))
         .layer(axum::middleware::from_fn(session::same_origin))

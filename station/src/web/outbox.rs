@@ -1,7 +1,7 @@
 //! `/outbox`: the upload to DPS as `station upload --status` shows it (queues per destination,
 //! conflicts, exports travelling), where the uploaded units stand with DPS (registered, not yet,
-//! refused and why, as the registration checks recorded it), and a supervisor's requeue of a
-//! conflict they resolved.
+//! refused and why, as the registration checks recorded it), a supervisor's requeue of a
+//! conflict they resolved, and a supervisor's "Ask DPS now" (`station registrations`).
 
 use std::sync::Arc;
 
@@ -69,6 +69,74 @@ pub async fn requeue(
                 )),
                 Ok(false) => Err(format!("Outbox row #{id} is not in conflict.")),
                 Err(e) => Err(crate::line::worker::error_text(&e)),
+            },
+        )
+        .await
+}
+
+/// `POST /outbox/registrations`: a supervisor asks DPS now which uploaded units registered, as
+/// `station registrations` does; the answers are recorded under their name. DPS is asked
+/// before the database is touched, so a slow DPS holds no other page up.
+pub async fn check_registrations(
+    State(state): State<Arc<WebState>>,
+    who: SignedIn,
+) -> Result<Response, WebError> {
+    let (candidates, answers) = if who.supervises() {
+        let candidates = state
+            .read(|conn| {
+                check::candidates(conn, &check::Selection::default())
+                    .map_err(crate::store::sql("find the units to check"))
+                    .map_err(Into::into)
+            })
+            .await?;
+        let answers = check::ask(&state.setup.home, &state.setup.cfg, &candidates).await;
+        (candidates, answers)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    state
+        .supervise(
+            &who,
+            "ask DPS which units registered",
+            "/outbox",
+            move |store, station, actor| {
+                if candidates.is_empty() {
+                    return Ok("No unit to ask DPS about: none is uploaded and waiting to register.".into());
+                }
+                let findings = (|| {
+                    let tx = store
+                        .conn_mut()
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(crate::store::sql("begin the registration check's transaction"))?;
+                    let f = check::record(&tx, station, actor, &candidates, &answers)?;
+                    tx.commit()
+                        .map_err(crate::store::sql("commit the registration check's transaction"))?;
+                    Ok::<_, crate::line::units::UnitStoreError>(f)
+                })()
+                .map_err(|e| crate::line::worker::error_text(&e))?;
+                let n = |p: fn(&check::Finding) -> bool| findings.iter().filter(|f| p(f)).count();
+                let mut text = format!(
+                    "Asked DPS about {} unit(s): {} newly registered, {} refused, {} not registered yet",
+                    candidates.len(),
+                    n(|f| matches!(f, check::Finding::Assigned { newly: true, .. })),
+                    n(|f| matches!(f, check::Finding::Refused(_))),
+                    n(|f| matches!(f, check::Finding::NotYet(_))),
+                );
+                let export = n(|f| matches!(f, check::Finding::ExportOnly(_)));
+                if export > 0 {
+                    text.push_str(&format!(
+                        ", {export} in a target delivered by export (ask by file: station registrations --export-query)"
+                    ));
+                }
+                if let Some(check::Finding::NotAsked(why)) = findings
+                    .iter()
+                    .find(|f| matches!(f, check::Finding::NotAsked(_)))
+                {
+                    let not_asked = n(|f| matches!(f, check::Finding::NotAsked(_)));
+                    text.push_str(&format!(", {not_asked} not asked: {why}"));
+                    return Err(text + ".");
+                }
+                Ok(text + ".")
             },
         )
         .await

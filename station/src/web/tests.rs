@@ -505,3 +505,43 @@ async fn the_upload_page_shows_registrations_and_the_units_dps_refused_with_its_
     );
     assert!(!refused.contains("SX-000002"), "{refused}");
 }
+
+/// "Ask DPS now" on the upload page: a supervisor's check of the uploaded units, recorded
+/// under their name; an operator may not. (The rig's only DPS target is delivered by export,
+/// so the answer says to ask by file.)
+#[tokio::test]
+async fn a_supervisor_asks_dps_now_and_an_operator_may_not() {
+    let r = rig();
+    let sam = sign_in_as(&r.app, "sam").await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&sam))).await;
+    assert!(body.contains("id=\"ask-dps\""), "{body}");
+    send(&r.app, post("/outbox/registrations", "", Some(&sam))).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&sam))).await;
+    assert!(
+        body.contains("No unit to ask DPS about: none is uploaded and waiting to register."),
+        "{body}"
+    );
+    let db = rusqlite::Connection::open(r.dir.path().join("station.db")).unwrap();
+    db.execute_batch(
+        "INSERT INTO units (id, serial, product, registration_id, state, state_data, created_at, updated_at) VALUES
+           (1, 'SX-000001', 'sensor-x509', 'sx-000001', 'uploaded', '{\"etag\":\"e\"}', 't', 't');
+         INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at) VALUES
+           (1, 'local', 'individual', 'sx-000001', '{}', 'uploaded', 't');",
+    )
+    .unwrap();
+    send(&r.app, post("/outbox/registrations", "", Some(&sam))).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&sam))).await;
+    assert!(
+        body.contains("Asked DPS about 1 unit(s): 0 newly registered, 0 refused, 0 not registered yet, 1 in a target delivered by export"),
+        "{body}"
+    );
+    let ann = sign_in(&r.app).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&ann))).await;
+    assert!(!body.contains("id=\"ask-dps\""), "{body}");
+    send(&r.app, post("/outbox/registrations", "", Some(&ann))).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&ann))).await;
+    assert!(
+        body.contains("Only a supervisor can ask DPS which units registered"),
+        "{body}"
+    );
+}

@@ -36,8 +36,9 @@ fn unit_register(rig: &LineRig, dirs: &[&Path]) -> std::process::Output {
         .unwrap()
 }
 
-/// The web page of `serial` with DPS asked (`?dps=1`), signed in as eve.
-fn web_unit_page(rig: &LineRig, serial: &str) -> String {
+/// Signed in to the web UI as eve, each of `requests` (POST or GET, path) in turn in one
+/// session; the body of the last.
+fn web_as_eve(rig: &LineRig, requests: &[(bool, &str)]) -> String {
     let url = std::fs::read_to_string(rig.home.join("run/web.url")).unwrap();
     let url = url.trim().trim_end_matches('/');
     tokio::runtime::Builder::new_current_thread()
@@ -63,15 +64,30 @@ fn web_unit_page(rig: &LineRig, serial: &str) -> String {
                 .and_then(|c| c.split(';').next())
                 .expect("a session cookie")
                 .to_owned();
-            http.get(format!("{url}/units/{serial}?dps=1"))
-                .header("Cookie", cookie)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
+            let mut body = String::new();
+            for (post, path) in requests {
+                let req = if *post {
+                    http.post(format!("{url}{path}"))
+                        .header("Content-Type", "application/x-www-form-urlencoded")
+                } else {
+                    http.get(format!("{url}{path}"))
+                };
+                body = req
+                    .header("Cookie", &cookie)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+            }
+            body
         })
+}
+
+/// The web page of `serial` with DPS asked (`?dps=1`), signed in as eve.
+fn web_unit_page(rig: &LineRig, serial: &str) -> String {
+    web_as_eve(rig, &[(false, &format!("/units/{serial}?dps=1"))])
 }
 
 #[test]
@@ -336,6 +352,29 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
                 "  {serial} local: disabled: the individual enrollment {rid} is disabled"
             )),
         "{st_text}"
+    );
+
+    // A supervisor asks DPS from the upload page: the units still waiting (the gateways,
+    // which did not register) are asked about, with the real DPS.
+    let waiting: i64 = rig
+        .db()
+        .query_row(
+            "SELECT count(*) FROM units WHERE state = 'uploaded'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(waiting > 0);
+    let page = web_as_eve(&rig, &[(true, "/outbox/registrations"), (false, "/outbox")]);
+    assert!(
+        page.contains(&format!(
+            "Asked DPS about {waiting} unit(s): 0 newly registered, 0 refused, {waiting} not registered yet."
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"registration-refused\"") && page.contains(&format!(">{serial}</a>")),
+        "the unit whose enrollment was disabled is listed as refused: {page}"
     );
 
     // With DPS gone, the check says so and changes nothing.

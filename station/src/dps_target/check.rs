@@ -64,6 +64,19 @@ pub enum Answer {
     ExportOnly(String),
 }
 
+impl Answer {
+    /// What was found when DPS gave no answer to record (not asked, or export-only); `None`
+    /// for an answer to record.
+    #[must_use]
+    pub fn unasked(&self) -> Option<Finding> {
+        match self {
+            Answer::NotAsked(why) => Some(Finding::NotAsked(why.clone())),
+            Answer::ExportOnly(why) => Some(Finding::ExportOnly(why.clone())),
+            Answer::Record(_) | Answer::None => None,
+        }
+    }
+}
+
 /// What the check found for one unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -298,17 +311,13 @@ pub fn record(
     let now = now_utc();
     let mut out = Vec::with_capacity(candidates.len());
     for (c, a) in candidates.iter().zip(answers) {
+        if let Some(f) = a.unasked() {
+            out.push(f);
+            continue;
+        }
         let rec = match a {
-            Answer::NotAsked(why) => {
-                out.push(Finding::NotAsked(why.clone()));
-                continue;
-            }
-            Answer::ExportOnly(why) => {
-                out.push(Finding::ExportOnly(why.clone()));
-                continue;
-            }
-            Answer::None => None,
             Answer::Record(rec) => Some(rec.as_ref()),
+            _ => None,
         };
         store_answer(tx, c, rec, &now)?;
         let finding = match rec {

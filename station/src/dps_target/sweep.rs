@@ -134,26 +134,11 @@ impl<'c> Sweeper<'c> {
                 a
             }
         };
-        let mut writer = self.writer.turn();
-        let tx = writer
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin the registration check's transaction"))?;
-        let station = self.cfg.station_id();
-        let findings = check::record(&tx, &station, ACTOR, &candidates, &answers)
-            .map_err(SweepError::Record)?;
-        if let Some(seal) = self.sealer
-            && let Err(e) = seal(&tx)
-        {
-            tracing::warn!(error = %e, "registration check: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
-        }
-        tx.commit()
-            .map_err(sql("commit the registration check's transaction"))?;
-        let durable = writer.durable();
-        drop(writer);
-        durable.wait()?;
-        crate::line::units::committed();
-
+        // DPS answered nothing (it could not be reached): nothing to record, no write.
+        let findings = match answers.iter().map(check::Answer::unasked).collect() {
+            Some(unasked) => unasked,
+            None => self.record(&candidates, &answers)?,
+        };
         let mut units: Vec<i64> = candidates.iter().map(|c| c.unit_id).collect();
         units.dedup();
         report.units = units.len();
@@ -186,6 +171,35 @@ impl<'c> Sweeper<'c> {
             }
         }
         Ok(Some(report))
+    }
+
+    /// Records `answers` in one transaction on the shared writer, sealed, on disk before it
+    /// returns.
+    fn record(
+        &self,
+        candidates: &[check::Candidate],
+        answers: &[check::Answer],
+    ) -> Result<Vec<Finding>, SweepError> {
+        let mut writer = self.writer.turn();
+        let tx = writer
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin the registration check's transaction"))?;
+        let station = self.cfg.station_id();
+        let findings =
+            check::record(&tx, &station, ACTOR, candidates, answers).map_err(SweepError::Record)?;
+        if let Some(seal) = self.sealer
+            && let Err(e) = seal(&tx)
+        {
+            tracing::warn!(error = %e, "registration check: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
+        }
+        tx.commit()
+            .map_err(sql("commit the registration check's transaction"))?;
+        let durable = writer.durable();
+        drop(writer);
+        durable.wait()?;
+        crate::line::units::committed();
+        Ok(findings)
     }
 
     /// Rounds every `check_every_s` until `signal` stops it, the first `check_every_s` after

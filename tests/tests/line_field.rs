@@ -354,6 +354,14 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         "{st_text}"
     );
 
+    // `station check` warns of it.
+    let checked = rig.station(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&checked.stdout)
+            .contains(&format!("DPS refused 1 unit(s), e.g. {serial} (local): ")),
+        "{}",
+        text(&checked)
+    );
     // A supervisor asks DPS from the upload page: the units still waiting (the gateways,
     // which did not register) are asked about, with the real DPS.
     let waiting: i64 = rig

@@ -69,6 +69,7 @@ pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
 
     if store.schema_version().ok() == Some(migrations::latest()) {
         report.lines.extend(outbox_lines(&store));
+        report.lines.push(registrations_line(&store, config));
     }
     report.lines.push(clock_line(&store));
     report.lines.push(write_turn_line(config));
@@ -122,6 +123,40 @@ fn outbox_lines(store: &Store) -> Vec<CheckLine> {
         }
     }
     lines
+}
+
+/// Where the uploaded units stand with DPS, as the registration checks recorded it: a warning
+/// when DPS refused some (an enrollment disabled, a certificate it does not trust).
+fn registrations_line(store: &Store, config: &Config) -> CheckLine {
+    let sum = match crate::dps_target::check::summary(store.conn()) {
+        Ok(s) => s,
+        Err(e) => return CheckLine::fail("registrations", e.to_string()),
+    };
+    let every = config.registrations.check_every_s;
+    let asking = if every > 0 {
+        format!("station serve asks DPS every {every} s")
+    } else {
+        "station serve does not ask DPS ([registrations] check_every_s = 0): run `station registrations`".to_owned()
+    };
+    match sum.refused.first() {
+        None => CheckLine::ok(
+            "registrations",
+            format!(
+                "{} registered, {} uploaded and not registered yet; {asking}",
+                sum.registered, sum.waiting
+            ),
+        ),
+        Some(first) => CheckLine::warn(
+            "registrations",
+            format!(
+                "DPS refused {} unit(s), e.g. {} ({}): {}; see `station upload --status`",
+                sum.refused.len(),
+                first.serial,
+                first.target,
+                first.message
+            ),
+        ),
+    }
 }
 
 /// Whether `station serve` can hold the write turn at real-time priority
@@ -181,5 +216,46 @@ fn clock_line(store: &Store) -> CheckLine {
             "clock",
             format!("newest audit entry has an unreadable time {:?}", entry.ts),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    #[test]
+    fn the_registrations_line_counts_units_and_warns_of_refusals() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::create(&d.path().join("t.db"), &StoreConfig::default()).unwrap();
+        let config: Config = toml::from_str("[registrations]\ncheck_every_s = 60\n").unwrap();
+        store
+            .conn()
+            .execute_batch(
+                "INSERT INTO units (id, serial, product, registration_id, state, state_data, created_at, updated_at) VALUES
+                   (1, 'A', 'p', 'a', 'uploaded', '{}', 't', 't'),
+                   (2, 'B', 'p', 'b', 'registered', '{}', 't', 't');",
+            )
+            .unwrap();
+        let line = registrations_line(&store, &config);
+        assert_eq!(line.status, super::super::Status::Ok);
+        assert_eq!(
+            line.detail,
+            "1 registered, 1 uploaded and not registered yet; station serve asks DPS every 60 s"
+        );
+        store
+            .conn()
+            .execute(
+                "INSERT INTO dps_registrations (unit_id, dps_target, registration_id, status, error_message, checked_at)
+                 VALUES (1, 'local', 'a', 'disabled', 'the individual enrollment a is disabled', 't')",
+                [],
+            )
+            .unwrap();
+        let line = registrations_line(&store, &config);
+        assert_eq!(line.status, super::super::Status::Warn);
+        assert_eq!(
+            line.detail,
+            "DPS refused 1 unit(s), e.g. A (local): the individual enrollment a is disabled; see `station upload --status`"
+        );
     }
 }

@@ -879,9 +879,6 @@ mod tests {
     /// refuses a serial twice for one issuer while another issuer may reuse it.
     #[test]
     fn migration_7_keeps_every_certificate_and_refuses_a_serial_twice_per_issuer() {
-        const INSERT: &str = "INSERT INTO certificates (issuer_key_id, serial_hex, unit_id,
-             registration_id, subject, profile, not_before, not_after, fingerprint_sha256, der,
-             status, issued_at) VALUES (?1, ?2, NULL, 'r', 'CN=r', 'device', 't', 't', 'f', ?3, ?4, 't')";
         let issuer = "9f".repeat(32);
         let other = "0a".repeat(32);
         let dir = tempfile::tempdir().unwrap();
@@ -891,7 +888,7 @@ mod tests {
             for (i, status) in ["live", "superseded", "issued"].iter().enumerate() {
                 let serial = format!("{:032x}", 0xabc0 + i);
                 c.execute(
-                    INSERT,
+                    CERTIFICATE_INSERT,
                     rusqlite::params![issuer, serial, vec![i as u8; 3], status],
                 )
                 .unwrap();
@@ -899,14 +896,7 @@ mod tests {
         }
         let store = Store::open(&path, &StoreConfig::default()).unwrap();
         assert_eq!(store.schema_version().unwrap(), migrations::latest());
-        let rows: Vec<(i64, String, Vec<u8>, String)> = store
-            .conn()
-            .prepare("SELECT id, serial_hex, der, status FROM certificates ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let rows = certificate_rows(&store);
         assert_eq!(
             rows,
             vec![
@@ -929,7 +919,7 @@ mod tests {
             store
                 .conn()
                 .execute(
-                    INSERT,
+                    CERTIFICATE_INSERT,
                     rusqlite::params![issuer, serial, vec![9u8], "issued"],
                 )
                 .map_err(|e| e.sqlite_error_code())
@@ -971,17 +961,11 @@ mod tests {
 
         // The schema uses no function newer than Debian 12's sqlite3 (3.40): an engineer can
         // still check and edit the file with the system's CLI.
-        let out = std::process::Command::new("sqlite3")
-            .arg(&path)
-            .arg("PRAGMA integrity_check; UPDATE certificates SET status = status; SELECT count(*) FROM certificates;")
-            .output()
-            .expect("the sqlite3 CLI (scripts/bootstrap installs it)");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "ok\n4\n",
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (out, err) = sqlite3_cli(
+            &path,
+            "PRAGMA integrity_check; UPDATE certificates SET status = status; SELECT count(*) FROM certificates;",
         );
+        assert_eq!(out, "ok\n4\n", "{err}");
     }
 
     /// Migration 11 spells the certificates' status check as comparisons: every certificate
@@ -989,21 +973,18 @@ mod tests {
     /// longer builds a temporary b-tree of the allowed statuses (SQLite's OpenEphemeral).
     #[test]
     fn migration_11_keeps_the_certificates_and_their_status_check_without_a_temporary_table() {
-        const INSERT: &str = "INSERT INTO certificates (issuer_key_id, serial_hex, unit_id,
-             registration_id, subject, profile, not_before, not_after, fingerprint_sha256, der,
-             status, issued_at) VALUES (?1, ?2, NULL, 'r', 'CN=r', 'device', 't', 't', 'f', ?3, ?4, 't')";
         let issuer = "9f".repeat(32);
         let statuses = ["issued", "live", "superseded", "revoked"];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
             let c = database_at_version(&path, 10);
-            let plan = explain(&c, INSERT);
+            let plan = explain(&c, CERTIFICATE_INSERT);
             assert!(plan.contains("OpenEphemeral"), "before: {plan}");
             for (i, status) in statuses.iter().enumerate() {
                 let serial = format!("{:032x}", 0xbee0 + i);
                 c.execute(
-                    INSERT,
+                    CERTIFICATE_INSERT,
                     rusqlite::params![issuer, serial, vec![i as u8; 4], status],
                 )
                 .unwrap();
@@ -1011,14 +992,7 @@ mod tests {
         }
         let store = Store::open(&path, &StoreConfig::default()).unwrap();
         assert_eq!(store.schema_version().unwrap(), migrations::latest());
-        let rows: Vec<(i64, String, Vec<u8>, String)> = store
-            .conn()
-            .prepare("SELECT id, serial_hex, der, status FROM certificates ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let rows = certificate_rows(&store);
         let expected: Vec<(i64, String, Vec<u8>, String)> = statuses
             .iter()
             .enumerate()
@@ -1032,12 +1006,15 @@ mod tests {
             })
             .collect();
         assert_eq!(rows, expected);
-        let plan = explain(store.conn(), INSERT);
+        let plan = explain(store.conn(), CERTIFICATE_INSERT);
         assert!(!plan.contains("OpenEphemeral"), "after: {plan}");
         let insert = |serial: &str, status: &str| {
             store
                 .conn()
-                .execute(INSERT, rusqlite::params![issuer, serial, vec![9u8], status])
+                .execute(
+                    CERTIFICATE_INSERT,
+                    rusqlite::params![issuer, serial, vec![9u8], status],
+                )
                 .map_err(|e| e.sqlite_error_code())
         };
         for (i, status) in statuses.iter().enumerate() {
@@ -1063,17 +1040,41 @@ mod tests {
             "a serial recorded before the migration is still taken"
         );
         drop(store);
+        let (out, err) = sqlite3_cli(
+            &path,
+            "PRAGMA integrity_check; SELECT count(*) FROM certificates;",
+        );
+        assert_eq!(out, "ok\n8\n", "{err}");
+    }
+
+    /// A certificate row as the migration tests write it: issuer, serial, DER, status.
+    const CERTIFICATE_INSERT: &str = "INSERT INTO certificates (issuer_key_id, serial_hex, unit_id,
+         registration_id, subject, profile, not_before, not_after, fingerprint_sha256, der,
+         status, issued_at) VALUES (?1, ?2, NULL, 'r', 'CN=r', 'device', 't', 't', 'f', ?3, ?4, 't')";
+
+    /// Every certificate's id, serial, DER and status, in id order.
+    fn certificate_rows(store: &Store) -> Vec<(i64, String, Vec<u8>, String)> {
+        store
+            .conn()
+            .prepare("SELECT id, serial_hex, der, status FROM certificates ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// The system's `sqlite3` CLI (Debian 12's is 3.40) run on `path`: its stdout and stderr.
+    fn sqlite3_cli(path: &Path, sql: &str) -> (String, String) {
         let out = std::process::Command::new("sqlite3")
-            .arg(&path)
-            .arg("PRAGMA integrity_check; SELECT count(*) FROM certificates;")
+            .arg(path)
+            .arg(sql)
             .output()
             .expect("the sqlite3 CLI (scripts/bootstrap installs it)");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "ok\n8\n",
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The opcodes SQLite compiles `sql` to, one per line.

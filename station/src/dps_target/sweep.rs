@@ -15,7 +15,7 @@ use super::check::{self, Finding, Schedule};
 use crate::config::{Config, Delivery};
 use crate::home::Home;
 use crate::line::worker::error_text;
-use crate::outbox::{AuditSealer, UploadSignal};
+use crate::outbox::{AuditSealer, UploadSignal, until_stopped};
 use crate::store::{Store, StoreError, Writer, now_utc, sql};
 
 /// The actor of the audit entries the check writes.
@@ -120,19 +120,8 @@ impl<'c> Sweeper<'c> {
             return Ok(Some(report));
         }
         let ask = check::ask(&self.home, &self.cfg, &candidates);
-        let answers = match signal {
-            None => self.rt.block_on(ask),
-            Some(s) => {
-                let Some(a) = self.rt.block_on(async {
-                    tokio::select! {
-                        a = ask => Some(a),
-                        () = s.stopped() => None,
-                    }
-                }) else {
-                    return Ok(None);
-                };
-                a
-            }
+        let Some(answers) = until_stopped(&self.rt, signal, ask) else {
+            return Ok(None);
         };
         // DPS answered nothing (it could not be reached): nothing to record, no write.
         let findings = match answers.iter().map(check::Answer::unasked).collect() {
@@ -207,12 +196,9 @@ impl<'c> Sweeper<'c> {
     pub fn run(mut self, signal: &UploadSignal) {
         let every = Duration::from_secs(self.cfg.registrations.check_every_s.max(1));
         loop {
-            let stop = signal.clone();
-            self.rt.block_on(async {
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    () = stop.stopped() => {}
-                }
+            // The sleep is made inside the runtime (async block): its timer needs it.
+            until_stopped(&self.rt, Some(signal), async {
+                tokio::time::sleep(every).await;
             });
             if signal.is_stopped() {
                 break;

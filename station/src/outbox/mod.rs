@@ -11,7 +11,7 @@ pub mod dps;
 pub mod transfer;
 pub mod uploader;
 
-pub use uploader::{AuditSealer, UploadError, UploadReport, UploadSignal, Uploader};
+pub use uploader::{AuditSealer, UploadError, UploadReport, UploadSignal, Uploader, until_stopped};
 
 use std::time::Duration;
 

@@ -158,6 +158,25 @@ impl UploadSignal {
     }
 }
 
+/// Runs `f` on `rt` to completion, or until `signal` is stopped (then `None`); without a
+/// signal, to completion. `f` is built outside the runtime: a future that needs it when made
+/// (`tokio::time::sleep`) goes in an `async` block.
+pub fn until_stopped<F: Future>(
+    rt: &tokio::runtime::Runtime,
+    signal: Option<&UploadSignal>,
+    f: F,
+) -> Option<F::Output> {
+    match signal {
+        None => Some(rt.block_on(f)),
+        Some(s) => rt.block_on(async {
+            tokio::select! {
+                r = f => Some(r),
+                () = s.stopped() => None,
+            }
+        }),
+    }
+}
+
 /// Drains the outbox. Holds its own database connection, runtime and service clients.
 pub struct Uploader<'c> {
     cfg: Config,
@@ -309,15 +328,7 @@ impl<'c> Uploader<'c> {
 
     /// Runs `f` to completion, or until a stop signal (then `None`).
     fn block_on<F: Future>(&self, f: F) -> Option<F::Output> {
-        match &self.signal {
-            None => Some(self.rt.block_on(f)),
-            Some(s) => self.rt.block_on(async {
-                tokio::select! {
-                    r = f => Some(r),
-                    () = s.stopped() => None,
-                }
-            }),
-        }
+        until_stopped(&self.rt, self.signal.as_ref(), f)
     }
 
     /// One pass over every due row: delivers what it can, schedules retries, flags conflicts.
@@ -501,12 +512,9 @@ impl<'c> Uploader<'c> {
             if let Some(rest) = last_pass.map(|at| gather.saturating_sub(at.elapsed()))
                 && !rest.is_zero()
             {
-                let signal = signal.clone();
-                self.rt.block_on(async {
-                    tokio::select! {
-                        () = tokio::time::sleep(rest) => {}
-                        () = signal.stopped() => {}
-                    }
+                // The sleep is made inside the runtime (async block): its timer needs it.
+                until_stopped(&self.rt, Some(signal), async {
+                    tokio::time::sleep(rest).await;
                 });
                 if signal.is_stopped() {
                     break;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use rusqlite::{OptionalExtension as _, TransactionBehavior};
+use rusqlite::OptionalExtension as _;
 
 use super::{ActorArg, CliError, Context};
 use crate::dps_target::check::{self, Answer, Candidate, Finding, Selection};
@@ -147,16 +147,14 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
         Some(a) => a,
         None => runtime()?.block_on(check::ask(&ctx.home, cfg, &candidates)),
     };
-    let findings = (|| {
-        let tx = store
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin the registration check's transaction"))?;
-        let findings = check::record(&tx, &cfg.station_id(), &actor, &candidates, &answers)?;
-        tx.commit()
-            .map_err(sql("commit the registration check's transaction"))?;
-        Ok(findings)
-    })()
+    let findings = check::record_committed(
+        store.conn_mut(),
+        &cfg.station_id(),
+        &actor,
+        &candidates,
+        &answers,
+        |_| {},
+    )
     .map_err(RegistrationsCliError::Record)?;
     ctx.seal_audit(cfg, &mut store);
 

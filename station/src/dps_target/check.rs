@@ -342,6 +342,26 @@ pub fn record(
     Ok(out)
 }
 
+/// [`record`] in a transaction of its own on `conn`, committed; `before_commit` runs in it
+/// after the answers are written (the registration check seals the audit checkpoint there).
+pub fn record_committed(
+    conn: &mut Connection,
+    station: &StationId,
+    actor: &str,
+    candidates: &[Candidate],
+    answers: &[Answer],
+    before_commit: impl FnOnce(&Transaction<'_>),
+) -> Result<Vec<Finding>, UnitStoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("begin the registration check's transaction"))?;
+    let findings = record(&tx, station, actor, candidates, answers)?;
+    before_commit(&tx);
+    tx.commit()
+        .map_err(sql("commit the registration check's transaction"))?;
+    Ok(findings)
+}
+
 fn store_answer(
     tx: &Transaction<'_>,
     c: &Candidate,

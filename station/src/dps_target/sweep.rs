@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use rusqlite::TransactionBehavior;
-
 use super::check::{self, Finding, Schedule};
 use crate::config::{Config, Delivery};
 use crate::home::Home;
@@ -170,20 +168,21 @@ impl<'c> Sweeper<'c> {
         answers: &[check::Answer],
     ) -> Result<Vec<Finding>, SweepError> {
         let mut writer = self.writer.turn();
-        let tx = writer
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin the registration check's transaction"))?;
-        let station = self.cfg.station_id();
-        let findings =
-            check::record(&tx, &station, ACTOR, candidates, answers).map_err(SweepError::Record)?;
-        if let Some(seal) = self.sealer
-            && let Err(e) = seal(&tx)
-        {
-            tracing::warn!(error = %e, "registration check: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
-        }
-        tx.commit()
-            .map_err(sql("commit the registration check's transaction"))?;
+        let findings = check::record_committed(
+            writer.conn_mut(),
+            &self.cfg.station_id(),
+            ACTOR,
+            candidates,
+            answers,
+            |tx| {
+                if let Some(seal) = self.sealer
+                    && let Err(e) = seal(tx)
+                {
+                    tracing::warn!(error = %e, "registration check: audit checkpoint not sealed with the HSM key; the hash chain covers the entries");
+                }
+            },
+        )
+        .map_err(SweepError::Record)?;
         let durable = writer.durable();
         drop(writer);
         durable.wait()?;

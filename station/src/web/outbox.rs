@@ -103,16 +103,14 @@ pub async fn check_registrations(
                 if candidates.is_empty() {
                     return Ok("No unit to ask DPS about: none is uploaded and waiting to register.".into());
                 }
-                let findings = (|| {
-                    let tx = store
-                        .conn_mut()
-                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                        .map_err(crate::store::sql("begin the registration check's transaction"))?;
-                    let f = check::record(&tx, station, actor, &candidates, &answers)?;
-                    tx.commit()
-                        .map_err(crate::store::sql("commit the registration check's transaction"))?;
-                    Ok::<_, crate::line::units::UnitStoreError>(f)
-                })()
+                let findings = check::record_committed(
+                    store.conn_mut(),
+                    station,
+                    actor,
+                    &candidates,
+                    &answers,
+                    |_| {},
+                )
                 .map_err(|e| crate::line::worker::error_text(&e))?;
                 let n = |p: fn(&check::Finding) -> bool| findings.iter().filter(|f| p(f)).count();
                 let mut text = format!(

@@ -165,17 +165,14 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
     } else {
         print_text(&candidates, &findings);
     }
-    let not_asked = findings
-        .iter()
-        .filter(|f| matches!(f, Finding::NotAsked(_)))
-        .count();
-    let all_assigned = findings
-        .iter()
-        .all(|f| matches!(f, Finding::Assigned { .. }));
-    Ok(if not_asked > 0 {
-        eprintln!("station: {not_asked} unit(s) could not be checked with DPS (see above)");
+    let t = check::Tally::of(&findings);
+    Ok(if t.not_asked > 0 {
+        eprintln!(
+            "station: {} unit(s) could not be checked with DPS (see above)",
+            t.not_asked
+        );
         ExitCode::FAILURE
-    } else if args.expect_all && !all_assigned {
+    } else if args.expect_all && t.assigned < findings.len() {
         eprintln!("station: not every unit checked is registered (--expect-all)");
         ExitCode::from(3)
     } else {
@@ -223,30 +220,24 @@ fn print_text(candidates: &[Candidate], findings: &[Finding]) {
     let mut targets: Vec<&str> = candidates.iter().map(|c| c.target.as_str()).collect();
     targets.sort_unstable();
     targets.dedup();
-    let count = |p: fn(&Finding) -> bool| findings.iter().filter(|f| p(f)).count();
-    let assigned = count(|f| matches!(f, Finding::Assigned { .. }));
-    let newly = count(|f| matches!(f, Finding::Assigned { newly: true, .. }));
+    let t = check::Tally::of(findings);
     println!(
         "asked DPS ({}) about {} unit(s):",
         targets.join(", "),
         candidates.len()
     );
-    println!("  registered  {assigned:>5}   ({newly} newly recorded)");
     println!(
-        "  refused     {:>5}",
-        count(|f| matches!(f, Finding::Refused(_)))
+        "  registered  {:>5}   ({} newly recorded)",
+        t.assigned, t.newly
     );
-    println!(
-        "  not yet     {:>5}",
-        count(|f| matches!(f, Finding::NotYet(_)))
-    );
-    println!(
-        "  not asked   {:>5}",
-        count(|f| matches!(f, Finding::NotAsked(_)))
-    );
-    let export = count(|f| matches!(f, Finding::ExportOnly(_)));
-    if export > 0 {
-        println!("  export-only {export:>5}   (DPS is not reachable from here)");
+    println!("  refused     {:>5}", t.refused);
+    println!("  not yet     {:>5}", t.not_yet);
+    println!("  not asked   {:>5}", t.not_asked);
+    if t.export_only > 0 {
+        println!(
+            "  export-only {:>5}   (DPS is not reachable from here)",
+            t.export_only
+        );
     }
     let section = |title: &str, pick: &dyn Fn(&Finding) -> Option<String>| {
         let lines: Vec<String> = candidates

@@ -99,6 +99,44 @@ pub enum Finding {
     ExportOnly(String),
 }
 
+/// How many findings of each kind a check made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// DPS assigned a hub.
+    pub assigned: usize,
+    /// Of those, units that became registered (or moved hub) with this check.
+    pub newly: usize,
+    /// DPS refused the unit.
+    pub refused: usize,
+    /// Not registered yet.
+    pub not_yet: usize,
+    /// DPS could not be asked.
+    pub not_asked: usize,
+    /// In a target delivered by export.
+    pub export_only: usize,
+}
+
+impl Tally {
+    /// The counts of `findings`.
+    #[must_use]
+    pub fn of(findings: &[Finding]) -> Self {
+        let mut t = Self::default();
+        for f in findings {
+            match f {
+                Finding::Assigned { newly, .. } => {
+                    t.assigned += 1;
+                    t.newly += usize::from(*newly);
+                }
+                Finding::Refused(_) => t.refused += 1,
+                Finding::NotYet(_) => t.not_yet += 1,
+                Finding::NotAsked(_) => t.not_asked += 1,
+                Finding::ExportOnly(_) => t.export_only += 1,
+            }
+        }
+        t
+    }
+}
+
 /// The units `sel` names, one entry per DPS target each was enrolled with, oldest first.
 pub fn candidates(conn: &Connection, sel: &Selection) -> Result<Vec<Candidate>, rusqlite::Error> {
     let serials =

@@ -112,26 +112,25 @@ pub async fn check_registrations(
                     |_| {},
                 )
                 .map_err(|e| crate::line::worker::error_text(&e))?;
-                let n = |p: fn(&check::Finding) -> bool| findings.iter().filter(|f| p(f)).count();
+                let t = check::Tally::of(&findings);
                 let mut text = format!(
                     "Asked DPS about {} unit(s): {} newly registered, {} refused, {} not registered yet",
                     candidates.len(),
-                    n(|f| matches!(f, check::Finding::Assigned { newly: true, .. })),
-                    n(|f| matches!(f, check::Finding::Refused(_))),
-                    n(|f| matches!(f, check::Finding::NotYet(_))),
+                    t.newly,
+                    t.refused,
+                    t.not_yet,
                 );
-                let export = n(|f| matches!(f, check::Finding::ExportOnly(_)));
-                if export > 0 {
+                if t.export_only > 0 {
                     text.push_str(&format!(
-                        ", {export} in a target delivered by export (ask by file: station registrations --export-query)"
+                        ", {} in a target delivered by export (ask by file: station registrations --export-query)",
+                        t.export_only
                     ));
                 }
                 if let Some(check::Finding::NotAsked(why)) = findings
                     .iter()
                     .find(|f| matches!(f, check::Finding::NotAsked(_)))
                 {
-                    let not_asked = n(|f| matches!(f, check::Finding::NotAsked(_)));
-                    text.push_str(&format!(", {not_asked} not asked: {why}"));
+                    text.push_str(&format!(", {} not asked: {why}", t.not_asked));
                     return Err(text + ".");
                 }
                 Ok(text + ".")

@@ -131,6 +131,23 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         format!("DPS registration local: none: {first_rid} has not registered yet")
     );
 
+    // The station cannot register an X.509 unit on its behalf: it says who does, and records
+    // nothing.
+    let x509 = recorded
+        .keys()
+        .find(|s| s.starts_with("SX"))
+        .expect("an X.509 unit");
+    let out = rig.station(&["unit", "register", x509, "--actor", "eve"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!(
+            "unit {x509} (x509-link) registers with its own private key, which only the unit holds"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state(x509).as_deref(), Some("uploaded"));
+
     let work = rig.dir.path().join("line");
     let out = unit_register(&rig, &[&work]);
     assert!(out.status.success(), "unit-register: {}", text(&out));

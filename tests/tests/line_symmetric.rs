@@ -59,6 +59,24 @@ fn uploaded_with_the_kept_key(rig: &LineRig, serial: &str, key: &[u8]) {
     assert_key_not_stored(rig, key);
 }
 
+/// The arguments of `station provision` of `serial` on `fixture`, by alice.
+fn provision_args<'a>(fixture: &'a str, serial: &'a str) -> [&'a str; 7] {
+    [
+        "provision",
+        "--fixture",
+        fixture,
+        "--serial",
+        serial,
+        "--actor",
+        "alice",
+    ]
+}
+
+/// `station provision` of `serial` on `fixture`, by alice.
+fn provision(rig: &LineRig, fixture: &str, serial: &str) -> std::process::Output {
+    rig.station(&provision_args(fixture, serial))
+}
+
 /// A rig with one fixture `name` running `product` on a simulated unit `serial`, its lot open.
 fn one_unit(name: &str, product: &str, serial: &str, model: &str) -> (LineRig, UnitSim) {
     let rig = LineRig::new();
@@ -86,15 +104,7 @@ fn killed_in_the_record_then_resumed(
     fixture: &str,
     serial: &str,
 ) -> Vec<u8> {
-    let provision = [
-        "provision",
-        "--fixture",
-        fixture,
-        "--serial",
-        serial,
-        "--actor",
-        "alice",
-    ];
+    let provision = provision_args(fixture, serial);
     let out = rig.station_env(&provision, &[("STATION_CRASH_AT", "before:recorded")]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
@@ -119,28 +129,12 @@ fn killed_in_the_record_then_resumed(
 fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
     let (rig, sim) = one_unit("sym1", "sensor-sym", "SY-000001", "SY-10");
     // Without the group key in the HSM the unit fails with what to do.
-    let out = rig.station(&[
-        "provision",
-        "--fixture",
-        "sym1",
-        "--serial",
-        "SY-000001",
-        "--actor",
-        "alice",
-    ]);
+    let out = provision(&rig, "sym1", "SY-000001");
     assert!(!out.status.success());
     assert!(text(&out).contains("station group sync"), "{}", text(&out));
     let out = rig.station(&["group", "sync", "--actor", "sup"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = rig.station(&[
-        "provision",
-        "--fixture",
-        "sym1",
-        "--serial",
-        "SY-000001",
-        "--actor",
-        "alice",
-    ]);
+    let out = provision(&rig, "sym1", "SY-000001");
     assert!(out.status.success(), "{}", text(&out));
     let (key, state) = unit_key(&sim);
     assert_eq!(state["locked"], true);
@@ -165,15 +159,7 @@ fn a_group_unit_gets_a_key_derived_in_the_hsm_that_dps_accepts() {
 #[test]
 fn an_individual_unit_key_is_sealed_in_the_outbox_and_erased_after_upload() {
     let (rig, sim) = one_unit("key1", "sensor-key", "SK-000001", "SK-20");
-    let out = rig.station(&[
-        "provision",
-        "--fixture",
-        "key1",
-        "--serial",
-        "SK-000001",
-        "--actor",
-        "alice",
-    ]);
+    let out = provision(&rig, "key1", "SK-000001");
     assert!(out.status.success(), "{}", text(&out));
     let (key, _) = unit_key(&sim);
     assert_eq!(key.len(), 64);
@@ -230,15 +216,7 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
     // Killed before the record: the key left the station's memory with the process, but it
     // was kept sealed under the HSM's outbox key before the unit got it.
     let out = rig.station_env(
-        &[
-            "provision",
-            "--fixture",
-            "key1",
-            "--serial",
-            "SK-000002",
-            "--actor",
-            "alice",
-        ],
+        &provision_args("key1", "SK-000002"),
         &[("STATION_CRASH_AT", "before:recorded")],
     );
     assert!(!out.status.success(), "{}", text(&out));
@@ -255,15 +233,7 @@ fn an_individual_unit_killed_after_its_key_was_locked_in_is_recorded_with_that_k
 #[test]
 fn an_individual_unit_found_verified_after_a_restart_is_recorded_with_its_kept_key() {
     let (rig, sim) = one_unit("key2", "sensor-key", "SK-000003", "SK-20");
-    let provision = [
-        "provision",
-        "--fixture",
-        "key2",
-        "--serial",
-        "SK-000003",
-        "--actor",
-        "alice",
-    ];
+    let provision = provision_args("key2", "SK-000003");
     let out = rig.station_env(&provision, &[("STATION_CRASH_AT", "before:recorded")]);
     assert!(!out.status.success(), "{}", text(&out));
     let (key, state) = unit_key(&sim);
@@ -295,4 +265,199 @@ fn a_group_unit_killed_after_its_key_was_locked_in_proves_the_derived_key_on_res
     rig.upload_now();
     assert_eq!(rig.state("SY-000002").as_deref(), Some("uploaded"));
     assert_key_not_stored(&rig, &key);
+}
+
+/// The `unit.register` audit entries: (actor, whether DPS assigned the unit, what it said).
+fn on_behalf_audits(rig: &LineRig) -> Vec<(String, bool, String)> {
+    let db = rig.db();
+    let mut st = db
+        .prepare("SELECT actor, details FROM audit_log WHERE event = 'unit.register' ORDER BY seq")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|row| {
+            let (actor, details) = row.unwrap();
+            let d: serde_json::Value = serde_json::from_str(&details).unwrap();
+            (
+                actor,
+                d["assigned"].as_bool().unwrap(),
+                d["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The hub the station recorded for `serial` (`dps_registrations`), if any.
+fn recorded_hub(rig: &LineRig, serial: &str) -> Option<String> {
+    rig.db()
+        .query_row(
+            "SELECT r.assigned_hub FROM dps_registrations r JOIN units u ON u.id = r.unit_id
+             WHERE u.serial = ?1",
+            [serial],
+            |r| r.get(0),
+        )
+        .ok()
+        .flatten()
+}
+
+/// Neither the key nor its base64 appears in what a command printed.
+fn assert_key_not_printed(out: &std::process::Output, key: &[u8]) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(!contains(stream, b64.as_bytes()), "{}", text(out));
+    }
+}
+
+#[test]
+fn the_station_registers_a_group_unit_on_its_behalf_with_the_key_derived_again_in_the_hsm() {
+    let (mut rig, sim) = one_unit("sym1", "sensor-sym", "SY-000003", "SY-10");
+    let out = rig.station(&["group", "sync", "--actor", "sup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = provision(&rig, "sym1", "SY-000003");
+    assert!(out.status.success(), "{}", text(&out));
+    let (key, _) = unit_key(&sim);
+    let register = ["unit", "register", "SY-000003", "--actor", "eve"];
+
+    // Before DPS holds its enrollment, the unit cannot register: said so, nothing recorded.
+    let out = rig.station(&register);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("unit SY-000003 is queued for DPS (outbox #")
+            && text(&out)
+                .contains("): DPS does not hold its enrollment yet, so it cannot register"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("SY-000003").as_deref(), Some("queued"));
+    assert!(on_behalf_audits(&rig).is_empty());
+
+    rig.upload_now();
+    assert_eq!(rig.state("SY-000003").as_deref(), Some("uploaded"));
+    // Found by its registration ID too, in any case, as DPS compares them.
+    let out = rig.station(&["unit", "register", "SY-SY-000003", "--actor", "eve"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("unit SY-000003: registered with DPS target local on its behalf: sy-SY-000003 assigned to hub-"),
+        "{said}"
+    );
+    assert!(
+        said.contains("unit SY-000003: recorded as registered"),
+        "{said}"
+    );
+    assert_key_not_printed(&out, &key);
+    assert_eq!(rig.state("SY-000003").as_deref(), Some("registered"));
+    let hub = recorded_hub(&rig, "SY-000003").expect("the hub is recorded");
+    // DPS's own record: the station's registration is the unit's, at the recorded hub.
+    let rid = dps::RegistrationId::new("sy-SY-000003".to_owned()).unwrap();
+    let rec = rig.dps(|c| async move { c.get_registration_state(&rid).await.unwrap() });
+    assert_eq!(rec.assigned_hub.as_deref(), Some(hub.as_str()));
+    assert_eq!(
+        on_behalf_audits(&rig),
+        vec![(
+            "eve".to_owned(),
+            true,
+            format!("sy-SY-000003 assigned to {hub} as device sy-SY-000003 (initialAssignment)")
+        )]
+    );
+
+    // Again: DPS assigns it again, the unit stays registered (not moved twice).
+    let out = rig.station(&register);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unit SY-000003: recorded as registered already"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(on_behalf_audits(&rig).len(), 2);
+
+    // DPS gone: a clear error, nothing recorded, the unit as it was.
+    rig.dps.take().unwrap().stop();
+    let out = rig.station(&[
+        "unit",
+        "register",
+        "SY-000003",
+        "--actor",
+        "eve",
+        "--wait-s",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(
+            "registering unit SY-000003 with DPS target local failed (nothing was recorded)"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_key_not_printed(&out, &key);
+    assert_eq!(on_behalf_audits(&rig).len(), 2);
+    assert_eq!(rig.state("SY-000003").as_deref(), Some("registered"));
+    assert_key_not_stored(&rig, &key);
+    rig.audit_verify();
+}
+
+#[test]
+fn the_station_registers_an_individual_unit_with_the_key_its_enrollment_holds_and_records_a_refusal()
+ {
+    let (rig, sim) = one_unit("key1", "sensor-key", "SK-000004", "SK-20");
+    let out = provision(&rig, "key1", "SK-000004");
+    assert!(out.status.success(), "{}", text(&out));
+    let (key, _) = unit_key(&sim);
+    rig.upload_now();
+    assert_eq!(rig.state("SK-000004").as_deref(), Some("uploaded"));
+
+    // DPS disables the enrollment: the registration the station makes is refused, the refusal
+    // audited and recorded, and the unit stays uploaded.
+    let id = dps::RegistrationId::new("SK-000004".to_owned()).unwrap();
+    let disable = |status| {
+        let id = id.clone();
+        rig.dps(|c| async move {
+            let mut e = c.get_enrollment(&id).await.unwrap();
+            e.attestation = c.enrollment_attestation(&id).await.unwrap();
+            e.provisioning_status = Some(status);
+            let etag = e.etag.clone();
+            c.create_or_update_enrollment(&e, etag.as_deref())
+                .await
+                .unwrap();
+        });
+    };
+    disable(dps::wire::ProvisioningStatus::Disabled);
+    let register = ["unit", "register", "SK-000004", "--actor", "eve"];
+    let out = rig.station(&register);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("DPS target local refused unit SK-000004's registration:")
+            && text(&out).contains("disabled"),
+        "{}",
+        text(&out)
+    );
+    assert_key_not_printed(&out, &key);
+    let audits = on_behalf_audits(&rig);
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert!(
+        !audits[0].1 && audits[0].2.contains("disabled"),
+        "{audits:?}"
+    );
+    assert_eq!(rig.state("SK-000004").as_deref(), Some("uploaded"));
+
+    // Enabled again: the station reads the unit's key back from its enrollment and registers.
+    disable(dps::wire::ProvisioningStatus::Enabled);
+    let out = rig.station(&register);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unit SK-000004: recorded as registered"),
+        "{}",
+        text(&out)
+    );
+    assert_key_not_printed(&out, &key);
+    assert_eq!(rig.state("SK-000004").as_deref(), Some("registered"));
+    assert!(recorded_hub(&rig, "SK-000004").is_some());
+    let shown = text(&rig.station(&["unit", "show", "SK-000004"]));
+    assert!(
+        shown.contains("DPS checked      local: assigned to hub-"),
+        "{shown}"
+    );
+    assert_key_not_stored(&rig, &key);
+    rig.audit_verify();
 }

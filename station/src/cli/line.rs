@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::{Args, Subcommand};
 
 use super::{ActorArg, CliError, Context};
+use crate::dps_target::on_behalf::Recorded;
 use crate::dps_target::registration::registration_lines;
 use crate::line::report;
 use crate::line::serve::{self, ServeError};
@@ -51,6 +52,25 @@ pub enum UnitCommand {
         #[arg(long)]
         dps: bool,
     },
+    /// End-of-line registration: the station registers the unit with DPS on its behalf, with
+    /// the key it can use without the unit (a symmetric-key group member's key derived again
+    /// in the HSM, an individual unit's own key read back from its enrollment in DPS), and
+    /// records DPS's answer as `station registrations` does: a unit DPS assigned turns
+    /// `registered` at its hub. Audited (`unit.register`), refusals too. A TPM unit registers
+    /// through its TPM (`station tpm register`); an X.509 unit only with its own private key.
+    Register {
+        /// Serial number, or the unit's registration ID (any case) or device ID.
+        serial: String,
+        /// The DPS target (needed only when the unit was enrolled with several).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds to keep trying while DPS does not answer, throttles or is still assigning.
+        #[arg(long, default_value_t = 30)]
+        wait_s: u64,
+        /// Who registers it (recorded in the audit log).
+        #[command(flatten)]
+        actor: ActorArg,
+    },
     /// Units, newest first.
     List {
         /// Only this lot.
@@ -88,6 +108,19 @@ pub enum LineCliError {
     /// Several units answer to the name.
     #[error("{0:?} names several units ({1}): give the serial")]
     Ambiguous(String, String),
+    /// The station could not register the unit on its behalf; nothing was recorded.
+    #[error(transparent)]
+    OnBehalf(#[from] Box<crate::dps_target::on_behalf::OnBehalfError>),
+    /// DPS refused the registration the station made on the unit's behalf (audited).
+    #[error("DPS target {target} refused unit {serial}'s registration: {why}")]
+    Refused {
+        /// Serial.
+        serial: String,
+        /// Target.
+        target: String,
+        /// DPS's answer in words.
+        why: String,
+    },
     /// Reading failed.
     #[error("reading the database failed: {0}")]
     Read(String),
@@ -325,102 +358,162 @@ fn dps_registration(
     }
 }
 
+/// The serial of the one unit known by `q` (its serial, registration ID or device ID).
+fn one_serial(conn: &rusqlite::Connection, q: &str) -> Result<String, LineCliError> {
+    let found = report::find(conn, q).map_err(|e| LineCliError::Read(e.to_string()))?;
+    match found.as_slice() {
+        [] => Err(LineCliError::NoUnit(q.to_owned())),
+        [one] => Ok(one.clone()),
+        several => Err(LineCliError::Ambiguous(q.to_owned(), several.join(", "))),
+    }
+}
+
+/// `station unit register`: the unit registered with DPS by the station on its behalf.
+fn register(
+    ctx: &Context,
+    q: &str,
+    target: Option<&str>,
+    wait: std::time::Duration,
+    actor: &ActorArg,
+) -> Result<ExitCode, CliError> {
+    let actor = actor.resolve()?;
+    let cfg = ctx.config()?.config;
+    let mut store = ctx.open_store(&cfg)?;
+    let serial = one_serial(store.conn(), q)?;
+    let done = crate::dps_target::on_behalf::register(
+        &ctx.home, &cfg, &mut store, &serial, target, &actor, wait,
+    )
+    .map_err(|e| LineCliError::OnBehalf(Box::new(e)))?;
+    ctx.seal_audit(&cfg, &mut store);
+    match done.said {
+        Ok(line) => {
+            println!(
+                "unit {}: registered with DPS target {} on its behalf: {line}",
+                done.serial, done.target
+            );
+            match done.recorded {
+                Recorded::NewlyRegistered => {
+                    println!("unit {}: recorded as registered", done.serial);
+                }
+                Recorded::AlreadyRegistered => {
+                    println!("unit {}: recorded as registered already", done.serial);
+                }
+                Recorded::Unchanged => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => Err(LineCliError::Refused {
+            serial: done.serial,
+            target: done.target,
+            why,
+        }
+        .into()),
+    }
+}
+
 /// `station unit ...`
 pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
+    let (serial, dps) = match cmd {
+        UnitCommand::Register {
+            serial,
+            target,
+            wait_s,
+            actor,
+        } => {
+            let wait = std::time::Duration::from_secs(*wait_s);
+            return register(ctx, serial, target.as_deref(), wait, actor);
+        }
+        UnitCommand::List { lot, limit } => return list(ctx, lot.as_deref(), *limit),
+        UnitCommand::Show { serial, dps } => (serial, *dps),
+    };
     let loaded = ctx.config()?;
     let store = ctx.open_store_read(&loaded.config)?;
     let conn = store.conn();
     let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
-    match cmd {
-        UnitCommand::Show { serial, dps } => {
-            let found = report::find(conn, serial).map_err(|e| read(&e))?;
-            let serial = match found.as_slice() {
-                [] => return Err(LineCliError::NoUnit(serial.clone()).into()),
-                [one] => one,
-                several => {
-                    return Err(LineCliError::Ambiguous(serial.clone(), several.join(", ")).into());
-                }
-            };
-            let r = report::unit(conn, serial)
-                .map_err(|e| read(&e))?
-                .ok_or_else(|| LineCliError::NoUnit(serial.clone()))?;
-            let u = &r.unit;
-            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-            println!("serial           {}", u.serial);
-            println!("product          {}", u.product);
-            println!("lot              {}", or_dash(&u.lot_id));
-            println!("state            {}", r.state);
-            println!("registration ID  {}", or_dash(&u.registration_id));
-            println!("device ID        {}", or_dash(&u.device_id));
-            println!(
-                "model/hw/fw      {} / {} / {}",
-                or_dash(&u.model),
-                or_dash(&u.hw_rev),
-                or_dash(&u.fw_version)
-            );
-            println!("attestation      {}", or_dash(&u.attestation));
-            println!("fixture          {}", or_dash(&u.fixture));
-            println!("operator         {}", or_dash(&u.operator));
-            println!("first scanned    {}", u.created_at);
-            println!("steps:");
-            for t in &r.steps {
-                let data = if t.data == "{}" {
-                    String::new()
-                } else {
-                    format!(" {}", t.data)
-                };
-                println!(
-                    "  run {:<4} {}  {} -> {}{}",
-                    t.run_id,
-                    t.at,
-                    t.from.as_deref().unwrap_or("(new)"),
-                    t.to,
-                    data
-                );
-            }
-            for c in &r.certificates {
-                println!(
-                    "certificate      {} {} sha256 {} issued {}",
-                    c.serial_hex, c.status, c.fingerprint, c.issued_at
-                );
-            }
-            for e in &r.enrollments {
-                println!(
-                    "enrollment       {}: {} {} {}",
-                    e.target, e.enrollment_id, e.status, e.etag
-                );
-            }
-            for line in &r.uploads {
-                println!("upload           {line}");
-            }
-            for (target, text, at) in &r.registration_checks {
-                println!("DPS checked      {target}: {text} (asked {at})");
-            }
-            if *dps {
-                for line in dps_registration(ctx, &loaded.config, &r) {
-                    println!("DPS registration {line}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        UnitCommand::List { lot, limit } => {
-            let rows = report::list(conn, lot.as_deref(), *limit).map_err(|e| read(&e))?;
-            println!(
-                "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} updated",
-                "serial", "product", "lot", "state", "registration ID", "fixture", "operator"
-            );
-            for r in rows {
-                let rid = if r.registration_id.len() > 28 {
-                    format!("{}...", &r.registration_id[..25])
-                } else {
-                    r.registration_id.clone()
-                };
-                println!(
-                    "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} {}",
-                    r.serial, r.product, r.lot, r.state, rid, r.fixture, r.operator, r.updated_at
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+    let serial = &one_serial(conn, serial)?;
+    let r = report::unit(conn, serial)
+        .map_err(|e| read(&e))?
+        .ok_or_else(|| LineCliError::NoUnit(serial.clone()))?;
+    let u = &r.unit;
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("serial           {}", u.serial);
+    println!("product          {}", u.product);
+    println!("lot              {}", or_dash(&u.lot_id));
+    println!("state            {}", r.state);
+    println!("registration ID  {}", or_dash(&u.registration_id));
+    println!("device ID        {}", or_dash(&u.device_id));
+    println!(
+        "model/hw/fw      {} / {} / {}",
+        or_dash(&u.model),
+        or_dash(&u.hw_rev),
+        or_dash(&u.fw_version)
+    );
+    println!("attestation      {}", or_dash(&u.attestation));
+    println!("fixture          {}", or_dash(&u.fixture));
+    println!("operator         {}", or_dash(&u.operator));
+    println!("first scanned    {}", u.created_at);
+    println!("steps:");
+    for t in &r.steps {
+        let data = if t.data == "{}" {
+            String::new()
+        } else {
+            format!(" {}", t.data)
+        };
+        println!(
+            "  run {:<4} {}  {} -> {}{}",
+            t.run_id,
+            t.at,
+            t.from.as_deref().unwrap_or("(new)"),
+            t.to,
+            data
+        );
+    }
+    for c in &r.certificates {
+        println!(
+            "certificate      {} {} sha256 {} issued {}",
+            c.serial_hex, c.status, c.fingerprint, c.issued_at
+        );
+    }
+    for e in &r.enrollments {
+        println!(
+            "enrollment       {}: {} {} {}",
+            e.target, e.enrollment_id, e.status, e.etag
+        );
+    }
+    for line in &r.uploads {
+        println!("upload           {line}");
+    }
+    for (target, text, at) in &r.registration_checks {
+        println!("DPS checked      {target}: {text} (asked {at})");
+    }
+    if dps {
+        for line in dps_registration(ctx, &loaded.config, &r) {
+            println!("DPS registration {line}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `station unit list`.
+fn list(ctx: &Context, lot: Option<&str>, limit: u32) -> Result<ExitCode, CliError> {
+    let loaded = ctx.config()?;
+    let store = ctx.open_store_read(&loaded.config)?;
+    let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
+    let rows = report::list(store.conn(), lot, limit).map_err(|e| read(&e))?;
+    println!(
+        "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} updated",
+        "serial", "product", "lot", "state", "registration ID", "fixture", "operator"
+    );
+    for r in rows {
+        let rid = if r.registration_id.len() > 28 {
+            format!("{}...", &r.registration_id[..25])
+        } else {
+            r.registration_id.clone()
+        };
+        println!(
+            "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} {}",
+            r.serial, r.product, r.lot, r.state, rid, r.fixture, r.operator, r.updated_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use rusqlite::OptionalExtension as _;
-
 use crate::line::worker::error_text;
 use crate::tpm::{self, TpmConfig};
 
@@ -254,7 +252,20 @@ fn register(
         Err(e @ dps::client::ClientError::Service { .. }) => (Err(error_text(&e)), None),
         Err(e) => return Err(TpmCliError::Register(e).into()),
     };
-    let recorded = record_registration(ctx, cfg, actor, &name, rid.as_str(), &said, state)?;
+    let mut store = ctx.open_store(cfg)?;
+    let recorded = crate::dps_target::on_behalf::record(
+        &mut store,
+        &cfg.station_id(),
+        actor,
+        "tpm.register",
+        &name,
+        rid.as_str(),
+        &said,
+        state,
+    )
+    .map_err(super::registrations::RegistrationsCliError::Record)?
+    .and_then(|(serial, newly)| newly.then_some(serial));
+    ctx.seal_audit(cfg, &mut store);
     match said {
         Ok(line) => {
             println!("{line}");
@@ -265,80 +276,6 @@ fn register(
         }
         Err(why) => Err(TpmCliError::Refused(why).into()),
     }
-}
-
-/// Audits DPS's answer to a `tpm register` (`tpm.register`) and, when a unit of this station
-/// has the registration ID, records the answer for it as the registration check does (an
-/// assigned unit turns `registered`). Returns the serial of a unit that turned registered.
-fn record_registration(
-    ctx: &super::Context,
-    cfg: &crate::config::Config,
-    actor: &str,
-    target: &str,
-    rid: &str,
-    said: &Result<String, String>,
-    state: Option<dps::wire::DeviceRegistrationState>,
-) -> Result<Option<String>, super::CliError> {
-    use crate::dps_target::check::{self, Answer, Candidate, Finding};
-    use crate::store::sql;
-
-    let mut store = ctx.open_store(cfg)?;
-    let station = cfg.station_id();
-    let tx = store
-        .conn_mut()
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql("begin recording the TPM registration"))?;
-    let unit: Option<(i64, String, String, String)> = tx
-        .query_row(
-            "SELECT id, serial, registration_id, state FROM units WHERE registration_id = ?1",
-            [rid],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()
-        .map_err(sql("find the unit with the TPM's registration ID"))?;
-    crate::store::audit::append(
-        &tx,
-        &station,
-        &crate::store::audit::AuditEvent {
-            actor,
-            event: "tpm.register",
-            subject: rid,
-            details: serde_json::json!({
-                "target": target,
-                "serial": unit.as_ref().map(|u| u.1.as_str()),
-                "assigned": said.is_ok(),
-                "outcome": match said { Ok(l) | Err(l) => l.as_str() },
-            }),
-        },
-    )?;
-    let mut registered = None;
-    // Only a unit DPS holds the enrollment of (uploaded, or registered before) is recorded,
-    // as the registration check picks them.
-    if let (Some((unit_id, serial, registration_id, unit_state)), Some(state)) = (unit, state)
-        && matches!(unit_state.as_str(), "uploaded" | "registered")
-    {
-        let candidate = Candidate {
-            unit_id,
-            serial: serial.clone(),
-            registration_id,
-            target: target.to_owned(),
-        };
-        let found = check::record(
-            &tx,
-            &station,
-            actor,
-            &[candidate],
-            &[Answer::Record(Box::new(state))],
-        )
-        .map_err(super::registrations::RegistrationsCliError::Record)?;
-        if matches!(found.first(), Some(Finding::Assigned { newly: true, .. })) {
-            registered = Some(serial);
-        }
-    }
-    tx.commit()
-        .map_err(sql("commit the TPM registration's record"))?;
-    ctx.seal_audit(cfg, &mut store);
-    Ok(registered)
 }
 
 fn report(read: &tpm::TpmRead, a: &tpm::Assessment) -> TpmReadJson {

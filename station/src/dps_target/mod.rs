@@ -1,6 +1,7 @@
 //! DPS targets: the `[dps.targets.NAME]` sections turned into service clients.
 
 pub mod check;
+pub mod on_behalf;
 pub mod registration;
 pub mod sweep;
 

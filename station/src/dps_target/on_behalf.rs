@@ -1,0 +1,570 @@
+//! Registration on a unit's behalf: the end-of-line check of the unit's flow ("the unit, or the
+//! station on its behalf, registers and the assigned hub is recorded"), made by the station
+//! with a credential it can use without the unit:
+//!
+//! - a member of a symmetric-key group: its key derived again inside the HSM from the group
+//!   key (`keys::derive_device_key`, as the line derived it);
+//! - a unit with its own random symmetric key: the key read back from DPS's enrollment (the
+//!   station erased its sealed copy once DPS held it; the service API hands it out, as `az`
+//!   does, to whoever holds the service connection string).
+//!
+//! A TPM unit registers through its TPM (`station tpm register` on the fixture), and an X.509
+//! unit with the private key only it holds: the station cannot register those by itself.
+//!
+//! DPS's answer is recorded as the registration check records it ([`check::record`]): the
+//! unit turns `registered` at its hub. The registration itself and what DPS said are audited
+//! (`unit.register`, or `tpm.register` for the TPM command), whether DPS assigned the unit or
+//! refused it. The key exists in the clear only in this process's memory, on its way into the
+//! SAS token; it is never logged, printed or stored.
+
+use std::time::Duration;
+
+use dps::client::ClientError;
+use dps::client::device::{DeviceClient, DeviceCredential, DeviceOptions};
+use dps::sas::SharedAccessKey;
+use dps::wire::DeviceRegistrationState;
+use rusqlite::OptionalExtension as _;
+
+use super::check::{self, Answer, Candidate, Finding};
+use crate::config::Config;
+use crate::enroll::profile::{self, Attestation, Enrollment};
+use crate::home::Home;
+use crate::ids::StationId;
+use crate::line::report;
+use crate::line::state::UnitState;
+use crate::line::units::{self, UnitStoreError};
+use crate::line::worker::error_text;
+use crate::store::{Store, sql};
+
+/// Why the station did not register a unit on its behalf.
+#[derive(Debug, thiserror::Error)]
+pub enum OnBehalfError {
+    /// A TPM unit answers DPS's challenge in its own TPM.
+    #[error(
+        "unit {serial} has a TPM: only its TPM can answer DPS's challenge; with the unit on a fixture, run `station tpm register --tcti <the fixture's TCTI>`"
+    )]
+    Tpm {
+        /// Serial.
+        serial: String,
+    },
+    /// An X.509 unit's private key never leaves the unit.
+    #[error(
+        "unit {serial} ({kind}) registers with its own private key, which only the unit holds: it registers itself (in the field, or at an end-of-line test), and `station registrations` then records its hub"
+    )]
+    OwnKey {
+        /// Serial.
+        serial: String,
+        /// Attestation kind.
+        kind: String,
+    },
+    /// The unit has no attestation kind recorded (it never got that far).
+    #[error("unit {serial} has no attestation recorded: it was not provisioned")]
+    NoAttestation {
+        /// Serial.
+        serial: String,
+    },
+    /// DPS does not hold the unit's enrollment yet.
+    #[error(
+        "unit {serial} is {state}: DPS does not hold its enrollment yet, so it cannot register (see `station upload --status`)"
+    )]
+    NotUploaded {
+        /// Serial.
+        serial: String,
+        /// Its state, in words.
+        state: String,
+    },
+    /// No unit has this serial.
+    #[error("no unit with serial {serial}")]
+    NoUnit {
+        /// Serial.
+        serial: String,
+    },
+    /// The unit has no registration ID.
+    #[error("unit {serial} has no registration ID")]
+    NoRegistrationId {
+        /// Serial.
+        serial: String,
+    },
+    /// The unit's registration ID is not one DPS accepts (altered by hand).
+    #[error("unit {serial}'s registration ID is not valid for DPS")]
+    BadRegistrationId {
+        /// Serial.
+        serial: String,
+        /// Why.
+        #[source]
+        source: dps::IdError,
+    },
+    /// The unit was enrolled with several targets and none was named.
+    #[error("unit {serial} was enrolled with several DPS targets ({all}): name one with --target")]
+    WhichTarget {
+        /// Serial.
+        serial: String,
+        /// Its targets.
+        all: String,
+    },
+    /// The unit was not enrolled with the target named.
+    #[error("unit {serial} was not enrolled with DPS target {target} (it was with: {all})")]
+    NotThatTarget {
+        /// Serial.
+        serial: String,
+        /// The target named.
+        target: String,
+        /// Its targets.
+        all: String,
+    },
+    /// The target is not reachable from this station.
+    #[error(
+        "DPS target {target} has delivery = \"export\": DPS is not reachable from this station, so unit {serial} cannot register from here"
+    )]
+    ExportOnly {
+        /// Serial.
+        serial: String,
+        /// Target.
+        target: String,
+    },
+    /// The target is not usable.
+    #[error(transparent)]
+    Target(#[from] super::TargetError),
+    /// The unit's product is no longer configured, so its group is not known.
+    #[error(
+        "unit {serial}'s product {product} is not among the products in {dir}: its enrollment group is not known"
+    )]
+    NoProduct {
+        /// Serial.
+        serial: String,
+        /// Product.
+        product: String,
+        /// Products directory.
+        dir: String,
+    },
+    /// The products could not be read.
+    #[error("reading the product profiles failed")]
+    Products(#[source] profile::ProfileError),
+    /// The unit's product is no longer a symmetric-key group product.
+    #[error(
+        "unit {serial}'s product {product} is no longer enrolled as a symmetric-key group: the key the unit holds cannot be derived"
+    )]
+    ProductChanged {
+        /// Serial.
+        serial: String,
+        /// Product.
+        product: String,
+    },
+    /// The HSM could not be used.
+    #[error("the HSM could not be used")]
+    Hsm(#[source] Box<crate::ca::CaError>),
+    /// The unit's key could not be derived in the HSM.
+    #[error("deriving unit {serial}'s key in the HSM failed")]
+    Derive {
+        /// Serial.
+        serial: String,
+        /// Cause (never the key).
+        #[source]
+        source: crate::keys::KeyError,
+    },
+    /// DPS did not hand out the unit's key.
+    #[error("reading unit {serial}'s key from its enrollment in DPS target {target} failed")]
+    KeyFromDps {
+        /// Serial.
+        serial: String,
+        /// Target.
+        target: String,
+        /// Cause.
+        #[source]
+        source: Box<ClientError>,
+    },
+    /// DPS's enrollment has no usable primary key.
+    #[error("DPS target {target} holds no usable primary key for unit {serial}'s enrollment")]
+    NoKeyInDps {
+        /// Serial.
+        serial: String,
+        /// Target.
+        target: String,
+    },
+    /// The registration could not be made (DPS not reached): nothing changed in DPS, and
+    /// nothing was recorded.
+    #[error("registering unit {serial} with DPS target {target} failed (nothing was recorded)")]
+    Register {
+        /// Serial.
+        serial: String,
+        /// Target.
+        target: String,
+        /// Cause.
+        #[source]
+        source: Box<ClientError>,
+    },
+    /// The runtime of the DPS client could not start.
+    #[error("starting the DPS client failed")]
+    Runtime(#[source] std::io::Error),
+    /// Recording in the database failed.
+    #[error(transparent)]
+    Record(#[from] UnitStoreError),
+    /// Reading the database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How the station can register a unit of this attestation kind on its behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Its key derived again in the HSM from its group's key.
+    DerivedInHsm,
+    /// Its own key, read back from its enrollment in DPS.
+    KeyFromDps,
+}
+
+/// The way for a unit with attestation kind `attestation`, or why there is none.
+pub fn way(serial: &str, attestation: Option<&str>) -> Result<Way, OnBehalfError> {
+    match attestation {
+        Some("symmetric-group") => Ok(Way::DerivedInHsm),
+        Some("symmetric-individual") => Ok(Way::KeyFromDps),
+        Some("tpm") => Err(OnBehalfError::Tpm {
+            serial: serial.to_owned(),
+        }),
+        Some(kind) => Err(OnBehalfError::OwnKey {
+            serial: serial.to_owned(),
+            kind: kind.to_owned(),
+        }),
+        None => Err(OnBehalfError::NoAttestation {
+            serial: serial.to_owned(),
+        }),
+    }
+}
+
+/// A registration made on a unit's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The unit's serial.
+    pub serial: String,
+    /// The target it registered with.
+    pub target: String,
+    /// DPS's answer in words: `Ok` when it assigned the unit a hub, `Err` with why not.
+    pub said: Result<String, String>,
+    /// What the station's record says now.
+    pub recorded: Recorded,
+}
+
+/// Where the unit stands in the station's record after DPS's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// It turned `registered` now (it was `uploaded`, or registered at another hub).
+    NewlyRegistered,
+    /// It was recorded as registered at that hub already (by an earlier registration, or by
+    /// `station serve`'s check a moment before).
+    AlreadyRegistered,
+    /// DPS did not assign it: it stays as it was.
+    Unchanged,
+}
+
+/// Registers the unit with serial `serial` with DPS on its behalf and records DPS's answer
+/// (module docs). `target`: the DPS target, needed only when the unit was enrolled with
+/// several. `wait`: how long to keep trying while DPS does not answer, throttles or is still
+/// assigning. An `Ok` may carry DPS's refusal ([`Registered::said`]); an `Err` changed nothing.
+pub fn register(
+    home: &Home,
+    cfg: &Config,
+    store: &mut Store,
+    serial: &str,
+    target: Option<&str>,
+    actor: &str,
+    wait: Duration,
+) -> Result<Registered, OnBehalfError> {
+    let unit = units::by_serial(store.conn(), serial)?.ok_or_else(|| OnBehalfError::NoUnit {
+        serial: serial.to_owned(),
+    })?;
+    let way = way(serial, unit.attestation.as_deref())?;
+    if !matches!(
+        unit.state,
+        UnitState::Uploaded { .. } | UnitState::Registered { .. }
+    ) {
+        return Err(OnBehalfError::NotUploaded {
+            serial: serial.to_owned(),
+            state: report::describe_state(&unit.state),
+        });
+    }
+    let rid = unit
+        .registration_id
+        .clone()
+        .ok_or_else(|| OnBehalfError::NoRegistrationId {
+            serial: serial.to_owned(),
+        })?;
+    let id = dps::RegistrationId::new(rid.clone()).map_err(|source| {
+        OnBehalfError::BadRegistrationId {
+            serial: serial.to_owned(),
+            source,
+        }
+    })?;
+    let target = pick_target(store, cfg, unit.id, serial, target)?;
+    let t = super::target(cfg, &target)?;
+    let rt = super::runtime().map_err(OnBehalfError::Runtime)?;
+    let key = match way {
+        Way::DerivedInHsm => derived_key(home, cfg, serial, &unit.product, &rid)?,
+        Way::KeyFromDps => rt.block_on(key_from_dps(home, cfg, serial, &target, &id, wait))?,
+    };
+    let client = DeviceClient::new(
+        &t.global_endpoint,
+        &t.id_scope,
+        DeviceCredential::SymmetricKey(key),
+        DeviceOptions {
+            extra_ca_file: t.ca_file.as_ref().map(|p| home.resolve(p)),
+            max_wait: wait,
+            ..DeviceOptions::default()
+        },
+    )
+    .map_err(|source| OnBehalfError::Register {
+        serial: serial.to_owned(),
+        target: target.clone(),
+        source: Box::new(source),
+    })?;
+    let (said, state) = match rt.block_on(client.register(&id, None)) {
+        Ok(d) => (d.outcome(&rid), d.registration_state),
+        // DPS answered with a refusal (a wrong key, no enrollment, a disabled one): what it
+        // said is recorded.
+        Err(e @ ClientError::Service { .. }) => (Err(error_text(&e)), None),
+        Err(source) => {
+            return Err(OnBehalfError::Register {
+                serial: serial.to_owned(),
+                target,
+                source: Box::new(source),
+            });
+        }
+    };
+    let newly = record(
+        store,
+        &cfg.station_id(),
+        actor,
+        "unit.register",
+        &target,
+        &rid,
+        &said,
+        state,
+    )?;
+    Ok(Registered {
+        serial: serial.to_owned(),
+        target,
+        said,
+        recorded: match newly {
+            Some((_, true)) => Recorded::NewlyRegistered,
+            Some((_, false)) => Recorded::AlreadyRegistered,
+            None => Recorded::Unchanged,
+        },
+    })
+}
+
+/// The target to register the unit with: `named`, which must be one of the unit's, or its only
+/// one; never an export-only one.
+fn pick_target(
+    store: &Store,
+    cfg: &Config,
+    unit_id: i64,
+    serial: &str,
+    named: Option<&str>,
+) -> Result<String, OnBehalfError> {
+    let all =
+        report::dps_targets(store.conn(), unit_id).map_err(sql("read the unit's DPS targets"))?;
+    let listed = || all.join(", ");
+    let target = match (named, all.as_slice()) {
+        (Some(t), _) if all.iter().any(|a| a == t) => t.to_owned(),
+        (Some(t), _) => {
+            return Err(OnBehalfError::NotThatTarget {
+                serial: serial.to_owned(),
+                target: t.to_owned(),
+                all: listed(),
+            });
+        }
+        (None, [one]) => one.clone(),
+        (None, _) => {
+            return Err(OnBehalfError::WhichTarget {
+                serial: serial.to_owned(),
+                all: listed(),
+            });
+        }
+    };
+    if cfg.dps.export_only(&target) {
+        return Err(OnBehalfError::ExportOnly {
+            serial: serial.to_owned(),
+            target,
+        });
+    }
+    Ok(target)
+}
+
+/// A group member's key, derived again in the HSM from the group key of its product's group.
+fn derived_key(
+    home: &Home,
+    cfg: &Config,
+    serial: &str,
+    product: &str,
+    rid: &str,
+) -> Result<SharedAccessKey, OnBehalfError> {
+    let dir = home.resolve(&cfg.line.products_dir);
+    let products = profile::load_dir(&dir).map_err(OnBehalfError::Products)?;
+    let p = products
+        .iter()
+        .find(|p| p.name.as_str() == product)
+        .ok_or_else(|| OnBehalfError::NoProduct {
+            serial: serial.to_owned(),
+            product: product.to_owned(),
+            dir: dir.display().to_string(),
+        })?;
+    let (Attestation::SymmetricGroup, Enrollment::Group { group_id }) =
+        (&p.profile.attestation, &p.profile.enrollment)
+    else {
+        return Err(OnBehalfError::ProductChanged {
+            serial: serial.to_owned(),
+            product: product.to_owned(),
+        });
+    };
+    let hsm = crate::ca::service::open_hsm(home, cfg).map_err(|e| OnBehalfError::Hsm(e.into()))?;
+    let session = crate::ca::service::open_ca_token(&hsm, home, cfg)
+        .map_err(|e| OnBehalfError::Hsm(e.into()))?;
+    let key = crate::keys::derive_device_key(&session, group_id, rid).map_err(|source| {
+        OnBehalfError::Derive {
+            serial: serial.to_owned(),
+            source,
+        }
+    })?;
+    Ok(SharedAccessKey::from_bytes(key.expose().to_vec()))
+}
+
+/// An individual unit's own key, as its enrollment in DPS holds it.
+async fn key_from_dps(
+    home: &Home,
+    cfg: &Config,
+    serial: &str,
+    target: &str,
+    id: &dps::RegistrationId,
+    wait: Duration,
+) -> Result<SharedAccessKey, OnBehalfError> {
+    // One read: a few quick attempts, none longer than the wait.
+    let client = super::client_with(home, cfg, target, |o| {
+        o.retry.max_attempts = 3;
+        o.retry.min_backoff = Duration::from_secs(1);
+        o.request_timeout = wait.clamp(Duration::from_secs(1), Duration::from_secs(30));
+    })?;
+    let a =
+        client
+            .enrollment_attestation(id)
+            .await
+            .map_err(|source| OnBehalfError::KeyFromDps {
+                serial: serial.to_owned(),
+                target: target.to_owned(),
+                source: Box::new(source),
+            })?;
+    a.symmetric_key
+        .and_then(|s| s.primary_key)
+        .and_then(|k| SharedAccessKey::from_base64(k.expose()).ok())
+        .ok_or_else(|| OnBehalfError::NoKeyInDps {
+            serial: serial.to_owned(),
+            target: target.to_owned(),
+        })
+}
+
+/// Records DPS's answer to a registration the station made itself (`event`: `unit.register`,
+/// `tpm.register`) in one transaction: an audit entry with what DPS said, and, when a unit of
+/// this station has registration ID `rid` and DPS holds its enrollment (it is `uploaded` or
+/// `registered`), DPS's record for it as the registration check records it (an assigned unit
+/// turns `registered`). Returns the serial of the unit DPS assigned, and whether it turned
+/// registered now (`false`: it was recorded there already).
+#[allow(clippy::too_many_arguments)]
+pub fn record(
+    store: &mut Store,
+    station: &StationId,
+    actor: &str,
+    event: &str,
+    target: &str,
+    rid: &str,
+    said: &Result<String, String>,
+    state: Option<DeviceRegistrationState>,
+) -> Result<Option<(String, bool)>, UnitStoreError> {
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("begin recording the registration"))?;
+    let unit: Option<(i64, String, String, String)> = tx
+        .query_row(
+            "SELECT id, serial, registration_id, state FROM units WHERE registration_id = ?1",
+            [rid],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(sql("find the unit with the registration ID"))?;
+    crate::store::audit::append(
+        &tx,
+        station,
+        &crate::store::audit::AuditEvent {
+            actor,
+            event,
+            subject: rid,
+            details: serde_json::json!({
+                "target": target,
+                "serial": unit.as_ref().map(|u| u.1.as_str()),
+                "assigned": said.is_ok(),
+                "outcome": match said { Ok(l) | Err(l) => l.as_str() },
+            }),
+        },
+    )?;
+    let mut registered = None;
+    // Only a unit DPS holds the enrollment of (uploaded, or registered before) is recorded,
+    // as the registration check picks them.
+    if let (Some((unit_id, serial, registration_id, unit_state)), Some(state)) = (unit, state)
+        && matches!(unit_state.as_str(), "uploaded" | "registered")
+    {
+        let candidate = Candidate {
+            unit_id,
+            serial: serial.clone(),
+            registration_id,
+            target: target.to_owned(),
+        };
+        let found = check::record(
+            &tx,
+            station,
+            actor,
+            &[candidate],
+            &[Answer::Record(Box::new(state))],
+        )?;
+        if let Some(Finding::Assigned { newly, .. }) = found.first() {
+            registered = Some((serial, *newly));
+        }
+    }
+    tx.commit()
+        .map_err(sql("commit the registration's record"))?;
+    Ok(registered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetric_units_have_a_way_and_the_others_are_told_who_registers_them() {
+        assert_eq!(
+            way("SY-1", Some("symmetric-group")).ok(),
+            Some(Way::DerivedInHsm)
+        );
+        assert_eq!(
+            way("SK-1", Some("symmetric-individual")).ok(),
+            Some(Way::KeyFromDps)
+        );
+        let said = |kind: Option<&str>| match way("U-1", kind) {
+            Err(e) => e.to_string(),
+            Ok(w) => panic!("{kind:?} has a way: {w:?}"),
+        };
+        assert_eq!(
+            said(Some("tpm")),
+            "unit U-1 has a TPM: only its TPM can answer DPS's challenge; with the unit on a fixture, run `station tpm register --tcti <the fixture's TCTI>`"
+        );
+        for kind in ["x509-link", "x509-pkcs11"] {
+            assert_eq!(
+                said(Some(kind)),
+                format!(
+                    "unit U-1 ({kind}) registers with its own private key, which only the unit holds: it registers itself (in the field, or at an end-of-line test), and `station registrations` then records its hub"
+                )
+            );
+        }
+        assert_eq!(
+            said(None),
+            "unit U-1 has no attestation recorded: it was not provisioned"
+        );
+    }
+}

@@ -429,33 +429,12 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
 fn serve_records_by_itself_that_a_unit_registered_in_the_field() {
     let rig = LineRig::new();
     let serial = "SK-000301";
-    let sim = UnitSim::start(
-        &rig.dir.path().join(serial),
-        &["--serial", serial, "--model", "SK-20"],
-    );
-    rig.config(
-        "30-fixtures.toml",
-        &format!(
-            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
-            sim.pty.display()
-        ),
-    );
     rig.config(
         "60-upload.toml",
         "[upload]\ninterval_ms = 200\nmin_backoff_ms = 200\nmax_backoff_ms = 1000\n\
          [registrations]\ncheck_every_s = 1\n",
     );
-    rig.open_lot("sensor-key");
-    let out = rig.station(&[
-        "provision",
-        "--fixture",
-        "key1",
-        "--serial",
-        serial,
-        "--actor",
-        "alice",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let sim = provisioned_key_unit(&rig, serial);
     let serve = StationServe::start(&rig, &[]);
     serve.wait_state(&rig, serial, "uploaded", 60);
     let answer = || -> Option<(String, Option<String>)> {
@@ -521,6 +500,34 @@ fn serve_records_by_itself_that_a_unit_registered_in_the_field() {
 }
 
 /// `station registrations ARGS`.
+/// A symmetric-key unit `serial` (product sensor-key) on fixture key1, its lot open, provisioned
+/// by alice with `station provision`; the simulated unit.
+fn provisioned_key_unit(rig: &LineRig, serial: &str) -> UnitSim {
+    let sim = UnitSim::start(
+        &rig.dir.path().join(serial),
+        &["--serial", serial, "--model", "SK-20"],
+    );
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.key1]\nproduct = \"sensor-key\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    rig.open_lot("sensor-key");
+    let out = rig.station(&[
+        "provision",
+        "--fixture",
+        "key1",
+        "--serial",
+        serial,
+        "--actor",
+        "alice",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    sim
+}
+
 fn registrations(rig: &LineRig, args: &[&str]) -> std::process::Output {
     let mut all = vec!["registrations"];
     all.extend_from_slice(args);
@@ -559,4 +566,53 @@ fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// A supervisor's end-of-line registration from the unit's web page: the station registers a
+/// symmetric-key unit with DPS on its behalf (as `station unit register`), and the page says
+/// what DPS assigned; the unit turns `registered`, audited under the supervisor's name.
+#[test]
+fn a_supervisor_registers_a_unit_with_dps_from_its_web_page() {
+    let rig = LineRig::new();
+    let serial = "SK-000302";
+    // serve's own check stays out of the way: the page's registration is what is recorded.
+    rig.config(
+        "60-upload.toml",
+        "[upload]\ninterval_ms = 200\n[registrations]\ncheck_every_s = 0\n",
+    );
+    rig.config("70-web.toml", "[web]\nlisten = \"127.0.0.1:0\"\n");
+    rig.add_user("eve", "supervisor", Some("field-check-pw-1"), None);
+    let _sim = provisioned_key_unit(&rig, serial);
+    let serve = StationServe::start(&rig, &[]);
+    serve.wait_state(&rig, serial, "uploaded", 60);
+    serve.wait_logged("web UI listening", 60);
+
+    let page = web_as_eve(
+        &rig,
+        &[
+            (true, &format!("/units/{serial}/register")),
+            (false, &format!("/units/{serial}")),
+        ],
+    );
+    assert!(
+        page.contains(&format!(
+            "Unit {serial} registered with DPS (local) by the station on its behalf: {serial} assigned to hub-"
+        )) && page.contains("Recorded as registered."),
+        "{page}"
+    );
+    assert_eq!(rig.state(serial).as_deref(), Some("registered"));
+    let actors: Vec<String> = rig
+        .db()
+        .prepare("SELECT actor FROM audit_log WHERE event IN ('unit.register', 'unit.registered')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(actors, ["eve", "eve"]);
+    let id = RegistrationId::new(serial).unwrap();
+    let rec = rig.dps(|c| async move { c.get_registration_state(&id).await.unwrap() });
+    assert_eq!(rec.status, Some(RegistrationStatus::Assigned));
+    let out = rig.station(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

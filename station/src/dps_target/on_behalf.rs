@@ -23,12 +23,13 @@ use dps::client::ClientError;
 use dps::client::device::{DeviceClient, DeviceCredential, DeviceOptions};
 use dps::sas::SharedAccessKey;
 use dps::wire::DeviceRegistrationState;
-use rusqlite::OptionalExtension as _;
+use rusqlite::{Connection, OptionalExtension as _};
 
 use super::check::{self, Answer, Candidate, Finding};
 use crate::config::Config;
 use crate::enroll::profile::{self, Attestation, Enrollment};
 use crate::home::Home;
+use crate::hsm::Hsm;
 use crate::ids::StationId;
 use crate::line::report;
 use crate::line::state::UnitState;
@@ -256,20 +257,34 @@ pub enum Recorded {
     Unchanged,
 }
 
-/// Registers the unit with serial `serial` with DPS on its behalf and records DPS's answer
-/// (module docs). `target`: the DPS target, needed only when the unit was enrolled with
-/// several. `wait`: how long to keep trying while DPS does not answer, throttles or is still
-/// assigning. An `Ok` may carry DPS's refusal ([`Registered::said`]); an `Err` changed nothing.
-pub fn register(
-    home: &Home,
+/// What the station will register: the unit, found able to register from here.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Serial.
+    pub serial: String,
+    /// Product (a group member's group comes from its profile).
+    pub product: String,
+    /// Registration ID.
+    pub registration_id: dps::RegistrationId,
+    /// The DPS target.
+    pub target: String,
+    /// With what.
+    pub way: Way,
+}
+
+/// DPS's answer to a registration: in words (`Ok` when it assigned the unit a hub, `Err` with
+/// why not), and its registration record when it gave one.
+pub type Said = (Result<String, String>, Option<DeviceRegistrationState>);
+
+/// Finds whether and how the station can register unit `serial` on its behalf (reads only).
+/// `target`: the DPS target, needed only when the unit was enrolled with several.
+pub fn plan(
+    conn: &Connection,
     cfg: &Config,
-    store: &mut Store,
     serial: &str,
     target: Option<&str>,
-    actor: &str,
-    wait: Duration,
-) -> Result<Registered, OnBehalfError> {
-    let unit = units::by_serial(store.conn(), serial)?.ok_or_else(|| OnBehalfError::NoUnit {
+) -> Result<Plan, OnBehalfError> {
+    let unit = units::by_serial(conn, serial)?.ok_or_else(|| OnBehalfError::NoUnit {
         serial: serial.to_owned(),
     })?;
     let way = way(serial, unit.attestation.as_deref())?;
@@ -284,22 +299,58 @@ pub fn register(
     }
     let rid = unit
         .registration_id
-        .clone()
         .ok_or_else(|| OnBehalfError::NoRegistrationId {
             serial: serial.to_owned(),
         })?;
-    let id = dps::RegistrationId::new(rid.clone()).map_err(|source| {
-        OnBehalfError::BadRegistrationId {
+    let registration_id =
+        dps::RegistrationId::new(rid).map_err(|source| OnBehalfError::BadRegistrationId {
             serial: serial.to_owned(),
             source,
-        }
-    })?;
-    let target = pick_target(store, cfg, unit.id, serial, target)?;
-    let t = super::target(cfg, &target)?;
-    let rt = super::runtime().map_err(OnBehalfError::Runtime)?;
-    let key = match way {
-        Way::DerivedInHsm => derived_key(home, cfg, serial, &unit.product, &rid)?,
-        Way::KeyFromDps => rt.block_on(key_from_dps(home, cfg, serial, &target, &id, wait))?,
+        })?;
+    let target = pick_target(conn, cfg, unit.id, serial, target)?;
+    Ok(Plan {
+        serial: serial.to_owned(),
+        product: unit.product,
+        registration_id,
+        target,
+        way,
+    })
+}
+
+/// The key a group member registers with, derived again in the HSM (`None` for a unit whose
+/// key comes from DPS, [`Way::KeyFromDps`]). Blocking HSM calls.
+pub fn hsm_key(
+    home: &Home,
+    cfg: &Config,
+    hsm: &Hsm,
+    plan: &Plan,
+) -> Result<Option<SharedAccessKey>, OnBehalfError> {
+    match plan.way {
+        Way::DerivedInHsm => derived_key(home, cfg, hsm, plan).map(Some),
+        Way::KeyFromDps => Ok(None),
+    }
+}
+
+/// Registers the planned unit with DPS, with `key` ([`hsm_key`]) or, for a unit whose key DPS
+/// holds, the key read back from its enrollment. `wait`: how long to keep trying while DPS does
+/// not answer, throttles or is still assigning. A refusal is an answer (`Ok`); an `Err`
+/// changed nothing in DPS and is not to be recorded.
+pub async fn ask(
+    home: &Home,
+    cfg: &Config,
+    plan: &Plan,
+    key: Option<SharedAccessKey>,
+    wait: Duration,
+) -> Result<Said, OnBehalfError> {
+    let t = super::target(cfg, &plan.target)?;
+    let key = match key {
+        Some(k) => k,
+        None => key_from_dps(home, cfg, plan, wait).await?,
+    };
+    let failed = |source| OnBehalfError::Register {
+        serial: plan.serial.clone(),
+        target: plan.target.clone(),
+        source: Box::new(source),
     };
     let client = DeviceClient::new(
         &t.global_endpoint,
@@ -311,39 +362,41 @@ pub fn register(
             ..DeviceOptions::default()
         },
     )
-    .map_err(|source| OnBehalfError::Register {
-        serial: serial.to_owned(),
-        target: target.clone(),
-        source: Box::new(source),
-    })?;
-    let (said, state) = match rt.block_on(client.register(&id, None)) {
-        Ok(d) => (d.outcome(&rid), d.registration_state),
+    .map_err(failed)?;
+    let rid = plan.registration_id.as_str();
+    match client.register(&plan.registration_id, None).await {
+        Ok(d) => Ok((d.outcome(rid), d.registration_state)),
         // DPS answered with a refusal (a wrong key, no enrollment, a disabled one): what it
         // said is recorded.
-        Err(e @ ClientError::Service { .. }) => (Err(error_text(&e)), None),
-        Err(source) => {
-            return Err(OnBehalfError::Register {
-                serial: serial.to_owned(),
-                target,
-                source: Box::new(source),
-            });
-        }
-    };
-    let newly = record(
+        Err(e @ ClientError::Service { .. }) => Ok((Err(error_text(&e)), None)),
+        Err(source) => Err(failed(source)),
+    }
+}
+
+/// Records DPS's answer to the planned unit's registration ([`record`], event
+/// `unit.register`) and tells what it made of it.
+pub fn record_said(
+    store: &mut Store,
+    station: &StationId,
+    actor: &str,
+    plan: &Plan,
+    (said, state): Said,
+) -> Result<Registered, OnBehalfError> {
+    let recorded = record(
         store,
-        &cfg.station_id(),
+        station,
         actor,
         "unit.register",
-        &target,
-        &rid,
+        &plan.target,
+        plan.registration_id.as_str(),
         &said,
         state,
     )?;
     Ok(Registered {
-        serial: serial.to_owned(),
-        target,
+        serial: plan.serial.clone(),
+        target: plan.target.clone(),
         said,
-        recorded: match newly {
+        recorded: match recorded {
             Some((_, true)) => Recorded::NewlyRegistered,
             Some((_, false)) => Recorded::AlreadyRegistered,
             None => Recorded::Unchanged,
@@ -351,17 +404,41 @@ pub fn register(
     })
 }
 
+/// All of it from the command line: [`plan`], [`hsm_key`], [`ask`] and [`record_said`].
+/// An `Ok` may carry DPS's refusal ([`Registered::said`]); an `Err` changed nothing.
+pub fn register(
+    home: &Home,
+    cfg: &Config,
+    store: &mut Store,
+    serial: &str,
+    target: Option<&str>,
+    actor: &str,
+    wait: Duration,
+) -> Result<Registered, OnBehalfError> {
+    let plan = plan(store.conn(), cfg, serial, target)?;
+    let key = match plan.way {
+        Way::DerivedInHsm => {
+            let hsm = crate::ca::service::open_hsm(home, cfg)
+                .map_err(|e| OnBehalfError::Hsm(e.into()))?;
+            hsm_key(home, cfg, &hsm, &plan)?
+        }
+        Way::KeyFromDps => None,
+    };
+    let rt = super::runtime().map_err(OnBehalfError::Runtime)?;
+    let said = rt.block_on(ask(home, cfg, &plan, key, wait))?;
+    record_said(store, &cfg.station_id(), actor, &plan, said)
+}
+
 /// The target to register the unit with: `named`, which must be one of the unit's, or its only
 /// one; never an export-only one.
 fn pick_target(
-    store: &Store,
+    conn: &Connection,
     cfg: &Config,
     unit_id: i64,
     serial: &str,
     named: Option<&str>,
 ) -> Result<String, OnBehalfError> {
-    let all =
-        report::dps_targets(store.conn(), unit_id).map_err(sql("read the unit's DPS targets"))?;
+    let all = report::dps_targets(conn, unit_id).map_err(sql("read the unit's DPS targets"))?;
     let listed = || all.join(", ");
     let target = match (named, all.as_slice()) {
         (Some(t), _) if all.iter().any(|a| a == t) => t.to_owned(),
@@ -393,37 +470,35 @@ fn pick_target(
 fn derived_key(
     home: &Home,
     cfg: &Config,
-    serial: &str,
-    product: &str,
-    rid: &str,
+    hsm: &Hsm,
+    plan: &Plan,
 ) -> Result<SharedAccessKey, OnBehalfError> {
+    let (serial, product) = (&plan.serial, &plan.product);
     let dir = home.resolve(&cfg.line.products_dir);
     let products = profile::load_dir(&dir).map_err(OnBehalfError::Products)?;
     let p = products
         .iter()
         .find(|p| p.name.as_str() == product)
         .ok_or_else(|| OnBehalfError::NoProduct {
-            serial: serial.to_owned(),
-            product: product.to_owned(),
+            serial: serial.clone(),
+            product: product.clone(),
             dir: dir.display().to_string(),
         })?;
     let (Attestation::SymmetricGroup, Enrollment::Group { group_id }) =
         (&p.profile.attestation, &p.profile.enrollment)
     else {
         return Err(OnBehalfError::ProductChanged {
-            serial: serial.to_owned(),
-            product: product.to_owned(),
+            serial: serial.clone(),
+            product: product.clone(),
         });
     };
-    let hsm = crate::ca::service::open_hsm(home, cfg).map_err(|e| OnBehalfError::Hsm(e.into()))?;
-    let session = crate::ca::service::open_ca_token(&hsm, home, cfg)
+    let session = crate::ca::service::open_ca_token(hsm, home, cfg)
         .map_err(|e| OnBehalfError::Hsm(e.into()))?;
-    let key = crate::keys::derive_device_key(&session, group_id, rid).map_err(|source| {
-        OnBehalfError::Derive {
-            serial: serial.to_owned(),
+    let key = crate::keys::derive_device_key(&session, group_id, plan.registration_id.as_str())
+        .map_err(|source| OnBehalfError::Derive {
+            serial: serial.clone(),
             source,
-        }
-    })?;
+        })?;
     Ok(SharedAccessKey::from_bytes(key.expose().to_vec()))
 }
 
@@ -431,32 +506,29 @@ fn derived_key(
 async fn key_from_dps(
     home: &Home,
     cfg: &Config,
-    serial: &str,
-    target: &str,
-    id: &dps::RegistrationId,
+    plan: &Plan,
     wait: Duration,
 ) -> Result<SharedAccessKey, OnBehalfError> {
     // One read: a few quick attempts, none longer than the wait.
-    let client = super::client_with(home, cfg, target, |o| {
+    let client = super::client_with(home, cfg, &plan.target, |o| {
         o.retry.max_attempts = 3;
         o.retry.min_backoff = Duration::from_secs(1);
         o.request_timeout = wait.clamp(Duration::from_secs(1), Duration::from_secs(30));
     })?;
-    let a =
-        client
-            .enrollment_attestation(id)
-            .await
-            .map_err(|source| OnBehalfError::KeyFromDps {
-                serial: serial.to_owned(),
-                target: target.to_owned(),
-                source: Box::new(source),
-            })?;
+    let a = client
+        .enrollment_attestation(&plan.registration_id)
+        .await
+        .map_err(|source| OnBehalfError::KeyFromDps {
+            serial: plan.serial.clone(),
+            target: plan.target.clone(),
+            source: Box::new(source),
+        })?;
     a.symmetric_key
         .and_then(|s| s.primary_key)
         .and_then(|k| SharedAccessKey::from_base64(k.expose()).ok())
         .ok_or_else(|| OnBehalfError::NoKeyInDps {
-            serial: serial.to_owned(),
-            target: target.to_owned(),
+            serial: plan.serial.clone(),
+            target: plan.target.clone(),
         })
 }
 

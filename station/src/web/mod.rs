@@ -259,6 +259,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/fixtures/{name}/abort", post(fixture::abort_button))
         .route("/units", get(units::list))
         .route("/units/{serial}", get(units::show))
+        .route("/units/{serial}/register", post(units::register))
         .route("/lots", get(lots::list).post(lots::open))
         .route("/lots/{id}/close", post(lots::close))
         .route("/outbox", get(outbox::page))

@@ -545,3 +545,63 @@ async fn a_supervisor_asks_dps_now_and_an_operator_may_not() {
         "{body}"
     );
 }
+
+/// The unit page's end-of-line registration (`station unit register`): offered to a supervisor
+/// for a symmetric-key unit DPS holds, never for an X.509 unit or to an operator, and its
+/// refusal reaches the page. (The rig's only DPS target is delivered by export, so the station
+/// says the unit cannot register from here; the registration itself is tested against the
+/// local DPS in the end-to-end tests.)
+#[tokio::test]
+async fn a_supervisor_registers_a_symmetric_unit_from_its_page_and_an_operator_may_not() {
+    let r = rig();
+    let db = rusqlite::Connection::open(r.dir.path().join("station.db")).unwrap();
+    db.execute_batch(
+        "INSERT INTO units (id, serial, product, registration_id, attestation, state, state_data, created_at, updated_at) VALUES
+           (1, 'SK-000001', 'sensor-key', 'SK-000001', 'symmetric-individual', 'uploaded', '{\"etag\":\"e\"}', 't', 't'),
+           (2, 'SX-000001', 'sensor-x509', 'sx-000001', 'x509-link', 'uploaded', '{\"etag\":\"e\"}', 't', 't');
+         INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at) VALUES
+           (1, 'local', 'individual', 'SK-000001', '{}', 'uploaded', 't'),
+           (2, 'local', 'individual', 'sx-000001', '{}', 'uploaded', 't');",
+    )
+    .unwrap();
+    let sam = sign_in_as(&r.app, "sam").await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&sam))).await;
+    assert!(
+        body.contains("action=\"/units/SK-000001/register\"")
+            && body.contains("id=\"register-dps\""),
+        "{body}"
+    );
+    let (_, _, _, body) = send(&r.app, get("/units/SX-000001", Some(&sam))).await;
+    assert!(!body.contains("id=\"register-dps\""), "{body}");
+
+    let (status, location, _, _) =
+        send(&r.app, post("/units/SK-000001/register", "", Some(&sam))).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/units/SK-000001"))
+    );
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&sam))).await;
+    assert!(
+        body.contains("class=\"banner refused\" id=\"flash\">DPS target local has delivery = &#34;export&#34;: DPS is not reachable from this station, so unit SK-000001 cannot register from here"),
+        "{body}"
+    );
+    // Nothing was recorded.
+    let audited: i64 = db
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE event = 'unit.register'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 0);
+
+    let ann = sign_in(&r.app).await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&ann))).await;
+    assert!(!body.contains("id=\"register-dps\""), "{body}");
+    send(&r.app, post("/units/SK-000001/register", "", Some(&ann))).await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&ann))).await;
+    assert!(
+        body.contains("Only a supervisor can register a unit with DPS"),
+        "{body}"
+    );
+}

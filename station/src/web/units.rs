@@ -1,6 +1,8 @@
 //! `/units`: find a unit by its serial (type or scan it into the search box), registration ID
 //! or device ID, or see the newest;
-//! `/units/SERIAL`: everything the station knows about one unit, as `station unit show`.
+//! `/units/SERIAL`: everything the station knows about one unit, as `station unit show`;
+//! `POST /units/SERIAL/register`: a supervisor's end-of-line registration of a symmetric-key
+//! unit with DPS, made by the station on its behalf, as `station unit register`.
 
 use std::sync::Arc;
 
@@ -9,10 +11,12 @@ use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::session::SignedIn;
+use super::session::{Flash, SignedIn};
 use super::{WebError, WebState, path_segment};
+use crate::dps_target::on_behalf::{self, Plan, Recorded, Said};
 use crate::dps_target::registration::{RegistrationLine, registration_lines};
 use crate::line::report::{self, UnitListRow, UnitReport};
+use crate::line::worker::error_text;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "units.html")]
@@ -32,6 +36,9 @@ struct UnitsPage {
 struct UnitPage {
     user: String,
     role: String,
+    /// A supervisor may register a symmetric-key unit DPS holds on its behalf.
+    can_register: bool,
+    flash: Option<Flash>,
     r: UnitReport,
     /// DPS's registration record of the unit, when asked for (`?dps=1`).
     dps: Option<Vec<RegistrationLine>>,
@@ -112,11 +119,101 @@ pub async fn show(
         }
         _ => None,
     };
+    let can_register = who.supervises()
+        && matches!(r.unit.state.name(), "uploaded" | "registered")
+        && on_behalf::way(&r.unit.serial, r.unit.attestation.as_deref()).is_ok();
     Ok(UnitPage {
+        can_register,
+        flash: state.sessions.take_flash(&who.token),
         user: who.user,
         role: who.role.to_string(),
         r,
         dps,
     }
     .into_response())
+}
+
+/// `POST /units/SERIAL/register`: the station registers the unit with DPS on its behalf
+/// (`station unit register`), and DPS's answer is recorded under the supervisor's name. DPS is
+/// asked before the database is written, so a slow DPS holds no other page up.
+pub async fn register(
+    State(state): State<Arc<WebState>>,
+    Path(serial): Path<String>,
+    who: SignedIn,
+) -> Result<Response, WebError> {
+    let back = format!("/units/{}", path_segment(&serial));
+    let asked = if who.supervises() {
+        ask_on_behalf(&state, serial).await?
+    } else {
+        Err(String::new())
+    };
+    state
+        .supervise(
+            &who,
+            "register a unit with DPS",
+            &back,
+            move |store, station, actor| {
+                let (plan, said) = asked?;
+                let r = on_behalf::record_said(store, station, actor, &plan, said)
+                    .map_err(|e| error_text(&e))?;
+                match r.said {
+                    Ok(line) => Ok(format!(
+                        "Unit {} registered with DPS ({}) by the station on its behalf: {line}.{}",
+                        r.serial,
+                        r.target,
+                        match r.recorded {
+                            Recorded::NewlyRegistered => " Recorded as registered.",
+                            Recorded::AlreadyRegistered =>
+                                " It was recorded as registered already.",
+                            Recorded::Unchanged => "",
+                        }
+                    )),
+                    Err(why) => Err(format!(
+                        "DPS ({}) refused unit {}'s registration: {why}",
+                        r.target, r.serial
+                    )),
+                }
+            },
+        )
+        .await
+}
+
+/// The plan for `serial` and DPS's answer to its registration, or why there is none (for the
+/// page); nothing is written.
+async fn ask_on_behalf(
+    state: &Arc<WebState>,
+    serial: String,
+) -> Result<Result<(Plan, Said), String>, WebError> {
+    let cfg = Arc::clone(&state.setup.cfg);
+    let plan = state
+        .read(move |conn| Ok(on_behalf::plan(conn, &cfg, &serial, None)))
+        .await?;
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(error_text(&e))),
+    };
+    // A group member's key is derived in the HSM: blocking calls, off the async threads.
+    let me = Arc::clone(state);
+    let keyed = plan.clone();
+    let key = tokio::task::spawn_blocking(move || match &me.hsm {
+        Some(hsm) => on_behalf::hsm_key(&me.setup.home, &me.setup.cfg, hsm, &keyed)
+            .map_err(|e| error_text(&e)),
+        None if keyed.way == on_behalf::Way::KeyFromDps => Ok(None),
+        None => Err("the web UI has no HSM session: the unit's key cannot be derived".into()),
+    })
+    .await
+    .map_err(|e| WebError::Internal(format!("deriving the unit's key stopped: {e}")))?;
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(e)),
+    };
+    let said = on_behalf::ask(
+        &state.setup.home,
+        &state.setup.cfg,
+        &plan,
+        key,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    Ok(said.map(|said| (plan, said)).map_err(|e| error_text(&e)))
 }

@@ -491,6 +491,40 @@ fn pkcs11_unit_gets_its_key_made_in_its_token_and_a_live_certificate() {
     );
     assert_eq!(rig.state("GW-000001").as_deref(), Some("uploaded"));
     assert_outbox_drained(&rig);
+
+    // End of line, the unit still on its fixture: the station registers it with DPS on its
+    // behalf, the handshake signed in the unit's element. A wrong unit PIN: nothing happens.
+    let register = ["unit", "register", "GW-000001", "--actor", "bob"];
+    let out = rig.station_env(&register, &[("UNIT_SE_PIN", "000000")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("unit GW-000001's secure element could not be used")
+            && text(&out).contains("unit-GW-000001"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("GW-000001").as_deref(), Some("uploaded"));
+    let out = rig.station_env(&register, &[("UNIT_SE_PIN", "246810")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "unit GW-000001: registered with DPS target local on its behalf: GW-000001 assigned to hub-a.local as device GW-000001"
+        ) && text(&out).contains("unit GW-000001: recorded as registered"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("GW-000001").as_deref(), Some("registered"));
+    let id = dps::RegistrationId::new("GW-000001".to_owned()).unwrap();
+    let rec = rig.dps(|c| async move { c.get_registration_state(&id).await.unwrap() });
+    assert_eq!(rec.assigned_hub.as_deref(), Some("hub-a.local"));
+    assert_eq!(
+        count(
+            &rig,
+            "SELECT count(*) FROM audit_log WHERE event = 'unit.register' AND actor = ?1",
+            "bob"
+        ),
+        1
+    );
     assert_audit_verifies(&rig);
 }
 

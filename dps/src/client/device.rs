@@ -10,6 +10,7 @@
 //! (`assigned`, `failed`, `disabled`), so the caller decides what a refusal means.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -36,6 +37,69 @@ pub enum DeviceCredential {
     X509Pem(SecretBox<Vec<u8>>),
     /// Its TPM, given to each [`DeviceClient::register_tpm`] call.
     Tpm,
+    /// Its certificate chain and a key that signs without leaving where it lives (a unit's
+    /// PKCS#11 secure element, used by the station at the end of the line).
+    X509Key(ClientKey),
+}
+
+/// A client certificate chain (leaf first) and the key that signs for it in the handshake.
+#[derive(Clone)]
+pub struct ClientKey {
+    /// The chain, DER, leaf first.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The leaf's private key, as a signer.
+    pub key: Arc<dyn rustls::sign::SigningKey>,
+}
+
+/// Offers the one client certificate to any server that asks.
+#[derive(Debug)]
+struct OneClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The TLS configuration of a client whose key is a [`ClientKey`]: the server checked as
+/// reqwest checks it (the platform's roots and `extra_ca`), ALPN as reqwest offers it.
+fn tls_with_key(
+    extra_ca: Option<&std::path::Path>,
+    key: ClientKey,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let extra = match extra_ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa {
+                path: path.to_owned(),
+                source,
+            })?;
+            <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?
+        }
+        None => Vec::new(),
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, Arc::clone(&provider))
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let certified = rustls::sign::CertifiedKey::new(key.chain, key.key);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(OneClientCert(Arc::new(certified))));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// A unit's TPM, as DPS TPM attestation uses it (`crate::tpm`; the station implements it with
@@ -58,6 +122,7 @@ impl std::fmt::Debug for DeviceCredential {
             Self::SymmetricKey(_) => "SymmetricKey(<redacted>)",
             Self::X509Pem(_) => "X509Pem(<redacted>)",
             Self::Tpm => "Tpm",
+            Self::X509Key(_) => "X509Key(<in its token>)",
         })
     }
 }
@@ -127,6 +192,10 @@ impl DeviceClient {
                 let id = reqwest::Identity::from_pem(pem.expose_secret())
                     .map_err(ClientError::Identity)?;
                 b = b.identity(id);
+                None
+            }
+            DeviceCredential::X509Key(key) => {
+                b = b.tls_backend_preconfigured(tls_with_key(opts.extra_ca_file.as_deref(), key)?);
                 None
             }
         };

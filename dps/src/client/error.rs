@@ -52,6 +52,9 @@ pub enum ClientError {
     /// Building the HTTP client failed.
     #[error("building the HTTP client failed")]
     Build(#[source] reqwest::Error),
+    /// The TLS configuration of a client whose key is in a token could not be made.
+    #[error("setting up TLS with the client key failed: {0}")]
+    Tls(String),
     /// The request could not be sent or the answer not read (network, TLS, timeout).
     #[error("sending the request to {host} failed")]
     Send {

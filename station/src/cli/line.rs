@@ -53,11 +53,13 @@ pub enum UnitCommand {
         dps: bool,
     },
     /// End-of-line registration: the station registers the unit with DPS on its behalf, with
-    /// the key it can use without the unit (a symmetric-key group member's key derived again
-    /// in the HSM, an individual unit's own key read back from its enrollment in DPS), and
-    /// records DPS's answer as `station registrations` does: a unit DPS assigned turns
-    /// `registered` at its hub. Audited (`unit.register`), refusals too. A TPM unit registers
-    /// through its TPM (`station tpm register`); an X.509 unit only with its own private key.
+    /// the key it can use without the unit's firmware (a symmetric-key group member's key
+    /// derived again in the HSM, an individual unit's own key read back from its enrollment in
+    /// DPS, or, while the unit is on its fixture, the key in its own PKCS#11 secure element,
+    /// which signs the TLS handshake there), and records DPS's answer as `station
+    /// registrations` does: a unit DPS assigned turns `registered` at its hub. Audited
+    /// (`unit.register`), refusals too. A TPM unit registers through its TPM (`station tpm
+    /// register`); an X.509 unit that made its key over the serial link only with that key.
     Register {
         /// Serial number, or the unit's registration ID (any case) or device ID.
         serial: String,

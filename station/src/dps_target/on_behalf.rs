@@ -6,10 +6,16 @@
 //!   key (`keys::derive_device_key`, as the line derived it);
 //! - a unit with its own random symmetric key: the key read back from DPS's enrollment (the
 //!   station erased its sealed copy once DPS held it; the service API hands it out, as `az`
-//!   does, to whoever holds the service connection string).
+//!   does, to whoever holds the service connection string);
+//! - a unit whose X.509 key lives in its own PKCS#11 secure element, while the element is
+//!   reachable (the unit on its fixture): the station logs in to the unit's token as the line
+//!   did, and the TLS handshake's signature is made in the element
+//!   ([`crate::hsm::tls::TokenTlsKey`]); the certificate presented is the one stored in the
+//!   element, with the station's issuing CA certificate.
 //!
 //! A TPM unit registers through its TPM (`station tpm register` on the fixture), and an X.509
-//! unit with the private key only it holds: the station cannot register those by itself.
+//! unit that made its key over the serial link with the private key only it holds: the station
+//! cannot register those by itself.
 //!
 //! DPS's answer is recorded as the registration check records it ([`check::record`]): the
 //! unit turns `registered` at its hub. The registration itself and what DPS said are audited
@@ -17,19 +23,22 @@
 //! refused it. The key exists in the clear only in this process's memory, on its way into the
 //! SAS token; it is never logged, printed or stored.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dps::client::ClientError;
-use dps::client::device::{DeviceClient, DeviceCredential, DeviceOptions};
+use dps::client::device::{ClientKey, DeviceClient, DeviceCredential, DeviceOptions};
 use dps::sas::SharedAccessKey;
 use dps::wire::DeviceRegistrationState;
 use rusqlite::{Connection, OptionalExtension as _};
 
 use super::check::{self, Answer, Candidate, Finding};
 use crate::config::Config;
+use crate::element::{ElementAddress, KEY_LABEL, open_token};
 use crate::enroll::profile::{self, Attestation, Enrollment};
 use crate::home::Home;
 use crate::hsm::Hsm;
+use crate::hsm::tls::TokenTlsKey;
 use crate::ids::StationId;
 use crate::line::report;
 use crate::line::state::UnitState;
@@ -154,6 +163,37 @@ pub enum OnBehalfError {
     /// The HSM could not be used.
     #[error("the HSM could not be used")]
     Hsm(#[source] Box<crate::ca::CaError>),
+    /// The unit's element could not be reached or logged in to (it is reachable only while the
+    /// unit is on its fixture).
+    #[error(
+        "unit {serial}'s secure element could not be used (it is reachable only while the unit is on its fixture)"
+    )]
+    Element {
+        /// Serial.
+        serial: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::element::ElementError>,
+    },
+    /// The element's key could not be used.
+    #[error("unit {serial}'s secure element {token}: its provisioning key could not be used")]
+    ElementKey {
+        /// Serial.
+        serial: String,
+        /// Token (or module).
+        token: String,
+        /// Cause.
+        #[source]
+        source: Box<crate::hsm::HsmError>,
+    },
+    /// The element holds no certificate for its key.
+    #[error("unit {serial}'s secure element {token} holds no certificate for its provisioning key")]
+    NoElementCertificate {
+        /// Serial.
+        serial: String,
+        /// Token.
+        token: String,
+    },
     /// The unit's key could not be derived in the HSM.
     #[error("deriving unit {serial}'s key in the HSM failed")]
     Derive {
@@ -212,6 +252,8 @@ pub enum Way {
     DerivedInHsm,
     /// Its own key, read back from its enrollment in DPS.
     KeyFromDps,
+    /// Its X.509 key in its own PKCS#11 secure element, signing in there.
+    ElementKey,
 }
 
 /// The way for a unit with attestation kind `attestation`, or why there is none.
@@ -219,6 +261,7 @@ pub fn way(serial: &str, attestation: Option<&str>) -> Result<Way, OnBehalfError
     match attestation {
         Some("symmetric-group") => Ok(Way::DerivedInHsm),
         Some("symmetric-individual") => Ok(Way::KeyFromDps),
+        Some("x509-pkcs11") => Ok(Way::ElementKey),
         Some("tpm") => Err(OnBehalfError::Tpm {
             serial: serial.to_owned(),
         }),
@@ -262,8 +305,10 @@ pub enum Recorded {
 pub struct Plan {
     /// Serial.
     pub serial: String,
-    /// Product (a group member's group comes from its profile).
+    /// Product (a group member's group, an element's token come from its profile).
     pub product: String,
+    /// The fixture of its last run (which may override how its element is reached).
+    pub fixture: Option<String>,
     /// Registration ID.
     pub registration_id: dps::RegistrationId,
     /// The DPS target.
@@ -311,41 +356,48 @@ pub fn plan(
     Ok(Plan {
         serial: serial.to_owned(),
         product: unit.product,
+        fixture: unit.fixture,
         registration_id,
         target,
         way,
     })
 }
 
-/// The key a group member registers with, derived again in the HSM (`None` for a unit whose
-/// key comes from DPS, [`Way::KeyFromDps`]). Blocking HSM calls.
-pub fn hsm_key(
+/// What the unit registers with when a token has it: a group member's key derived again in
+/// the HSM `hsm`, or an element's key with its certificate (`None` for a unit whose key comes
+/// from DPS, [`Way::KeyFromDps`]). Blocking PKCS#11 calls.
+pub fn hsm_credential(
     home: &Home,
     cfg: &Config,
     hsm: &Hsm,
     plan: &Plan,
-) -> Result<Option<SharedAccessKey>, OnBehalfError> {
-    match plan.way {
-        Way::DerivedInHsm => derived_key(home, cfg, hsm, plan).map(Some),
-        Way::KeyFromDps => Ok(None),
-    }
+) -> Result<Option<DeviceCredential>, OnBehalfError> {
+    Ok(match plan.way {
+        Way::DerivedInHsm => Some(DeviceCredential::SymmetricKey(derived_key(
+            home, cfg, hsm, plan,
+        )?)),
+        Way::ElementKey => Some(DeviceCredential::X509Key(element_key(
+            home, cfg, hsm, plan,
+        )?)),
+        Way::KeyFromDps => None,
+    })
 }
 
-/// Registers the planned unit with DPS, with `key` ([`hsm_key`]) or, for a unit whose key DPS
-/// holds, the key read back from its enrollment. `wait`: how long to keep trying while DPS does
+/// Registers the planned unit with DPS, with `credential` ([`hsm_credential`]) or, for a unit
+/// whose key DPS holds, the key read back from its enrollment. `wait`: how long to keep trying while DPS does
 /// not answer, throttles or is still assigning. A refusal is an answer (`Ok`); an `Err`
 /// changed nothing in DPS and is not to be recorded.
 pub async fn ask(
     home: &Home,
     cfg: &Config,
     plan: &Plan,
-    key: Option<SharedAccessKey>,
+    credential: Option<DeviceCredential>,
     wait: Duration,
 ) -> Result<Said, OnBehalfError> {
     let t = super::target(cfg, &plan.target)?;
-    let key = match key {
-        Some(k) => k,
-        None => key_from_dps(home, cfg, plan, wait).await?,
+    let credential = match credential {
+        Some(c) => c,
+        None => DeviceCredential::SymmetricKey(key_from_dps(home, cfg, plan, wait).await?),
     };
     let failed = |source| OnBehalfError::Register {
         serial: plan.serial.clone(),
@@ -355,7 +407,7 @@ pub async fn ask(
     let client = DeviceClient::new(
         &t.global_endpoint,
         &t.id_scope,
-        DeviceCredential::SymmetricKey(key),
+        credential,
         DeviceOptions {
             extra_ca_file: t.ca_file.as_ref().map(|p| home.resolve(p)),
             max_wait: wait,
@@ -404,7 +456,8 @@ pub fn record_said(
     })
 }
 
-/// All of it from the command line: [`plan`], [`hsm_key`], [`ask`] and [`record_said`].
+/// All of it from the command line: [`plan`], [`hsm_credential`], [`ask`] and
+/// [`record_said`].
 /// An `Ok` may carry DPS's refusal ([`Registered::said`]); an `Err` changed nothing.
 pub fn register(
     home: &Home,
@@ -416,16 +469,16 @@ pub fn register(
     wait: Duration,
 ) -> Result<Registered, OnBehalfError> {
     let plan = plan(store.conn(), cfg, serial, target)?;
-    let key = match plan.way {
-        Way::DerivedInHsm => {
+    let credential = match plan.way {
+        Way::KeyFromDps => None,
+        Way::DerivedInHsm | Way::ElementKey => {
             let hsm = crate::ca::service::open_hsm(home, cfg)
                 .map_err(|e| OnBehalfError::Hsm(e.into()))?;
-            hsm_key(home, cfg, &hsm, &plan)?
+            hsm_credential(home, cfg, &hsm, &plan)?
         }
-        Way::KeyFromDps => None,
     };
     let rt = super::runtime().map_err(OnBehalfError::Runtime)?;
-    let said = rt.block_on(ask(home, cfg, &plan, key, wait))?;
+    let said = rt.block_on(ask(home, cfg, &plan, credential, wait))?;
     record_said(store, &cfg.station_id(), actor, &plan, said)
 }
 
@@ -466,6 +519,93 @@ fn pick_target(
     Ok(target)
 }
 
+/// The unit's product as its profile reads now.
+fn product_of(home: &Home, cfg: &Config, plan: &Plan) -> Result<profile::Product, OnBehalfError> {
+    let dir = home.resolve(&cfg.line.products_dir);
+    profile::load_dir(&dir)
+        .map_err(OnBehalfError::Products)?
+        .into_iter()
+        .find(|p| p.name.as_str() == plan.product)
+        .ok_or_else(|| OnBehalfError::NoProduct {
+            serial: plan.serial.clone(),
+            product: plan.product.clone(),
+            dir: dir.display().to_string(),
+        })
+}
+
+/// An element's key and certificate, reached as the line reached them (the product's module,
+/// token and PIN, as the unit's fixture overrides them): the handshake signs in the element.
+fn element_key(
+    home: &Home,
+    cfg: &Config,
+    station_hsm: &Hsm,
+    plan: &Plan,
+) -> Result<ClientKey, OnBehalfError> {
+    let serial = &plan.serial;
+    let p = product_of(home, cfg, plan)?;
+    let Attestation::X509Pkcs11 {
+        module,
+        token,
+        pin_file,
+        pin_env,
+    } = &p.profile.attestation
+    else {
+        return Err(OnBehalfError::ProductChanged {
+            serial: serial.clone(),
+            product: plan.product.clone(),
+        });
+    };
+    let fixture = plan.fixture.as_ref().and_then(|f| cfg.fixtures.get(f));
+    let address = ElementAddress::new(
+        fixture
+            .and_then(|f| f.pkcs11_module.clone())
+            .unwrap_or_else(|| module.clone()),
+        fixture
+            .and_then(|f| f.pkcs11_token.clone())
+            .unwrap_or_else(|| token.clone()),
+        pin_env.as_ref(),
+        pin_file.as_ref(),
+    );
+    let element_err = |source| OnBehalfError::Element {
+        serial: serial.clone(),
+        source: Box::new(source),
+    };
+    let hsm_err = |token: &str| {
+        let token = token.to_owned();
+        move |source| OnBehalfError::ElementKey {
+            serial: serial.clone(),
+            token: token.clone(),
+            source: Box::new(source),
+        }
+    };
+    let module = address
+        .module(station_hsm, |p| home.resolve(p))
+        .map_err(hsm_err(&address.module.display().to_string()))?;
+    let (token, session) = open_token(
+        &module,
+        address.token_pattern(serial).as_deref(),
+        &address.pin,
+        |p| home.resolve(p),
+    )
+    .map_err(element_err)?;
+    let key = session.find_ec_key(KEY_LABEL).map_err(hsm_err(&token))?;
+    let leaf = session
+        .certificates_with_id(&key.id)
+        .map_err(hsm_err(&token))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| OnBehalfError::NoElementCertificate {
+            serial: serial.clone(),
+            token: token.clone(),
+        })?;
+    let issuing = crate::ca::service::read_cert(&crate::ca::service::cert_path(home, cfg))
+        .map_err(|e| OnBehalfError::Hsm(e.into()))?;
+    Ok(ClientKey {
+        chain: vec![leaf.into(), issuing.into()],
+        key: Arc::new(TokenTlsKey::new(session, key)),
+    })
+}
+
 /// A group member's key, derived again in the HSM from the group key of its product's group.
 fn derived_key(
     home: &Home,
@@ -474,16 +614,7 @@ fn derived_key(
     plan: &Plan,
 ) -> Result<SharedAccessKey, OnBehalfError> {
     let (serial, product) = (&plan.serial, &plan.product);
-    let dir = home.resolve(&cfg.line.products_dir);
-    let products = profile::load_dir(&dir).map_err(OnBehalfError::Products)?;
-    let p = products
-        .iter()
-        .find(|p| p.name.as_str() == product)
-        .ok_or_else(|| OnBehalfError::NoProduct {
-            serial: serial.clone(),
-            product: product.clone(),
-            dir: dir.display().to_string(),
-        })?;
+    let p = product_of(home, cfg, plan)?;
     let (Attestation::SymmetricGroup, Enrollment::Group { group_id }) =
         (&p.profile.attestation, &p.profile.enrollment)
     else {
@@ -609,7 +740,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symmetric_units_have_a_way_and_the_others_are_told_who_registers_them() {
+    fn units_whose_key_the_station_can_use_have_a_way_and_the_others_are_told_who_registers_them() {
         assert_eq!(
             way("SY-1", Some("symmetric-group")).ok(),
             Some(Way::DerivedInHsm)
@@ -626,14 +757,11 @@ mod tests {
             said(Some("tpm")),
             "unit U-1 has a TPM: only its TPM can answer DPS's challenge; with the unit on a fixture, run `station tpm register --tcti <the fixture's TCTI>`"
         );
-        for kind in ["x509-link", "x509-pkcs11"] {
-            assert_eq!(
-                said(Some(kind)),
-                format!(
-                    "unit U-1 ({kind}) registers with its own private key, which only the unit holds: it registers itself (in the field, or at an end-of-line test), and `station registrations` then records its hub"
-                )
-            );
-        }
+        assert_eq!(way("GW-1", Some("x509-pkcs11")).ok(), Some(Way::ElementKey));
+        assert_eq!(
+            said(Some("x509-link")),
+            "unit U-1 (x509-link) registers with its own private key, which only the unit holds: it registers itself (in the field, or at an end-of-line test), and `station registrations` then records its hub"
+        );
         assert_eq!(
             said(None),
             "unit U-1 has no attestation recorded: it was not provisioned"

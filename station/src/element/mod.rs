@@ -8,7 +8,7 @@
 //! the station's SoftHSM token directory, because SoftHSM reads one configuration per process).
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cryptoki::object::ObjectHandle;
 use p256::pkcs8::EncodePublicKey;
@@ -236,27 +236,93 @@ impl ElementToken for TokenSession {
     }
 }
 
-/// Provisions one element. `issue` gets the key's SubjectPublicKeyInfo (DER) and returns the
-/// certificate (DER) once the CA has recorded it; a certificate is released only after that.
-pub fn provision(
+/// Where one product's units' elements are reached: the profile's module, token pattern and
+/// PIN source, as a fixture may override the module and pattern.
+#[derive(Debug, Clone)]
+pub struct ElementAddress {
+    /// The element's PKCS#11 module.
+    pub module: PathBuf,
+    /// Token label pattern (a regex; `{serial}` stands for the unit's serial); empty: the only
+    /// token present.
+    pub token: String,
+    /// Where the unit PIN comes from.
+    pub pin: PinSource,
+}
+
+impl ElementAddress {
+    /// From an x509-pkcs11 profile's fields: the PIN from `pin_env`, else `pin_file`, else the
+    /// environment variable `UNIT_PIN`.
+    pub fn new(
+        module: PathBuf,
+        token: String,
+        pin_env: Option<&String>,
+        pin_file: Option<&PathBuf>,
+    ) -> Self {
+        let pin = match (pin_env, pin_file) {
+            (Some(v), _) => PinSource::Env(v.clone()),
+            (None, Some(f)) => PinSource::File(f.clone()),
+            (None, None) => PinSource::Env("UNIT_PIN".into()),
+        };
+        Self { module, token, pin }
+    }
+
+    /// The token pattern for the unit `serial`; `None`: the only token present.
+    pub fn token_pattern(&self, serial: &str) -> Option<String> {
+        (!self.token.is_empty()).then(|| self.token.replace("{serial}", &regex::escape(serial)))
+    }
+
+    /// The module to reach the element through: `station`'s own when it is the same library
+    /// (a module is initialised once per process; SoftHSM unit tokens in tests and the demo
+    /// share the station's), else loaded.
+    pub fn module(
+        &self,
+        station: &Hsm,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<Hsm, HsmError> {
+        let path = resolve(&self.module);
+        let same =
+            std::fs::canonicalize(&path).ok() == std::fs::canonicalize(station.module()).ok();
+        if same {
+            Ok(station.clone())
+        } else {
+            Hsm::load_module(&path)
+        }
+    }
+}
+
+/// Finds the unit's token (`pattern`, see [`choose_token`]) and logs in with its PIN; the
+/// token's label and the session.
+pub fn open_token(
     module: &Hsm,
-    target: &ElementTarget,
-    resolve: impl Fn(&Path) -> std::path::PathBuf,
-    issue: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
-) -> Result<Provisioned, ElementError> {
+    pattern: Option<&str>,
+    pin: &PinSource,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<(String, TokenSession), ElementError> {
     let labels = module.token_labels().map_err(|source| ElementError::Hsm {
         token: module.module().display().to_string(),
         step: Step::FindToken,
         source,
     })?;
-    let token = choose_token(&labels, target.token.as_deref())?;
+    let token = choose_token(&labels, pattern)?;
     let slot = module
         .find_token(&TokenSelector::Label(token.clone()))
         .map_err(at(&token, Step::FindToken))?;
-    let pin = Pin::load(&target.pin, &token, resolve).map_err(at(&token, Step::Login))?;
+    let pin = Pin::load(pin, &token, resolve).map_err(at(&token, Step::Login))?;
     let session = module
         .open_slot(slot, &token, &pin)
         .map_err(at(&token, Step::Login))?;
+    Ok((token, session))
+}
+
+/// Provisions one element. `issue` gets the key's SubjectPublicKeyInfo (DER) and returns the
+/// certificate (DER) once the CA has recorded it; a certificate is released only after that.
+pub fn provision(
+    module: &Hsm,
+    target: &ElementTarget,
+    resolve: impl Fn(&Path) -> PathBuf,
+    issue: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Provisioned, ElementError> {
+    let (token, session) = open_token(module, target.token.as_deref(), &target.pin, resolve)?;
     provision_on(&session, &token, target.rework, issue)
 }
 

@@ -9,6 +9,7 @@ pub mod restart;
 pub mod session;
 pub mod signer;
 pub mod softhsm;
+pub mod tls;
 
 pub use config::{HsmConfig, TokenConfig};
 pub use error::HsmError;

@@ -33,15 +33,20 @@ impl<'s> HsmSigner<'s> {
 
     /// ECDSA-SHA256 signature in X.509's DER `Ecdsa-Sig-Value` form.
     pub fn sign_der(&self, msg: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let digest = Sha256::digest(msg);
-        let raw = self.session.sign_digest(&self.key, &digest)?;
-        // The token returns r || s; X.509 wants SEQUENCE { r INTEGER, s INTEGER }.
-        let sig =
-            p256::ecdsa::Signature::from_slice(&raw).map_err(|_| HsmError::SignatureFormat {
-                label: self.key.label.clone(),
-            })?;
-        Ok(sig.to_der().as_bytes().to_vec())
+        sign_der(self.session, &self.key, msg)
     }
+}
+
+/// ECDSA-SHA256 over `msg` with `key` in the token, in the DER `Ecdsa-Sig-Value` form X.509
+/// and TLS use.
+pub fn sign_der(session: &TokenSession, key: &EcKey, msg: &[u8]) -> Result<Vec<u8>, HsmError> {
+    let digest = Sha256::digest(msg);
+    let raw = session.sign_digest(key, &digest)?;
+    // The token returns r || s; X.509 and TLS want SEQUENCE { r INTEGER, s INTEGER }.
+    let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|_| HsmError::SignatureFormat {
+        label: key.label.clone(),
+    })?;
+    Ok(sig.to_der().as_bytes().to_vec())
 }
 
 impl rcgen::PublicKeyData for HsmSigner<'_> {

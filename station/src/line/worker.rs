@@ -3,7 +3,6 @@
 //! the state machine. Every step that changes what exists in the world (a key made, a
 //! certificate signed, a key written, a record queued) is persisted before the next one starts.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,7 +19,6 @@ use crate::config::FixtureConfig;
 use crate::element::{self, ElementTarget};
 use crate::enroll::build::{self, Identity, UnitValues};
 use crate::enroll::profile::{Attestation, Enrollment, Product};
-use crate::hsm::config::PinSource;
 use crate::hsm::{Hsm, TokenSession};
 use crate::ids::FixtureName;
 use crate::link::{LinkSettings, SerialLink, Transport, UnitClient};
@@ -716,14 +714,13 @@ impl<'s> Worker<'s> {
                 pin_file,
                 pin_env,
             } => {
-                let module = self.fcfg.pkcs11_module.clone().unwrap_or(module.clone());
-                let token = self.fcfg.pkcs11_token.clone().unwrap_or(token.clone());
-                let pin = match (pin_env, pin_file) {
-                    (Some(v), _) => PinSource::Env(v.clone()),
-                    (None, Some(f)) => PinSource::File(f.clone()),
-                    (None, None) => PinSource::Env("UNIT_PIN".into()),
-                };
-                self.drive_pkcs11(unit_id, actor, values, &module, &token, pin)
+                let address = crate::element::ElementAddress::new(
+                    self.fcfg.pkcs11_module.clone().unwrap_or(module.clone()),
+                    self.fcfg.pkcs11_token.clone().unwrap_or(token.clone()),
+                    pin_env.as_ref(),
+                    pin_file.as_ref(),
+                );
+                self.drive_pkcs11(unit_id, actor, values, &address)
             }
             Attestation::SymmetricIndividual | Attestation::SymmetricGroup => {
                 self.drive_symmetric(unit_id, actor, values)
@@ -1303,39 +1300,25 @@ impl<'s> Worker<'s> {
         unit_id: i64,
         actor: &str,
         values: &mut UnitValues,
-        module: &Path,
-        token: &str,
-        pin: PinSource,
+        address: &crate::element::ElementAddress,
     ) -> Result<(), Stop> {
         let (rid, device_id) = self.ids(values)?;
-        // One module is initialised once per process: a unit token reached through the
-        // station's own library (SoftHSM in tests and the demo) shares its module.
         let home = self.setup.home.clone();
-        let same = std::fs::canonicalize(home.resolve(module)).ok()
-            == std::fs::canonicalize(home.resolve(&self.setup.cfg.hsm.module)).ok();
-        let element_hsm = if same {
-            self.station_hsm.clone()
-        } else {
-            Hsm::load_module(&home.resolve(module)).map_err(|e| {
+        let element_hsm = address
+            .module(self.station_hsm, |p| home.resolve(p))
+            .map_err(|e| {
                 Stop::Unit(
                     Step::Attest,
                     format!(
                         "unit element module {}: {}",
-                        module.display(),
+                        address.module.display(),
                         error_text(&e)
                     ),
                 )
-            })?
-        };
-        // The pattern names this unit's token when it carries the serial; `{serial}` may be used.
-        let pattern = if token.is_empty() {
-            None
-        } else {
-            Some(token.replace("{serial}", &regex::escape(&values.serial)))
-        };
+            })?;
         let target = ElementTarget {
-            token: pattern,
-            pin,
+            token: address.token_pattern(&values.serial),
+            pin: address.pin.clone(),
             rework: self.resuming,
         };
         let mut issued = false;

@@ -192,14 +192,15 @@ async fn ask_on_behalf(
         Ok(p) => p,
         Err(e) => return Ok(Err(error_text(&e))),
     };
-    // A group member's key is derived in the HSM: blocking calls, off the async threads.
+    // A group member's key is derived in the HSM, an element's key signs in the element:
+    // blocking calls, off the async threads.
     let me = Arc::clone(state);
     let keyed = plan.clone();
     let key = tokio::task::spawn_blocking(move || match &me.hsm {
-        Some(hsm) => on_behalf::hsm_key(&me.setup.home, &me.setup.cfg, hsm, &keyed)
+        Some(hsm) => on_behalf::hsm_credential(&me.setup.home, &me.setup.cfg, hsm, &keyed)
             .map_err(|e| error_text(&e)),
         None if keyed.way == on_behalf::Way::KeyFromDps => Ok(None),
-        None => Err("the web UI has no HSM session: the unit's key cannot be derived".into()),
+        None => Err("the web UI has no HSM session: the unit's key cannot be used".into()),
     })
     .await
     .map_err(|e| WebError::Internal(format!("deriving the unit's key stopped: {e}")))?;

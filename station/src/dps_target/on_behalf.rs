@@ -20,8 +20,9 @@
 //! DPS's answer is recorded as the registration check records it ([`check::record`]): the
 //! unit turns `registered` at its hub. The registration itself and what DPS said are audited
 //! (`unit.register`, or `tpm.register` for the TPM command), whether DPS assigned the unit or
-//! refused it. The key exists in the clear only in this process's memory, on its way into the
-//! SAS token; it is never logged, printed or stored.
+//! refused it. A symmetric key exists in the clear only in this process's memory, on its way
+//! into the SAS token; it is never logged, printed or stored. An element's key never leaves
+//! the element.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -384,9 +385,9 @@ pub fn hsm_credential(
 }
 
 /// Registers the planned unit with DPS, with `credential` ([`hsm_credential`]) or, for a unit
-/// whose key DPS holds, the key read back from its enrollment. `wait`: how long to keep trying while DPS does
-/// not answer, throttles or is still assigning. A refusal is an answer (`Ok`); an `Err`
-/// changed nothing in DPS and is not to be recorded.
+/// whose key DPS holds, the key read back from its enrollment. `wait`: how long to keep trying
+/// while DPS does not answer, throttles or is still assigning. A refusal is an answer (`Ok`);
+/// an `Err` changed nothing in DPS and is not to be recorded.
 pub async fn ask(
     home: &Home,
     cfg: &Config,

@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use hmac::Mac as _;
 
-use station_e2e::line::{LineRig, dps_primary_key};
+use station_e2e::line::{DpsService, LineRig, dps_primary_key};
 use station_e2e::{UnitSim, text};
 
 fn unit_key(sim: &UnitSim) -> (Vec<u8>, serde_json::Value) {
@@ -459,5 +459,97 @@ fn the_station_registers_an_individual_unit_with_the_key_its_enrollment_holds_an
         "{shown}"
     );
     assert_key_not_stored(&rig, &key);
+    rig.audit_verify();
+}
+
+#[test]
+fn a_lots_end_of_line_pass_registers_each_uploaded_unit_the_station_can_register() {
+    let mut rig = LineRig::new();
+    let sims: Vec<UnitSim> = ["SY-000011", "SY-000012"]
+        .iter()
+        .map(|s| {
+            UnitSim::start(
+                &rig.dir.path().join(s),
+                &["--serial", s, "--model", "SY-10"],
+            )
+        })
+        .collect();
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.sym1]\nproduct = \"sensor-sym\"\nserial_port = \"{}\"\n\
+             [fixtures.sym2]\nproduct = \"sensor-sym\"\nserial_port = \"{}\"\n",
+            sims[0].pty.display(),
+            sims[1].pty.display()
+        ),
+    );
+    rig.open_lot("sensor-sym");
+    let out = rig.station(&["group", "sync", "--actor", "sup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = provision(&rig, "sym1", "SY-000011");
+    assert!(out.status.success(), "{}", text(&out));
+    rig.upload_now();
+    let out = provision(&rig, "sym2", "SY-000012");
+    assert!(out.status.success(), "{}", text(&out));
+    let lot: String = rig
+        .db()
+        .query_row(
+            "SELECT lot_id FROM units WHERE serial = 'SY-000011'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let pass = |rig: &LineRig| rig.station(&["unit", "register", "--lot", &lot, "--actor", "eve"]);
+
+    // One unit uploaded, one still queued: the uploaded one is registered, the other counted.
+    let out = pass(&rig);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unit SY-000011: recorded as registered")
+            && !text(&out).contains("unit SY-000012:")
+            && text(&out).contains(&format!(
+                "lot {lot}: 1 registered now, 0 refused or failed, 0 registered before, 1 not uploaded yet"
+            )),
+        "{}",
+        text(&out)
+    );
+    rig.upload_now();
+    // DPS gone for a moment: the unit is not registered, the pass says so and fails.
+    let dps = rig.dps.take().unwrap();
+    let (dir, port) = (dps.dir.clone(), dps.port);
+    dps.stop();
+    let out = rig.station(&[
+        "unit", "register", "--lot", &lot, "--actor", "eve", "--wait-s", "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "unit SY-000012: not registered: registering unit SY-000012 with DPS target local failed (nothing was recorded)"
+        ) && text(&out).contains(&format!(
+            "lot {lot}: 0 registered now, 1 refused or failed, 1 registered before, 0 not uploaded yet"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("SY-000012").as_deref(), Some("uploaded"));
+    rig.dps = Some(DpsService::start_at(
+        &dir,
+        &format!("127.0.0.1:{port}"),
+        &[],
+    ));
+    let out = pass(&rig);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unit SY-000012: recorded as registered")
+            && text(&out).contains(&format!(
+                "lot {lot}: 1 registered now, 0 refused or failed, 1 registered before, 0 not uploaded yet"
+            )),
+        "{}",
+        text(&out)
+    );
+    for s in ["SY-000011", "SY-000012"] {
+        assert_eq!(rig.state(s).as_deref(), Some("registered"));
+    }
+    assert_eq!(on_behalf_audits(&rig).len(), 2);
     rig.audit_verify();
 }

@@ -62,7 +62,12 @@ pub enum UnitCommand {
     /// register`); an X.509 unit that made its key over the serial link only with that key.
     Register {
         /// Serial number, or the unit's registration ID (any case) or device ID.
-        serial: String,
+        #[arg(required_unless_present = "lot", conflicts_with = "lot")]
+        serial: Option<String>,
+        /// Every unit of this lot that is uploaded and whose key the station can use, one after
+        /// the other (a lot's end-of-line pass); the others are counted, not tried.
+        #[arg(long)]
+        lot: Option<String>,
         /// The DPS target (needed only when the unit was enrolled with several).
         #[arg(long)]
         target: Option<String>,
@@ -370,10 +375,11 @@ fn one_serial(conn: &rusqlite::Connection, q: &str) -> Result<String, LineCliErr
     }
 }
 
-/// `station unit register`: the unit registered with DPS by the station on its behalf.
+/// `station unit register`: one unit (`serial`) or each of a lot's that the station can
+/// register (`lot`), registered with DPS on its behalf; the audit checkpoint sealed after.
 fn register(
     ctx: &Context,
-    q: &str,
+    (serial, lot): (Option<&str>, Option<&str>),
     target: Option<&str>,
     wait: std::time::Duration,
     actor: &ActorArg,
@@ -381,26 +387,34 @@ fn register(
     let actor = actor.resolve()?;
     let cfg = ctx.config()?.config;
     let mut store = ctx.open_store(&cfg)?;
-    let serial = one_serial(store.conn(), q)?;
-    let done = crate::dps_target::on_behalf::register(
-        &ctx.home, &cfg, &mut store, &serial, target, &actor, wait,
-    )
-    .map_err(|e| LineCliError::OnBehalf(Box::new(e)))?;
+    let done = match (serial, lot) {
+        (_, Some(lot)) => register_lot(ctx, &cfg, &mut store, lot, target, wait, &actor),
+        (Some(q), None) => register_one(ctx, &cfg, &mut store, q, target, wait, &actor),
+        (None, None) => Err(LineCliError::Unit("name a unit (its serial) or --lot".into()).into()),
+    };
     ctx.seal_audit(&cfg, &mut store);
+    done
+}
+
+/// One unit registered on its behalf: exit 0 when DPS assigned it, an error otherwise.
+#[allow(clippy::too_many_arguments)]
+fn register_one(
+    ctx: &Context,
+    cfg: &crate::config::Config,
+    store: &mut crate::store::Store,
+    q: &str,
+    target: Option<&str>,
+    wait: std::time::Duration,
+    actor: &str,
+) -> Result<ExitCode, CliError> {
+    let serial = one_serial(store.conn(), q)?;
+    let done =
+        crate::dps_target::on_behalf::register(&ctx.home, cfg, store, &serial, target, actor, wait)
+            .map_err(|e| LineCliError::OnBehalf(Box::new(e)))?;
     match done.said {
-        Ok(line) => {
-            println!(
-                "unit {}: registered with DPS target {} on its behalf: {line}",
-                done.serial, done.target
-            );
-            match done.recorded {
-                Recorded::NewlyRegistered => {
-                    println!("unit {}: recorded as registered", done.serial);
-                }
-                Recorded::AlreadyRegistered => {
-                    println!("unit {}: recorded as registered already", done.serial);
-                }
-                Recorded::Unchanged => {}
+        Ok(_) => {
+            for l in registered_lines(&done).0 {
+                println!("{l}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -413,17 +427,134 @@ fn register(
     }
 }
 
+/// What DPS said to a registration on a unit's behalf, as printed: the lines, and whether it
+/// assigned the unit.
+fn registered_lines(done: &crate::dps_target::on_behalf::Registered) -> (Vec<String>, bool) {
+    match &done.said {
+        Ok(line) => {
+            let mut lines = vec![format!(
+                "unit {}: registered with DPS target {} on its behalf: {line}",
+                done.serial, done.target
+            )];
+            match done.recorded {
+                Recorded::NewlyRegistered => {
+                    lines.push(format!("unit {}: recorded as registered", done.serial));
+                }
+                Recorded::AlreadyRegistered => {
+                    lines.push(format!(
+                        "unit {}: recorded as registered already",
+                        done.serial
+                    ));
+                }
+                Recorded::Unchanged => {}
+            }
+            (lines, true)
+        }
+        Err(why) => (
+            vec![format!(
+                "unit {}: DPS target {} refused its registration: {why}",
+                done.serial, done.target
+            )],
+            false,
+        ),
+    }
+}
+
+/// `station unit register --lot L`: each uploaded unit of the lot whose key the station can
+/// use, registered on its behalf in turn; a summary; exit 1 when any was refused or failed.
+#[allow(clippy::too_many_arguments)]
+fn register_lot(
+    ctx: &Context,
+    cfg: &crate::config::Config,
+    store: &mut crate::store::Store,
+    lot: &str,
+    target: Option<&str>,
+    wait: std::time::Duration,
+    actor: &str,
+) -> Result<ExitCode, CliError> {
+    use crate::dps_target::on_behalf;
+    let units: Vec<(String, Option<String>, String)> = store
+        .conn()
+        .prepare("SELECT serial, attestation, state FROM units WHERE lot_id = ?1 ORDER BY serial")
+        .and_then(|mut st| {
+            st.query_map([lot], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(|e| LineCliError::Read(e.to_string()))?;
+    if units.is_empty() {
+        return Err(LineCliError::Unit(format!("lot {lot} has no units")).into());
+    }
+    let (mut assigned, mut failed, mut not_uploaded, mut registered) = (0, 0, 0, 0);
+    let mut not_by_station: std::collections::BTreeMap<String, usize> = Default::default();
+    for (serial, attestation, state) in &units {
+        match state.as_str() {
+            "uploaded" => {}
+            "registered" => {
+                registered += 1;
+                continue;
+            }
+            _ => {
+                not_uploaded += 1;
+                continue;
+            }
+        }
+        if on_behalf::way(serial, attestation.as_deref()).is_err() {
+            *not_by_station
+                .entry(attestation.clone().unwrap_or_else(|| "-".into()))
+                .or_default() += 1;
+            continue;
+        }
+        match on_behalf::register(&ctx.home, cfg, store, serial, target, actor, wait) {
+            Ok(done) => {
+                let (lines, ok) = registered_lines(&done);
+                for l in lines {
+                    println!("{l}");
+                }
+                if ok {
+                    assigned += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            Err(e) => {
+                println!("unit {serial}: not registered: {}", error_text(&e));
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "lot {lot}: {assigned} registered now, {failed} refused or failed, {registered} registered before, {not_uploaded} not uploaded yet"
+    );
+    for (kind, n) in &not_by_station {
+        println!(
+            "  {n} {kind} unit(s) the station cannot register itself (see `station unit register --help`)"
+        );
+    }
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// `station unit ...`
 pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
     let (serial, dps) = match cmd {
         UnitCommand::Register {
             serial,
+            lot,
             target,
             wait_s,
             actor,
         } => {
             let wait = std::time::Duration::from_secs(*wait_s);
-            return register(ctx, serial, target.as_deref(), wait, actor);
+            return register(
+                ctx,
+                (serial.as_deref(), lot.as_deref()),
+                target.as_deref(),
+                wait,
+                actor,
+            );
         }
         UnitCommand::List { lot, limit } => return list(ctx, lot.as_deref(), *limit),
         UnitCommand::Show { serial, dps } => (serial, *dps),

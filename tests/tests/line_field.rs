@@ -290,6 +290,23 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
             && again_text.contains("not registered yet:\n"),
         "{again_text}"
     );
+    // Those are the units with their key in their own element, which the station can
+    // register itself at the end of the line; it says so.
+    let in_elements: i64 = rig
+        .db()
+        .query_row(
+            "SELECT count(*) FROM units WHERE attestation = 'x509-pkcs11' AND state = 'uploaded'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(in_elements > 0);
+    assert!(
+        again_text.contains(&format!(
+            "the station can register {in_elements} of the units not registered yet itself, at the end of the line: station unit register SERIAL (or --lot LOT)"
+        )),
+        "{again_text}"
+    );
 
     // A supervisor disables one X.509 unit's enrollment in DPS: that unit is refused now,
     // and told why.

@@ -164,6 +164,12 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
         }
     } else {
         print_text(&candidates, &findings);
+        let by_station = registrable_by_station(store.conn(), &candidates, &findings);
+        if by_station > 0 {
+            println!(
+                "the station can register {by_station} of the units not registered yet itself, at the end of the line: station unit register SERIAL (or --lot LOT)"
+            );
+        }
     }
     let t = check::Tally::of(&findings);
     Ok(if t.not_asked > 0 {
@@ -214,6 +220,31 @@ fn json_line(c: &Candidate, a: &Answer, f: &Finding) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(o)
+}
+
+/// How many of the units DPS has no registration for the station could register on their
+/// behalf (`dps_target::on_behalf`): those whose key it can use.
+fn registrable_by_station(
+    conn: &rusqlite::Connection,
+    candidates: &[Candidate],
+    findings: &[Finding],
+) -> usize {
+    candidates
+        .iter()
+        .zip(findings)
+        .filter(|(c, f)| {
+            matches!(f, Finding::NotYet(_))
+                && conn
+                    .query_row(
+                        "SELECT attestation FROM units WHERE id = ?1",
+                        [c.unit_id],
+                        |r| r.get::<_, Option<String>>(0),
+                    )
+                    .ok()
+                    .flatten()
+                    .is_some_and(|a| crate::dps_target::on_behalf::way(&c.serial, Some(&a)).is_ok())
+        })
+        .count()
 }
 
 fn print_text(candidates: &[Candidate], findings: &[Finding]) {

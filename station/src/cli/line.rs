@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::{Args, Subcommand};
 
 use super::{ActorArg, CliError, Context};
-use crate::dps_target::on_behalf::Recorded;
+use crate::dps_target::on_behalf::{Recorded, Registrar};
 use crate::dps_target::registration::registration_lines;
 use crate::line::report;
 use crate::line::serve::{self, ServeError};
@@ -387,9 +387,10 @@ fn register(
     let actor = actor.resolve()?;
     let cfg = ctx.config()?.config;
     let mut store = ctx.open_store(&cfg)?;
+    let mut registrar = Registrar::new(&ctx.home, &cfg, target, &actor, wait);
     let done = match (serial, lot) {
-        (_, Some(lot)) => register_lot(ctx, &cfg, &mut store, lot, target, wait, &actor),
-        (Some(q), None) => register_one(ctx, &cfg, &mut store, q, target, wait, &actor),
+        (_, Some(lot)) => register_lot(&mut registrar, &mut store, lot),
+        (Some(q), None) => register_one(&mut registrar, &mut store, q),
         (None, None) => Err(LineCliError::Unit("name a unit (its serial) or --lot".into()).into()),
     };
     ctx.seal_audit(&cfg, &mut store);
@@ -397,20 +398,15 @@ fn register(
 }
 
 /// One unit registered on its behalf: exit 0 when DPS assigned it, an error otherwise.
-#[allow(clippy::too_many_arguments)]
 fn register_one(
-    ctx: &Context,
-    cfg: &crate::config::Config,
+    registrar: &mut Registrar<'_>,
     store: &mut crate::store::Store,
     q: &str,
-    target: Option<&str>,
-    wait: std::time::Duration,
-    actor: &str,
 ) -> Result<ExitCode, CliError> {
     let serial = one_serial(store.conn(), q)?;
-    let done =
-        crate::dps_target::on_behalf::register(&ctx.home, cfg, store, &serial, target, actor, wait)
-            .map_err(|e| LineCliError::OnBehalf(Box::new(e)))?;
+    let done = registrar
+        .register(store, &serial)
+        .map_err(|e| LineCliError::OnBehalf(Box::new(e)))?;
     match done.said {
         Ok(_) => {
             for l in registered_lines(&done).0 {
@@ -462,15 +458,10 @@ fn registered_lines(done: &crate::dps_target::on_behalf::Registered) -> (Vec<Str
 
 /// `station unit register --lot L`: each uploaded unit of the lot whose key the station can
 /// use, registered on its behalf in turn; a summary; exit 1 when any was refused or failed.
-#[allow(clippy::too_many_arguments)]
 fn register_lot(
-    ctx: &Context,
-    cfg: &crate::config::Config,
+    registrar: &mut Registrar<'_>,
     store: &mut crate::store::Store,
     lot: &str,
-    target: Option<&str>,
-    wait: std::time::Duration,
-    actor: &str,
 ) -> Result<ExitCode, CliError> {
     use crate::dps_target::on_behalf;
     let units: Vec<(String, Option<String>, String)> = store
@@ -504,7 +495,7 @@ fn register_lot(
                 .or_default() += 1;
             continue;
         }
-        match on_behalf::register(&ctx.home, cfg, store, serial, target, actor, wait) {
+        match registrar.register(store, serial) {
             Ok(done) => {
                 let (lines, ok) = registered_lines(&done);
                 for l in lines {

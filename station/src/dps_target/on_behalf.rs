@@ -457,30 +457,65 @@ pub fn record_said(
     })
 }
 
-/// All of it from the command line: [`plan`], [`hsm_credential`], [`ask`] and
-/// [`record_said`].
-/// An `Ok` may carry DPS's refusal ([`Registered::said`]); an `Err` changed nothing.
-pub fn register(
-    home: &Home,
-    cfg: &Config,
-    store: &mut Store,
-    serial: &str,
-    target: Option<&str>,
-    actor: &str,
+/// All of it from the command line ([`plan`], [`hsm_credential`], [`ask`] and
+/// [`record_said`]), for one unit or each of a lot's in turn: the HSM is opened once, when a
+/// unit first needs it.
+pub struct Registrar<'a> {
+    home: &'a Home,
+    cfg: &'a Config,
+    /// The DPS target, needed only for a unit enrolled with several.
+    target: Option<&'a str>,
+    actor: &'a str,
+    /// How long to keep trying while DPS does not answer, throttles or is still assigning.
     wait: Duration,
-) -> Result<Registered, OnBehalfError> {
-    let plan = plan(store.conn(), cfg, serial, target)?;
-    let credential = match plan.way {
-        Way::KeyFromDps => None,
-        Way::DerivedInHsm | Way::ElementKey => {
-            let hsm = crate::ca::service::open_hsm(home, cfg)
-                .map_err(|e| OnBehalfError::Hsm(e.into()))?;
-            hsm_credential(home, cfg, &hsm, &plan)?
+    hsm: Option<Hsm>,
+}
+
+impl<'a> Registrar<'a> {
+    /// Registrations by `actor` with `target` (when named), each waiting at most `wait`.
+    pub fn new(
+        home: &'a Home,
+        cfg: &'a Config,
+        target: Option<&'a str>,
+        actor: &'a str,
+        wait: Duration,
+    ) -> Self {
+        Self {
+            home,
+            cfg,
+            target,
+            actor,
+            wait,
+            hsm: None,
         }
-    };
-    let rt = super::runtime().map_err(OnBehalfError::Runtime)?;
-    let said = rt.block_on(ask(home, cfg, &plan, credential, wait))?;
-    record_said(store, &cfg.station_id(), actor, &plan, said)
+    }
+
+    /// Registers unit `serial` on its behalf and records DPS's answer. An `Ok` may carry
+    /// DPS's refusal ([`Registered::said`]); an `Err` changed nothing.
+    pub fn register(
+        &mut self,
+        store: &mut Store,
+        serial: &str,
+    ) -> Result<Registered, OnBehalfError> {
+        let (home, cfg) = (self.home, self.cfg);
+        let plan = plan(store.conn(), cfg, serial, self.target)?;
+        let credential = match plan.way {
+            Way::KeyFromDps => None,
+            Way::DerivedInHsm | Way::ElementKey => {
+                let hsm = match &mut self.hsm {
+                    Some(hsm) => hsm,
+                    none => none.insert(
+                        crate::ca::service::open_hsm(home, cfg)
+                            .map_err(|e| OnBehalfError::Hsm(e.into()))?,
+                    ),
+                };
+                hsm_credential(home, cfg, hsm, &plan)?
+            }
+        };
+        let rt = super::runtime().map_err(OnBehalfError::Runtime)?;
+        let said = rt.block_on(ask(home, cfg, &plan, credential, self.wait))?;
+        record_said(store, &cfg.station_id(), self.actor, &plan, said)
+    }
 }
 
 /// The target to register the unit with: `named`, which must be one of the unit's, or its only

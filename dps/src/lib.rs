@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod client;
 pub mod ids;
+pub mod process;
 pub mod rate;
 pub mod sas;
 pub mod server;

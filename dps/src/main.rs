@@ -3,6 +3,10 @@
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
+    dps::process::quiet_on_closed_stdout(run)
+}
+
+fn run() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DPS_LOG")

@@ -317,6 +317,23 @@ fn compute_device_key_matches_the_library() {
     );
 }
 
+/// `dps … | head` with head already gone: the command ends with the status a shell reports for
+/// a closed pipe (141) and says nothing, instead of panicking with a backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(support::dps_bin())
+        .args(["compute-device-key", "--registration-id", "FirstDevice"])
+        .args(["--key", "O+H9VTcdJP0Tqkl7bh4nVG0OJNrAataMpuWB54D0VEc="])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
 #[test]
 fn symmetric_keys_can_come_from_the_environment_instead_of_the_command_line() {
     let svc = Service::start(&[]);

@@ -382,6 +382,39 @@ fn corrupted_database_is_refused_and_untouched() {
     assert_eq!(std::fs::read(&db).unwrap(), bytes);
 }
 
+/// `station audit list | head -1`: once head has gone, the station ends with the status a shell
+/// reports for a closed pipe (141) and prints nothing, instead of panicking with a backtrace.
+/// Any other error still reaches the person: the same command on a missing home says so.
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    let (_dir, home) = init_home();
+    // `audit list` into a pipe whose reader is closed.
+    let list_into_closed_pipe = |home: &Path| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = Std::new(assert_cmd::cargo::cargo_bin("station"));
+        for var in common::CALLER_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.args(["audit", "list", "--home"])
+            .arg(home)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(writer)
+            .output()
+            .unwrap()
+    };
+    let out = list_into_closed_pipe(&home);
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let out = list_into_closed_pipe(&home.join("missing"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
 /// Each kind of tampering, done with the sqlite3 CLI on the file: verify exits non-zero and
 /// names the first bad entry.
 #[test]

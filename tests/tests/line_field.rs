@@ -308,6 +308,42 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         "{again_text}"
     );
 
+    // The unit list ends with the units by state, and says when it was cut short; a mistyped
+    // lot is refused rather than listed as empty.
+    let count = |sql: &str| -> i64 { rig.db().query_row(sql, [], |r| r.get(0)).unwrap() };
+    let (total, now_registered, waiting) = (
+        count("SELECT count(*) FROM units"),
+        count("SELECT count(*) FROM units WHERE state = 'registered'"),
+        count("SELECT count(*) FROM units WHERE state = 'uploaded'"),
+    );
+    assert_eq!(total, now_registered + waiting);
+    let out = rig.station(&["unit", "list", "--limit", "2"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let (most, fewest) = if now_registered >= waiting {
+        ((now_registered, "registered"), (waiting, "uploaded"))
+    } else {
+        ((waiting, "uploaded"), (now_registered, "registered"))
+    };
+    assert_eq!(
+        listed.lines().last().unwrap(),
+        format!(
+            "{total} unit(s): {} {}, {} {} (the newest 2 listed; --limit N lists more)",
+            most.0, most.1, fewest.0, fewest.1
+        ),
+        "{listed}"
+    );
+    assert_eq!(
+        listed.lines().count(),
+        4,
+        "header, two units, summary: {listed}"
+    );
+    let out = rig.station(&["unit", "list", "--lot", "WO-TYPO"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: no lot \"WO-TYPO\" in this station's database (station lot list shows the lots)"
+    );
+
     // A supervisor disables one X.509 unit's enrollment in DPS: that unit is refused now,
     // and told why.
     let (serial, rid) = recorded

@@ -112,6 +112,9 @@ pub enum LineCliError {
     /// No such unit.
     #[error("no unit with serial, registration ID or device ID {0:?} in this station's database")]
     NoUnit(String),
+    /// No such lot.
+    #[error("no lot {0:?} in this station's database (station lot list shows the lots)")]
+    NoLot(String),
     /// Several units answer to the name.
     #[error("{0:?} names several units ({1}): give the serial")]
     Ambiguous(String, String),
@@ -473,6 +476,7 @@ fn register_lot(
         })
         .map_err(|e| LineCliError::Read(e.to_string()))?;
     if units.is_empty() {
+        known_lot(store.conn(), lot)?;
         return Err(LineCliError::Unit(format!("lot {lot} has no units")).into());
     }
     let (mut assigned, mut failed, mut not_uploaded, mut registered) = (0, 0, 0, 0);
@@ -623,11 +627,15 @@ fn list(ctx: &Context, lot: Option<&str>, limit: u32) -> Result<ExitCode, CliErr
     let loaded = ctx.config()?;
     let store = ctx.open_store_read(&loaded.config)?;
     let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
+    if let Some(lot) = lot {
+        known_lot(store.conn(), lot)?;
+    }
     let rows = report::list(store.conn(), lot, limit).map_err(|e| read(&e))?;
     println!(
         "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} updated",
         "serial", "product", "lot", "state", "registration ID", "fixture", "operator"
     );
+    let listed = rows.len();
     for r in rows {
         let rid = if r.registration_id.len() > 28 {
             format!("{}...", &r.registration_id[..25])
@@ -639,5 +647,37 @@ fn list(ctx: &Context, lot: Option<&str>, limit: u32) -> Result<ExitCode, CliErr
             r.serial, r.product, r.lot, r.state, rid, r.fixture, r.operator, r.updated_at
         );
     }
+    let states = report::count_by_state(store.conn(), lot).map_err(|e| read(&e))?;
+    println!("{}", list_summary(lot, &states, listed));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a lot this station has never opened (a mistyped work order), rather than listing
+/// or registering nothing.
+fn known_lot(conn: &rusqlite::Connection, lot: &str) -> Result<(), LineCliError> {
+    match crate::line::lots::get(conn, lot) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(LineCliError::NoLot(lot.to_owned())),
+        Err(e) => Err(LineCliError::Read(e.to_string())),
+    }
+}
+
+/// The last line of `unit list`: how many units there are (in the lot), by state, and whether
+/// the list above was cut short, e.g. `25 units: 20 registered, 5 uploaded`.
+fn list_summary(lot: Option<&str>, states: &[(String, u64)], listed: usize) -> String {
+    let total: u64 = states.iter().map(|(_, n)| n).sum();
+    let mut line = match lot {
+        Some(lot) => format!("lot {lot}: {total} unit(s)"),
+        None => format!("{total} unit(s)"),
+    };
+    if !states.is_empty() {
+        let parts: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        line.push_str(&format!(": {}", parts.join(", ")));
+    }
+    if (listed as u64) < total {
+        line.push_str(&format!(
+            " (the newest {listed} listed; --limit N lists more)"
+        ));
+    }
+    line
 }

@@ -188,6 +188,25 @@ pub fn list(
     .map_err(|e| sql("list units")(e).into())
 }
 
+/// How many units there are in each state, of one lot or all, most common first.
+pub fn count_by_state(
+    conn: &Connection,
+    lot: Option<&str>,
+) -> Result<Vec<(String, u64)>, UnitStoreError> {
+    conn.prepare(
+        "SELECT state, count(*) AS n FROM units WHERE (?1 IS NULL OR lot_id = ?1)
+         GROUP BY state ORDER BY n DESC, state",
+    )
+    .and_then(|mut st| {
+        st.query_map([lot], |r| {
+            let n: i64 = r.get(1)?;
+            Ok((r.get(0)?, u64::try_from(n).unwrap_or(0)))
+        })?
+        .collect()
+    })
+    .map_err(|e| sql("count units by state")(e).into())
+}
+
 /// Where each of a unit's outbox rows is: delivered, waiting (attempts, next try, last error),
 /// travelling in an air-gapped export, or in conflict (the supervisor's message).
 fn upload_rows(conn: &Connection, unit_id: i64) -> rusqlite::Result<Vec<String>> {

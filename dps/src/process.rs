@@ -8,7 +8,7 @@ use std::process::ExitCode;
 /// The exit status a shell reports for a program its pipe's reader closed (128 + SIGPIPE).
 pub const CLOSED_STDOUT_EXIT: u8 = 141;
 
-/// Runs a program's `body` so that a standard output whose reader has gone
+/// Runs a program's `body` so that a standard output (or error) whose reader has gone
 /// (`station unit list | head -3`) ends it quietly with status 141, as a Unix filter ends,
 /// instead of with a panic and a backtrace.
 ///
@@ -21,13 +21,13 @@ pub const CLOSED_STDOUT_EXIT: u8 = 141;
 pub fn quiet_on_closed_stdout(body: impl FnOnce() -> ExitCode) -> ExitCode {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !is_closed_stdout(info.payload()) {
+        if !is_closed_output(info.payload()) {
             report(info);
         }
     }));
     match std::panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(code) => code,
-        Err(payload) if is_closed_stdout(payload.as_ref()) => ExitCode::from(CLOSED_STDOUT_EXIT),
+        Err(payload) if is_closed_output(payload.as_ref()) => ExitCode::from(CLOSED_STDOUT_EXIT),
         Err(payload) => std::panic::resume_unwind(payload),
     }
 }
@@ -51,14 +51,15 @@ fn stdout_has_no_reader() -> bool {
     ready == 1 && fd.revents & libc::POLLERR != 0
 }
 
-/// Whether a panic is `print!`'s on a standard output whose reader has gone (EPIPE).
-fn is_closed_stdout(payload: &(dyn Any + Send)) -> bool {
+/// Whether a panic is `print!`'s or `eprint!`'s on a standard output or error whose reader has
+/// gone (EPIPE): `station … 2>&1 | head` closes both.
+fn is_closed_output(payload: &(dyn Any + Send)) -> bool {
     let message = payload
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied());
     message.is_some_and(|m| {
-        m.starts_with("failed printing to stdout")
+        (m.starts_with("failed printing to stdout") || m.starts_with("failed printing to stderr"))
             && m.ends_with(&format!("(os error {})", libc::EPIPE))
     })
 }
@@ -71,13 +72,13 @@ mod tests {
     fn only_a_closed_stdout_is_recognised() {
         let epipe = std::io::Error::from_raw_os_error(libc::EPIPE);
         let closed: Box<dyn Any + Send> = Box::new(format!("failed printing to stdout: {epipe}"));
-        assert!(is_closed_stdout(closed.as_ref()));
+        assert!(is_closed_output(closed.as_ref()));
+        let stderr: Box<dyn Any + Send> = Box::new(format!("failed printing to stderr: {epipe}"));
+        assert!(is_closed_output(stderr.as_ref()));
         let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let other: Box<dyn Any + Send> = Box::new(format!("failed printing to stdout: {full}"));
-        assert!(!is_closed_stdout(other.as_ref()));
-        let stderr: Box<dyn Any + Send> = Box::new(format!("failed printing to stderr: {epipe}"));
-        assert!(!is_closed_stdout(stderr.as_ref()));
+        assert!(!is_closed_output(other.as_ref()));
         let unrelated: Box<dyn Any + Send> = Box::new("index out of bounds");
-        assert!(!is_closed_stdout(unrelated.as_ref()));
+        assert!(!is_closed_output(unrelated.as_ref()));
     }
 }

@@ -513,6 +513,40 @@ fn a_lots_end_of_line_pass_registers_each_uploaded_unit_the_station_can_register
         "{}",
         text(&out)
     );
+    // A lot-release gate fails while a unit that passed the line has not reached DPS, and
+    // names it; it takes the unit's registration ID as well as its serial.
+    let gate = |rig: &LineRig, extra: &[&str]| {
+        let mut args = vec![
+            "registrations",
+            "--lot",
+            &lot,
+            "--expect-all",
+            "--actor",
+            "eve",
+        ];
+        args.extend_from_slice(extra);
+        rig.station(&args)
+    };
+    let out = gate(&rig, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "  not uploaded yet, so not registered (1 unit(s); see station upload --status):\n    SY-000012    queued\n"
+        ) && text(&out).contains("station: not every unit is registered (--expect-all)"),
+        "{}",
+        text(&out)
+    );
+    let out = gate(&rig, &["--serial", "sy-SY-000011"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = gate(&rig, &["--serial", "SY-999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains(
+            "error: no unit with serial, registration ID or device ID \"SY-999999\" in this station's database"
+        ),
+        "{}",
+        text(&out)
+    );
     rig.upload_now();
     // DPS gone for a moment: the unit is not registered, the pass says so and fails.
     let dps = rig.dps.take().unwrap();
@@ -550,6 +584,8 @@ fn a_lots_end_of_line_pass_registers_each_uploaded_unit_the_station_can_register
     for s in ["SY-000011", "SY-000012"] {
         assert_eq!(rig.state(s).as_deref(), Some("registered"));
     }
+    let out = gate(&rig, &["--recheck"]);
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(on_behalf_audits(&rig).len(), 2);
     rig.audit_verify();
 }

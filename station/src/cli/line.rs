@@ -369,7 +369,7 @@ fn dps_registration(
 }
 
 /// The serial of the one unit known by `q` (its serial, registration ID or device ID).
-fn one_serial(conn: &rusqlite::Connection, q: &str) -> Result<String, LineCliError> {
+pub(super) fn one_serial(conn: &rusqlite::Connection, q: &str) -> Result<String, LineCliError> {
     let found = report::find(conn, q).map_err(|e| LineCliError::Read(e.to_string()))?;
     match found.as_slice() {
         [] => Err(LineCliError::NoUnit(q.to_owned())),
@@ -654,7 +654,7 @@ fn list(ctx: &Context, lot: Option<&str>, limit: u32) -> Result<ExitCode, CliErr
 
 /// Refuses a lot this station has never opened (a mistyped work order), rather than listing
 /// or registering nothing.
-fn known_lot(conn: &rusqlite::Connection, lot: &str) -> Result<(), LineCliError> {
+pub(super) fn known_lot(conn: &rusqlite::Connection, lot: &str) -> Result<(), LineCliError> {
     match crate::line::lots::get(conn, lot) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(LineCliError::NoLot(lot.to_owned())),

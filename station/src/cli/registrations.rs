@@ -25,14 +25,15 @@ pub struct RegistrationsArgs {
     /// Only the units of this lot.
     #[arg(long)]
     pub lot: Option<String>,
-    /// Only this unit (serial); repeatable.
+    /// Only this unit (serial, registration ID or device ID); repeatable.
     #[arg(long = "serial", value_name = "SERIAL")]
     pub serials: Vec<String>,
     /// Also units already registered: DPS may have moved them to another hub since.
     #[arg(long)]
     pub recheck: bool,
     /// Exit 3 unless every unit checked is registered (an end-of-line or lot-release gate);
-    /// a unit of an export-only target, which cannot be asked from here, counts as not.
+    /// a unit of an export-only target, which cannot be asked from here, counts as not, and so
+    /// does a unit that passed the line but whose enrollment has not reached DPS yet.
     #[arg(long)]
     pub expect_all: bool,
     /// One JSON object per unit and DPS target instead of text.
@@ -116,9 +117,19 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
     let cfg = &loaded.config;
     let actor = args.actor.resolve()?;
     let mut store = ctx.open_store(cfg)?;
+    // A mistyped lot or unit is refused, not reported as "no unit to check"; a unit may be
+    // named by its serial, registration ID or device ID, as in `unit show`.
+    if let Some(lot) = &args.lot {
+        super::line::known_lot(store.conn(), lot)?;
+    }
+    let serials = args
+        .serials
+        .iter()
+        .map(|q| super::line::one_serial(store.conn(), q))
+        .collect::<Result<Vec<_>, _>>()?;
     let sel = Selection {
         lot: args.lot.clone(),
-        serials: args.serials.clone(),
+        serials,
         recheck: args.recheck,
     };
     if let Some(file) = &args.export_query {
@@ -134,7 +145,19 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
             None,
         ),
     };
+    // A gate passes only when every unit that passed the line is registered: one whose
+    // enrollment has not reached DPS yet fails it too.
+    let not_uploaded = if args.expect_all && args.answers.is_none() {
+        check::not_uploaded(store.conn(), &sel).map_err(sql("find the units not uploaded"))?
+    } else {
+        Vec::new()
+    };
     if candidates.is_empty() {
+        if !not_uploaded.is_empty() {
+            print_not_uploaded(&not_uploaded, args.json);
+            eprintln!("station: not every unit is registered (--expect-all)");
+            return Ok(ExitCode::from(3));
+        }
         if !args.json {
             println!(
                 "no unit to check: a unit is checked once DPS holds its enrollment (state uploaded{}); see `station upload --status`",
@@ -162,8 +185,10 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
         for ((c, a), f) in candidates.iter().zip(&answers).zip(&findings) {
             println!("{}", json_line(c, a, f));
         }
+        print_not_uploaded(&not_uploaded, true);
     } else {
         print_text(&candidates, &findings);
+        print_not_uploaded(&not_uploaded, false);
         let by_station = registrable_by_station(store.conn(), &candidates, &findings);
         if by_station > 0 {
             println!(
@@ -178,12 +203,34 @@ pub fn run(ctx: &Context, args: &RegistrationsArgs) -> Result<ExitCode, CliError
             t.not_asked
         );
         ExitCode::FAILURE
-    } else if args.expect_all && t.assigned < findings.len() {
+    } else if args.expect_all && (t.assigned < findings.len() || !not_uploaded.is_empty()) {
         eprintln!("station: not every unit checked is registered (--expect-all)");
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The units an `--expect-all` gate counts as not registered because DPS does not hold their
+/// enrollment yet: a list, or one JSON object each (status `not-uploaded`).
+fn print_not_uploaded(units: &[(String, String)], json: bool) {
+    if json {
+        for (serial, state) in units {
+            let o = serde_json::json!({"serial": serial, "status": "not-uploaded", "state": state});
+            println!("{o}");
+        }
+        return;
+    }
+    if units.is_empty() {
+        return;
+    }
+    println!(
+        "  not uploaded yet, so not registered ({} unit(s); see station upload --status):",
+        units.len()
+    );
+    for (serial, state) in units {
+        println!("    {serial:<12} {state}");
+    }
 }
 
 fn json_line(c: &Candidate, a: &Answer, f: &Finding) -> serde_json::Value {

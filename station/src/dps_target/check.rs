@@ -137,10 +137,17 @@ impl Tally {
     }
 }
 
+impl Selection {
+    /// The chosen serials as a JSON array for SQLite's `json_each`, or `None` for all.
+    fn serials_json(&self) -> Option<String> {
+        (!self.serials.is_empty())
+            .then(|| serde_json::Value::from(self.serials.clone()).to_string())
+    }
+}
+
 /// The units `sel` names, one entry per DPS target each was enrolled with, oldest first.
 pub fn candidates(conn: &Connection, sel: &Selection) -> Result<Vec<Candidate>, rusqlite::Error> {
-    let serials =
-        (!sel.serials.is_empty()).then(|| serde_json::Value::from(sel.serials.clone()).to_string());
+    let serials = sel.serials_json();
     let units: Vec<(i64, String, String)> = conn
         .prepare(
             "SELECT id, serial, registration_id FROM units
@@ -166,6 +173,24 @@ pub fn candidates(conn: &Connection, sel: &Selection) -> Result<Vec<Candidate>, 
         }
     }
     Ok(out)
+}
+
+/// The selected units that passed the line but whose enrollment DPS does not hold yet
+/// (`recorded` or `queued`): serial and state, oldest first.
+pub fn not_uploaded(
+    conn: &Connection,
+    sel: &Selection,
+) -> Result<Vec<(String, String)>, rusqlite::Error> {
+    let serials = sel.serials_json();
+    conn.prepare(
+        "SELECT serial, state FROM units
+         WHERE state IN ('recorded', 'queued')
+           AND (?1 IS NULL OR lot_id = ?1)
+           AND (?2 IS NULL OR serial IN (SELECT value FROM json_each(?2)))
+         ORDER BY id",
+    )?
+    .query_map(params![sel.lot, serials], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
 }
 
 /// When `station serve`'s check asks about a unit that has not registered yet

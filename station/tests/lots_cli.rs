@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use predicates::prelude::*;
 
 use common::station_in;
@@ -13,6 +15,30 @@ fn lots_open_close_list_show_with_clear_refusals() {
     let home = dir.path().join("H");
     let station = || station_in(&home);
     station().arg("init").assert().success();
+    // A fresh home has no product profiles: a lot cannot be opened yet, and nothing is.
+    station()
+        .args(["lot", "open", "--product", "sensor-a", "--quantity", "25"])
+        .assert()
+        .failure()
+        .stderr("error: no product sensor-a at this station (its product profiles: none yet)\n");
+    let products = home.join("products");
+    std::fs::create_dir(&products).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/products/sensor-key.toml"),
+        products.join("sensor-a.toml"),
+    )
+    .unwrap();
+    // A mistyped product is refused, naming the ones there are.
+    station()
+        .args(["lot", "open", "--product", "sensor-b", "--quantity", "25"])
+        .assert()
+        .failure()
+        .stderr("error: no product sensor-b at this station (its product profiles: sensor-a)\n");
+    station()
+        .args(["lot", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("sensor-").not());
     station()
         .args([
             "lot",

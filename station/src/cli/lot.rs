@@ -60,7 +60,22 @@ pub(super) fn run(ctx: &Context, cmd: LotCommand) -> Result<ExitCode, CliError> 
         } => {
             let actor = actor.resolve()?;
             let mut store = ctx.open_store(&loaded.config)?;
-            let lot = lots::open(&mut store, &station, &actor, &product, quantity, id)?;
+            // A home with no products directory yet has no products: the refusal says so.
+            let dir = ctx.home.resolve(&loaded.config.line.products_dir);
+            let profiles = if dir.exists() {
+                crate::enroll::profile::load_dir(&dir)?
+            } else {
+                Vec::new()
+            };
+            let products: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+            let lot = lots::open(
+                &mut store,
+                (&station, &actor),
+                &products,
+                &product,
+                quantity,
+                id,
+            )?;
             ctx.seal_audit(&loaded.config, &mut store);
             println!(
                 "opened lot {} for {} x {}",

@@ -169,6 +169,9 @@ pub enum CliError {
     /// A lot operation failed.
     #[error(transparent)]
     Lot(#[from] crate::line::lots::LotError),
+    /// The product profiles could not be read.
+    #[error("cannot load the product profiles")]
+    Profiles(#[from] crate::enroll::profile::ProfileError),
     /// A user operation failed.
     #[error(transparent)]
     Operator(#[from] crate::operators::OperatorError),

@@ -31,6 +31,14 @@ pub enum LotError {
     /// The lot is closed already.
     #[error("lot {0} is already closed")]
     AlreadyClosed(String),
+    /// No product profile by that name (a mistyped product).
+    #[error("no product {product} at this station (its product profiles: {present})")]
+    UnknownProduct {
+        /// Asked for.
+        product: String,
+        /// The products the station has profiles for.
+        present: String,
+    },
     /// Quantity zero.
     #[error("a lot needs a quantity of at least 1")]
     ZeroQuantity,
@@ -110,15 +118,26 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lot> {
     })
 }
 
-/// Opens a lot. Without an ID, one is made: `<product>-<YYYYMMDD>-<n>`.
+/// Opens a lot of `product`, one of the station's `products` (the names of its product
+/// profiles). Without an ID, one is made: `<product>-<YYYYMMDD>-<n>`.
 pub fn open(
     store: &mut Store,
-    station: &StationId,
-    actor: &str,
+    (station, actor): (&StationId, &str),
+    products: &[&str],
     product: &ProductName,
     quantity: u32,
     id: Option<LotId>,
 ) -> Result<Lot, LotError> {
+    if !products.contains(&product.as_str()) {
+        return Err(LotError::UnknownProduct {
+            product: product.to_string(),
+            present: if products.is_empty() {
+                "none yet".into()
+            } else {
+                products.join(", ")
+            },
+        });
+    }
     if quantity == 0 {
         return Err(LotError::ZeroQuantity);
     }
@@ -317,19 +336,22 @@ mod tests {
         (d, s)
     }
 
+    /// The product profiles the tests' station has.
+    const PRODUCTS: &[&str] = &["sensor-a", "other", "p1"];
+
     #[test]
     fn one_open_lot_per_product_and_generated_ids() {
         let (_d, mut s) = store();
         let st = StationId::new("st").unwrap();
         let p = ProductName::new("sensor-a").unwrap();
-        let lot = open(&mut s, &st, "sup", &p, 10, None).unwrap();
+        let lot = open(&mut s, (&st, "sup"), PRODUCTS, &p, 10, None).unwrap();
         assert!(
             lot.id.starts_with("sensor-a-") && lot.id.ends_with("-1"),
             "{}",
             lot.id
         );
         assert!(matches!(
-            open(&mut s, &st, "sup", &p, 5, None),
+            open(&mut s, (&st, "sup"), PRODUCTS, &p, 5, None),
             Err(LotError::AlreadyOpen { .. })
         ));
         let id = LotId::new(lot.id.clone()).unwrap();
@@ -338,19 +360,34 @@ mod tests {
             close(&mut s, &st, "sup", &id),
             Err(LotError::AlreadyClosed(_))
         ));
-        let second = open(&mut s, &st, "sup", &p, 5, None).unwrap();
+        let second = open(&mut s, (&st, "sup"), PRODUCTS, &p, 5, None).unwrap();
         assert!(second.id.ends_with("-2"), "{}", second.id);
         assert!(matches!(
             open(
                 &mut s,
-                &st,
-                "sup",
+                (&st, "sup"),
+                PRODUCTS,
                 &ProductName::new("other").unwrap(),
                 1,
                 Some(id)
             ),
             Err(LotError::Exists(_))
         ));
+        assert_eq!(list(s.conn()).unwrap().len(), 2);
+        // A product the station has no profile for is refused, and nothing is opened.
+        let typo = open(
+            &mut s,
+            (&st, "sup"),
+            PRODUCTS,
+            &ProductName::new("sensor-b").unwrap(),
+            5,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            typo.to_string(),
+            "no product sensor-b at this station (its product profiles: sensor-a, other, p1)"
+        );
         assert_eq!(list(s.conn()).unwrap().len(), 2);
     }
 
@@ -360,7 +397,7 @@ mod tests {
         let st = StationId::new("st").unwrap();
         let p = ProductName::new("p1").unwrap();
         let id = LotId::new("L1").unwrap();
-        open(&mut s, &st, "sup", &p, 3, Some(id.clone())).unwrap();
+        open(&mut s, (&st, "sup"), PRODUCTS, &p, 3, Some(id.clone())).unwrap();
         // Three units: one passed first time, one failed then passed, one failed twice.
         s.conn()
             .execute_batch(

@@ -69,6 +69,7 @@ pub async fn open(
     who: SignedIn,
     Form(form): Form<OpenForm>,
 ) -> Result<Response, WebError> {
+    let products: Vec<String> = state.setup.products.keys().cloned().collect();
     state
         .supervise(&who, "open a lot", "/lots", move |store, station, actor| {
             let product = ProductName::new(form.product.trim().to_owned())
@@ -82,7 +83,8 @@ pub async fn open(
                 "" => None,
                 id => Some(LotId::new(id.to_owned()).map_err(|e| format!("Lot ID: {}.", e.rule))?),
             };
-            lots::open(store, station, actor, &product, quantity, id)
+            let products: Vec<&str> = products.iter().map(String::as_str).collect();
+            lots::open(store, (station, actor), &products, &product, quantity, id)
                 .map(|l| format!("Opened lot {} for {} × {}.", l.id, l.quantity, l.product))
                 .map_err(|e| error_text(&e))
         })

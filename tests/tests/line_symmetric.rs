@@ -566,6 +566,23 @@ fn a_lots_end_of_line_pass_registers_each_uploaded_unit_the_station_can_register
         text(&out)
     );
     assert_eq!(rig.state("SY-000012").as_deref(), Some("uploaded"));
+    // Without --wait-s the configured wait holds: 0 is one try, where a second try would come
+    // only after the client's poll interval.
+    rig.config(
+        "75-register-wait.toml",
+        "[registrations]\nregister_wait_s = 0\n",
+    );
+    let out = rig.station(&["unit", "register", "SY-000012", "--actor", "eve"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "registering unit SY-000012 with DPS target local failed (nothing was recorded)"
+        ) && text(&out).contains("gave up after 1 attempt"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("SY-000012").as_deref(), Some("uploaded"));
+    std::fs::remove_file(rig.home.join("config.d/75-register-wait.toml")).unwrap();
     rig.dps = Some(DpsService::start_at(
         &dir,
         &format!("127.0.0.1:{port}"),

@@ -71,9 +71,10 @@ pub enum UnitCommand {
         /// The DPS target (needed only when the unit was enrolled with several).
         #[arg(long)]
         target: Option<String>,
-        /// Seconds to keep trying while DPS does not answer, throttles or is still assigning.
-        #[arg(long, default_value_t = 30)]
-        wait_s: u64,
+        /// Seconds to keep trying while DPS does not answer, throttles or is still assigning
+        /// [default: `[registrations] register_wait_s`, 30].
+        #[arg(long)]
+        wait_s: Option<u64>,
         /// Who registers it (recorded in the audit log).
         #[command(flatten)]
         actor: ActorArg,
@@ -542,7 +543,11 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
             wait_s,
             actor,
         } => {
-            let wait = std::time::Duration::from_secs(*wait_s);
+            let wait_s = match wait_s {
+                Some(s) => *s,
+                None => ctx.config()?.config.registrations.register_wait_s,
+            };
+            let wait = std::time::Duration::from_secs(wait_s);
             return register(
                 ctx,
                 (serial.as_deref(), lot.as_deref()),

@@ -159,6 +159,11 @@ pub struct RegistrationsConfig {
     /// At most this many units a round, the longest due first; the rest wait for the next.
     #[serde(default = "default_units_per_round")]
     pub units_per_round: usize,
+    /// How long an end-of-line registration the station makes on a unit's behalf (`station
+    /// unit register`, the unit page's Register button) keeps trying while DPS does not answer,
+    /// throttles or is still assigning, in seconds, before it fails with nothing recorded.
+    #[serde(default = "default_register_wait_s")]
+    pub register_wait_s: u64,
 }
 
 impl Default for RegistrationsConfig {
@@ -167,6 +172,7 @@ impl Default for RegistrationsConfig {
             check_every_s: default_check_every_s(),
             longest_wait_s: default_longest_wait_s(),
             units_per_round: default_units_per_round(),
+            register_wait_s: default_register_wait_s(),
         }
     }
 }
@@ -179,6 +185,9 @@ fn default_longest_wait_s() -> u64 {
 }
 fn default_units_per_round() -> usize {
     500
+}
+fn default_register_wait_s() -> u64 {
+    30
 }
 
 fn default_upload_interval_ms() -> u64 {

@@ -374,6 +374,7 @@ mod tests {
         assert_eq!(loaded.config.registrations.check_every_s, 300);
         assert_eq!(loaded.config.registrations.longest_wait_s, 86_400);
         assert_eq!(loaded.config.registrations.units_per_round, 500);
+        assert_eq!(loaded.config.registrations.register_wait_s, 30);
         assert_eq!(loaded.files.len(), 1);
     }
 

@@ -213,7 +213,7 @@ async fn ask_on_behalf(
         &state.setup.cfg,
         &plan,
         key,
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(state.setup.cfg.registrations.register_wait_s),
     )
     .await;
     Ok(said.map(|said| (plan, said)).map_err(|e| error_text(&e)))

@@ -337,6 +337,30 @@ fn units_the_station_passed_register_with_dps_using_what_it_left_in_them() {
         4,
         "header, two units, summary: {listed}"
     );
+    // A lot's manifest for a script: one JSON object per unit of a state, a registered unit
+    // with the hub and device ID DPS gave it.
+    let json_list = |state: &str| -> Vec<serde_json::Value> {
+        let out = rig.station(&[
+            "unit", "list", "--state", state, "--json", "--limit", "1000",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        json_lines(&out)
+    };
+    let registered_units = json_list("registered");
+    assert_eq!(registered_units.len() as i64, now_registered);
+    for u in &registered_units {
+        assert_eq!(u["state"], "registered");
+        assert!(u["hub"].as_str().unwrap().starts_with("hub-"), "{u}");
+        assert!(!u["deviceId"].as_str().unwrap().is_empty(), "{u}");
+        assert!(!u["attestation"].as_str().unwrap().is_empty(), "{u}");
+    }
+    let waiting_units = json_list("uploaded");
+    assert_eq!(waiting_units.len() as i64, waiting);
+    assert!(
+        waiting_units
+            .iter()
+            .all(|u| u["state"] == "uploaded" && u["hub"] == "")
+    );
     let out = rig.station(&["unit", "list", "--lot", "WO-TYPO"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(

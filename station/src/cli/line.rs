@@ -84,9 +84,16 @@ pub enum UnitCommand {
         /// Only this lot.
         #[arg(long)]
         lot: Option<String>,
+        /// Only units in this state (e.g. `uploaded`: DPS holds them, not registered yet).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::line::state::UnitState::NAMES))]
+        state: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// One JSON object per unit (with its attestation, and its hub and device ID once
+        /// registered), for a lot's manifest or a script, instead of the table and summary.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -556,7 +563,18 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
                 actor,
             );
         }
-        UnitCommand::List { lot, limit } => return list(ctx, lot.as_deref(), *limit),
+        UnitCommand::List {
+            lot,
+            state,
+            limit,
+            json,
+        } => {
+            let filter = report::ListFilter {
+                lot: lot.as_deref(),
+                state: state.as_deref(),
+            };
+            return list(ctx, filter, *limit, *json);
+        }
         UnitCommand::Show { serial, dps } => (serial, *dps),
     };
     let loaded = ctx.config()?;
@@ -628,14 +646,25 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
 }
 
 /// `station unit list`.
-fn list(ctx: &Context, lot: Option<&str>, limit: u32) -> Result<ExitCode, CliError> {
+fn list(
+    ctx: &Context,
+    filter: report::ListFilter<'_>,
+    limit: u32,
+    json: bool,
+) -> Result<ExitCode, CliError> {
     let loaded = ctx.config()?;
     let store = ctx.open_store_read(&loaded.config)?;
     let read = |e: &dyn std::error::Error| LineCliError::Read(e.to_string());
-    if let Some(lot) = lot {
+    if let Some(lot) = filter.lot {
         known_lot(store.conn(), lot)?;
     }
-    let rows = report::list(store.conn(), lot, limit).map_err(|e| read(&e))?;
+    let rows = report::list(store.conn(), filter, limit).map_err(|e| read(&e))?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).map_err(|e| read(&e))?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<12} {:<12} {:<24} {:<18} {:<28} {:<8} {:<10} updated",
         "serial", "product", "lot", "state", "registration ID", "fixture", "operator"
@@ -652,8 +681,8 @@ fn list(ctx: &Context, lot: Option<&str>, limit: u32) -> Result<ExitCode, CliErr
             r.serial, r.product, r.lot, r.state, rid, r.fixture, r.operator, r.updated_at
         );
     }
-    let states = report::count_by_state(store.conn(), lot).map_err(|e| read(&e))?;
-    println!("{}", list_summary(lot, &states, listed));
+    let states = report::count_by_state(store.conn(), filter).map_err(|e| read(&e))?;
+    println!("{}", list_summary(filter.lot, &states, listed));
     Ok(ExitCode::SUCCESS)
 }
 

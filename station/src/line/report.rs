@@ -71,7 +71,8 @@ pub struct EnrollmentLine {
 }
 
 /// A unit in a list.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UnitListRow {
     /// Serial.
     pub serial: String,
@@ -83,12 +84,27 @@ pub struct UnitListRow {
     pub state: String,
     /// Registration ID, or empty.
     pub registration_id: String,
+    /// How the unit proves who it is (`tpm`, `x509-link`, ...), or empty before it is known.
+    pub attestation: String,
+    /// The hub DPS assigned a registered unit, or empty.
+    pub hub: String,
+    /// Its device ID in that hub, or empty.
+    pub device_id: String,
     /// Fixture, or empty.
     pub fixture: String,
     /// Operator, or empty.
     pub operator: String,
     /// Last change.
     pub updated_at: String,
+}
+
+/// Which units [`list`] lists.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter<'a> {
+    /// Only this lot.
+    pub lot: Option<&'a str>,
+    /// Only units in this state (a [`UnitState::NAMES`](super::state::UnitState::NAMES) tag).
+    pub state: Option<&'a str>,
 }
 
 /// Everything about the unit with this serial; `None` when there is no such unit.
@@ -159,28 +175,35 @@ pub fn find(conn: &Connection, q: &str) -> Result<Vec<String>, UnitStoreError> {
     .map_err(|e| sql("find units")(e).into())
 }
 
-/// The newest units, of one lot or all; at most `limit`.
+/// The newest units `filter` picks; at most `limit`.
 pub fn list(
     conn: &Connection,
-    lot: Option<&str>,
+    filter: ListFilter<'_>,
     limit: u32,
 ) -> Result<Vec<UnitListRow>, UnitStoreError> {
     conn.prepare(
         "SELECT serial, product, coalesce(lot_id,''), state, coalesce(registration_id,''),
+         coalesce(attestation,''),
+         CASE state WHEN 'registered' THEN coalesce(json_extract(state_data, '$.hub'), '') ELSE '' END,
+         CASE state WHEN 'registered' THEN coalesce(json_extract(state_data, '$.device_id'), '') ELSE '' END,
          coalesce(fixture,''), coalesce(operator,''), updated_at FROM units
-         WHERE (?1 IS NULL OR lot_id = ?1) ORDER BY id DESC LIMIT ?2",
+         WHERE (?1 IS NULL OR lot_id = ?1) AND (?2 IS NULL OR state = ?2)
+         ORDER BY id DESC LIMIT ?3",
     )
     .and_then(|mut st| {
-        st.query_map(rusqlite::params![lot, limit], |r| {
+        st.query_map(rusqlite::params![filter.lot, filter.state, limit], |r| {
             Ok(UnitListRow {
                 serial: r.get(0)?,
                 product: r.get(1)?,
                 lot: r.get(2)?,
                 state: r.get(3)?,
                 registration_id: r.get(4)?,
-                fixture: r.get(5)?,
-                operator: r.get(6)?,
-                updated_at: r.get(7)?,
+                attestation: r.get(5)?,
+                hub: r.get(6)?,
+                device_id: r.get(7)?,
+                fixture: r.get(8)?,
+                operator: r.get(9)?,
+                updated_at: r.get(10)?,
             })
         })?
         .collect()
@@ -188,17 +211,18 @@ pub fn list(
     .map_err(|e| sql("list units")(e).into())
 }
 
-/// How many units there are in each state, of one lot or all, most common first.
+/// How many units there are in each state, of the units `filter` picks, most common first.
 pub fn count_by_state(
     conn: &Connection,
-    lot: Option<&str>,
+    filter: ListFilter<'_>,
 ) -> Result<Vec<(String, u64)>, UnitStoreError> {
     conn.prepare(
-        "SELECT state, count(*) AS n FROM units WHERE (?1 IS NULL OR lot_id = ?1)
+        "SELECT state, count(*) AS n FROM units
+         WHERE (?1 IS NULL OR lot_id = ?1) AND (?2 IS NULL OR state = ?2)
          GROUP BY state ORDER BY n DESC, state",
     )
     .and_then(|mut st| {
-        st.query_map([lot], |r| {
+        st.query_map(rusqlite::params![filter.lot, filter.state], |r| {
             let n: i64 = r.get(1)?;
             Ok((r.get(0)?, u64::try_from(n).unwrap_or(0)))
         })?

@@ -133,6 +133,22 @@ pub struct BadTransition {
 }
 
 impl UnitState {
+    /// Every state's tag, in the order of the flow.
+    pub const NAMES: [&'static str; 12] = [
+        "scanned",
+        "identified",
+        "key-ready",
+        "certificate-issued",
+        "key-injected",
+        "verified",
+        "recorded",
+        "queued",
+        "uploaded",
+        "registered",
+        "failed",
+        "superseded",
+    ];
+
     /// The state's tag, as stored in `units.state`.
     #[must_use]
     pub fn name(&self) -> &'static str {
@@ -245,6 +261,36 @@ mod tests {
             registration_id: "SX-000001".into(),
             material: "sha256:ab".into(),
         }
+    }
+
+    #[test]
+    fn names_lists_every_state_once_in_the_order_of_the_flow() {
+        let every = [
+            UnitState::Scanned,
+            UnitState::Identified {
+                model: "m".into(),
+                hw_rev: "1".into(),
+                fw_version: "1".into(),
+            },
+            key_ready(),
+            UnitState::CertificateIssued { certificate_id: 1 },
+            UnitState::KeyInjected,
+            UnitState::Verified,
+            UnitState::Recorded,
+            UnitState::Queued { outbox_id: 1 },
+            UnitState::Uploaded { etag: "e".into() },
+            UnitState::Registered {
+                hub: "h".into(),
+                device_id: "d".into(),
+            },
+            UnitState::Failed {
+                step: Step::Scan,
+                reason: "r".into(),
+            },
+            UnitState::Superseded,
+        ];
+        let names: Vec<&str> = every.iter().map(UnitState::name).collect();
+        assert_eq!(names, UnitState::NAMES);
     }
 
     #[test]

@@ -77,7 +77,14 @@ pub async fn list(
                 } else {
                     report::find(conn, &q)?
                 };
-                let units = report::list(conn, (!lot.is_empty()).then_some(lot.as_str()), 100)?;
+                let units = report::list(
+                    conn,
+                    report::ListFilter {
+                        lot: (!lot.is_empty()).then_some(lot.as_str()),
+                        state: None,
+                    },
+                    100,
+                )?;
                 Ok((found, units))
             })
             .await?

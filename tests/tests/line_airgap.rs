@@ -45,6 +45,39 @@ fn where_dps_is(rig: &LineRig, args: &[&str], file: &Path) -> std::process::Outp
     out
 }
 
+/// `station upload --export FILE --target OFFLINE` on the station; the export's stdout.
+fn export(rig: &LineRig, file: &Path) -> String {
+    let o = rig.station(&[
+        "upload",
+        "--export",
+        file.to_str().unwrap(),
+        "--target",
+        OFFLINE,
+        "--actor",
+        "alice",
+    ]);
+    assert!(o.status.success(), "export: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// An export delivered where DPS is reachable and its receipt recorded back on the station;
+/// the receipt's stdout.
+fn deliver_and_receipt(rig: &LineRig, file: &Path) -> String {
+    let d = where_dps_is(rig, &["upload", "--deliver"], file);
+    assert!(d.status.success(), "deliver: {}", text(&d));
+    let mut receipt = file.as_os_str().to_owned();
+    receipt.push(".receipt");
+    let r = rig.station(&[
+        "upload",
+        "--receipt",
+        Path::new(&receipt).to_str().unwrap(),
+        "--actor",
+        "alice",
+    ]);
+    assert!(r.status.success(), "receipt: {}", text(&r));
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
 #[test]
 fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
     let rig = LineRig::new();
@@ -104,38 +137,15 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
 
     // While serve runs: export, deliver elsewhere, bring the receipt back.
     let file = rig.dir.path().join("offline.export");
-    let o = rig.station(&[
-        "upload",
-        "--export",
-        file.to_str().unwrap(),
-        "--target",
-        OFFLINE,
-        "--actor",
-        "alice",
-    ]);
-    assert!(o.status.success(), "export: {}", text(&o));
+    export(&rig, &file);
     let status = rig.station(&["upload", "--status"]);
     assert!(
         String::from_utf8_lossy(&status.stdout).contains("still travelling"),
         "{}",
         text(&status)
     );
-    let d = where_dps_is(&rig, &["upload", "--deliver"], &file);
-    assert!(d.status.success(), "deliver: {}", text(&d));
-    let receipt = rig.dir.path().join("offline.export.receipt");
-    let r = rig.station(&[
-        "upload",
-        "--receipt",
-        receipt.to_str().unwrap(),
-        "--actor",
-        "alice",
-    ]);
-    assert!(r.status.success(), "receipt: {}", text(&r));
-    assert!(
-        String::from_utf8_lossy(&r.stdout).contains(&format!("delivered {offline}")),
-        "{}",
-        text(&r)
-    );
+    let r = deliver_and_receipt(&rig, &file);
+    assert!(r.contains(&format!("delivered {offline}")), "{r}");
 
     assert_eq!(
         count(&rig, "SELECT count(*) FROM units WHERE state = 'uploaded'"),
@@ -278,6 +288,63 @@ fn an_air_gapped_target_reaches_dps_by_file_while_the_line_runs() {
         count(&rig, audited) - before,
         offline,
         "each recorded unit is audited"
+    );
+
+    // One of them is scrapped: its block travels by file as its enrollment did, and DPS
+    // disables its enrollment when the export is delivered.
+    let (serial, rid): (String, String) = rig
+        .db()
+        .query_row(
+            &format!(
+                "SELECT u.serial, u.registration_id FROM units u JOIN enrollments e ON e.unit_id = u.id
+                 WHERE e.dps_target = '{OFFLINE}' ORDER BY u.id LIMIT 1"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        &serial,
+        "--reason",
+        "water damage",
+        "--actor",
+        "alice",
+    ]);
+    assert!(out.status.success(), "scrap: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "DPS target {OFFLINE} will refuse {rid}: the block is queued; it goes with the next `station upload --export FILE --target {OFFLINE}`"
+        )),
+        "{}",
+        text(&out)
+    );
+    let file = rig.dir.path().join("blocks.export");
+    let o = export(&rig, &file);
+    assert!(
+        o.contains("0 individual enrollments, 0 group members, 1 scrapped unit(s) to block"),
+        "{o}"
+    );
+    let r = deliver_and_receipt(&rig, &file);
+    assert!(r.contains("delivered 1"), "{r}");
+    let (held, _) = rig.dps_enrollment(&rid);
+    assert_eq!(
+        held.provisioning_status,
+        Some(dps::wire::ProvisioningStatus::Disabled)
+    );
+    assert_eq!(
+        count(&rig, "SELECT count(*) FROM outbox WHERE state != 'done'"),
+        0
+    );
+    assert_eq!(
+        count(
+            &rig,
+            &format!(
+                "SELECT count(*) FROM audit_log WHERE event = 'dps.blocked' AND subject = '{rid}'"
+            )
+        ),
+        1
     );
     rig.audit_verify();
 }

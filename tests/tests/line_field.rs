@@ -574,6 +574,44 @@ fn serve_records_by_itself_that_a_unit_registered_in_the_field() {
         "{}",
         text(&shown)
     );
+
+    // The unit fails a later test and is scrapped while serve runs: serve's uploader disables
+    // its enrollment in DPS, and the unit, registering again with its key, is refused.
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        serial,
+        "--reason",
+        "failed burn-in",
+        "--actor",
+        "eve",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "it had registered: device {device} stays in {hub} until it is deleted there"
+        )),
+        "{}",
+        text(&out)
+    );
+    wait_until("serve's uploader delivers the block", 60, || {
+        rig.db()
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE kind = 'dps.block' AND state = 'done'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            == 1
+    });
+    let (held, _) = rig.dps_enrollment(serial);
+    assert_eq!(held.provisioning_status, Some(ProvisioningStatus::Disabled));
+    let out = unit_register(&rig, &[&sim.state_dir]);
+    let line = &json_lines(&out)[0];
+    assert_eq!(line["status"], "disabled", "{line}");
+    assert_eq!(rig.state(serial).as_deref(), Some("scrapped"));
+    let out = rig.station(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// `station registrations ARGS`.

@@ -606,3 +606,188 @@ fn a_lots_end_of_line_pass_registers_each_uploaded_unit_the_station_can_register
     assert_eq!(on_behalf_audits(&rig).len(), 2);
     rig.audit_verify();
 }
+
+/// The unit registering with DPS as it would in the field, with the key it holds.
+fn field_register(rig: &LineRig, rid: &str, key: &[u8]) -> std::process::Output {
+    let dps = rig.dps.as_ref().expect("DPS running");
+    std::process::Command::new(station_e2e::bin("dps"))
+        .args(["register", "--data"])
+        .arg(&dps.dir)
+        .args(["--registration-id", rid, "--key-env", "UNIT_KEY"])
+        .args(["--max-wait", "10"])
+        .env(
+            "UNIT_KEY",
+            base64::engine::general_purpose::STANDARD.encode(key),
+        )
+        .output()
+        .unwrap()
+}
+
+/// A group member that failed a later test is scrapped: a disabled individual enrollment made
+/// for it blocks it in DPS though its group would take it, and the line never runs it again.
+#[test]
+fn a_scrapped_group_member_can_no_longer_register_and_is_never_provisioned_again() {
+    let (rig, sim) = one_unit("sym1", "sensor-sym", "SY-000021", "SY-10");
+    let out = rig.station(&["group", "sync", "--actor", "sup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = provision(&rig, "sym1", "SY-000021");
+    assert!(out.status.success(), "{}", text(&out));
+    rig.upload_now();
+    let (key, _) = unit_key(&sim);
+    let out = field_register(&rig, "sy-SY-000021", &key);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Bad input changes nothing: no reason, an unknown unit.
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        "SY-000021",
+        "--reason",
+        " ",
+        "--actor",
+        "sup",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("give the reason the unit is scrapped (1 to 200 characters)"),
+        "{}",
+        text(&out)
+    );
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        "SY-999999",
+        "--reason",
+        "x",
+        "--actor",
+        "sup",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(rig.state("SY-000021").as_deref(), Some("uploaded"));
+
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        "sy-SY-000021",
+        "--reason",
+        "failed final RF test",
+        "--actor",
+        "sup",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unit SY-000021: scrapped (it was uploaded): failed final RF test")
+            && text(&out).contains(
+                "DPS target local will refuse sy-SY-000021: the block is queued; station serve's uploader sends it, or `station upload --now`"
+            ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("SY-000021").as_deref(), Some("scrapped"));
+    let shown = rig.station(&["unit", "show", "SY-000021"]);
+    assert!(
+        text(&shown).contains("scrapped (was uploaded): failed final RF test"),
+        "{}",
+        text(&shown)
+    );
+
+    // Delivered: DPS holds a disabled individual enrollment for it, and refuses it.
+    rig.upload_now();
+    let (held, _) = rig.dps_enrollment("sy-SY-000021");
+    assert_eq!(
+        held.provisioning_status,
+        Some(dps::wire::ProvisioningStatus::Disabled)
+    );
+    let out = field_register(&rig, "sy-SY-000021", &key);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the individual enrollment sy-SY-000021"),
+        "refused for its own enrollment, not let in by the group: {}",
+        text(&out)
+    );
+    let blocked: i64 = rig
+        .db()
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE event = 'dps.blocked' AND subject = 'sy-SY-000021'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(blocked, 1);
+
+    // Scrapping is final: again changes nothing, and a scan is refused.
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        "SY-000021",
+        "--reason",
+        "again",
+        "--actor",
+        "sup",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        text(&out)
+            .contains("unit SY-000021: scrapped already (failed final RF test); nothing changed"),
+        "{}",
+        text(&out)
+    );
+    let out = provision(&rig, "sym1", "SY-000021");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(
+            "unit SY-000021 was scrapped (failed final RF test): it is never provisioned again"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rig.state("SY-000021").as_deref(), Some("scrapped"));
+    rig.audit_verify();
+}
+
+/// An individual unit scrapped before its enrollment reached DPS: the enrollment (with the
+/// unit's sealed key) is cancelled, never sent, and there is nothing to block.
+#[test]
+fn an_individual_unit_scrapped_before_upload_never_reaches_dps() {
+    let (rig, sim) = one_unit("key1", "sensor-key", "SK-000021", "SK-20");
+    let out = provision(&rig, "key1", "SK-000021");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(rig.state("SK-000021").as_deref(), Some("queued"));
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        "SK-000021",
+        "--reason",
+        "bent pins",
+        "--actor",
+        "sup",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("never reached DPS, cancelled: outbox #")
+            && text(&out).contains("DPS holds nothing that lets it register: nothing to block"),
+        "{}",
+        text(&out)
+    );
+    rig.upload_now();
+    let rid = dps::RegistrationId::new("SK-000021").unwrap();
+    let missing =
+        rig.dps(|c| async move { c.get_enrollment(&rid).await.err().and_then(|e| e.status()) });
+    assert_eq!(
+        missing,
+        Some(404),
+        "the cancelled enrollment never reached DPS"
+    );
+    let (key, _) = unit_key(&sim);
+    assert_key_not_stored(&rig, &key);
+    let cancelled: String = rig
+        .db()
+        .query_row(
+            "SELECT status FROM enrollments WHERE enrollment_id = 'SK-000021'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cancelled, "cancelled");
+    rig.audit_verify();
+}

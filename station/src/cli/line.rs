@@ -52,6 +52,22 @@ pub enum UnitCommand {
         #[arg(long)]
         dps: bool,
     },
+    /// Take a unit out of production (it failed a later test, was damaged or destroyed; or it
+    /// failed here and will not be retried), so that its identity can never be used: its
+    /// certificates are revoked, its enrollment rows that never reached DPS are cancelled, and
+    /// DPS is told to refuse it (its individual enrollment disabled; for a unit a group covers,
+    /// a disabled individual enrollment made for it), through the outbox like any upload. Final:
+    /// a scan of its serial is refused from then on. One audited transaction (`unit.scrap`).
+    Scrap {
+        /// Serial number, or the unit's registration ID (any case) or device ID.
+        serial: String,
+        /// Why (kept in the unit's record and the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Who scraps it (recorded in the audit log).
+        #[command(flatten)]
+        actor: ActorArg,
+    },
     /// End-of-line registration: the station registers the unit with DPS on its behalf, with
     /// the key it can use without the unit's firmware (a symmetric-key group member's key
     /// derived again in the HSM, an individual unit's own key read back from its enrollment in
@@ -120,6 +136,9 @@ pub enum LineCliError {
     /// No such unit.
     #[error("no unit with serial, registration ID or device ID {0:?} in this station's database")]
     NoUnit(String),
+    /// The unit could not be scrapped (nothing changed).
+    #[error(transparent)]
+    Scrap(#[from] crate::line::scrap::ScrapError),
     /// No such lot.
     #[error("no lot {0:?} in this station's database (station lot list shows the lots)")]
     NoLot(String),
@@ -543,6 +562,11 @@ fn register_lot(
 /// `station unit ...`
 pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
     let (serial, dps) = match cmd {
+        UnitCommand::Scrap {
+            serial,
+            reason,
+            actor,
+        } => return scrap(ctx, serial, reason, actor),
         UnitCommand::Register {
             serial,
             lot,
@@ -641,6 +665,49 @@ pub fn unit(ctx: &Context, cmd: &UnitCommand) -> Result<ExitCode, CliError> {
         for line in dps_registration(ctx, &loaded.config, &r) {
             println!("DPS registration {line}");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `station unit scrap`: the unit scrapped in one transaction, the audit checkpoint sealed,
+/// and what happened said, with what remains to be done elsewhere.
+fn scrap(ctx: &Context, q: &str, reason: &str, actor: &ActorArg) -> Result<ExitCode, CliError> {
+    let actor = actor.resolve()?;
+    let cfg = ctx.config()?.config;
+    let mut store = ctx.open_store(&cfg)?;
+    let serial = one_serial(store.conn(), q)?;
+    let done = crate::line::scrap::scrap(&mut store, &cfg.station_id(), &actor, &serial, reason)
+        .map_err(LineCliError::from)?;
+    if let Some(earlier) = &done.already {
+        println!("unit {serial}: scrapped already ({earlier}); nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    ctx.seal_audit(&cfg, &mut store);
+    println!(
+        "unit {serial}: scrapped (it was {}): {}",
+        done.from,
+        reason.trim()
+    );
+    if !done.revoked.is_empty() {
+        println!("  certificates revoked: {}", done.revoked.join(", "));
+    }
+    if !done.cancelled.is_empty() {
+        let ids: Vec<String> = done.cancelled.iter().map(|i| format!("#{i}")).collect();
+        println!("  never reached DPS, cancelled: outbox {}", ids.join(", "));
+    }
+    for (target, rid) in &done.blocks {
+        let how = if cfg.dps.export_only(target) {
+            format!("it goes with the next `station upload --export FILE --target {target}`")
+        } else {
+            "station serve's uploader sends it, or `station upload --now`".to_owned()
+        };
+        println!("  DPS target {target} will refuse {rid}: the block is queued; {how}");
+    }
+    if done.blocks.is_empty() {
+        println!("  DPS holds nothing that lets it register: nothing to block");
+    }
+    if let Some((hub, device)) = &done.registered_at {
+        println!("  it had registered: device {device} stays in {hub} until it is deleted there");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -363,11 +363,16 @@ fn export(
         print_json(&s)?;
     } else {
         println!(
-            "export {} to DPS target {}: {} individual enrollments, {} group members, written to {} (sha256 {})",
+            "export {} to DPS target {}: {} individual enrollments, {} group members{}, written to {} (sha256 {})",
             s.export_id,
             s.target,
             s.individuals,
             s.group_members,
+            if s.blocks > 0 {
+                format!(", {} scrapped unit(s) to block", s.blocks)
+            } else {
+                String::new()
+            },
             s.file.display(),
             s.sha256
         );

@@ -5,6 +5,7 @@ pub mod crash;
 pub mod lock;
 pub mod lots;
 pub mod report;
+pub mod scrap;
 pub mod serve;
 pub mod setup;
 pub mod state;

@@ -284,6 +284,7 @@ pub fn describe_state(s: &UnitState) -> String {
         UnitState::Registered { hub, device_id } => {
             format!("registered: assigned to {hub} as device {device_id}")
         }
+        UnitState::Scrapped { reason, from } => format!("scrapped (was {from}): {reason}"),
         other => other.name().to_owned(),
     }
 }

@@ -109,6 +109,14 @@ pub enum UnitState {
     },
     /// A later run replaced this one (its certificate, if any, is no longer live).
     Superseded,
+    /// Taken out of production after it passed or failed (failed a later test, destroyed):
+    /// its certificates are revoked and DPS is told to refuse it (`line/scrap.rs`). Final.
+    Scrapped {
+        /// Why, as the supervisor gave it.
+        reason: String,
+        /// The state it was scrapped from.
+        from: String,
+    },
 }
 
 /// What happens to a unit found in a state after a crash or restart.
@@ -134,7 +142,7 @@ pub struct BadTransition {
 
 impl UnitState {
     /// Every state's tag, in the order of the flow.
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 13] = [
         "scanned",
         "identified",
         "key-ready",
@@ -147,6 +155,7 @@ impl UnitState {
         "registered",
         "failed",
         "superseded",
+        "scrapped",
     ];
 
     /// The state's tag, as stored in `units.state`.
@@ -165,6 +174,7 @@ impl UnitState {
             UnitState::Registered { .. } => "registered",
             UnitState::Failed { .. } => "failed",
             UnitState::Superseded => "superseded",
+            UnitState::Scrapped { .. } => "scrapped",
         }
     }
 
@@ -200,6 +210,15 @@ impl UnitState {
             (S::Uploaded { .. }, S::Uploaded { .. } | S::Registered { .. }) => true,
             // Registered again elsewhere (re-registration under another allocation).
             (S::Registered { .. }, S::Registered { .. }) => true,
+            // Out of production: a unit that passed, or failed and was not retried.
+            (
+                S::Recorded
+                | S::Queued { .. }
+                | S::Uploaded { .. }
+                | S::Registered { .. }
+                | S::Failed { .. },
+                S::Scrapped { .. },
+            ) => true,
             _ => false,
         };
         if ok {
@@ -247,7 +266,8 @@ impl UnitState {
             | UnitState::Uploaded { .. }
             | UnitState::Registered { .. }
             | UnitState::Failed { .. }
-            | UnitState::Superseded => Recovery::Keep,
+            | UnitState::Superseded
+            | UnitState::Scrapped { .. } => Recovery::Keep,
         }
     }
 }
@@ -288,9 +308,50 @@ mod tests {
                 reason: "r".into(),
             },
             UnitState::Superseded,
+            UnitState::Scrapped {
+                reason: "r".into(),
+                from: "uploaded".into(),
+            },
         ];
         let names: Vec<&str> = every.iter().map(UnitState::name).collect();
         assert_eq!(names, UnitState::NAMES);
+    }
+
+    #[test]
+    fn only_a_unit_off_the_fixture_may_be_scrapped_and_scrapping_is_final() {
+        let scrapped = || UnitState::Scrapped {
+            reason: "failed final test".into(),
+            from: "x".into(),
+        };
+        for from in [
+            UnitState::Recorded,
+            UnitState::Queued { outbox_id: 1 },
+            UnitState::Uploaded { etag: "e".into() },
+            UnitState::Registered {
+                hub: "h".into(),
+                device_id: "d".into(),
+            },
+            UnitState::Failed {
+                step: Step::Attest,
+                reason: "r".into(),
+            },
+        ] {
+            assert!(from.to(scrapped()).is_ok(), "{}", from.name());
+        }
+        for busy in [
+            UnitState::Scanned,
+            key_ready(),
+            UnitState::Verified,
+            UnitState::Superseded,
+        ] {
+            assert!(busy.to(scrapped()).is_err(), "{}", busy.name());
+        }
+        let done = scrapped();
+        assert!(!done.passed());
+        assert_eq!(done.recovery(), Recovery::Keep);
+        assert!(done.to(scrapped()).is_err());
+        assert!(done.to(UnitState::Scanned).is_err());
+        assert!(done.to(UnitState::Superseded).is_err());
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub enum Begin {
         /// The product it was first scanned as.
         product: String,
     },
+    /// The unit was scrapped: it is never provisioned again.
+    Scrapped {
+        /// Why it was scrapped.
+        reason: String,
+    },
 }
 
 const UNIT_COLUMNS: &str = "u.id, u.serial, u.lot_id, u.product, u.registration_id, u.device_id,
@@ -308,6 +313,9 @@ pub fn begin(
         }
         if unit.state.passed() {
             return Ok(Begin::AlreadyPassed(Box::new(unit)));
+        }
+        if let UnitState::Scrapped { reason, .. } = unit.state {
+            return Ok(Begin::Scrapped { reason });
         }
         if !matches!(unit.state, UnitState::Failed { .. }) {
             return Ok(Begin::InProgress {

@@ -548,6 +548,14 @@ impl<'s> Worker<'s> {
                     ),
                 };
             }
+            Ok(Begin::Scrapped { reason }) => {
+                return UnitOutcome::Refused {
+                    reason: format!(
+                        "fixture {}: unit {serial} was scrapped ({reason}): it is never provisioned again",
+                        self.fixture
+                    ),
+                };
+            }
             Ok(Begin::OtherProduct { product: other }) => {
                 return UnitOutcome::Refused {
                     reason: format!(

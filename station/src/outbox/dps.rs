@@ -1,7 +1,9 @@
 //! Delivering outbox rows to DPS targets: individual enrollments in bulk `create` operations,
-//! group members by confirming their group exists. Each row ends a pass delivered (with the
-//! enrollment's etag), waiting for a retry (with the reason), or in conflict (DPS holds an
-//! enrollment under the same registration ID that the station did not make).
+//! group members by confirming their group exists, and blocks of scrapped units (their
+//! enrollment disabled, or a disabled one made for a group member) after both. Each row ends
+//! a pass delivered (with the enrollment's etag), waiting for a retry (with the reason), or in
+//! conflict (DPS holds an enrollment under the same registration ID that the station did not
+//! make).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,7 +11,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dps::client::{BulkItemResult, ClientError, ServiceClient};
-use dps::wire::{AttestationMechanism, AttestationType, BulkMode, IndividualEnrollment};
+use dps::wire::{
+    AttestationMechanism, AttestationType, BulkMode, IndividualEnrollment, ProvisioningStatus,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -17,8 +21,10 @@ use sha2::{Digest as _, Sha256};
 pub const KIND_INDIVIDUAL: &str = "dps.individual-enrollment";
 /// Kind of a row for a unit covered by an enrollment group (payload: [`GroupMemberPayload`]).
 pub const KIND_GROUP_MEMBER: &str = "dps.group-member";
+/// Kind of a row that blocks a scrapped unit in DPS (payload: [`BlockPayload`]).
+pub const KIND_BLOCK: &str = "dps.block";
 /// Every kind this deliverer handles.
-pub const KINDS: [&str; 2] = [KIND_INDIVIDUAL, KIND_GROUP_MEMBER];
+pub const KINDS: [&str; 3] = [KIND_INDIVIDUAL, KIND_GROUP_MEMBER, KIND_BLOCK];
 
 /// The destination name of a DPS target's rows.
 #[must_use]
@@ -42,6 +48,23 @@ pub struct GroupMemberPayload {
     pub target: String,
     /// The enrollment group that covers the unit.
     pub group_id: String,
+}
+
+/// Payload of a [`KIND_BLOCK`] row: the unit's registration ID is to be refused by DPS from
+/// now on. Its individual enrollment is disabled; a unit covered by a group gets a disabled
+/// individual enrollment of its own, made with `attestation` (DPS lets an individual
+/// enrollment override, and so block, one unit of a group). No secret is in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockPayload {
+    /// The `[dps.targets.NAME]`.
+    pub target: String,
+    /// The registration ID to block.
+    pub registration_id: String,
+    /// For a group member: the attestation of the disabled individual enrollment to create
+    /// (its certificate; for a symmetric-key unit, no keys: DPS makes its own). `None` for a
+    /// unit with its own enrollment, which DPS must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationMechanism>,
 }
 
 /// How one row's delivery ended in this pass.
@@ -409,6 +432,87 @@ pub(super) async fn deliver_bulk(
     let (outcomes, now_down) = deliver_individuals(client, target, items, bulk_calls).await;
     *down = now_down;
     outcomes
+}
+
+/// Blocks one unit (a [`KIND_BLOCK`] row): its enrollment in DPS read with its attestation
+/// and written back disabled over its etag (a 412, someone else's write in between, reads it
+/// again); where DPS holds none, a disabled individual enrollment made with the payload's
+/// attestation. An enrollment already disabled counts as delivered. Also whether the target
+/// is down for the rest of the pass.
+pub(super) async fn block(
+    client: &ServiceClient,
+    target: &str,
+    p: &BlockPayload,
+) -> (Outcome, Option<String>) {
+    let what = format!("blocking {}", p.registration_id);
+    let rid = match dps::RegistrationId::new(&p.registration_id) {
+        Ok(r) => r,
+        Err(e) => {
+            let o = Outcome::Conflict {
+                message: format!(
+                    "DPS target {target}: cannot block {:?}: {e}",
+                    p.registration_id
+                ),
+                details: serde_json::json!({"target": target, "registration_id": p.registration_id}),
+            };
+            return (o, None);
+        }
+    };
+    let down = |e: &ClientError| target_down(e).then(|| chain(e));
+    for _ in 0..3 {
+        let (held, theirs) = match client.get_enrollment(&rid).await {
+            Ok(held) => match client.enrollment_attestation(&rid).await {
+                Ok(a) => (Some(held), a),
+                Err(e) => return (retry(target, &what, &e), down(&e)),
+            },
+            Err(e) if e.status() == Some(404) => match &p.attestation {
+                Some(a) => (None, a.clone()),
+                None => {
+                    let o = Outcome::Retry {
+                        error: format!(
+                            "DPS target {target}: {what}: DPS does not hold enrollment {rid} (yet): \
+                             the block waits until its enrollment has been delivered"
+                        ),
+                        retry_after: None,
+                    };
+                    return (o, None);
+                }
+            },
+            Err(e) => return (retry(target, &what, &e), down(&e)),
+        };
+        let etag = held.as_ref().and_then(|h| h.etag.clone());
+        let mut disabled = match held {
+            Some(h) if h.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+                return (delivered(target, rid.as_str(), h.etag, false), None);
+            }
+            Some(h) => h,
+            None => IndividualEnrollment::new(rid.clone(), theirs.clone()),
+        };
+        disabled.attestation = theirs;
+        disabled.provisioning_status = Some(ProvisioningStatus::Disabled);
+        // Fields DPS sets are not sent back.
+        disabled.registration_state = None;
+        disabled.etag = None;
+        disabled.created_date_time_utc = None;
+        disabled.last_updated_date_time_utc = None;
+        match client
+            .create_or_update_enrollment(&disabled, etag.as_deref())
+            .await
+        {
+            Ok(e) => return (delivered(target, rid.as_str(), e.etag, false), None),
+            Err(e) if e.status() == Some(412) => {
+                tracing::info!(target, registration_id = %rid, "enrollment changed while blocking it; reading it again");
+            }
+            Err(e) => return (retry(target, &what, &e), down(&e)),
+        }
+    }
+    let o = Outcome::Retry {
+        error: format!(
+            "DPS target {target}: enrollment {rid} changed under every write while blocking it (412 three times); retrying later"
+        ),
+        retry_after: None,
+    };
+    (o, None)
 }
 
 /// The outcome for each of these group members (by its group id, in order): each group read

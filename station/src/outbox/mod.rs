@@ -332,6 +332,13 @@ pub fn next_due(
     .map_err(sql("read next due outbox row"))
 }
 
+/// Whether outbox row `id` is still there (scrapping a unit cancels its undelivered rows).
+pub fn exists(tx: &Transaction<'_>, id: i64) -> Result<bool, StoreError> {
+    tx.prepare_cached("SELECT 1 FROM outbox WHERE id = ?1")
+        .and_then(|mut st| st.exists([id]))
+        .map_err(sql("read outbox row"))
+}
+
 /// Marks a row delivered, in the caller's transaction: its payload is erased (NULL), and the
 /// destination's version (`etag`) kept.
 pub fn mark_done(tx: &Transaction<'_>, id: i64, etag: Option<&str>) -> Result<(), StoreError> {
@@ -663,6 +670,75 @@ mod tests {
             b.delay(2, Some(Duration::from_secs(1))),
             Duration::from_secs(10)
         );
+    }
+
+    /// A unit scrapped while DPS was taking its enrollment: the row was cancelled under the
+    /// uploader, so when DPS's answer comes back the enrollment it now holds is blocked.
+    #[test]
+    fn an_enrollment_delivered_after_its_row_was_cancelled_is_blocked() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&d.path().join("t.db"), &StoreConfig::default()).unwrap();
+        let tx = s.conn_mut().transaction().unwrap();
+        for key in ["SK-1", "SK-2"] {
+            enqueue(
+                &tx,
+                &NewItem {
+                    destination: "dps:local",
+                    kind: dps::KIND_INDIVIDUAL,
+                    item_key: key,
+                    unit_id: None,
+                    payload: b"{}",
+                },
+                None,
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let far = "9999-01-01T00:00:00.000000Z";
+        let taken = due(s.conn(), &[dps::KIND_INDIVIDUAL], &[], far, 10).unwrap();
+        // Scrapping SK-1 cancels its row while the uploader holds it.
+        s.conn()
+            .execute("DELETE FROM outbox WHERE item_key = 'SK-1'", [])
+            .unwrap();
+        let station = crate::ids::StationId::new("st").unwrap();
+        let backoff = Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+        };
+        let tx = s.conn_mut().transaction().unwrap();
+        let mut report = uploader::UploadReport::default();
+        for item in taken {
+            let delivered = dps::Outcome::Delivered {
+                etag: "e1".into(),
+                recovered: false,
+            };
+            uploader::apply_outcome(&tx, &station, item, delivered, &backoff, &mut report).unwrap();
+        }
+        tx.commit().unwrap();
+        let rows: Vec<(String, String, String)> = s
+            .conn()
+            .prepare("SELECT kind, item_key, state FROM outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (dps::KIND_INDIVIDUAL.into(), "SK-2".into(), "done".into()),
+                (dps::KIND_BLOCK.into(), "SK-1".into(), "pending".into()),
+            ]
+        );
+        let audited: String = s
+            .conn()
+            .query_row(
+                "SELECT subject FROM audit_log WHERE event = 'outbox.delivered-after-cancel'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(audited, "SK-1");
     }
 
     #[test]

@@ -22,15 +22,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use dps::client::ServiceClient;
-use dps::wire::IndividualEnrollment;
+use dps::wire::{AttestationMechanism, IndividualEnrollment};
 use rusqlite::{TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use super::dps::{
-    GroupMemberPayload, IndividualPayload, KIND_GROUP_MEMBER, KIND_INDIVIDUAL, Outcome,
-    deliver_bulk, destination, member_outcomes,
+    BlockPayload, GroupMemberPayload, IndividualPayload, KIND_BLOCK, KIND_GROUP_MEMBER,
+    KIND_INDIVIDUAL, Outcome, block, deliver_bulk, destination, member_outcomes,
 };
 use super::uploader::{UploadError, UploadReport, Work, apply_outcome, decode};
 use super::{Backoff, Item, PayloadCipher, RowState};
@@ -234,6 +234,17 @@ pub enum ExportItem {
         /// The enrollment group.
         group_id: String,
     },
+    /// A scrapped unit to block: its enrollment disabled, or a disabled one made for it.
+    #[serde(rename = "dps.block")]
+    Block {
+        /// The station's outbox row.
+        outbox_id: i64,
+        /// The unit's registration ID.
+        registration_id: String,
+        /// For a group member: the attestation of the disabled individual enrollment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attestation: Option<Box<AttestationMechanism>>,
+    },
 }
 
 impl ExportItem {
@@ -242,7 +253,8 @@ impl ExportItem {
     pub fn outbox_id(&self) -> i64 {
         match self {
             ExportItem::Individual { outbox_id, .. }
-            | ExportItem::GroupMember { outbox_id, .. } => *outbox_id,
+            | ExportItem::GroupMember { outbox_id, .. }
+            | ExportItem::Block { outbox_id, .. } => *outbox_id,
         }
     }
 
@@ -252,6 +264,9 @@ impl ExportItem {
         match self {
             ExportItem::Individual { enrollment, .. } => enrollment.registration_id.as_str(),
             ExportItem::GroupMember {
+                registration_id, ..
+            }
+            | ExportItem::Block {
                 registration_id, ..
             } => registration_id,
         }
@@ -715,6 +730,8 @@ pub struct ExportSummary {
     pub individuals: usize,
     /// Group members in it.
     pub group_members: usize,
+    /// Scrapped units to block in it.
+    pub blocks: usize,
     /// Of the individual enrollments, those holding a unit's symmetric keys.
     pub with_keys: usize,
     /// Whether the file is encrypted (age).
@@ -775,7 +792,7 @@ pub fn export(
                 (*t).to_owned(),
                 format!(
                     "SELECT {cols} FROM outbox WHERE destination = ?1 AND state = 'pending'
-                     AND export_id IS NULL AND kind IN ('{KIND_INDIVIDUAL}', '{KIND_GROUP_MEMBER}')
+                     AND export_id IS NULL AND kind IN ('{KIND_INDIVIDUAL}', '{KIND_GROUP_MEMBER}', '{KIND_BLOCK}')
                      ORDER BY id"
                 ),
                 destination(t),
@@ -818,7 +835,7 @@ pub fn export(
     let ids: Vec<i64> = found.iter().map(|i| i.id).collect();
     let row_count = i64::try_from(ids.len()).unwrap_or(i64::MAX);
     let mut items = Vec::with_capacity(found.len());
-    let (mut individuals, mut group_members, mut with_keys) = (0, 0, 0);
+    let (mut individuals, mut group_members, mut blocks, mut with_keys) = (0, 0, 0, 0);
     for item in found {
         let id = item.id;
         let (_, work) = decode(item, cipher).map_err(|bad| TransferError::Unreadable(bad.1))?;
@@ -838,6 +855,19 @@ pub fn export(
                     outbox_id: id,
                     registration_id: i.item_key,
                     group_id,
+                }
+            }
+            Work::Block(_, p) => {
+                let BlockPayload {
+                    registration_id,
+                    attestation,
+                    ..
+                } = *p;
+                blocks += 1;
+                ExportItem::Block {
+                    outbox_id: id,
+                    registration_id,
+                    attestation: attestation.map(Box::new),
                 }
             }
         });
@@ -908,6 +938,7 @@ pub fn export(
                 "rows": ids.len(),
                 "individual_enrollments": individuals,
                 "group_members": group_members,
+                "blocks": blocks,
                 "with_keys": with_keys,
             }),
         },
@@ -920,6 +951,7 @@ pub fn export(
         sha256,
         individuals,
         group_members,
+        blocks,
         with_keys,
         encrypted: !to.recipients.is_empty(),
     })
@@ -958,8 +990,21 @@ pub async fn deliver(
     let mut summary = DeliverySummary::default();
     let mut individuals: Vec<(i64, IndividualEnrollment)> = Vec::new();
     let mut members: Vec<(i64, String, String)> = Vec::new();
+    let mut blocks: Vec<(i64, BlockPayload)> = Vec::new();
     for it in export.items {
         match it {
+            ExportItem::Block {
+                outbox_id,
+                registration_id,
+                attestation,
+            } => blocks.push((
+                outbox_id,
+                BlockPayload {
+                    target: target.clone(),
+                    registration_id,
+                    attestation: attestation.map(|a| *a),
+                },
+            )),
             ExportItem::Individual {
                 outbox_id,
                 enrollment,
@@ -996,6 +1041,18 @@ pub async fn deliver(
         for ((id, rid, _), o) in members.iter().zip(outcomes) {
             out.push(ReceiptItem::from_outcome(*id, rid, o));
         }
+    }
+    // Blocks last, as the uploader sends them: an enrollment created above is disabled here.
+    for (id, p) in &blocks {
+        let o = match &down {
+            Some(d) => super::uploader::not_reached(&target, d),
+            None => {
+                let (o, now_down) = block(client, &target, p).await;
+                down = now_down;
+                o
+            }
+        };
+        out.push(ReceiptItem::from_outcome(*id, &p.registration_id, o));
     }
     for r in &out {
         match r {

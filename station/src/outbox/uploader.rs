@@ -14,8 +14,8 @@ use rusqlite::{TransactionBehavior, params};
 use serde::Serialize;
 
 use super::dps::{
-    GroupMemberPayload, IndividualPayload, KIND_INDIVIDUAL, KINDS, Outcome, deliver_bulk,
-    member_outcomes,
+    BlockPayload, GroupMemberPayload, IndividualPayload, KIND_BLOCK, KIND_INDIVIDUAL, KINDS,
+    Outcome, block, deliver_bulk, member_outcomes,
 };
 use super::{Backoff, Item, PayloadCipher};
 use crate::config::{Config, Delivery};
@@ -225,6 +225,16 @@ fn target_client(home: &Home, cfg: &Config, name: &str) -> Result<ServiceClient,
 pub(super) enum Work {
     Individual(Item, Box<IndividualPayload>),
     GroupMember(Item, GroupMemberPayload),
+    Block(Item, Box<BlockPayload>),
+}
+
+impl Work {
+    /// The outbox row.
+    pub(super) fn into_item(self) -> Item {
+        match self {
+            Work::Individual(i, _) | Work::GroupMember(i, _) | Work::Block(i, _) => i,
+        }
+    }
 }
 
 /// A row's payload opened (with `cipher` when sealed) and parsed: its target and its work; or
@@ -254,6 +264,14 @@ pub(super) fn decode(
     if item.kind == KIND_INDIVIDUAL {
         match serde_json::from_slice::<IndividualPayload>(&plain) {
             Ok(p) => Ok((p.target.clone(), Work::Individual(item, Box::new(p)))),
+            Err(e) => {
+                let m = bad(e);
+                Err(Box::new((item, m)))
+            }
+        }
+    } else if item.kind == KIND_BLOCK {
+        match serde_json::from_slice::<BlockPayload>(&plain) {
+            Ok(p) => Ok((p.target.clone(), Work::Block(item, Box::new(p)))),
             Err(e) => {
                 let m = bad(e);
                 Err(Box::new((item, m)))
@@ -392,11 +410,8 @@ impl<'c> Uploader<'c> {
         let outcomes = rows
             .into_iter()
             .map(|w| {
-                let item = match w {
-                    Work::Individual(i, _) | Work::GroupMember(i, _) => i,
-                };
                 (
-                    item,
+                    w.into_item(),
                     Outcome::Retry {
                         error: error.to_owned(),
                         retry_after: None,
@@ -417,10 +432,12 @@ impl<'c> Uploader<'c> {
     ) -> Result<bool, UploadError> {
         let mut individuals: Vec<(Item, IndividualEnrollment)> = Vec::new();
         let mut members: Vec<(Item, String)> = Vec::new();
+        let mut blocks: Vec<(Item, Box<BlockPayload>)> = Vec::new();
         for w in rows {
             match w {
                 Work::Individual(i, p) => individuals.push((i, p.enrollment)),
                 Work::GroupMember(i, p) => members.push((i, p.group_id)),
+                Work::Block(i, p) => blocks.push((i, p)),
             }
         }
         let mut down: Option<String> = None;
@@ -455,6 +472,20 @@ impl<'c> Uploader<'c> {
             };
             let rows = members.into_iter().map(|(item, _)| item);
             self.apply(rows.zip(outcomes).collect(), report)?;
+        }
+        // Blocks last: an enrollment created in this pass is disabled in the same pass.
+        for (item, p) in blocks {
+            let outcome = match &down {
+                Some(d) => not_reached(target, d),
+                None => {
+                    let Some((o, now_down)) = self.block_on(block(client, target, &p)) else {
+                        return Ok(false);
+                    };
+                    down = now_down;
+                    o
+                }
+            };
+            self.apply(vec![(item, outcome)], report)?;
         }
         Ok(true)
     }
@@ -620,6 +651,93 @@ pub(super) fn apply_outcome(
     Ok(())
 }
 
+/// A row delivered while its unit was scrapped (`line/scrap.rs` cancelled the row as DPS was
+/// taking it): DPS holds the enrollment after all, so a block is queued for it, and audited.
+fn delivered_after_cancel(
+    tx: &rusqlite::Transaction<'_>,
+    station: &StationId,
+    item: &Item,
+    target: &str,
+    etag: &str,
+) -> Result<(), UploadError> {
+    if item.kind != KIND_INDIVIDUAL {
+        // A group member's block was queued when it was scrapped.
+        return Ok(());
+    }
+    let payload = serde_json::to_vec(&BlockPayload {
+        target: target.to_owned(),
+        registration_id: item.item_key.clone(),
+        attestation: None,
+    })
+    .map_err(|e| {
+        UploadError::Store(sql("encode the block")(
+            rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        ))
+    })?;
+    let block = super::enqueue(
+        tx,
+        &super::NewItem {
+            destination: &item.destination,
+            kind: KIND_BLOCK,
+            item_key: &item.item_key,
+            unit_id: item.unit_id,
+            payload: &payload,
+        },
+        None,
+    )?;
+    audit::append(
+        tx,
+        station,
+        &AuditEvent {
+            actor: ACTOR,
+            event: "outbox.delivered-after-cancel",
+            subject: &item.item_key,
+            details: serde_json::json!({
+                "outbox_id": item.id,
+                "etag": etag,
+                "block_outbox_id": block,
+                "why": "the unit was scrapped while DPS was taking its enrollment; the enrollment is blocked instead",
+            }),
+        },
+    )?;
+    Ok(())
+}
+
+/// A delivered block, in the caller's transaction: the unit's enrollments in that target
+/// marked `disabled` with the etag DPS gave, and the block audited.
+fn record_block(
+    tx: &rusqlite::Transaction<'_>,
+    station: &StationId,
+    item: &Item,
+    target: &str,
+    etag: &str,
+) -> Result<(), UploadError> {
+    if let Some(unit) = item.unit_id {
+        tx.prepare_cached(
+            "UPDATE enrollments SET status = 'disabled', updated_at = ?3
+             WHERE dps_target = ?1 AND unit_id = ?2",
+        )
+        .and_then(|mut st| st.execute(params![target, unit, now_utc()]))
+        .map_err(sql("record the block"))?;
+    }
+    audit::append(
+        tx,
+        station,
+        &AuditEvent {
+            actor: ACTOR,
+            event: "dps.blocked",
+            subject: &item.item_key,
+            details: serde_json::json!({
+                "outbox_id": item.id,
+                "unit_id": item.unit_id,
+                "target": target,
+                "etag": etag,
+            }),
+        },
+    )?;
+    Ok(())
+}
+
 pub(super) fn not_reached(target: &str, why: &str) -> Outcome {
     Outcome::Retry {
         error: format!("DPS target {target}: not reached: {why}"),
@@ -636,12 +754,18 @@ fn record_delivery(
     etag: &str,
     recovered: bool,
 ) -> Result<(), UploadError> {
-    super::mark_done(tx, item.id, Some(etag))?;
     let target = item
         .destination
         .strip_prefix("dps:")
         .unwrap_or(&item.destination);
+    if !super::exists(tx, item.id)? {
+        return delivered_after_cancel(tx, station, item, target, etag);
+    }
+    super::mark_done(tx, item.id, Some(etag))?;
     let now = now_utc();
+    if item.kind == KIND_BLOCK {
+        return record_block(tx, station, item, target, etag);
+    }
     if item.kind == KIND_INDIVIDUAL {
         tx.prepare_cached(
             "UPDATE enrollments SET etag = ?3, status = 'uploaded', updated_at = ?4

@@ -260,6 +260,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/units", get(units::list))
         .route("/units/{serial}", get(units::show))
         .route("/units/{serial}/register", post(units::register))
+        .route("/units/{serial}/scrap", post(units::scrap))
         .route("/lots", get(lots::list).post(lots::open))
         .route("/lots/{id}/close", post(lots::close))
         .route("/outbox", get(outbox::page))

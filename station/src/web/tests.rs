@@ -605,3 +605,90 @@ async fn a_supervisor_registers_a_symmetric_unit_from_its_page_and_an_operator_m
         "{body}"
     );
 }
+
+/// The unit page's Scrap form (`station unit scrap`): a supervisor's needs a reason, then
+/// scraps the unit in one audited transaction and says what follows; an operator is refused
+/// and never sees the form.
+#[tokio::test]
+async fn a_supervisor_scraps_a_unit_from_its_page_with_a_reason_and_an_operator_may_not() {
+    let r = rig();
+    let db = rusqlite::Connection::open(r.dir.path().join("station.db")).unwrap();
+    db.execute_batch(
+        "INSERT INTO units (id, serial, product, registration_id, attestation, state, state_data, created_at, updated_at) VALUES
+           (1, 'SK-000001', 'sensor-key', 'SK-000001', 'symmetric-individual', 'uploaded', '{\"state\":\"uploaded\",\"etag\":\"e\"}', 't', 't');
+         INSERT INTO runs (id, unit_id, fixture, started_at) VALUES (1, 1, 'key-1', 't');
+         INSERT INTO enrollments (unit_id, dps_target, kind, enrollment_id, body, status, updated_at) VALUES
+           (1, 'local', 'individual', 'SK-000001', '{}', 'uploaded', 't');
+         INSERT INTO outbox (destination, kind, item_key, payload, created_at, unit_id, state) VALUES
+           ('dps:local', 'dps.individual-enrollment', 'SK-000001', NULL, 't', 1, 'done');",
+    )
+    .unwrap();
+    let ann = sign_in(&r.app).await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&ann))).await;
+    assert!(!body.contains("id=\"scrap-unit\""), "{body}");
+    send(
+        &r.app,
+        post("/units/SK-000001/scrap", "reason=x", Some(&ann)),
+    )
+    .await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&ann))).await;
+    assert!(
+        body.contains("Only a supervisor can scrap a unit"),
+        "{body}"
+    );
+
+    let sam = sign_in_as(&r.app, "sam").await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&sam))).await;
+    assert!(
+        body.contains("action=\"/units/SK-000001/scrap\"") && body.contains("id=\"scrap-unit\""),
+        "{body}"
+    );
+    send(
+        &r.app,
+        post("/units/SK-000001/scrap", "reason=+", Some(&sam)),
+    )
+    .await;
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&sam))).await;
+    assert!(
+        body.contains("class=\"banner refused\" id=\"flash\">give the reason the unit is scrapped"),
+        "{body}"
+    );
+    let state = |db: &rusqlite::Connection| -> String {
+        db.query_row("SELECT state FROM units WHERE id = 1", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(state(&db), "uploaded");
+
+    let (status, location, _, _) = send(
+        &r.app,
+        post(
+            "/units/SK-000001/scrap",
+            "reason=failed+burn-in",
+            Some(&sam),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/units/SK-000001"))
+    );
+    let (_, _, _, body) = send(&r.app, get("/units/SK-000001", Some(&sam))).await;
+    assert!(
+        body.contains("class=\"banner pass\" id=\"flash\">Unit SK-000001 scrapped: failed burn-in. DPS (local) will refuse it once the upload delivers the block."),
+        "{body}"
+    );
+    assert!(
+        body.contains("scrapped (was uploaded): failed burn-in"),
+        "{body}"
+    );
+    assert!(!body.contains("id=\"scrap-unit\""), "scrapped once: {body}");
+    assert_eq!(state(&db), "scrapped");
+    let audited: String = db
+        .query_row(
+            "SELECT actor FROM audit_log WHERE event = 'unit.scrap'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, "sam");
+}

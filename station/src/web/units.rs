@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
@@ -38,6 +39,8 @@ struct UnitPage {
     role: String,
     /// A supervisor may register a symmetric-key unit DPS holds on its behalf.
     can_register: bool,
+    /// A supervisor may scrap a unit that is off its fixture and not scrapped yet.
+    can_scrap: bool,
     flash: Option<Flash>,
     r: UnitReport,
     /// DPS's registration record of the unit, when asked for (`?dps=1`).
@@ -129,8 +132,14 @@ pub async fn show(
     let can_register = who.supervises()
         && matches!(r.unit.state.name(), "uploaded" | "registered")
         && on_behalf::way(&r.unit.serial, r.unit.attestation.as_deref()).is_ok();
+    let can_scrap = who.supervises()
+        && matches!(
+            r.unit.state.name(),
+            "recorded" | "queued" | "uploaded" | "registered" | "failed"
+        );
     Ok(UnitPage {
         can_register,
+        can_scrap,
         flash: state.sessions.take_flash(&who.token),
         user: who.user,
         role: who.role.to_string(),
@@ -138,6 +147,51 @@ pub async fn show(
         dps,
     }
     .into_response())
+}
+
+/// The scrap form.
+#[derive(Debug, serde::Deserialize)]
+pub struct ScrapForm {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /units/SERIAL/scrap`: a supervisor takes the unit out of production
+/// (`station unit scrap`): its certificates revoked, DPS told to refuse it.
+pub async fn scrap(
+    State(state): State<Arc<WebState>>,
+    Path(serial): Path<String>,
+    who: SignedIn,
+    Form(form): Form<ScrapForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/units/{}", path_segment(&serial));
+    state
+        .supervise(&who, "scrap a unit", &back, move |store, station, actor| {
+            let done = crate::line::scrap::scrap(store, station, actor, &serial, &form.reason)
+                .map_err(|e| error_text(&e))?;
+            if let Some(earlier) = done.already {
+                return Err(format!("Unit {serial} was scrapped already ({earlier})."));
+            }
+            let dps = if done.blocks.is_empty() {
+                " DPS holds nothing that lets it register.".to_owned()
+            } else {
+                let targets: Vec<&str> = done.blocks.iter().map(|(t, _)| t.as_str()).collect();
+                format!(
+                    " DPS ({}) will refuse it once the upload delivers the block.",
+                    targets.join(", ")
+                )
+            };
+            Ok(format!(
+                "Unit {serial} scrapped: {}.{}{dps}",
+                form.reason.trim(),
+                if done.revoked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {} certificate(s) revoked.", done.revoked.len())
+                }
+            ))
+        })
+        .await
 }
 
 /// `POST /units/SERIAL/register`: the station registers the unit with DPS on its behalf

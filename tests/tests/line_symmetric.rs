@@ -715,6 +715,15 @@ fn a_scrapped_group_member_can_no_longer_register_and_is_never_provisioned_again
         .unwrap();
     assert_eq!(blocked, 1);
 
+    // The station does not register it on its behalf either.
+    let out = rig.station(&["unit", "register", "SY-000021", "--actor", "sup"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("unit SY-000021 was scrapped (failed final RF test): DPS is told to refuse it, and the station does not register it"),
+        "{}",
+        text(&out)
+    );
+
     // Scrapping is final: again changes nothing, and a scan is refused.
     let out = rig.station(&[
         "unit",
@@ -789,5 +798,57 @@ fn an_individual_unit_scrapped_before_upload_never_reaches_dps() {
         )
         .unwrap();
     assert_eq!(cancelled, "cancelled");
+    rig.audit_verify();
+}
+
+/// A group member whose key reached it but whose proof failed holds a key its group accepts:
+/// scrapping it blocks it in the group's DPS target though the station never queued it.
+#[test]
+fn a_group_member_that_failed_after_its_key_was_injected_is_blocked_when_scrapped() {
+    let rig = LineRig::new();
+    let sim = UnitSim::start(
+        &rig.dir.path().join("SY-000031"),
+        &["--serial", "SY-000031", "--model", "SY-10", "--wrong-key"],
+    );
+    rig.config(
+        "30-fixtures.toml",
+        &format!(
+            "[fixtures.sym1]\nproduct = \"sensor-sym\"\nserial_port = \"{}\"\n",
+            sim.pty.display()
+        ),
+    );
+    rig.open_lot("sensor-sym");
+    let out = rig.station(&["group", "sync", "--actor", "sup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = provision(&rig, "sym1", "SY-000031");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(rig.state("SY-000031").as_deref(), Some("failed"));
+    let (key, _) = unit_key(&sim);
+    let out = field_register(&rig, "sy-SY-000031", &key);
+    assert!(
+        out.status.success(),
+        "its group takes the key it holds: {}",
+        text(&out)
+    );
+
+    let out = rig.station(&[
+        "unit",
+        "scrap",
+        "SY-000031",
+        "--reason",
+        "proof failed",
+        "--actor",
+        "sup",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("unit SY-000031: scrapped (it was failed): proof failed")
+            && text(&out).contains("DPS target local will refuse sy-SY-000031"),
+        "{}",
+        text(&out)
+    );
+    rig.upload_now();
+    let out = field_register(&rig, "sy-SY-000031", &key);
+    assert!(!out.status.success(), "{}", text(&out));
     rig.audit_verify();
 }

@@ -676,8 +676,31 @@ fn scrap(ctx: &Context, q: &str, reason: &str, actor: &ActorArg) -> Result<ExitC
     let cfg = ctx.config()?.config;
     let mut store = ctx.open_store(&cfg)?;
     let serial = one_serial(store.conn(), q)?;
-    let done = crate::line::scrap::scrap(&mut store, &cfg.station_id(), &actor, &serial, reason)
-        .map_err(LineCliError::from)?;
+    // A group-enrolled product's target: a unit of it may hold a working key or certificate
+    // though it failed (see scrap::group_target).
+    let product = crate::line::units::by_serial(store.conn(), &serial)
+        .map_err(|e| LineCliError::Read(e.to_string()))?
+        .map(|u| u.product)
+        .unwrap_or_default();
+    let dir = ctx.home.resolve(&cfg.line.products_dir);
+    let profiles = if dir.exists() {
+        crate::enroll::profile::load_dir(&dir)?
+    } else {
+        Vec::new()
+    };
+    let group_target = profiles
+        .iter()
+        .find(|p| p.name.as_str() == product)
+        .and_then(crate::line::scrap::group_target);
+    let station = cfg.station_id();
+    let done = crate::line::scrap::scrap(
+        &mut store,
+        (&station, &actor),
+        &serial,
+        reason,
+        group_target,
+    )
+    .map_err(LineCliError::from)?;
     if let Some(earlier) = &done.already {
         println!("unit {serial}: scrapped already ({earlier}); nothing changed");
         return Ok(ExitCode::SUCCESS);

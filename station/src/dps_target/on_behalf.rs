@@ -84,6 +84,16 @@ pub enum OnBehalfError {
         /// Its state, in words.
         state: String,
     },
+    /// The unit was scrapped: it must not register.
+    #[error(
+        "unit {serial} was scrapped ({reason}): DPS is told to refuse it, and the station does not register it"
+    )]
+    Scrapped {
+        /// Serial.
+        serial: String,
+        /// Why it was scrapped.
+        reason: String,
+    },
     /// No unit has this serial.
     #[error("no unit with serial {serial}")]
     NoUnit {
@@ -333,6 +343,12 @@ pub fn plan(
     let unit = units::by_serial(conn, serial)?.ok_or_else(|| OnBehalfError::NoUnit {
         serial: serial.to_owned(),
     })?;
+    if let UnitState::Scrapped { reason, .. } = &unit.state {
+        return Err(OnBehalfError::Scrapped {
+            serial: serial.to_owned(),
+            reason: reason.clone(),
+        });
+    }
     let way = way(serial, unit.attestation.as_deref())?;
     if !matches!(
         unit.state,

@@ -10,6 +10,8 @@
 //! (or an export, for an air-gapped target) then disables the unit's individual enrollment in
 //! DPS, or, for a unit a group covers, creates a disabled individual enrollment for its
 //! registration ID, which is how DPS refuses one unit of a group (`outbox/dps.rs`, `block`).
+//! A unit of a group-enrolled product that failed after its key or certificate reached it is
+//! blocked in its group's target too: the group would let it register.
 //! DPS's registration record and the device in its IoT hub stay: the hub is not the station's.
 
 use dps::wire::AttestationMechanism;
@@ -76,13 +78,25 @@ pub struct Scrapped {
     pub registered_at: Option<(String, String)>,
 }
 
+/// The DPS target whose enrollment group covers units of `product`, if it is group-enrolled:
+/// a unit of it that failed after its key or certificate reached it can register through the
+/// group though the station never queued it, so scrapping it blocks it there too.
+#[must_use]
+pub fn group_target(product: &crate::enroll::profile::Product) -> Option<&str> {
+    match product.profile.enrollment {
+        crate::enroll::profile::Enrollment::Group { .. } => Some(&product.profile.dps_target),
+        crate::enroll::profile::Enrollment::Individual => None,
+    }
+}
+
 /// Scraps the unit `serial` for `reason`, by `actor`, in one transaction (see the module doc).
+/// `group_target` is [`group_target`] of the unit's product.
 pub fn scrap(
     store: &mut Store,
-    station: &StationId,
-    actor: &str,
+    (station, actor): (&StationId, &str),
     serial: &str,
     reason: &str,
+    group_target: Option<&str>,
 ) -> Result<Scrapped, ScrapError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > REASON_MAX {
@@ -114,8 +128,13 @@ pub fn scrap(
         }
         _ => {}
     }
-    let targets =
+    let mut targets =
         super::report::dps_targets(&tx, unit.id).map_err(sql("read the unit's DPS targets"))?;
+    if let Some(t) = group_target
+        && !targets.iter().any(|have| have == t)
+    {
+        targets.push(t.to_owned());
+    }
     // The newest certificate, for a group member's disabled enrollment (X.509 groups).
     let newest_cert: Option<Vec<u8>> = tx
         .query_row(
@@ -205,7 +224,11 @@ pub fn scrap(
                 }
             }
             None => {
-                // A group member: the group lets it register whatever happened to its row.
+                // A group member: the group lets it register whatever happened to its row (or
+                // to its run: a unit that failed after its key or certificate reached it).
+                if rid.is_empty() {
+                    continue;
+                }
                 let attestation = match (unit.attestation.as_deref(), &newest_cert) {
                     (Some("symmetric-group"), _) => AttestationMechanism::symmetric_key(None, None),
                     (_, Some(der)) => {
@@ -291,8 +314,9 @@ mod tests {
                    (1, 'SX-1', 'p', 'SX-1', 'x509-link', 'uploaded', '{\"state\":\"uploaded\",\"etag\":\"e1\"}', 't', 't'),
                    (2, 'SG-1', 'p', 'SG-1', 'x509-link', 'uploaded', '{\"state\":\"uploaded\",\"etag\":\"e2\"}', 't', 't'),
                    (3, 'SF-1', 'p', NULL, 'x509-link', 'failed', '{\"state\":\"failed\",\"step\":\"attest\",\"reason\":\"no answer\"}', 't', 't'),
-                   (4, 'SB-1', 'p', 'SB-1', 'x509-link', 'key-ready', '{\"state\":\"key-ready\",\"registration_id\":\"SB-1\",\"material\":\"m\"}', 't', 't');
-                 INSERT INTO runs (id, unit_id, fixture, started_at) VALUES (1, 1, 'f', 't'), (2, 2, 'f', 't'), (3, 3, 'f', 't'), (4, 4, 'f', 't');
+                   (4, 'SB-1', 'p', 'SB-1', 'x509-link', 'key-ready', '{\"state\":\"key-ready\",\"registration_id\":\"SB-1\",\"material\":\"m\"}', 't', 't'),
+                   (5, 'SY-1', 'p', 'sy-1', 'symmetric-group', 'failed', '{\"state\":\"failed\",\"step\":\"verify\",\"reason\":\"no proof\"}', 't', 't');
+                 INSERT INTO runs (id, unit_id, fixture, started_at) VALUES (1, 1, 'f', 't'), (2, 2, 'f', 't'), (3, 3, 'f', 't'), (4, 4, 'f', 't'), (5, 5, 'f', 't');
                  INSERT INTO certificates (issuer_key_id, serial_hex, unit_id, registration_id, subject, profile, not_before, not_after, fingerprint_sha256, der, status, issued_at) VALUES
                    ('k', '0a', 1, 'SX-1', 'CN=SX-1', 'device', 't', 't', 'f1', x'3001', 'live', 't'),
                    ('k', '0b', 2, 'SG-1', 'CN=SG-1', 'device', 't', 't', 'f2', x'3002', 'live', 't'),
@@ -334,7 +358,7 @@ mod tests {
     fn a_unit_with_its_own_enrollment_has_it_disabled_and_its_live_certificate_revoked() {
         let (_d, mut s) = store();
         let st = StationId::new("st").unwrap();
-        let done = scrap(&mut s, &st, "sup", "SX-1", "  cracked  ").unwrap();
+        let done = scrap(&mut s, (&st, "sup"), "SX-1", "  cracked  ", None).unwrap();
         assert_eq!(done.from, "uploaded");
         assert_eq!(done.revoked, ["0a"]);
         assert!(done.cancelled.is_empty());
@@ -355,7 +379,7 @@ mod tests {
                 from: "uploaded".into()
             }
         );
-        let again = scrap(&mut s, &st, "sup", "SX-1", "other").unwrap();
+        let again = scrap(&mut s, (&st, "sup"), "SX-1", "other", None).unwrap();
         assert_eq!(again.already.as_deref(), Some("cracked"));
         assert_eq!(blocks(&s).len(), 1, "nothing queued twice");
     }
@@ -364,7 +388,7 @@ mod tests {
     fn a_group_member_gets_a_disabled_enrollment_of_its_own_made_with_its_certificate() {
         let (_d, mut s) = store();
         let st = StationId::new("st").unwrap();
-        let done = scrap(&mut s, &st, "sup", "SG-1", "dropped").unwrap();
+        let done = scrap(&mut s, (&st, "sup"), "SG-1", "dropped", None).unwrap();
         assert_eq!(done.revoked, ["0b"]);
         let queued = blocks(&s);
         assert_eq!(queued[0].0, "SG-1");
@@ -380,25 +404,54 @@ mod tests {
     }
 
     #[test]
+    fn a_group_member_that_failed_after_its_key_reached_it_is_blocked_in_its_groups_target() {
+        let (_d, mut s) = store();
+        let st = StationId::new("st").unwrap();
+        let done = scrap(
+            &mut s,
+            (&st, "sup"),
+            "SY-1",
+            "key injected, proof failed",
+            Some("local"),
+        )
+        .unwrap();
+        assert_eq!(done.from, "failed");
+        assert_eq!(done.blocks, [("local".to_owned(), "sy-1".to_owned())]);
+        let queued = blocks(&s);
+        let a = queued[0].1.attestation.as_ref().expect("an attestation");
+        assert!(a.symmetric_key.is_some() && a.x509.is_none());
+        // A unit that failed before it had a registration ID has nothing to block.
+        let done = scrap(&mut s, (&st, "sup"), "SF-1", "x", Some("local")).unwrap();
+        assert!(done.blocks.is_empty());
+    }
+
+    #[test]
     fn a_failed_unit_is_scrapped_with_nothing_to_block_and_a_busy_one_is_refused() {
         let (_d, mut s) = store();
         let st = StationId::new("st").unwrap();
-        let done = scrap(&mut s, &st, "sup", "SF-1", "scrapped after rework failed").unwrap();
+        let done = scrap(
+            &mut s,
+            (&st, "sup"),
+            "SF-1",
+            "scrapped after rework failed",
+            None,
+        )
+        .unwrap();
         assert_eq!(done.from, "failed");
         assert!(done.blocks.is_empty() && done.revoked.is_empty());
-        let busy = scrap(&mut s, &st, "sup", "SB-1", "x").unwrap_err();
+        let busy = scrap(&mut s, (&st, "sup"), "SB-1", "x", None).unwrap_err();
         assert_eq!(
             busy.to_string(),
             "unit SB-1 is being provisioned (state key-ready); abort or finish its run first, then scrap it"
         );
-        let none = scrap(&mut s, &st, "sup", "NOPE", "x").unwrap_err();
+        let none = scrap(&mut s, (&st, "sup"), "NOPE", "x", None).unwrap_err();
         assert_eq!(
             none.to_string(),
             "no unit with serial \"NOPE\" in this station's database"
         );
         let long = "x".repeat(201);
         assert!(matches!(
-            scrap(&mut s, &st, "sup", "SX-1", &long),
+            scrap(&mut s, (&st, "sup"), "SX-1", &long, None),
             Err(ScrapError::Reason)
         ));
         let u = units::by_serial(s.conn(), "SB-1").unwrap().unwrap();

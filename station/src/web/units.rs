@@ -165,10 +165,24 @@ pub async fn scrap(
     Form(form): Form<ScrapForm>,
 ) -> Result<Response, WebError> {
     let back = format!("/units/{}", path_segment(&serial));
+    let products = state.setup.products.clone();
     state
         .supervise(&who, "scrap a unit", &back, move |store, station, actor| {
-            let done = crate::line::scrap::scrap(store, station, actor, &serial, &form.reason)
-                .map_err(|e| error_text(&e))?;
+            let product = crate::line::units::by_serial(store.conn(), &serial)
+                .map_err(|e| error_text(&e))?
+                .map(|u| u.product)
+                .unwrap_or_default();
+            let group_target = products
+                .get(&product)
+                .and_then(|p| crate::line::scrap::group_target(p));
+            let done = crate::line::scrap::scrap(
+                store,
+                (station, actor),
+                &serial,
+                &form.reason,
+                group_target,
+            )
+            .map_err(|e| error_text(&e))?;
             if let Some(earlier) = done.already {
                 return Err(format!("Unit {serial} was scrapped already ({earlier})."));
             }

@@ -52,8 +52,10 @@ pub enum UnitCommand {
         #[arg(long)]
         dps: bool,
     },
-    /// Take a unit out of production (it failed a later test, was damaged or destroyed; or it
-    /// failed here and will not be retried), so that its identity can never be used: its
+    /// Take a unit out of production for good: certificates revoked, DPS told to refuse it.
+    ///
+    /// For a unit that failed a later test, was damaged or destroyed, or failed here and will
+    /// not be retried, so that its identity can never be used: its
     /// certificates are revoked, its enrollment rows that never reached DPS are cancelled, and
     /// DPS is told to refuse it (its individual enrollment disabled; for a unit a group covers,
     /// a disabled individual enrollment made for it), through the outbox like any upload. Final:
@@ -68,8 +70,9 @@ pub enum UnitCommand {
         #[command(flatten)]
         actor: ActorArg,
     },
-    /// End-of-line registration: the station registers the unit with DPS on its behalf, with
-    /// the key it can use without the unit's firmware (a symmetric-key group member's key
+    /// End-of-line registration: the station registers the unit with DPS on its behalf.
+    ///
+    /// The station registers the unit with the key it can use without the unit's firmware (a symmetric-key group member's key
     /// derived again in the HSM, an individual unit's own key read back from its enrollment in
     /// DPS, or, while the unit is on its fixture, the key in its own PKCS#11 secure element,
     /// which signs the TLS handshake there), and records DPS's answer as `station

@@ -81,7 +81,7 @@ pub enum Command {
     /// Provision one unit on one fixture from the command line (the fixture must not be run
     /// by a `station serve` at the same time).
     Provision(line::ProvisionArgs),
-    /// Look up units: one unit's whole story, or a list.
+    /// Units: one unit's whole story or a list; end-of-line registration; scrapping a unit.
     #[command(subcommand)]
     Unit(line::UnitCommand),
     /// Enrollment groups in DPS and their keys in the HSM.

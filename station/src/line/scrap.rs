@@ -120,7 +120,7 @@ pub fn scrap(
         UnitState::Registered { hub, device_id } => {
             done.registered_at = Some((hub.clone(), device_id.clone()));
         }
-        s if s.to(scrapped(reason, s)).is_err() => {
+        s if !s.scrappable() => {
             return Err(ScrapError::Busy {
                 serial: unit.serial,
                 state: s.name().to_owned(),

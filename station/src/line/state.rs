@@ -178,6 +178,13 @@ impl UnitState {
         }
     }
 
+    /// Whether the unit may be scrapped now: it passed, or failed and was not retried (it is
+    /// off its fixture and not scrapped already).
+    #[must_use]
+    pub fn scrappable(&self) -> bool {
+        self.passed() || matches!(self, UnitState::Failed { .. })
+    }
+
     /// Whether the unit passed the line (identity made, recorded; upload may still be pending).
     #[must_use]
     pub fn passed(&self) -> bool {
@@ -210,15 +217,7 @@ impl UnitState {
             (S::Uploaded { .. }, S::Uploaded { .. } | S::Registered { .. }) => true,
             // Registered again elsewhere (re-registration under another allocation).
             (S::Registered { .. }, S::Registered { .. }) => true,
-            // Out of production: a unit that passed, or failed and was not retried.
-            (
-                S::Recorded
-                | S::Queued { .. }
-                | S::Uploaded { .. }
-                | S::Registered { .. }
-                | S::Failed { .. },
-                S::Scrapped { .. },
-            ) => true,
+            (s, S::Scrapped { .. }) => s.scrappable(),
             _ => false,
         };
         if ok {

@@ -132,11 +132,7 @@ pub async fn show(
     let can_register = who.supervises()
         && matches!(r.unit.state.name(), "uploaded" | "registered")
         && on_behalf::way(&r.unit.serial, r.unit.attestation.as_deref()).is_ok();
-    let can_scrap = who.supervises()
-        && matches!(
-            r.unit.state.name(),
-            "recorded" | "queued" | "uploaded" | "registered" | "failed"
-        );
+    let can_scrap = who.supervises() && r.unit.state.scrappable();
     Ok(UnitPage {
         can_register,
         can_scrap,

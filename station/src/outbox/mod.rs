@@ -332,24 +332,18 @@ pub fn next_due(
     .map_err(sql("read next due outbox row"))
 }
 
-/// Whether outbox row `id` is still there (scrapping a unit cancels its undelivered rows).
-pub fn exists(tx: &Transaction<'_>, id: i64) -> Result<bool, StoreError> {
-    tx.prepare_cached("SELECT 1 FROM outbox WHERE id = ?1")
-        .and_then(|mut st| st.exists([id]))
-        .map_err(sql("read outbox row"))
-}
-
 /// Marks a row delivered, in the caller's transaction: its payload is erased (NULL), and the
-/// destination's version (`etag`) kept.
-pub fn mark_done(tx: &Transaction<'_>, id: i64, etag: Option<&str>) -> Result<(), StoreError> {
+/// destination's version (`etag`) kept. False when the row is gone (scrapping a unit cancels
+/// its undelivered rows).
+pub fn mark_done(tx: &Transaction<'_>, id: i64, etag: Option<&str>) -> Result<bool, StoreError> {
     let now = now_utc();
     tx.prepare_cached(
         "UPDATE outbox SET state = 'done', done_at = ?2, last_attempt_at = ?2, payload = NULL,
          etag = ?3, last_error = NULL, next_attempt_at = NULL WHERE id = ?1",
     )
     .and_then(|mut st| st.execute(params![id, now, etag]))
-    .map_err(sql("mark outbox row done"))?;
-    Ok(())
+    .map(|changed| changed == 1)
+    .map_err(sql("mark outbox row done"))
 }
 
 /// The per-row retry schedule.
@@ -772,7 +766,7 @@ mod tests {
             max: Duration::from_secs(600),
         };
         let tx = s.conn_mut().transaction().unwrap();
-        mark_done(&tx, ids[0], Some("e1")).unwrap();
+        assert!(mark_done(&tx, ids[0], Some("e1")).unwrap());
         mark_retry(&tx, ids[1], "DPS down", None, &b).unwrap();
         mark_conflict(&tx, ids[2], "not ours").unwrap();
         tx.commit().unwrap();

@@ -758,10 +758,9 @@ fn record_delivery(
         .destination
         .strip_prefix("dps:")
         .unwrap_or(&item.destination);
-    if !super::exists(tx, item.id)? {
+    if !super::mark_done(tx, item.id, Some(etag))? {
         return delivered_after_cancel(tx, station, item, target, etag);
     }
-    super::mark_done(tx, item.id, Some(etag))?;
     let now = now_utc();
     if item.kind == KIND_BLOCK {
         return record_block(tx, station, item, target, etag);

@@ -439,7 +439,7 @@ pub(super) async fn deliver_bulk(
 /// again); where DPS holds none, a disabled individual enrollment made with the payload's
 /// attestation. An enrollment already disabled counts as delivered. Also whether the target
 /// is down for the rest of the pass.
-pub(super) async fn block(
+async fn block(
     client: &ServiceClient,
     target: &str,
     p: &BlockPayload,
@@ -513,6 +513,22 @@ pub(super) async fn block(
         retry_after: None,
     };
     (o, None)
+}
+
+/// One block, as the uploader and an export's delivery send it: not tried once the target is
+/// known to be down (`down`, updated when this call finds it down).
+pub(super) async fn deliver_block(
+    client: &ServiceClient,
+    target: &str,
+    p: &BlockPayload,
+    down: &mut Option<String>,
+) -> Outcome {
+    if let Some(d) = down {
+        return super::uploader::not_reached(target, d);
+    }
+    let (outcome, now_down) = block(client, target, p).await;
+    *down = now_down;
+    outcome
 }
 
 /// The outcome for each of these group members (by its group id, in order): each group read

@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use super::dps::{
     BlockPayload, GroupMemberPayload, IndividualPayload, KIND_BLOCK, KIND_GROUP_MEMBER,
-    KIND_INDIVIDUAL, Outcome, block, deliver_bulk, destination, member_outcomes,
+    KIND_INDIVIDUAL, Outcome, deliver_block, deliver_bulk, destination, member_outcomes,
 };
 use super::uploader::{UploadError, UploadReport, Work, apply_outcome, decode};
 use super::{Backoff, Item, PayloadCipher, RowState};
@@ -1044,14 +1044,7 @@ pub async fn deliver(
     }
     // Blocks last, as the uploader sends them: an enrollment created above is disabled here.
     for (id, p) in &blocks {
-        let o = match &down {
-            Some(d) => super::uploader::not_reached(&target, d),
-            None => {
-                let (o, now_down) = block(client, &target, p).await;
-                down = now_down;
-                o
-            }
-        };
+        let o = deliver_block(client, &target, p, &mut down).await;
         out.push(ReceiptItem::from_outcome(*id, &p.registration_id, o));
     }
     for r in &out {

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::dps::{
     BlockPayload, GroupMemberPayload, IndividualPayload, KIND_BLOCK, KIND_INDIVIDUAL, KINDS,
-    Outcome, block, deliver_bulk, member_outcomes,
+    Outcome, deliver_block, deliver_bulk, member_outcomes,
 };
 use super::{Backoff, Item, PayloadCipher};
 use crate::config::{Config, Delivery};
@@ -475,15 +475,8 @@ impl<'c> Uploader<'c> {
         }
         // Blocks last: an enrollment created in this pass is disabled in the same pass.
         for (item, p) in blocks {
-            let outcome = match &down {
-                Some(d) => not_reached(target, d),
-                None => {
-                    let Some((o, now_down)) = self.block_on(block(client, target, &p)) else {
-                        return Ok(false);
-                    };
-                    down = now_down;
-                    o
-                }
+            let Some(outcome) = self.block_on(deliver_block(client, target, &p, &mut down)) else {
+                return Ok(false);
             };
             self.apply(vec![(item, outcome)], report)?;
         }

@@ -685,12 +685,7 @@ fn scrap(ctx: &Context, q: &str, reason: &str, actor: &ActorArg) -> Result<ExitC
         .map_err(|e| LineCliError::Read(e.to_string()))?
         .map(|u| u.product)
         .unwrap_or_default();
-    let dir = ctx.home.resolve(&cfg.line.products_dir);
-    let profiles = if dir.exists() {
-        crate::enroll::profile::load_dir(&dir)?
-    } else {
-        Vec::new()
-    };
+    let profiles = ctx.product_profiles(&cfg)?;
     let group_target = profiles
         .iter()
         .find(|p| p.name.as_str() == product)

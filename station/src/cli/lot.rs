@@ -60,13 +60,7 @@ pub(super) fn run(ctx: &Context, cmd: LotCommand) -> Result<ExitCode, CliError> 
         } => {
             let actor = actor.resolve()?;
             let mut store = ctx.open_store(&loaded.config)?;
-            // A home with no products directory yet has no products: the refusal says so.
-            let dir = ctx.home.resolve(&loaded.config.line.products_dir);
-            let profiles = if dir.exists() {
-                crate::enroll::profile::load_dir(&dir)?
-            } else {
-                Vec::new()
-            };
+            let profiles = ctx.product_profiles(&loaded.config)?;
             let products: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
             let lot = lots::open(
                 &mut store,

@@ -206,6 +206,19 @@ pub struct Context {
 }
 
 impl Context {
+    /// The station's product profiles; none when the products directory does not exist yet
+    /// (a fresh home), so a command can say which products there are.
+    pub fn product_profiles(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<crate::enroll::profile::Product>, CliError> {
+        let dir = self.home.resolve(&config.line.products_dir);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        Ok(crate::enroll::profile::load_dir(&dir)?)
+    }
+
     /// Loads the configuration (the home must exist).
     pub fn config(&self) -> Result<Loaded, CliError> {
         self.home.ensure_usable()?;

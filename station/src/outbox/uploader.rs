@@ -91,7 +91,11 @@ pub struct UploadReport {
 
 struct SignalInner {
     stop: AtomicBool,
-    notify: tokio::sync::Notify,
+    /// Wakes the uploader's wait between passes; only the uploader waits on it, so a wake
+    /// (a permit for one waiter) never goes to a thread that waits for the stop.
+    wake: tokio::sync::Notify,
+    /// Wakes every wait for the stop (the registration check, the uploader's DPS calls).
+    stopping: tokio::sync::Notify,
 }
 
 /// Wakes the uploader (new rows) or stops it. Cheap to clone; usable from any thread.
@@ -121,21 +125,22 @@ impl UploadSignal {
         Self {
             inner: Arc::new(SignalInner {
                 stop: AtomicBool::new(false),
-                notify: tokio::sync::Notify::new(),
+                wake: tokio::sync::Notify::new(),
+                stopping: tokio::sync::Notify::new(),
             }),
         }
     }
 
     /// New rows are waiting: look now instead of at the next interval.
     pub fn wake(&self) {
-        self.inner.notify.notify_one();
+        self.inner.wake.notify_one();
     }
 
     /// Stop: the current DPS call is abandoned (a later pass recovers it) and `run` returns.
     pub fn stop(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        self.inner.notify.notify_waiters();
-        self.inner.notify.notify_one();
+        self.inner.stopping.notify_waiters();
+        self.inner.wake.notify_one();
     }
 
     /// Whether `stop` was called.
@@ -144,10 +149,16 @@ impl UploadSignal {
         self.inner.stop.load(Ordering::SeqCst)
     }
 
+    /// Returns at the next `wake` (or one made since the last such wait returned) or `stop`.
+    /// For the uploader alone: each wake is for one waiter.
+    pub async fn woken(&self) {
+        self.inner.wake.notified().await;
+    }
+
     /// Returns once `stop` has been called.
     pub async fn stopped(&self) {
         loop {
-            let n = self.inner.notify.notified();
+            let n = self.inner.stopping.notified();
             tokio::pin!(n);
             n.as_mut().enable();
             if self.is_stopped() {
@@ -564,11 +575,10 @@ impl<'c> Uploader<'c> {
             if wait.is_zero() {
                 continue;
             }
-            let inner = signal.inner.clone();
             self.rt.block_on(async {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = inner.notify.notified() => {}
+                    () = signal.woken() => {}
                 }
             });
         }
@@ -820,4 +830,35 @@ fn record_delivery(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::UploadSignal;
+
+    fn ready(f: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+        f.poll(&mut Context::from_waker(Waker::noop())).is_ready()
+    }
+
+    /// The registration check waits for the stop on the same signal as the uploader; a wake
+    /// (new rows) must reach the uploader, not end up with the check.
+    #[test]
+    fn a_wait_for_the_stop_leaves_the_wake_to_the_uploader() {
+        let signal = UploadSignal::new();
+        let mut check = pin!(signal.stopped());
+        assert!(!ready(check.as_mut()), "nothing stopped yet");
+        signal.wake();
+        assert!(!ready(check.as_mut()), "a wake is not a stop");
+        let mut uploader = pin!(signal.woken());
+        assert!(ready(uploader.as_mut()), "the uploader gets the wake");
+        let mut again = pin!(signal.woken());
+        assert!(!ready(again.as_mut()), "one wake, one pass");
+        signal.stop();
+        assert!(ready(check.as_mut()), "the stop reaches the check");
+        assert!(ready(again.as_mut()), "and the uploader's wait");
+    }
 }

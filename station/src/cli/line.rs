@@ -246,7 +246,7 @@ pub fn serve(
                 &setup,
                 handles,
                 &board,
-                Some(&station_hsm),
+                (Some(&station_hsm), uploader.as_ref().map(|_| &signal)),
                 listener.port,
             ) {
                 Ok(s) => s,

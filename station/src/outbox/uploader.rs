@@ -836,7 +836,7 @@ fn record_delivery(
 mod signal_tests {
     use std::future::Future;
     use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
+    use std::task::{Context, Waker};
 
     use super::UploadSignal;
 

@@ -56,6 +56,9 @@ pub struct WebState {
     badge_key: Option<Arc<BadgeKey>>,
     db: Mutex<Store>,
     hsm: Option<crate::hsm::Hsm>,
+    /// Serve's uploader, woken after a supervisor's change: a requeued row or a scrapped
+    /// unit's block goes now rather than at the uploader's next interval.
+    uploader: Option<crate::outbox::UploadSignal>,
     cookie_name: String,
     /// Over HTTPS the session cookie is never sent over plain HTTP.
     secure_cookie: bool,
@@ -112,7 +115,10 @@ impl WebState {
         setup: &Arc<LineSetup>,
         running: impl IntoIterator<Item = (&'a str, &'a mpsc::Sender<FixtureJob>, &'a Arc<AtomicBool>)>,
         board: &Arc<Board>,
-        hsm: Option<&crate::hsm::Hsm>,
+        (hsm, uploader): (
+            Option<&crate::hsm::Hsm>,
+            Option<&crate::outbox::UploadSignal>,
+        ),
         port: u16,
     ) -> Result<Arc<Self>, WebStartError> {
         let mut fixtures = BTreeMap::new();
@@ -156,6 +162,7 @@ impl WebState {
                 .map(Arc::new),
             db: Mutex::new(db),
             hsm: hsm.cloned(),
+            uploader: uploader.cloned(),
             // Cookies are per host, not per port: two stations on one host keep apart.
             cookie_name: format!("station_session_{port}"),
             secure_cookie: setup.cfg.web.tls(),
@@ -213,6 +220,11 @@ impl WebState {
                     )
                 {
                     tracing::warn!(error = %crate::line::worker::error_text(&e), "could not seal the audit checkpoint with the HSM key; the hash chain still covers the new entries");
+                }
+                if done.is_ok()
+                    && let Some(uploader) = &me.uploader
+                {
+                    uploader.wake();
                 }
                 Ok::<_, WebError>(done)
             })

@@ -30,6 +30,8 @@ struct Rig {
     jobs: mpsc::Receiver<FixtureJob>,
     board: Arc<Board>,
     abort: Arc<AtomicBool>,
+    /// The uploader's signal, as serve gives it to the UI.
+    uploader: crate::outbox::UploadSignal,
 }
 
 fn rig() -> Rig {
@@ -69,7 +71,15 @@ fn rig() -> Rig {
     let board = Board::new([("fx1", "sensor-x509")]);
     let (tx, jobs) = mpsc::channel();
     let abort = Arc::new(AtomicBool::new(false));
-    let state = WebState::new(&setup, [("fx1", &tx, &abort)], &board, None, 8480).unwrap();
+    let uploader = crate::outbox::UploadSignal::new();
+    let state = WebState::new(
+        &setup,
+        [("fx1", &tx, &abort)],
+        &board,
+        (None, Some(&uploader)),
+        8480,
+    )
+    .unwrap();
     let app = router(state).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
     Rig {
         dir,
@@ -77,6 +87,7 @@ fn rig() -> Rig {
         jobs,
         board,
         abort,
+        uploader,
     }
 }
 
@@ -658,6 +669,13 @@ async fn a_supervisor_scraps_a_unit_from_its_page_with_a_reason_and_an_operator_
             .unwrap()
     };
     assert_eq!(state(&db), "uploaded");
+    let woken = |r: &Rig| {
+        let waited = std::pin::pin!(r.uploader.woken());
+        waited
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
+    };
+    assert!(!woken(&r), "nothing was queued");
 
     let (status, location, _, _) = send(
         &r.app,
@@ -683,6 +701,10 @@ async fn a_supervisor_scraps_a_unit_from_its_page_with_a_reason_and_an_operator_
     );
     assert!(!body.contains("id=\"scrap-unit\""), "scrapped once: {body}");
     assert_eq!(state(&db), "scrapped");
+    assert!(
+        woken(&r),
+        "the block goes now, not at the uploader's next interval"
+    );
     let audited: String = db
         .query_row(
             "SELECT actor FROM audit_log WHERE event = 'unit.scrap'",

@@ -2,6 +2,7 @@
 //!
 //! The folders follow the path of a unit through the station; see `README.md` for the map.
 
+pub mod backup;
 pub mod ca;
 pub mod check;
 pub mod cli;

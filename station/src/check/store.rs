@@ -70,6 +70,7 @@ pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
     if store.schema_version().ok() == Some(migrations::latest()) {
         report.lines.extend(outbox_lines(&store));
         report.lines.push(registrations_line(&store, config));
+        report.lines.push(backup_line(home, config, &store));
     }
     report.lines.push(clock_line(&store));
     report.lines.push(write_turn_line(config));
@@ -216,6 +217,59 @@ fn clock_line(store: &Store) -> CheckLine {
             "clock",
             format!("newest audit entry has an unreadable time {:?}", entry.ts),
         ),
+    }
+}
+
+/// The newest backup: how old against `[backup] every_h`, and whether it shares the
+/// database's disk. A warning when it is overdue, or when units are recorded and there is none.
+fn backup_line(home: &Home, config: &Config, store: &Store) -> CheckLine {
+    let dir = crate::backup::dir(home, config);
+    let all = match crate::store::backup::in_dir(&dir) {
+        Ok(a) => a,
+        Err(e) => return CheckLine::warn("backup", e.to_string()),
+    };
+    let every_h = config.backup.every_h;
+    let schedule = if every_h == 0 {
+        "station serve makes none ([backup] every_h = 0)".to_owned()
+    } else {
+        format!("station serve makes one every {every_h} h")
+    };
+    let Some((newest, at)) = all.last() else {
+        let units: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM units", [], |r| r.get(0))
+            .unwrap_or(0);
+        let text = format!(
+            "none in {} yet ({schedule}; `station backup` makes one now)",
+            dir.display()
+        );
+        return if units > 0 {
+            CheckLine::warn("backup", format!("{units} unit(s) recorded and {text}"))
+        } else {
+            CheckLine::ok("backup", text)
+        };
+    };
+    let age_h = (chrono::Utc::now() - *at).num_hours().max(0);
+    let name = newest
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let disk = crate::backup::same_disk(store.path(), newest)
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default();
+    let text = format!(
+        "newest {name}, {age_h} h old, {} kept in {} ({schedule}){disk}",
+        all.len(),
+        dir.display()
+    );
+    if every_h > 0 && age_h > 2 * i64::from(every_h) {
+        CheckLine::warn(
+            "backup",
+            format!(
+                "overdue: {text}; is station serve running, and can it write there? `station backup` makes one now"
+            ),
+        )
+    } else {
+        CheckLine::ok("backup", text)
     }
 }
 

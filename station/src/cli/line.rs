@@ -133,6 +133,9 @@ pub enum LineCliError {
         /// Why.
         reason: String,
     },
+    /// The home is locked (a restore under way).
+    #[error(transparent)]
+    Lock(#[from] crate::line::lock::LockError),
     /// The unit did not pass.
     #[error("{0}")]
     Unit(String),
@@ -183,6 +186,8 @@ pub fn serve(
     format: crate::logging::LogFormat,
 ) -> Result<ExitCode, CliError> {
     let setup = Arc::new(setup(ctx)?);
+    // Held while serving: a restore of the database waits for every serve to stop.
+    let _serving = crate::line::lock::ServeLock::shared(&ctx.home).map_err(LineCliError::from)?;
     let log_file = ctx.home.resolve(&setup.cfg.log.dir).join("station.log");
     crate::logging::init_daemon(format, &log_file)?;
     let names = serve::selected(&setup, &args.fixtures).map_err(LineCliError::from)?;
@@ -222,6 +227,8 @@ pub fn serve(
     };
     let registrations = serve::start_registration_check(&setup, &station_hsm, &signal)
         .map_err(LineCliError::from)?;
+    let backups =
+        serve::start_backups(&setup, &station_hsm, &signal).map_err(LineCliError::from)?;
     let board = crate::line::board::Board::new(names.iter().filter_map(|n| {
         setup
             .cfg
@@ -305,6 +312,9 @@ pub fn serve(
     }
     if let Some(r) = registrations {
         let _ = r.join();
+    }
+    if let Some(b) = backups {
+        let _ = b.join();
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("station stopped");

@@ -2,6 +2,7 @@
 //! a command parses its arguments, makes one call into the station, and prints the result.
 
 mod audit;
+mod backup;
 pub mod ca;
 mod check;
 mod group;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Back up the database now (a checked copy, taken while the station runs; `station serve`
+    /// makes one every `[backup] every_h`), list the backups, check one, or restore one.
+    Backup(backup::BackupArgs),
     /// Talk to a unit over its device link (serial, MCUmgr SMP).
     #[command(subcommand)]
     Link(link::LinkCommand),
@@ -196,6 +200,15 @@ pub enum CliError {
     /// The registration check failed.
     #[error(transparent)]
     Registrations(#[from] registrations::RegistrationsCliError),
+    /// The command line is inconsistent in a way its parser cannot see.
+    #[error("{0}")]
+    Usage(String),
+    /// A backup could not be made or read.
+    #[error(transparent)]
+    Backup(#[from] crate::store::backup::BackupError),
+    /// A restore did not happen.
+    #[error(transparent)]
+    Restore(#[from] crate::backup::RestoreError),
 }
 
 /// What every command gets: the home, and its configuration once loaded.
@@ -269,6 +282,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Init(args) => init::run(&ctx, &args),
         Command::Check => check::run(&ctx),
         Command::Audit(cmd) => audit::run(&ctx, &cmd),
+        Command::Backup(args) => backup::run(&ctx, &args),
         Command::Link(cmd) => link::run(&ctx, &cmd),
         Command::Ca(cmd) => ca::run(&ctx, &cmd),
         Command::Lot(cmd) => lot::run(&ctx, cmd),

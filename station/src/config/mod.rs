@@ -80,6 +80,9 @@ pub struct Config {
     /// The database.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Backups of the database.
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -153,6 +156,51 @@ impl Default for StoreConfig {
             realtime_write_turn: true,
         }
     }
+}
+
+/// `[backup]`: backups of the database (`crate::backup`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Directory of the backups `station serve` and `station backup` make, relative to the
+    /// home.
+    #[serde(default = "default_backup_dir")]
+    pub dir: PathBuf,
+    /// `station serve` makes a backup once the newest in `dir` is this many hours old (or
+    /// there is none); 0: only `station backup` makes them.
+    #[serde(default = "default_backup_every_h")]
+    pub every_h: u32,
+    /// Backups kept in `dir`; the oldest go first.
+    #[serde(default = "default_backup_keep")]
+    pub keep: u32,
+    /// `station serve` looks for a due backup this many seconds after it starts, not at once,
+    /// so a line's start is not slowed by a copy.
+    #[serde(default = "default_backup_start_delay_s")]
+    pub start_delay_s: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_backup_dir(),
+            every_h: default_backup_every_h(),
+            keep: default_backup_keep(),
+            start_delay_s: default_backup_start_delay_s(),
+        }
+    }
+}
+
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("backups")
+}
+fn default_backup_every_h() -> u32 {
+    24
+}
+fn default_backup_keep() -> u32 {
+    14
+}
+fn default_backup_start_delay_s() -> u64 {
+    600
 }
 
 fn default_db_path() -> PathBuf {
@@ -275,6 +323,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "store.path".into(),
                 message: "must name a file".into(),
+            });
+        }
+        if self.backup.keep == 0 {
+            return Err(ConfigError::Invalid {
+                key: "backup.keep".into(),
+                message: "must be at least 1 (set every_h = 0 for no scheduled backups)".into(),
+            });
+        }
+        if self.backup.dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "backup.dir".into(),
+                message: "must name a directory".into(),
             });
         }
         Ok(())

@@ -541,6 +541,36 @@ pub fn start_registration_check(
         .map_err(ServeError::Runtime)
 }
 
+/// Starts `station serve`'s backups (`crate::backup::schedule`) on their own thread, unless
+/// `[backup] every_h` is 0: then `None`.
+pub fn start_backups(
+    setup: &Arc<LineSetup>,
+    station_hsm: &crate::hsm::Hsm,
+    signal: &UploadSignal,
+) -> Result<Option<std::thread::JoinHandle<()>>, ServeError> {
+    let b = &setup.cfg.backup;
+    if b.every_h == 0 {
+        tracing::info!("no backups in serve ([backup] every_h = 0): run `station backup`");
+        return Ok(None);
+    }
+    tracing::info!(
+        every_h = b.every_h,
+        keep = b.keep,
+        dir = %crate::backup::dir(&setup.home, &setup.cfg).display(),
+        "backups scheduled"
+    );
+    let setup = Arc::clone(setup);
+    let hsm = station_hsm.clone();
+    let signal = signal.clone();
+    std::thread::Builder::new()
+        .name("backups".into())
+        .spawn(move || {
+            crate::backup::schedule::run(&setup.home, &setup.cfg, &hsm, &signal);
+        })
+        .map(Some)
+        .map_err(ServeError::Runtime)
+}
+
 /// A started fixture: its job queue and abort flag.
 pub struct RunningFixture {
     /// Name.

@@ -3,6 +3,7 @@
 //! to open a newer schema.
 
 pub mod audit;
+pub mod backup;
 pub mod checkpoint;
 pub mod durable;
 pub mod migrations;
@@ -47,7 +48,7 @@ pub enum StoreError {
     },
     /// The file is not a SQLite database, or is damaged.
     #[error(
-        "database {path} is damaged or is not a SQLite database; restore it from a backup (nothing was changed)"
+        "database {path} is damaged or is not a SQLite database (nothing was changed); `station backup list` shows the backups and `station backup restore FILE` puts one back"
     )]
     Corrupt {
         /// The file.
@@ -110,7 +111,6 @@ pub enum StoreError {
     },
 }
 
-/// Maps a SQLite error of an operation into a [`StoreError`].
 /// Whether SQLite refused a write because the database or its disk is full.
 #[must_use]
 pub fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -126,6 +126,7 @@ pub fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Maps a SQLite error of an operation into a [`StoreError`].
 pub(crate) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sql { op, source }
 }
@@ -320,27 +321,9 @@ impl Store {
     /// Opens an existing database without migrating it. Refuses a damaged file, a foreign
     /// database and a newer schema before anything is written to the file.
     pub fn open_unmigrated(path: &Path, cfg: &StoreConfig) -> Result<Self, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.to_path_buf()));
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // Read the version before any pragma: setting WAL on a rollback-journal file (or on a
-        // file we must refuse) would rewrite its header.
-        let found = read_version(&conn, path)?;
-        if found > migrations::latest() {
-            return Err(StoreError::NewerSchema {
-                path: path.to_path_buf(),
-                found,
-                supported: migrations::latest(),
-            });
-        }
+        // The version is read before any pragma: setting WAL on a rollback-journal file (or on
+        // a file we must refuse) would rewrite its header.
+        let conn = open_known(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("set journal_mode=WAL"))?;
         conn.pragma_update(None, "synchronous", sync_pragma(cfg.synchronous))
@@ -373,6 +356,23 @@ impl Store {
             max_pages,
             synchronous: cfg.synchronous,
             busy_timeout,
+            group: None,
+        })
+    }
+
+    /// Opens a database file as it is, read-only: nothing is migrated and no setting is
+    /// written to it (a backup being checked). Refuses a damaged file, a foreign database and a
+    /// newer schema as [`Store::open_unmigrated`] does.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let conn = open_known(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let cfg = StoreConfig::default();
+        Ok(Self {
+            checkpointer: None,
+            conn,
+            path: path.to_path_buf(),
+            max_pages: None,
+            synchronous: cfg.synchronous,
+            busy_timeout: std::time::Duration::from_millis(u64::from(cfg.busy_timeout_ms)),
             group: None,
         })
     }
@@ -535,6 +535,29 @@ impl Store {
     pub fn file_mode(&self) -> std::io::Result<u32> {
         Ok(std::fs::metadata(&self.path)?.permissions().mode() & 0o777)
     }
+}
+
+/// Opens an existing file (`flags` plus no-mutex) whose schema version this build knows,
+/// writing nothing to it.
+fn open_known(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(
+        |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    )?;
+    let found = read_version(&conn, path)?;
+    if found > migrations::latest() {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: migrations::latest(),
+        });
+    }
+    Ok(conn)
 }
 
 /// Reads the schema version; 0 for an empty file. Classifies "not a database" as corruption.

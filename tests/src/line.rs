@@ -216,6 +216,36 @@ impl LineRig {
         );
     }
 
+    /// A fixture `fx1` that makes `sensor-x509` units over the device link, with their lot
+    /// open. Its port is a stable name re-pointed at each unit as it is plugged in ([`plug`]);
+    /// returns it.
+    pub fn x509_fixture(&self) -> PathBuf {
+        self.open_lot("sensor-x509");
+        let port = self.dir.path().join("unit-port");
+        self.config(
+            "30-fixtures.toml",
+            &format!(
+                "[fixtures.fx1]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
+                port.display()
+            ),
+        );
+        port
+    }
+
+    /// `station provision --fixture fx1 --serial SERIAL --actor alice`: one unit from the
+    /// command line.
+    pub fn provision(&self, serial: &str) -> Output {
+        self.station(&[
+            "provision",
+            "--fixture",
+            "fx1",
+            "--serial",
+            serial,
+            "--actor",
+            "alice",
+        ])
+    }
+
     /// The station database.
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.home.join("station.db")).expect("open db")

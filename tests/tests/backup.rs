@@ -12,16 +12,8 @@ use std::time::{Duration, Instant};
 use station_e2e::line::{LineRig, plug};
 use station_e2e::{UnitSim, bin, station_init, text};
 
-fn provision(rig: &LineRig, serial: &str) {
-    let out = rig.station(&[
-        "provision",
-        "--fixture",
-        "fx1",
-        "--serial",
-        serial,
-        "--actor",
-        "alice",
-    ]);
+fn provisioned(rig: &LineRig, serial: &str) {
+    let out = rig.provision(serial);
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -72,21 +64,13 @@ fn serials(db: &Path) -> Vec<String> {
 #[test]
 fn a_backup_restores_the_units_it_holds_and_the_newer_database_is_set_aside() {
     let rig = LineRig::new();
-    rig.open_lot("sensor-x509");
-    let port = rig.dir.path().join("unit-port");
-    rig.config(
-        "30-fixtures.toml",
-        &format!(
-            "[fixtures.fx1]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
-            port.display()
-        ),
-    );
+    let port = rig.x509_fixture();
     let a = UnitSim::start(
         &rig.dir.path().join("a"),
         &["--serial", "SX-000001", "--model", "SX-100"],
     );
     plug(&port, &a.pty);
-    provision(&rig, "SX-000001");
+    provisioned(&rig, "SX-000001");
 
     let out = rig.station(&["backup", "--actor", "sam"]);
     let file = written(&out);
@@ -128,7 +112,7 @@ fn a_backup_restores_the_units_it_holds_and_the_newer_database_is_set_aside() {
         &["--serial", "SX-000002", "--model", "SX-100"],
     );
     plug(&port, &b.pty);
-    provision(&rig, "SX-000002");
+    provisioned(&rig, "SX-000002");
     let out = rig.station(&[
         "backup",
         "restore",

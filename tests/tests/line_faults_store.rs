@@ -4,42 +4,20 @@
 //! "database full" before anything about it is written; the units already recorded stay, the
 //! audit chain verifies, and once the limit is raised the refused unit runs.
 
-use std::process::Output;
-
 use station_e2e::line::{LineRig, plug};
 use station_e2e::{UnitSim, text};
-
-fn provision(rig: &LineRig, serial: &str) -> Output {
-    rig.station(&[
-        "provision",
-        "--fixture",
-        "fx1",
-        "--serial",
-        serial,
-        "--actor",
-        "alice",
-    ])
-}
 
 #[test]
 fn a_full_database_refuses_new_units_and_loses_nothing() {
     let rig = LineRig::new();
-    rig.open_lot("sensor-x509");
     // The fixture's port is a stable name re-pointed at each unit as it is plugged in.
-    let port = rig.dir.path().join("unit-port");
-    rig.config(
-        "30-fixtures.toml",
-        &format!(
-            "[fixtures.fx1]\nproduct = \"sensor-x509\"\nserial_port = \"{}\"\n",
-            port.display()
-        ),
-    );
+    let port = rig.x509_fixture();
     let a = UnitSim::start(
         &rig.dir.path().join("a"),
         &["--serial", "SX-000001", "--model", "SX-100"],
     );
     plug(&port, &a.pty);
-    let out = provision(&rig, "SX-000001");
+    let out = rig.provision("SX-000001");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(rig.state("SX-000001").as_deref(), Some("queued"));
 
@@ -72,7 +50,7 @@ fn a_full_database_refuses_new_units_and_loses_nothing() {
         &["--serial", "SX-000002", "--model", "SX-100"],
     );
     plug(&port, &b.pty);
-    let out = provision(&rig, "SX-000002");
+    let out = rig.provision("SX-000002");
     let said = text(&out);
     assert!(
         !out.status.success(),
@@ -98,7 +76,7 @@ fn a_full_database_refuses_new_units_and_loses_nothing() {
 
     // Room again (the limit raised): the refused unit runs, the first one was delivered too.
     rig.config("50-store.toml", "[store]\nmax_size_mb = 64\n");
-    let out = provision(&rig, "SX-000002");
+    let out = rig.provision("SX-000002");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(rig.state("SX-000002").as_deref(), Some("queued"));
     assert_eq!(rig.live_certs("SX-000002"), 1);

@@ -274,6 +274,11 @@ impl<'s> Authority<'s> {
         self.issuer.key()
     }
 
+    /// The issuer as rcgen signs with it (its name, key usages and HSM key), for CRLs.
+    pub(super) fn issuer(&self) -> &rcgen::Issuer<'static, HsmSigner<'s>> {
+        &self.issuer
+    }
+
     /// Signs and verifies a certificate for `subject` (already allowed by the profile).
     fn sign(
         &self,

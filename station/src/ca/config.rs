@@ -23,6 +23,8 @@ pub struct CaConfig {
     pub profiles_dir: PathBuf,
     /// Warn in `station check` when a CA certificate expires within this many days.
     pub expiry_warn_days: u32,
+    /// A CRL (`station ca crl`) is valid for this many days (its nextUpdate).
+    pub crl_valid_days: u32,
 }
 
 impl Default for CaConfig {
@@ -35,6 +37,7 @@ impl Default for CaConfig {
             root_cert: PathBuf::from("ca/root.pem"),
             profiles_dir: PathBuf::from("ca/profiles"),
             expiry_warn_days: 90,
+            crl_valid_days: 7,
         }
     }
 }

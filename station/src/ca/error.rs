@@ -109,6 +109,16 @@ pub enum CaError {
         /// What failed.
         problem: String,
     },
+    /// A freshly signed CRL did not verify with the CA public key: not released.
+    #[error(
+        "the signed CRL does not verify with the CA certificate's public key; it was not released"
+    )]
+    CrlSignatureCheck,
+    /// The CA certificate does not allow signing CRLs.
+    #[error(
+        "the issuing CA certificate's key usage does not include cRLSign: it cannot sign a CRL"
+    )]
+    NotCrlSigner,
     /// The serial number collided with one already issued by this CA.
     #[error("serial number already issued by this CA")]
     SerialCollision,

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod crl;
 pub mod error;
 pub mod init;
 pub mod profile;

@@ -386,3 +386,116 @@ pub fn commit_batch(
         .map_err(crate::store::sql("commit issuance transaction"))?;
     Ok(())
 }
+
+/// A CRL signed, checked and recorded.
+#[derive(Debug, Clone)]
+pub struct IssuedCrl {
+    /// Its CRL number.
+    pub number: u64,
+    /// DER.
+    pub der: Vec<u8>,
+    /// The certificates it lists.
+    pub entries: Vec<super::crl::Entry>,
+    /// Valid from.
+    pub this_update: time::OffsetDateTime,
+    /// The next CRL is due by then.
+    pub next_update: time::OffsetDateTime,
+}
+
+/// Signs `ca`'s next CRL: every certificate it issued that is revoked (a scrapped unit's) or
+/// superseded (a retried unit's) and not yet expired, valid for `valid_for`. The CRL row, an
+/// audit entry (`ca.crl`) and the keyed checkpoint are committed in one transaction before the
+/// CRL is returned, as with a certificate.
+pub fn issue_crl(
+    store: &mut Store,
+    (ca, audit_key): (&Authority<'_>, &AuditKey<'_>),
+    (station, actor): (&StationId, &str),
+    valid_for: time::Duration,
+) -> Result<IssuedCrl, CaServiceError> {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(crate::store::sql("begin the CRL transaction"))?;
+    let number: i64 = tx
+        .query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM crls", [], |r| {
+            r.get(0)
+        })
+        .map_err(crate::store::sql("read the last CRL number"))?;
+    let rows: Vec<(String, Option<String>, String)> = tx
+        .prepare(
+            "SELECT serial_hex, revoked_at, status FROM certificates
+             WHERE issuer_key_id = ?1 AND status IN ('revoked', 'superseded') AND not_after > ?2
+             ORDER BY revoked_at, serial_hex",
+        )
+        .and_then(|mut st| {
+            st.query_map(
+                rusqlite::params![ca.issuer_key_id(), rfc3339(now.unix_timestamp())],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect()
+        })
+        .map_err(crate::store::sql("read the revoked certificates"))?;
+    let entries: Vec<super::crl::Entry> = rows
+        .into_iter()
+        .filter_map(|(serial_hex, at, status)| {
+            let reason = super::crl::Reason::for_status(&status)?;
+            let revoked_at = at
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
+                .unwrap_or(now);
+            Some(super::crl::Entry {
+                serial_hex,
+                revoked_at,
+                reason,
+            })
+        })
+        .collect();
+    let next_update = now + valid_for;
+    let number_u = u64::try_from(number).unwrap_or(1);
+    let der = super::crl::sign(ca, number_u, (now, next_update), &entries)?;
+    tx.prepare(
+        "INSERT INTO crls (number, issuer_key_id, this_update, next_update, entries, der)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut st| {
+        st.execute(rusqlite::params![
+            number,
+            ca.issuer_key_id(),
+            rfc3339(now.unix_timestamp()),
+            rfc3339(next_update.unix_timestamp()),
+            i64::try_from(entries.len()).unwrap_or(i64::MAX),
+            der,
+        ])
+    })
+    .map_err(crate::store::sql("record the CRL"))?;
+    let count = |r: super::crl::Reason| entries.iter().filter(|e| e.reason == r).count();
+    audit::append(
+        &tx,
+        station,
+        &AuditEvent {
+            actor,
+            event: "ca.crl",
+            subject: &number.to_string(),
+            details: serde_json::json!({
+                "issuerKeyId": ca.issuer_key_id(),
+                "revoked": count(super::crl::Reason::Scrapped),
+                "superseded": count(super::crl::Reason::Superseded),
+                "nextUpdate": rfc3339(next_update.unix_timestamp()),
+                "sha256": hex::encode(Sha256::digest(&der)),
+            }),
+        },
+    )?;
+    audit_key.seal(&tx)?;
+    tx.commit()
+        .map_err(crate::store::sql("commit the CRL transaction"))?;
+    Ok(IssuedCrl {
+        number: number_u,
+        der,
+        entries,
+        this_update: now,
+        next_update,
+    })
+}

@@ -457,3 +457,68 @@ fn the_release_check_reads_exactly_the_signed_bytes() {
         assert!(by_int.verifies(&leaf.der), "{name}");
     }
 }
+
+#[test]
+fn a_crl_lists_each_certificate_with_its_reason_and_verifies_with_the_ca() {
+    use x509_parser::prelude::FromDer;
+    let t = two_tier();
+    let ca = Authority::load(&t.ca_session, "ca-key", t.int_der.clone(), "intermediate")
+        .expect("load CA");
+    let at = time::OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("time");
+    let entries = [
+        super::crl::Entry {
+            serial_hex: "4a01".into(),
+            revoked_at: at,
+            reason: super::crl::Reason::Scrapped,
+        },
+        super::crl::Entry {
+            serial_hex: "4b02".into(),
+            revoked_at: at,
+            reason: super::crl::Reason::Superseded,
+        },
+    ];
+    let der =
+        super::crl::sign(&ca, 7, (at, at + time::Duration::days(7)), &entries).expect("signed");
+    let (_, crl) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&der).expect("parse");
+    let int = verify::parse(&t.int_der, "intermediate").expect("int");
+    assert!(crl.verify_signature(int.public_key()).is_ok());
+    assert_eq!(crl.issuer(), int.subject());
+    assert_eq!(
+        crl.crl_number().map(ToString::to_string).as_deref(),
+        Some("7")
+    );
+    let listed: Vec<(String, String)> = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            (
+                hex::encode(r.raw_serial()),
+                r.reason_code()
+                    .map(|(_, c)| c.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("4a01".to_owned(), "CessationOfOperation".to_owned()),
+            ("4b02".to_owned(), "Superseded".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn a_crl_that_does_not_verify_is_never_released() {
+    let t = two_tier();
+    // The intermediate key signs, but the certificate in use is the root's.
+    let ca =
+        Authority::load_unchecked(&t.ca_session, "ca-key", t.root_der.clone()).expect("assembled");
+    let now = time::OffsetDateTime::now_utc();
+    let err = super::crl::sign(&ca, 1, (now, now + time::Duration::days(1)), &[])
+        .expect_err("no CRL may come out");
+    assert_eq!(
+        err.to_string(),
+        "the signed CRL does not verify with the CA certificate's public key; it was not released"
+    );
+}

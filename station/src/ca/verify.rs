@@ -166,17 +166,19 @@ pub fn days_to_expiry(cert: &X509Certificate<'_>) -> i64 {
 
 /// PEM-encodes DER certificates.
 pub fn to_pem(ders: &[&[u8]]) -> String {
+    ders.iter().map(|d| pem("CERTIFICATE", d)).collect()
+}
+
+/// One PEM block (`-----BEGIN LABEL-----`, base64 in lines of 64, `-----END LABEL-----`).
+pub fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
-    let mut out = String::new();
-    for d in ders {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = base64::engine::general_purpose::STANDARD.encode(d);
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
     }
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 

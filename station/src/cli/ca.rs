@@ -76,6 +76,21 @@ pub enum CaCommand {
         #[command(flatten)]
         actor: ActorArg,
     },
+    /// Sign the issuing CA's certificate revocation list: every certificate of it the station
+    /// no longer stands behind and not yet expired (a scrapped unit's, reason
+    /// cessationOfOperation; one a retry of its unit replaced, reason superseded). Signed in
+    /// the HSM, checked with the CA certificate, recorded and audited before it is written.
+    Crl {
+        /// Output file (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Valid for this many days (its nextUpdate) instead of `[ca] crl_valid_days`.
+        #[arg(long)]
+        days: Option<u32>,
+        /// Who signs it.
+        #[command(flatten)]
+        actor: ActorArg,
+    },
     /// List the newest issued certificates.
     ListIssued {
         /// How many.
@@ -131,6 +146,42 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
             let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
             write_out(out, verify::to_pem(&refs).as_bytes())?;
             println!("wrote {} certificates to {}", chain.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        CaCommand::Crl { out, days, actor } => {
+            let actor = actor.resolve()?;
+            let days = days.unwrap_or(cfg.ca.crl_valid_days);
+            if days == 0 {
+                return Err(CliError::Usage(
+                    "--days must be at least 1: a CRL valid for no time is expired when it is read"
+                        .into(),
+                ));
+            }
+            let mut store = ctx.open_store(cfg)?;
+            let hsm = service::open_hsm(home, cfg)?;
+            let session = service::open_ca_token(&hsm, home, cfg)?;
+            let ca = service::load_issuing(&session, home, cfg)?;
+            let audit_key =
+                AuditKey::find(&session, &cfg.ca.audit_key_label).map_err(CaError::from)?;
+            let crl = service::issue_crl(
+                &mut store,
+                (&ca, &audit_key),
+                (&cfg.station_id(), &actor),
+                time::Duration::days(i64::from(days)),
+            )?;
+            write_out(out, crate::ca::crl::to_pem(&crl.der).as_bytes())?;
+            let count = |r| crl.entries.iter().filter(|e| e.reason == r).count();
+            println!(
+                "CRL number {} written to {}: {} certificate(s) listed ({} of scrapped units, cessationOfOperation; {} replaced by a retry, superseded); valid until {}",
+                crl.number,
+                out.display(),
+                crl.entries.len(),
+                count(crate::ca::crl::Reason::Scrapped),
+                count(crate::ca::crl::Reason::Superseded),
+                crl.next_update
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
         CaCommand::ListIssued { limit } => list_issued(ctx, cfg, *limit),

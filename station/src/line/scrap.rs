@@ -147,10 +147,15 @@ pub fn scrap(
         .map_err(sql("read the unit's certificate"))?;
     done.revoked = tx
         .prepare(
-            "UPDATE certificates SET status = 'revoked'
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?2
              WHERE unit_id = ?1 AND status IN ('issued', 'live') RETURNING serial_hex",
         )
-        .and_then(|mut st| st.query_map([unit.id], |r| r.get(0))?.collect())
+        .and_then(|mut st| {
+            st.query_map(rusqlite::params![unit.id, crate::store::now_utc()], |r| {
+                r.get(0)
+            })?
+            .collect()
+        })
         .map_err(sql("revoke the unit's certificates"))?;
     done.cancelled = tx
         .prepare(

@@ -332,9 +332,10 @@ pub fn begin(
         }
         let certs = tx
             .prepare_cached(
-                "UPDATE certificates SET status = 'superseded' WHERE unit_id = ?1 AND status = 'issued'",
+                "UPDATE certificates SET status = 'superseded', revoked_at = ?2
+                 WHERE unit_id = ?1 AND status = 'issued'",
             )
-            .and_then(|mut st| st.execute([unit.id]))
+            .and_then(|mut st| st.execute(params![unit.id, now]))
             .map_err(sql("supersede certificates"))?;
         let run_id = insert_run(tx, unit.id, new, &now)?;
         let (tag, data) = encode_state(&UnitState::Scanned);

@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "certificate_status_check",
         sql: include_str!("migrations/0011_certificate_status_check.sql"),
     },
+    Migration {
+        version: 12,
+        name: "certificate_revocation",
+        sql: include_str!("migrations/0012_certificate_revocation.sql"),
+    },
 ];
 
 /// The schema version this build of the station writes.

@@ -177,6 +177,12 @@ pub fn sync_dir(file: &Path) -> std::io::Result<()> {
 
 /// Opens `path` read-only and checks it ([`check_store`]).
 pub fn check(path: &Path) -> Result<Contents, BackupError> {
+    if !path.is_file() {
+        return Err(BackupError::Unusable {
+            path: path.to_path_buf(),
+            why: "there is no such file".into(),
+        });
+    }
     let store = Store::open_read_only(path).map_err(|e| BackupError::Unusable {
         path: path.to_path_buf(),
         why: e.to_string(),
@@ -410,6 +416,11 @@ mod tests {
         std::fs::write(&empty, b"").unwrap();
         let e = check(&empty).unwrap_err().to_string();
         assert!(e.ends_with("it is an empty database"), "{e}");
+        let e = check(&dir.path().join("gone.db")).unwrap_err().to_string();
+        assert!(
+            e.ends_with("is not a usable station backup: there is no such file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -35,6 +35,13 @@ fn the_crl_lists_scrapped_and_replaced_certificates_and_openssl_refuses_them() {
     let rig = LineRig::new();
     let port = rig.x509_fixture();
     let d = rig.dir.path();
+    // The plant publishes the CRL at a URL its certificates name (the home's device profile).
+    let profile = rig.home.join("ca/profiles/device.toml");
+    let edited = std::fs::read_to_string(&profile).unwrap().replace(
+        "crl_urls = []",
+        "crl_urls = [\"http://pki.plant.example/station-ca.crl\"]",
+    );
+    std::fs::write(&profile, edited).unwrap();
 
     // SX-000001 passes, then fails a later test: scrapped, its certificate revoked.
     let a = UnitSim::start(
@@ -81,6 +88,19 @@ fn the_crl_lists_scrapped_and_replaced_certificates_and_openssl_refuses_them() {
     let revoked = cert_pem(&rig, "SX-000001", "revoked", &d.join("revoked.pem"));
     let superseded = cert_pem(&rig, "SX-000002", "superseded", &d.join("superseded.pem"));
     cert_pem(&rig, "SX-000002", "live", &d.join("live.pem"));
+
+    let shown = text(&openssl(&[
+        "x509",
+        "-in",
+        d.join("live.pem").to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]));
+    assert!(
+        shown.contains("X509v3 CRL Distribution Points")
+            && shown.contains("URI:http://pki.plant.example/station-ca.crl"),
+        "{shown}"
+    );
 
     let chain = d.join("chain.pem");
     let out = rig.station(&["ca", "chain", "--out", chain.to_str().unwrap()]);

@@ -117,6 +117,11 @@ fn params(
     // `openssl verify -x509_strict` rejects a non-root certificate without an AKI, and
     // rcgen adds one only when asked. Self-signed roots get an SKI from `is_ca` instead.
     p.use_authority_key_identifier_extension = profile.kind != ProfileKind::Root;
+    if !profile.crl_urls.is_empty() {
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: profile.crl_urls.clone(),
+        }];
+    }
     (p, not_before.unix_timestamp(), not_after.unix_timestamp())
 }
 

@@ -127,6 +127,11 @@ pub struct Profile {
     /// Smallest RSA modulus accepted.
     #[serde(default = "default_min_rsa_bits")]
     pub min_rsa_bits: usize,
+    /// Where relying parties fetch the issuing CA's CRL (`station ca crl`, published there by
+    /// the plant): written into each certificate as its CRL distribution point. None: no
+    /// such extension.
+    #[serde(default)]
+    pub crl_urls: Vec<String>,
     /// Subject template.
     #[serde(default)]
     pub subject: SubjectTemplate,
@@ -164,6 +169,21 @@ impl Profile {
         }
         if p.min_rsa_bits < 2048 {
             return Err(bad("min_rsa_bits below 2048 is not allowed".into()));
+        }
+        if p.kind == ProfileKind::Root && !p.crl_urls.is_empty() {
+            return Err(bad(
+                "crl_urls is for the certificates a CA issues; a root has no issuer's CRL".into(),
+            ));
+        }
+        for url in &p.crl_urls {
+            let scheme_ok = ["http://", "https://", "ldap://"]
+                .iter()
+                .any(|s| url.len() > s.len() && url.starts_with(s));
+            if !scheme_ok || url.len() > 1024 || !url.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(bad(format!(
+                    "crl_urls entry {url:?} is not a URL a relying party can fetch (http://, https:// or ldap://, printable ASCII, at most 1024 characters)"
+                )));
+            }
         }
         Ok(p)
     }
@@ -284,6 +304,40 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "certificate profile \"bad\" is invalid: a leaf profile must not have keyCertSign"
+        );
+    }
+
+    #[test]
+    fn crl_urls_must_be_fetchable_and_not_on_a_root() {
+        let leaf = |urls: &str| {
+            Profile::parse(
+                "dev",
+                &format!(
+                    "description = \"x\"\nkind = \"leaf\"\nvalidity_days = 1\nkey_usage = [\"digitalSignature\"]\nallowed_keys = [\"p256\"]\ncrl_urls = {urls}\n"
+                ),
+            )
+        };
+        let ok = leaf("[\"http://pki.example.com/station-ca.crl\"]").expect("fine");
+        assert_eq!(ok.crl_urls, ["http://pki.example.com/station-ca.crl"]);
+        for bad in [
+            "[\"pki.example.com/ca.crl\"]",
+            "[\"http://a b\"]",
+            "[\"http://\"]",
+        ] {
+            let e = leaf(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("is not a URL a relying party can fetch"),
+                "{bad}: {e}"
+            );
+        }
+        let root = Profile::parse(
+            "root",
+            "description = \"x\"\nkind = \"root\"\nvalidity_days = 1\nkey_usage = [\"keyCertSign\", \"cRLSign\"]\nallowed_keys = [\"p256\"]\ncrl_urls = [\"http://x/y.crl\"]\n",
+        )
+        .expect_err("refused");
+        assert!(
+            root.to_string().contains("a root has no issuer's CRL"),
+            "{root}"
         );
     }
 

@@ -234,3 +234,64 @@ fn the_crl_lists_scrapped_and_replaced_certificates_and_openssl_refuses_them() {
     let out = rig.station(&["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `[ca] crl_file`: `station serve` signs the CRL into the file when it starts, for the
+/// plant's web server to publish; `station check` reports it.
+#[test]
+fn serve_publishes_the_crl_into_the_configured_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("station");
+    station_e2e::station_init(&home);
+    std::fs::write(
+        home.join("config.d/50-crl.toml"),
+        "[ca]\ncrl_file = \"public/station-ca.crl\"\n",
+    )
+    .unwrap();
+    let station = |args: &[&str]| {
+        Command::new(station_e2e::bin("station"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .env_remove("SOFTHSM2_CONF")
+            .output()
+            .unwrap()
+    };
+    let mut serve = Command::new(station_e2e::bin("station"))
+        .arg("--home")
+        .arg(&home)
+        .arg("serve")
+        .env_remove("SOFTHSM2_CONF")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let published = home.join("public/station-ca.crl");
+    let ok = station_e2e::line::poll_until(60, || {
+        std::fs::read_to_string(&published).is_ok_and(|t| t.ends_with("-----END X509 CRL-----\n"))
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(serve.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = serve.wait();
+    assert!(ok, "serve published no CRL");
+    let chain = dir.path().join("chain.pem");
+    let out = station(&["ca", "chain", "--out", chain.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let verified = openssl(&[
+        "crl",
+        "-in",
+        published.to_str().unwrap(),
+        "-CAfile",
+        chain.to_str().unwrap(),
+        "-noout",
+    ]);
+    assert!(text(&verified).contains("verify OK"), "{}", text(&verified));
+    let listed = text(&station(&["audit", "list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("station") && l.contains("ca.crl")),
+        "{listed}"
+    );
+    let checked = text(&station(&["check"]));
+    assert!(checked.contains("CRL number 1, valid until"), "{checked}");
+}

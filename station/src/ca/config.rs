@@ -25,6 +25,9 @@ pub struct CaConfig {
     pub expiry_warn_days: u32,
     /// A CRL (`station ca crl`) is valid for this many days (its nextUpdate).
     pub crl_valid_days: u32,
+    /// `station serve` keeps the issuing CA's CRL here (PEM), renewed when a certificate is
+    /// revoked or half its validity is gone; empty: not published by serve.
+    pub crl_file: PathBuf,
 }
 
 impl Default for CaConfig {
@@ -38,6 +41,7 @@ impl Default for CaConfig {
             profiles_dir: PathBuf::from("ca/profiles"),
             expiry_warn_days: 90,
             crl_valid_days: 7,
+            crl_file: PathBuf::new(),
         }
     }
 }

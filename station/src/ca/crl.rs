@@ -122,3 +122,28 @@ pub fn sign(
 pub fn to_pem(der: &[u8]) -> String {
     verify::pem("X509 CRL", der)
 }
+
+/// Writes a CRL as PEM to `path` whole: into `path.new`, synced, then renamed over `path`,
+/// so a web server publishing the file never serves half of one. Readable by all (a CRL is
+/// public).
+pub fn write_file(path: &std::path::Path, der: &[u8]) -> Result<(), CaError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| CaError::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(to_pem(der).as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}

@@ -7,6 +7,7 @@ pub mod crl;
 pub mod error;
 pub mod init;
 pub mod profile;
+pub mod publish;
 pub mod request;
 pub mod service;
 pub mod verify;

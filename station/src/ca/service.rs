@@ -499,3 +499,101 @@ pub fn issue_crl(
         next_update,
     })
 }
+
+/// The newest CRL the station signed, and how it stands against the certificates now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlState {
+    /// Its CRL number.
+    pub number: i64,
+    /// Its thisUpdate (RFC 3339).
+    pub this_update: String,
+    /// Its nextUpdate (RFC 3339).
+    pub next_update: String,
+    /// Its CA's certificates the station no longer stands behind (revoked or superseded, not
+    /// expired) that it does not list.
+    pub unlisted: usize,
+}
+
+impl CrlState {
+    /// Why a new CRL should be signed at `now` (RFC 3339), if it should: a certificate it
+    /// does not list, or half its validity gone (relying parties refuse every certificate
+    /// once a CRL they rely on has expired).
+    #[must_use]
+    pub fn renew_why(&self, now: &str) -> Option<String> {
+        if self.unlisted > 0 {
+            return Some(format!(
+                "{} certificate(s) revoked or superseded since CRL number {} ({})",
+                self.unlisted, self.number, self.this_update
+            ));
+        }
+        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+        let (Some(from), Some(until), Some(now)) =
+            (t(&self.this_update), t(&self.next_update), t(now))
+        else {
+            return Some(format!("CRL number {} has unreadable dates", self.number));
+        };
+        if now >= until {
+            Some(format!(
+                "CRL number {} expired at {}",
+                self.number, self.next_update
+            ))
+        } else if now >= from + (until - from) / 2 {
+            Some(format!(
+                "CRL number {} is past half its validity (until {})",
+                self.number, self.next_update
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The newest CRL signed (by the CA with key ID `issuer`, or by any), if any.
+pub fn newest_crl(
+    conn: &rusqlite::Connection,
+    issuer: Option<&str>,
+) -> Result<Option<CrlState>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let newest: Option<(i64, String, String, String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT number, this_update, next_update, issuer_key_id, der FROM crls
+             WHERE ?1 IS NULL OR issuer_key_id = ?1 ORDER BY number DESC LIMIT 1",
+            [issuer],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()
+        .map_err(crate::store::sql("read the newest CRL"))?;
+    let Some((number, this_update, next_update, issuer, der)) = newest else {
+        return Ok(None);
+    };
+    // Read back from the CRL itself: what it lists is what relying parties see.
+    let listed: std::collections::HashSet<String> = {
+        use x509_parser::prelude::FromDer;
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+            .map(|(_, crl)| {
+                crl.iter_revoked_certificates()
+                    .map(|r| hex::encode(r.raw_serial()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let gone: Vec<String> = conn
+        .prepare(
+            "SELECT serial_hex FROM certificates WHERE issuer_key_id = ?1
+             AND status IN ('revoked', 'superseded') AND not_after > ?2",
+        )
+        .and_then(|mut st| {
+            st.query_map(
+                rusqlite::params![issuer, rfc3339(chrono::Utc::now().timestamp())],
+                |r| r.get(0),
+            )?
+            .collect()
+        })
+        .map_err(crate::store::sql("read the revoked certificates"))?;
+    Ok(Some(CrlState {
+        number,
+        this_update,
+        next_update,
+        unlisted: gone.iter().filter(|s| !listed.contains(*s)).count(),
+    }))
+}

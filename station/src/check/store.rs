@@ -1,7 +1,5 @@
 //! Checks of the database: opens, schema current, integrity, audit chain, clock.
 
-use rusqlite::OptionalExtension;
-
 use super::{CheckLine, Report};
 use crate::config::Config;
 use crate::home::Home;
@@ -73,7 +71,7 @@ pub(super) fn run(home: &Home, config: &Config, report: &mut Report) {
         report.lines.extend(outbox_lines(&store));
         report.lines.push(registrations_line(&store, config));
         report.lines.push(backup_line(home, config, &store));
-        report.lines.push(crl_line(&store));
+        report.lines.push(crl_line(&store, config));
     }
     report.lines.push(clock_line(&store));
     report.lines.push(write_turn_line(config));
@@ -279,68 +277,39 @@ fn backup_line(home: &Home, config: &Config, store: &Store) -> CheckLine {
 /// The newest CRL (`station ca crl`): a warning once it is past its nextUpdate, or when
 /// certificates were revoked or superseded after it was signed. None signed is fine: relying
 /// parties that check revocation need one, DPS does not.
-fn crl_line(store: &Store) -> CheckLine {
-    let newest: Option<(i64, String, String, String, Vec<u8>)> = match store
-        .conn()
-        .query_row(
-            "SELECT number, this_update, next_update, issuer_key_id, der FROM crls
-             ORDER BY number DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()
-    {
-        Ok(n) => n,
+fn crl_line(store: &Store, config: &Config) -> CheckLine {
+    let state = match crate::ca::service::newest_crl(store.conn(), None) {
+        Ok(s) => s,
         Err(e) => return CheckLine::fail("crl", e.to_string()),
     };
-    let Some((number, this_update, next_update, issuer, der)) = newest else {
+    let publishing = !config.ca.crl_file.as_os_str().is_empty();
+    let Some(state) = state else {
         return CheckLine::ok(
             "crl",
-            "none signed (`station ca crl --out FILE` signs one for relying parties that check revocation)",
+            if publishing {
+                "none signed yet: station serve signs one into [ca] crl_file when it starts"
+            } else {
+                "none signed (`station ca crl --out FILE` signs one for relying parties that check revocation)"
+            },
         );
     };
     let now = crate::store::now_utc();
-    // The CA's certificates the station no longer stands behind that this CRL does not list.
-    let listed: std::collections::HashSet<String> = {
-        use x509_parser::prelude::FromDer;
-        x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
-            .map(|(_, crl)| {
-                crl.iter_revoked_certificates()
-                    .map(|r| hex::encode(r.raw_serial()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let renew = if publishing {
+        "station serve renews it within minutes while it runs ([ca] crl_file)"
+    } else {
+        "sign and publish a new one: `station ca crl --out FILE`"
     };
-    let since = store
-        .conn()
-        .prepare(
-            "SELECT serial_hex FROM certificates WHERE issuer_key_id = ?1
-             AND status IN ('revoked', 'superseded') AND not_after > ?2",
-        )
-        .and_then(|mut st| {
-            st.query_map([&issuer, &now], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map(|serials| serials.iter().filter(|s| !listed.contains(*s)).count())
-        .unwrap_or(0);
-    let renew = "sign and publish a new one: `station ca crl --out FILE`";
-    if next_update.as_str() < now.as_str() {
-        CheckLine::warn(
-            "crl",
-            format!("CRL number {number} expired at {next_update}; {renew}"),
-        )
-    } else if since > 0 {
-        CheckLine::warn(
+    match state.renew_why(&now) {
+        Some(why) if state.unlisted > 0 || state.next_update.as_str() <= now.as_str() => {
+            CheckLine::warn("crl", format!("{why}; {renew}"))
+        }
+        _ => CheckLine::ok(
             "crl",
             format!(
-                "{since} certificate(s) revoked or superseded since CRL number {number} ({this_update}); {renew}"
+                "CRL number {}, valid until {}",
+                state.number, state.next_update
             ),
-        )
-    } else {
-        CheckLine::ok(
-            "crl",
-            format!("CRL number {number}, valid until {next_update}"),
-        )
+        ),
     }
 }
 

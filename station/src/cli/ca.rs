@@ -169,7 +169,7 @@ pub fn run(ctx: &Context, cmd: &CaCommand) -> Result<ExitCode, CliError> {
                 (&cfg.station_id(), &actor),
                 time::Duration::days(i64::from(days)),
             )?;
-            write_out(out, crate::ca::crl::to_pem(&crl.der).as_bytes())?;
+            crate::ca::crl::write_file(out, &crl.der)?;
             let count = |r| crl.entries.iter().filter(|e| e.reason == r).count();
             println!(
                 "CRL number {} written to {}: {} certificate(s) listed ({} of scrapped units, cessationOfOperation; {} replaced by a retry, superseded); valid until {}",

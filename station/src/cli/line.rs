@@ -229,6 +229,8 @@ pub fn serve(
         .map_err(LineCliError::from)?;
     let backups =
         serve::start_backups(&setup, &station_hsm, &signal).map_err(LineCliError::from)?;
+    let crl =
+        serve::start_crl_publication(&setup, &station_hsm, &signal).map_err(LineCliError::from)?;
     let board = crate::line::board::Board::new(names.iter().filter_map(|n| {
         setup
             .cfg
@@ -313,8 +315,8 @@ pub fn serve(
     if let Some(r) = registrations {
         let _ = r.join();
     }
-    if let Some(b) = backups {
-        let _ = b.join();
+    for t in [backups, crl].into_iter().flatten() {
+        let _ = t.join();
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     tracing::info!("station stopped");

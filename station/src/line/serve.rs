@@ -559,16 +559,45 @@ pub fn start_backups(
         dir = %crate::backup::dir(&setup.home, &setup.cfg).display(),
         "backups scheduled"
     );
+    spawn_job(
+        setup,
+        station_hsm,
+        signal,
+        "backups",
+        crate::backup::schedule::run,
+    )
+    .map(Some)
+}
+
+/// Runs `job` (home, configuration, the station's HSM, the stop signal) on a thread of its
+/// own named `name`.
+fn spawn_job(
+    setup: &Arc<LineSetup>,
+    station_hsm: &crate::hsm::Hsm,
+    signal: &UploadSignal,
+    name: &str,
+    job: fn(&crate::home::Home, &crate::config::Config, &crate::hsm::Hsm, &UploadSignal),
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let setup = Arc::clone(setup);
     let hsm = station_hsm.clone();
     let signal = signal.clone();
     std::thread::Builder::new()
-        .name("backups".into())
-        .spawn(move || {
-            crate::backup::schedule::run(&setup.home, &setup.cfg, &hsm, &signal);
-        })
-        .map(Some)
+        .name(name.into())
+        .spawn(move || job(&setup.home, &setup.cfg, &hsm, &signal))
         .map_err(ServeError::Runtime)
+}
+
+/// Starts `station serve`'s CRL publication (`crate::ca::publish`) on its own thread, when
+/// `[ca] crl_file` is set; else `None`.
+pub fn start_crl_publication(
+    setup: &Arc<LineSetup>,
+    station_hsm: &crate::hsm::Hsm,
+    signal: &UploadSignal,
+) -> Result<Option<std::thread::JoinHandle<()>>, ServeError> {
+    if setup.cfg.ca.crl_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    spawn_job(setup, station_hsm, signal, "crl", crate::ca::publish::run).map(Some)
 }
 
 /// A started fixture: its job queue and abort flag.

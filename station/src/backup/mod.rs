@@ -160,6 +160,96 @@ pub fn make(
     })
 }
 
+/// Where a station's backups stand: the newest, how many, against `[backup] every_h`. Shown
+/// by `station check` and the web UI's Upload page.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The backup directory.
+    pub dir: PathBuf,
+    /// The newest backup and when it was taken.
+    pub newest: Option<(PathBuf, chrono::DateTime<Utc>)>,
+    /// Backups in the directory.
+    pub kept: usize,
+    /// `[backup] every_h`.
+    pub every_h: u32,
+    /// Units the database holds.
+    pub units: i64,
+}
+
+impl Status {
+    /// Reads the backup directory, and the unit count from `conn`.
+    pub fn read(
+        home: &Home,
+        cfg: &Config,
+        conn: &rusqlite::Connection,
+    ) -> Result<Self, BackupError> {
+        let dir = dir(home, cfg);
+        let mut all = file::in_dir(&dir)?;
+        let units = conn
+            .query_row("SELECT count(*) FROM units", [], |r| r.get(0))
+            .map_err(crate::store::sql("count units"))?;
+        Ok(Self {
+            kept: all.len(),
+            newest: all.pop(),
+            dir,
+            every_h: cfg.backup.every_h,
+            units,
+        })
+    }
+
+    /// How serve makes backups.
+    #[must_use]
+    pub fn schedule(&self) -> String {
+        if self.every_h == 0 {
+            "station serve makes none ([backup] every_h = 0)".to_owned()
+        } else {
+            format!("station serve makes one every {} h", self.every_h)
+        }
+    }
+
+    /// What there is, in one line.
+    #[must_use]
+    pub fn summary(&self, now: chrono::DateTime<Utc>) -> String {
+        match &self.newest {
+            None => format!(
+                "none in {} yet ({}; `station backup` makes one now)",
+                self.dir.display(),
+                self.schedule()
+            ),
+            Some((path, at)) => format!(
+                "newest {}, {} h old, {} kept in {} ({})",
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                (now - *at).num_hours().max(0),
+                self.kept,
+                self.dir.display(),
+                self.schedule()
+            ),
+        }
+    }
+
+    /// Why someone should look, if they should: units recorded and no backup, or the newest
+    /// more than twice `every_h` old.
+    #[must_use]
+    pub fn warning(&self, now: chrono::DateTime<Utc>) -> Option<String> {
+        match &self.newest {
+            None if self.units > 0 => {
+                Some(format!("{} unit(s) recorded and no backup", self.units))
+            }
+            None => None,
+            Some((_, at)) => {
+                let age_h = (now - *at).num_hours();
+                (self.every_h > 0 && age_h > 2 * i64::from(self.every_h)).then(|| {
+                    format!(
+                        "overdue: the newest backup is {age_h} h old; is station serve running, and can it write to {}?",
+                        self.dir.display()
+                    )
+                })
+            }
+        }
+    }
+}
+
 /// A note when the backup is on the database's own disk.
 pub fn same_disk(db: &Path, backup: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;

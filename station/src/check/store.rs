@@ -224,53 +224,21 @@ fn clock_line(store: &Store) -> CheckLine {
 /// The newest backup: how old against `[backup] every_h`, and whether it shares the
 /// database's disk. A warning when it is overdue, or when units are recorded and there is none.
 fn backup_line(home: &Home, config: &Config, store: &Store) -> CheckLine {
-    let dir = crate::backup::dir(home, config);
-    let all = match crate::store::backup::in_dir(&dir) {
-        Ok(a) => a,
+    let st = match crate::backup::Status::read(home, config, store.conn()) {
+        Ok(s) => s,
         Err(e) => return CheckLine::warn("backup", e.to_string()),
     };
-    let every_h = config.backup.every_h;
-    let schedule = if every_h == 0 {
-        "station serve makes none ([backup] every_h = 0)".to_owned()
-    } else {
-        format!("station serve makes one every {every_h} h")
-    };
-    let Some((newest, at)) = all.last() else {
-        let units: i64 = store
-            .conn()
-            .query_row("SELECT count(*) FROM units", [], |r| r.get(0))
-            .unwrap_or(0);
-        let text = format!(
-            "none in {} yet ({schedule}; `station backup` makes one now)",
-            dir.display()
-        );
-        return if units > 0 {
-            CheckLine::warn("backup", format!("{units} unit(s) recorded and {text}"))
-        } else {
-            CheckLine::ok("backup", text)
-        };
-    };
-    let age_h = (chrono::Utc::now() - *at).num_hours().max(0);
-    let name = newest
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let disk = crate::backup::same_disk(store.path(), newest)
+    let now = chrono::Utc::now();
+    let disk = st
+        .newest
+        .as_ref()
+        .and_then(|(newest, _)| crate::backup::same_disk(store.path(), newest))
         .map(|n| format!("; {n}"))
         .unwrap_or_default();
-    let text = format!(
-        "newest {name}, {age_h} h old, {} kept in {} ({schedule}){disk}",
-        all.len(),
-        dir.display()
-    );
-    if every_h > 0 && age_h > 2 * i64::from(every_h) {
-        CheckLine::warn(
-            "backup",
-            format!(
-                "overdue: {text}; is station serve running, and can it write there? `station backup` makes one now"
-            ),
-        )
-    } else {
-        CheckLine::ok("backup", text)
+    let text = format!("{}{disk}", st.summary(now));
+    match st.warning(now) {
+        Some(w) => CheckLine::warn("backup", format!("{w}: {text}")),
+        None => CheckLine::ok("backup", text),
     }
 }
 

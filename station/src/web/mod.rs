@@ -278,6 +278,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/outbox", get(outbox::page))
         .route("/outbox/{id}/requeue", post(outbox::requeue))
         .route("/outbox/registrations", post(outbox::check_registrations))
+        .route("/outbox/backup", post(outbox::backup_now))
         .route("/static/station.css", get(assets::css))
         .route("/static/station.js", get(assets::js))
         .layer(axum::middleware::from_fn(session::same_origin))

@@ -1,7 +1,8 @@
 //! `/outbox`: the upload to DPS as `station upload --status` shows it (queues per destination,
 //! conflicts, exports travelling), where the uploaded units stand with DPS (registered, not yet,
 //! refused and why, as the registration checks recorded it), a supervisor's requeue of a
-//! conflict they resolved, and a supervisor's "Ask DPS now" (`station registrations`).
+//! conflict they resolved, a supervisor's "Ask DPS now" (`station registrations`), and the
+//! station's backups with a supervisor's "Back up now" (`station backup`).
 
 use std::sync::Arc;
 
@@ -26,6 +27,10 @@ struct OutboxPage {
     registrations: check::Summary,
     /// `[registrations] check_every_s` (0: serve does not ask).
     check_every_s: u64,
+    /// The backups, in one line.
+    backup: String,
+    /// Why someone should look at the backups, if they should.
+    backup_warning: Option<String>,
 }
 
 /// `GET /outbox`
@@ -33,15 +38,24 @@ pub async fn page(
     State(state): State<Arc<WebState>>,
     who: SignedIn,
 ) -> Result<impl IntoResponse, WebError> {
-    let (status, registrations) = state
-        .read(|conn| {
+    let setup = Arc::clone(&state.setup);
+    let (status, registrations, backups) = state
+        .read(move |conn| {
             Ok((
                 outbox::status(conn)?,
                 check::summary(conn).map_err(crate::store::sql("read the registration answers"))?,
+                crate::backup::Status::read(&setup.home, &setup.cfg, conn),
             ))
         })
         .await?;
+    let now = chrono::Utc::now();
+    let (backup, backup_warning) = match backups {
+        Ok(b) => (b.summary(now), b.warning(now)),
+        Err(e) => (String::new(), Some(e.to_string())),
+    };
     Ok(OutboxPage {
+        backup,
+        backup_warning,
         check_every_s: state.setup.cfg.registrations.check_every_s,
         registrations,
         supervises: who.supervises(),
@@ -136,5 +150,56 @@ pub async fn check_registrations(
                 Ok(text + ".")
             },
         )
+        .await
+}
+
+/// `POST /outbox/backup`: a supervisor's backup of the station database now, as `station
+/// backup` makes it (checked, the keyed checkpoint against the HSM key, audited under their
+/// name, the oldest pruned).
+pub async fn backup_now(
+    State(state): State<Arc<WebState>>,
+    who: SignedIn,
+) -> Result<Response, WebError> {
+    let setup = Arc::clone(&state.setup);
+    let hsm = state.hsm.clone();
+    state
+        .supervise(&who, "back up the database", "/outbox", move |store, station, actor| {
+            let (home, cfg) = (&setup.home, &setup.cfg);
+            let session = hsm
+                .as_ref()
+                .ok_or_else(|| "the station HSM is not open".to_owned())
+                .and_then(|h| {
+                    crate::ca::service::open_ca_token(h, home, cfg)
+                        .map_err(|e| crate::line::worker::error_text(&e))
+                });
+            let key = session.as_ref().map_err(Clone::clone).and_then(|s| {
+                crate::ca::service::AuditKey::find(s, &cfg.ca.audit_key_label)
+                    .map_err(|e| crate::line::worker::error_text(&e))
+            });
+            let made = crate::backup::make(
+                store,
+                (home, cfg),
+                None,
+                (station, actor),
+                key.as_ref().map_err(Clone::clone),
+            )
+            .map_err(|e| crate::line::worker::error_text(&e))?;
+            let name = made
+                .written
+                .path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let text = format!(
+                "Backup {name} written: {} unit(s), {} certificate(s); integrity ok, audit chain intact, {}.",
+                made.written.contents.units,
+                made.written.contents.certificates,
+                made.keyed.describe()
+            );
+            if made.keyed.is_broken() {
+                Err(text)
+            } else {
+                Ok(text)
+            }
+        })
         .await
 }

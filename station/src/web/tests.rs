@@ -139,6 +139,16 @@ async fn sign_in(app: &axum::Router) -> String {
     sign_in_as(app, "ann").await
 }
 
+/// Who the audit log says did `event` (the one entry of that event).
+fn audit_actor(db: &rusqlite::Connection, event: &str) -> String {
+    db.query_row(
+        "SELECT actor FROM audit_log WHERE event = ?1",
+        [event],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 /// Signs `user` in with the password.
 async fn sign_in_as(app: &axum::Router, user: &str) -> String {
     let (status, location, cookie, _) = send(
@@ -705,12 +715,58 @@ async fn a_supervisor_scraps_a_unit_from_its_page_with_a_reason_and_an_operator_
         woken(&r),
         "the block goes now, not at the uploader's next interval"
     );
-    let audited: String = db
-        .query_row(
-            "SELECT actor FROM audit_log WHERE event = 'unit.scrap'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let audited = audit_actor(&db, "unit.scrap");
     assert_eq!(audited, "sam");
+}
+
+/// The Upload page's backups: where they stand, and a supervisor's "Back up now" (`station
+/// backup`), audited under their name; an operator is refused.
+#[tokio::test]
+async fn a_supervisor_backs_up_the_database_from_the_upload_page() {
+    let r = rig();
+    let ann = sign_in(&r.app).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&ann))).await;
+    assert!(
+        body.contains("id=\"backup-status\">none in ") && !body.contains("id=\"backup-now\""),
+        "{body}"
+    );
+    send(&r.app, post("/outbox/backup", "", Some(&ann))).await;
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&ann))).await;
+    assert!(
+        body.contains("Only a supervisor can back up the database"),
+        "{body}"
+    );
+    let backups = r.dir.path().join("backups");
+    assert!(crate::store::backup::in_dir(&backups).unwrap().is_empty());
+
+    let sam = sign_in_as(&r.app, "sam").await;
+    let (status, location, _, _) = send(&r.app, post("/outbox/backup", "", Some(&sam))).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/outbox"))
+    );
+    let (_, _, _, body) = send(&r.app, get("/outbox", Some(&sam))).await;
+    let made = crate::store::backup::in_dir(&backups).unwrap();
+    assert_eq!(made.len(), 1, "{body}");
+    let name = made[0]
+        .0
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        body.contains(&format!(
+            "class=\"banner pass\" id=\"flash\">Backup {name} written: 0 unit(s), 0 certificate(s); integrity ok, audit chain intact, keyed checkpoint not checked (the station HSM is not open)."
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "id=\"backup-status\">newest {name}, 0 h old, 1 kept in"
+        )),
+        "{body}"
+    );
+    let db = rusqlite::Connection::open(r.dir.path().join("station.db")).unwrap();
+    let actor = audit_actor(&db, "store.backup");
+    assert_eq!(actor, "sam");
 }

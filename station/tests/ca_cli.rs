@@ -684,3 +684,52 @@ fn check_warns_when_a_ca_certificate_is_near_expiry() {
             .unwrap(),
         );
 }
+
+/// `station ca bench` (what `scripts/bench ca` runs): with `--turns` it reports each slice and
+/// waits for its turn; the issuance stream's last fsync is reported as a slice of no
+/// certificates; every certificate it counts is recorded, with its audit entry, before it
+/// prints its rates.
+#[test]
+fn the_ca_bench_records_every_certificate_it_counts_and_reports_its_slices() {
+    let (_dir, home) = init_home();
+    let out = station()
+        .args(["ca", "bench", "--home", s(&home)])
+        .args(["--count", "300", "--batch", "128", "--turns"])
+        .write_stdin("go\n".repeat(3))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let counts: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("slice raw="))
+        .map(|l| l.rsplit_once(" n=").unwrap().1)
+        .collect();
+    assert_eq!(counts, ["250", "50", "0"], "{out}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("raw-sign/s=")
+            && last.contains(" floor/s=")
+            && last.contains(" issuance/s="),
+        "{out}"
+    );
+    let db = home.join("station.db");
+    let recorded = ok(
+        "sqlite3",
+        &[
+            s(&db),
+            "SELECT count(*), count(DISTINCT registration_id) FROM certificates \
+             WHERE registration_id LIKE 'bench-unit-%'; \
+             SELECT count(*) FROM audit_log WHERE event = 'ca.issue' AND actor = 'bench';",
+        ],
+        &[],
+    );
+    assert_eq!(recorded, "300|300\n300\n");
+    station()
+        .args(["audit", "verify", "--home", s(&home)])
+        .assert()
+        .success();
+}

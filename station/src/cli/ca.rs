@@ -125,11 +125,12 @@ pub enum CaCommand {
         count: u32,
         /// Certificates per committed transaction. Each is released only once the fsync
         /// covering its commit returned; above 1, a second thread waits for that fsync while
-        /// the next batch is signed (group commit).
+        /// the next batch is signed (group commit), one stream across the slices.
         #[arg(long, default_value_t = 1)]
         batch: u32,
         /// After each slice, print its times (`slice raw=<s> floor=<s> issuance=<s> n=<n>`)
-        /// and wait for a line on stdin: another measurement can take its turn meanwhile.
+        /// and wait for a line on stdin: another measurement can take its turn meanwhile. The
+        /// wait for the issuance stream's last fsync comes last, as a slice with n=0.
         #[arg(long)]
         turns: bool,
     },
@@ -584,73 +585,20 @@ fn bench(
     let mut raw_time = std::time::Duration::ZERO;
     let mut floor_time = std::time::Duration::ZERO;
     let mut issue_time = std::time::Duration::ZERO;
-    let mut released = 0;
     let mut signed = 0u32;
     let mut built = 0u32;
-    for slice in rids.chunks(BENCH_SLICE) {
-        let before = (raw_time, floor_time, issue_time);
-        let start = std::time::Instant::now();
-        for _ in slice {
-            let digest = sha2::Sha256::digest(signed.to_be_bytes());
-            session.sign_digest(&key, &digest)?;
-            signed += 1;
-        }
-        raw_time += start.elapsed();
-        // The floor: building, signing and checking each certificate as issuance does, with
-        // nothing recorded; what issuance adds beyond it is the database and the fsync wait.
-        let start = std::time::Instant::now();
-        for rid in slice {
-            ca.issue(profile, &subject, rid, &UnitSubject::default())?;
-            built += 1;
-        }
-        floor_time += start.elapsed();
-        let start = std::time::Instant::now();
-        released += bench_issue(
-            &mut store, &ca, &audit_key, profile, &subject, &station, slice, batch,
-        )?;
-        issue_time += start.elapsed();
-        if turns {
-            println!(
-                "slice raw={:.6} floor={:.6} issuance={:.6} n={}",
-                (raw_time - before.0).as_secs_f64(),
-                (floor_time - before.1).as_secs_f64(),
-                (issue_time - before.2).as_secs_f64(),
-                slice.len()
-            );
-            let mut go = String::new();
-            std::io::stdin().read_line(&mut go)?;
-        }
-    }
-    let raw = f64::from(signed) / raw_time.as_secs_f64();
-    let issued = f64::from(u32::try_from(released).unwrap_or(u32::MAX)) / issue_time.as_secs_f64();
-    let floor = f64::from(built) / floor_time.as_secs_f64();
-    println!("raw-sign/s={raw:.0} floor/s={floor:.0} issuance/s={issued:.0}");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Raw signs, floor certificates and issuances alternate in slices of this many (see `bench`).
-const BENCH_SLICE: usize = 250;
-
-/// Issues, checks and records a certificate for each of `rids` in commits of `batch`, and
-/// returns once every one is released: its commit on disk.
-#[allow(clippy::too_many_arguments)]
-fn bench_issue(
-    store: &mut Store,
-    ca: &Authority<'_>,
-    audit_key: &AuditKey,
-    profile: &crate::ca::profile::Profile,
-    subject: &SubjectKey,
-    station: &crate::ids::StationId,
-    rids: &[String],
-    batch: u32,
-) -> Result<usize, CliError> {
-    // Durable commits as the line makes them (group commit): a batch is written with
-    // synchronous=NORMAL, then its certificates are released once one fdatasync of the WAL
-    // covers it. With `batch` 1 the issuing thread waits for that fsync before the next
-    // certificate. With larger batches a releaser thread waits for it while the issuing
-    // thread signs the next batch, as a line's fixtures do; every certificate is still
-    // released only after its commit is on disk, and the clock stops when the last is.
-    std::thread::scope(|scope| -> Result<usize, CliError> {
+    let report = |raw: f64, floor: f64, issuance: f64, n: usize| -> std::io::Result<()> {
+        println!("slice raw={raw:.6} floor={floor:.6} issuance={issuance:.6} n={n}");
+        let mut go = String::new();
+        std::io::stdin().read_line(&mut go).map(|_| ())
+    };
+    // Issuance is one stream across the slices, as a running station's is (group commit): a
+    // releaser thread waits for the fsync covering each batch while the issuing thread goes
+    // on, so a slice's last fsync completes during the next slice's raw signs (or openssl's
+    // turn) instead of stalling a thread that has nothing else to do. The stream's last
+    // fsync is waited for on the issuance clock, and every certificate counted is released
+    // (its commit on disk) before the figures are printed.
+    let released = std::thread::scope(|scope| -> Result<usize, CliError> {
         let (to_releaser, batches) = std::sync::mpsc::channel::<(crate::store::Durable, usize)>();
         let releaser = scope.spawn(move || -> Result<usize, crate::store::StoreError> {
             let mut released = 0;
@@ -661,40 +609,117 @@ fn bench_issue(
             Ok(released)
         });
         let mut waited = 0;
-        for chunk in rids.chunks(batch as usize) {
-            let mut certs = Vec::with_capacity(chunk.len());
-            for rid in chunk {
-                certs.push(ca.issue(profile, subject, rid, &UnitSubject::default())?);
+        for slice in rids.chunks(BENCH_SLICE) {
+            let before = (raw_time, floor_time, issue_time);
+            let start = std::time::Instant::now();
+            for _ in slice {
+                let digest = sha2::Sha256::digest(signed.to_be_bytes());
+                session.sign_digest(&key, &digest)?;
+                signed += 1;
             }
-            let recs: Vec<(&IssuedCert, RecordContext<'_>)> = certs
-                .iter()
-                .zip(chunk)
-                .map(|(c, rid)| {
-                    (
-                        c,
-                        RecordContext {
-                            station,
-                            actor: "bench",
-                            event: "ca.issue",
-                            registration_id: Some(rid.as_str()),
-                            unit_id: None,
-                        },
-                    )
-                })
-                .collect();
-            service::commit_batch(store, ca, audit_key, &recs)?;
-            let durable = store.durable();
-            if batch == 1 {
-                durable.wait()?;
-                waited += certs.len();
-            } else {
-                to_releaser.send((durable, certs.len())).ok();
+            raw_time += start.elapsed();
+            // The floor: building, signing and checking each certificate as issuance does,
+            // with nothing recorded; what issuance adds beyond it is the database.
+            let start = std::time::Instant::now();
+            for rid in slice {
+                ca.issue(profile, &subject, rid, &UnitSubject::default())?;
+                built += 1;
+            }
+            floor_time += start.elapsed();
+            let start = std::time::Instant::now();
+            waited += bench_issue(
+                &mut store,
+                (&ca, &audit_key, profile, &subject, &station),
+                slice,
+                batch,
+                &to_releaser,
+            )?;
+            issue_time += start.elapsed();
+            if turns {
+                report(
+                    (raw_time - before.0).as_secs_f64(),
+                    (floor_time - before.1).as_secs_f64(),
+                    (issue_time - before.2).as_secs_f64(),
+                    slice.len(),
+                )?;
             }
         }
         drop(to_releaser);
+        let start = std::time::Instant::now();
         let released = releaser
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let last = start.elapsed();
+        issue_time += last;
+        if turns {
+            // The last fsync's wait: issuance time of no new certificates.
+            report(0.0, 0.0, last.as_secs_f64(), 0)?;
+        }
         Ok(waited + released)
-    })
+    })?;
+    let raw = f64::from(signed) / raw_time.as_secs_f64();
+    let issued = f64::from(u32::try_from(released).unwrap_or(u32::MAX)) / issue_time.as_secs_f64();
+    let floor = f64::from(built) / floor_time.as_secs_f64();
+    println!("raw-sign/s={raw:.0} floor/s={floor:.0} issuance/s={issued:.0}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Raw signs, floor certificates and issuances alternate in slices of this many (see `bench`).
+const BENCH_SLICE: usize = 250;
+
+/// What issuing a bench certificate needs: the CA, its audit key, the profile, the unit's key
+/// and the station recording it.
+type BenchIssuer<'a, 's> = (
+    &'a Authority<'s>,
+    &'a AuditKey<'s>,
+    &'a crate::ca::profile::Profile,
+    &'a SubjectKey,
+    &'a crate::ids::StationId,
+);
+
+/// Issues, checks and records a certificate for each of `rids` in commits of `batch`. Durable
+/// commits as the line makes them (group commit): a batch is written with synchronous=NORMAL
+/// and its certificates are released once one fdatasync of the WAL covers it. With `batch` 1
+/// the issuing thread waits for that fsync before the next certificate, and the count it gives
+/// is of those released; with larger batches each commit goes to `releaser`, which waits for
+/// it while the issuing thread signs the next batch, and the count is 0.
+fn bench_issue(
+    store: &mut Store,
+    (ca, audit_key, profile, subject, station): BenchIssuer<'_, '_>,
+    rids: &[String],
+    batch: u32,
+    releaser: &std::sync::mpsc::Sender<(crate::store::Durable, usize)>,
+) -> Result<usize, CliError> {
+    let mut waited = 0;
+    for chunk in rids.chunks(batch as usize) {
+        let mut certs = Vec::with_capacity(chunk.len());
+        for rid in chunk {
+            certs.push(ca.issue(profile, subject, rid, &UnitSubject::default())?);
+        }
+        let recs: Vec<(&IssuedCert, RecordContext<'_>)> = certs
+            .iter()
+            .zip(chunk)
+            .map(|(c, rid)| {
+                (
+                    c,
+                    RecordContext {
+                        station,
+                        actor: "bench",
+                        event: "ca.issue",
+                        registration_id: Some(rid.as_str()),
+                        unit_id: None,
+                    },
+                )
+            })
+            .collect();
+        service::commit_batch(store, ca, audit_key, &recs)?;
+        let durable = store.durable();
+        if batch == 1 {
+            durable.wait()?;
+            waited += certs.len();
+        } else {
+            releaser.send((durable, certs.len())).ok();
+        }
+    }
+    Ok(waited)
 }

@@ -160,6 +160,16 @@ pub fn make(
     })
 }
 
+/// How `station serve` makes backups, given `[backup] every_h`.
+#[must_use]
+pub fn schedule(every_h: u32) -> String {
+    if every_h == 0 {
+        "station serve makes none ([backup] every_h = 0)".to_owned()
+    } else {
+        format!("station serve makes one every {every_h} h")
+    }
+}
+
 /// Where a station's backups stand: the newest, how many, against `[backup] every_h`. Shown
 /// by `station check` and the web UI's Upload page.
 #[derive(Debug, Clone)]
@@ -200,11 +210,7 @@ impl Status {
     /// How serve makes backups.
     #[must_use]
     pub fn schedule(&self) -> String {
-        if self.every_h == 0 {
-            "station serve makes none ([backup] every_h = 0)".to_owned()
-        } else {
-            format!("station serve makes one every {} h", self.every_h)
-        }
+        schedule(self.every_h)
     }
 
     /// What there is, in one line.

@@ -176,11 +176,7 @@ fn make(
 fn list(ctx: &Context, cfg: &Config) -> Result<ExitCode, CliError> {
     let dir = backup::dir(&ctx.home, cfg);
     let all = crate::store::backup::in_dir(&dir)?;
-    let schedule = if cfg.backup.every_h == 0 {
-        "station serve makes none ([backup] every_h = 0)".to_owned()
-    } else {
-        format!("station serve makes one every {} h", cfg.backup.every_h)
-    };
+    let schedule = backup::schedule(cfg.backup.every_h);
     if all.is_empty() {
         println!(
             "no backup in {} yet ({schedule}; `station backup` makes one now)",

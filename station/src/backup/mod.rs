@@ -160,6 +160,30 @@ pub fn make(
     })
 }
 
+/// Runs `f` with the audit key in the CA token of `hsm`, or with why it cannot be had (no HSM,
+/// the token or the key not found): a backup is made and checked without it, its keyed
+/// checkpoint left unchecked.
+pub fn with_audit_key<R>(
+    hsm: Result<&crate::hsm::Hsm, String>,
+    home: &Home,
+    cfg: &Config,
+    f: impl FnOnce(Result<&AuditKey<'_>, String>) -> R,
+) -> R {
+    use crate::line::worker::error_text;
+    let hsm = match hsm {
+        Ok(h) => h,
+        Err(e) => return f(Err(e)),
+    };
+    let session = match crate::ca::service::open_ca_token(hsm, home, cfg) {
+        Ok(s) => s,
+        Err(e) => return f(Err(error_text(&e))),
+    };
+    match AuditKey::find(&session, &cfg.ca.audit_key_label) {
+        Ok(key) => f(Ok(&key)),
+        Err(e) => f(Err(error_text(&e))),
+    }
+}
+
 /// How `station serve` makes backups, given `[backup] every_h`.
 #[must_use]
 pub fn schedule(every_h: u32) -> String {

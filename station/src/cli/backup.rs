@@ -209,18 +209,8 @@ fn with_audit_key(
     cfg: &Config,
     f: impl FnOnce(Result<&AuditKey<'_>, String>) -> Result<ExitCode, CliError>,
 ) -> Result<ExitCode, CliError> {
-    let hsm = match service::open_hsm(&ctx.home, cfg) {
-        Ok(h) => h,
-        Err(e) => return f(Err(error_text(&e))),
-    };
-    let session = match service::open_ca_token(&hsm, &ctx.home, cfg) {
-        Ok(s) => s,
-        Err(e) => return f(Err(error_text(&e))),
-    };
-    match AuditKey::find(&session, &cfg.ca.audit_key_label) {
-        Ok(key) => f(Ok(&key)),
-        Err(e) => f(Err(error_text(&e))),
-    }
+    let hsm = service::open_hsm(&ctx.home, cfg).map_err(|e| error_text(&e));
+    backup::with_audit_key(hsm.as_ref().map_err(Clone::clone), &ctx.home, cfg, f)
 }
 
 /// What a backup holds, in one line.

@@ -165,24 +165,12 @@ pub async fn backup_now(
     state
         .supervise(&who, "back up the database", "/outbox", move |store, station, actor| {
             let (home, cfg) = (&setup.home, &setup.cfg);
-            let session = hsm
+            let hsm = hsm
                 .as_ref()
-                .ok_or_else(|| "the station HSM is not open".to_owned())
-                .and_then(|h| {
-                    crate::ca::service::open_ca_token(h, home, cfg)
-                        .map_err(|e| crate::line::worker::error_text(&e))
-                });
-            let key = session.as_ref().map_err(Clone::clone).and_then(|s| {
-                crate::ca::service::AuditKey::find(s, &cfg.ca.audit_key_label)
-                    .map_err(|e| crate::line::worker::error_text(&e))
-            });
-            let made = crate::backup::make(
-                store,
-                (home, cfg),
-                None,
-                (station, actor),
-                key.as_ref().map_err(Clone::clone),
-            )
+                .ok_or_else(|| "the station HSM is not open".to_owned());
+            let made = crate::backup::with_audit_key(hsm, home, cfg, |key| {
+                crate::backup::make(store, (home, cfg), None, (station, actor), key)
+            })
             .map_err(|e| crate::line::worker::error_text(&e))?;
             let name = made
                 .written
